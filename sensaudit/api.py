@@ -1,0 +1,367 @@
+"""The library entry points: ``run_audit(load_config(path))`` is what ``sensaudit run`` does.
+
+Computing and writing are separate: :func:`audit` returns an :class:`AuditResult` and
+:func:`compare_models` a :class:`ComparisonResult`; :func:`run_audit` and :func:`run_compare`
+also write the reports, atomically (``run_audit`` streams per-example rows to disk as they are
+produced). Library code never prints; pass ``progress`` to follow long runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data as data_mod
+from .analysis import AuditResult, FeatureMoments, GradientAccumulator, evaluate_gates, findings
+from .comparison import (
+    AgreementAccumulator,
+    BootstrapMoments,
+    BootstrapSensitivity,
+    ComparisonResult,
+    PoissonBootstrap,
+    comparison_findings,
+    comparison_table,
+    rank_agreement,
+)
+from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
+from .engine import Model, as_output_matrix, check_row_independence, scores_and_jacobian
+from .errors import ConfigError, DataError, ModelError, first_line
+from .loader import LoadedModel, load_model, resolve_device
+from .report import StagedReport
+
+# progress(stage, rows_done, rows_total): stage is "scan" (first pass: feature statistics)
+# or "audit" (second pass: gradients); rows_total is None while unknown.
+Progress = Callable[[str, int, "int | None"], None]
+ExampleSink = Callable[[pd.DataFrame], None]
+
+
+@dataclass
+class PreparedModel:
+    """A scorer wrapped to return only the audited outputs, with their names."""
+
+    module: Model
+    outputs: list[str]
+
+
+def run_audit(config: Config, *, progress: Progress | None = None,
+              trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
+    """Audit as the config says and write its reports; return the result and files written."""
+    with StagedReport(config.report.dir, config.report.formats) as staged:
+        result = audit(config, progress=progress, trust_pickle=trust_pickle,
+                       example_sink=staged.append_examples)
+        staged.write_audit(result)
+        written = staged.commit()
+    return result, written
+
+
+def audit(config: Config, *, progress: Progress | None = None, trust_pickle: bool | None = None,
+          example_sink: ExampleSink | None = None) -> AuditResult:
+    """Load the config's model and data, compute every row's Jacobian, rank, and gate."""
+    if config.model is None:
+        raise ConfigError(f"{config.source}: missing required key 'model'")
+    table = data_mod.open_table(config.data)
+    check_proxies(config, table.features)
+    loaded = load_model(config.model, trust_pickle=trust_pickle)
+    return audit_chunks(
+        loaded, lambda dtype: data_mod.iter_chunks(table, config.data, dtype), table,
+        config=config, progress=progress, example_sink=example_sink)
+
+
+def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
+                features: list[str] | None = None, label: str | None = None,
+                id: str | None = None, proxies: list[ProxyLimit] | tuple = (),
+                settings: AuditSettings | None = None, device: str = "auto",
+                chunk_rows: int = 100_000) -> AuditResult:
+    """Audit an in-memory model on an in-memory DataFrame (notebooks, other tools).
+
+    A module in training mode is audited in eval mode and handed back in training mode.
+    """
+    name = Path("<DataFrame>")
+    data_cfg = DataConfig(path=name, features=tuple(features) if features else None,
+                          label=label, id=id, chunk_rows=chunk_rows)
+    settings = replace(settings or AuditSettings(), proxies=tuple(proxies))
+    config = Config(data=data_cfg, report=None, audit=settings, source=name)  # type: ignore[arg-type]
+    table = data_mod.frame_table(frame, data_cfg)
+    check_proxies(config, table.features)
+    target = resolve_device(device)
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if was_training:
+        model.eval()
+    try:
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                     torch.float32) if isinstance(model, torch.nn.Module) else torch.float32
+        loaded = LoadedModel(module=model, path=Path("<in-memory model>"), format="in-memory",
+                             device=target, dtype=dtype)
+        return audit_chunks(loaded, lambda dt: data_mod.iter_frame_chunks(frame, table,
+                                                                          data_cfg, dt),
+                            table, config=config)
+    finally:
+        if was_training:
+            model.train()
+
+
+def check_proxies(config: Config, features: tuple[str, ...]) -> None:
+    """Every declared proxy must be an audited feature: a typo must not disable a gate."""
+    for i, proxy in enumerate(config.audit.proxies):
+        if proxy.feature not in features:
+            close = difflib.get_close_matches(proxy.feature, features, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{config.source}: audit.proxies[{i}].feature '{proxy.feature}' "
+                              f"is not an audited feature{hint} (features: "
+                              f"{', '.join(features)})")
+
+
+def audit_chunks(loaded: LoadedModel, chunks: Callable[[torch.dtype], Iterator[data_mod.Chunk]],
+                 table: data_mod.Table, *, config: Config, progress: Progress | None = None,
+                 example_sink: ExampleSink | None = None) -> AuditResult:
+    """The two passes over the data: feature statistics, then gradients."""
+    settings = config.audit
+    report = progress or _no_progress
+    moments, dropped = _scan_features(chunks, table, report)
+    prepared: PreparedModel | None = None
+    acc: GradientAccumulator | None = None
+    done = 0
+    for chunk in chunks(loaded.dtype):
+        if not len(chunk.x):
+            continue
+        x = chunk.x.to(loaded.device)
+        if prepared is None:
+            prepared = prepare_model(loaded, x, config)
+            acc = _accumulator(table, prepared, moments, settings)
+        scores, jac = scores_and_jacobian(prepared.module, x, batch_size=settings.batch_size)
+        frame = acc.update(chunk.ids, scores, jac, chunk.labels)
+        if example_sink is not None:
+            example_sink(frame)
+        done += len(chunk.x)
+        report("audit", done, moments.count)
+    if acc is None or prepared is None:  # every row dropped between the two passes
+        raise DataError(f"{table.path}: no usable rows left to audit")
+    return _finish(acc, prepared, loaded, table, settings, dropped)
+
+
+def _no_progress(stage: str, done: int, total: int | None) -> None:
+    pass
+
+
+def _scan_features(chunks: Callable[[torch.dtype], Iterator[data_mod.Chunk]],
+                   table: data_mod.Table, report: Progress,
+                   extra: Callable[[data_mod.Chunk], None] | None = None
+                   ) -> tuple[FeatureMoments, int]:
+    """First pass: exact feature means and standard deviations, and rows dropped."""
+    moments = FeatureMoments(len(table.features))
+    dropped = 0
+    for chunk in chunks(torch.float64):
+        moments.update(chunk.x)
+        if extra is not None and len(chunk.x):
+            extra(chunk)
+        dropped += chunk.dropped
+        report("scan", moments.count + dropped, None)
+    if moments.count < 2:
+        raise DataError(f"{table.path}: {moments.count} usable row(s); an audit needs at least 2 "
+                        "to measure how much each feature varies")
+    return moments, dropped
+
+
+def _accumulator(table: data_mod.Table, prepared: PreparedModel, moments: FeatureMoments,
+                 settings: AuditSettings) -> GradientAccumulator:
+    return GradientAccumulator(list(table.features), prepared.outputs, moments.std,
+                               top_k=settings.top_k,
+                               proxies=[p.feature for p in settings.proxies],
+                               keep_examples=settings.examples_in_report)
+
+
+def _finish(acc: GradientAccumulator, prepared: PreparedModel, loaded: LoadedModel,
+            table: data_mod.Table, settings: AuditSettings, dropped: int) -> AuditResult:
+    """Rank, gate and explain one model's accumulated statistics."""
+    if acc.rows and not bool((acc.sum_abs > 0).any()):
+        raise ModelError(f"{loaded.path}: every gradient is exactly zero on all {acc.rows:,} rows:"
+                         " the score does not respond to any feature (a step function, rounding,"
+                         " or a constant output?), so there is nothing to rank")
+    features = list(table.features)
+    sensitivity = acc.sensitivity()
+    gates = evaluate_gates(sensitivity, settings.proxies, settings.dominance_warning)
+    return AuditResult(
+        table=sensitivity, gates=gates, findings=findings(sensitivity, gates, len(features)),
+        examples=acc.strongest_examples(), features=features, outputs=prepared.outputs,
+        rows=acc.rows, rows_dropped=dropped, nonfinite_rows=acc.nonfinite_rows,
+        nonfinite_ids=acc.nonfinite_ids, nonfinite_allowed=settings.allow_nonfinite,
+        model_path=str(loaded.path), model_format=loaded.format, data_path=str(table.path),
+        proxies=[p.feature for p in settings.proxies],
+        mean_scores={o: float(s) for o, s in zip(prepared.outputs,
+                                                 acc.score_sum / max(acc.rows, 1))},
+    )
+
+
+def prepare_model(loaded: LoadedModel, x: torch.Tensor, config: Config) -> PreparedModel:
+    """Probe the model on a few rows: it must accept the features, return float scores per
+    row, and score rows independently. Then select ``model.output`` if the config asks."""
+    probe = x[: min(8, x.shape[0])]
+    try:
+        with torch.no_grad():
+            y = loaded.module(probe)
+    except Exception as exc:  # the model's own code may raise anything on a bad input
+        raise ModelError(f"{loaded.path}: the model failed on a batch of {x.shape[1]} features "
+                         f"({first_line(exc)}); does its input width match the data's "
+                         "features?") from None
+    try:
+        n_outputs = as_output_matrix(y, probe.shape[0]).shape[1]
+    except ModelError as exc:
+        raise ModelError(f"{loaded.path}: {exc}") from None
+    model_cfg = config.model
+    names = list(model_cfg.output_names) if model_cfg and model_cfg.output_names else None
+    if names is not None and len(names) != n_outputs:
+        raise ConfigError(f"{config.source}: model.output_names lists {len(names)} names but the "
+                          f"model returns {n_outputs} output(s)")
+    names = names or (["score"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)])
+    module: Model = loaded.module
+    selected = model_cfg.output if model_cfg else None
+    if selected is not None:
+        if isinstance(selected, str):
+            if selected not in names:
+                raise ConfigError(f"{config.source}: model.output '{selected}' is not one of "
+                                  f"model.output_names ({', '.join(names)})")
+            index = names.index(selected)
+        else:
+            index = selected
+            if index >= n_outputs:
+                raise ConfigError(f"{config.source}: model.output must be below {n_outputs} "
+                                  f"(the model's output count) (got {index})")
+        inner = loaded.module
+        module = lambda inp: inner(inp).reshape(inp.shape[0], -1)[:, index : index + 1]  # noqa: E731
+        names = [names[index]]
+    try:
+        check_row_independence(module, x)
+    except ModelError as exc:
+        raise ModelError(f"{loaded.path}: {exc}") from None
+    return PreparedModel(module=module, outputs=names)
+
+
+
+def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *,
+                   data_path: str | Path | None = None, progress: Progress | None = None,
+                   trust_pickle: bool | None = None) -> ComparisonResult:
+    """Audit two models on the same rows and measure how their sensitivities moved.
+
+    The config's data, proxies and compare settings apply; its ``model`` section, if any,
+    only lends both models its class/kwargs/output/device settings.
+    """
+    if data_path is not None:
+        config = replace(config, data=replace(config.data, path=Path(data_path)))
+    settings, cmp = config.audit, config.compare
+    table = data_mod.open_table(config.data)
+    check_proxies(config, table.features)
+    base = config.model or ModelConfig(path=Path(old_path))
+    models = [load_model(replace(base, path=Path(p)), trust_pickle=trust_pickle)
+              for p in (old_path, new_path)]
+    chunks = lambda dtype: data_mod.iter_chunks(table, config.data, dtype)  # noqa: E731
+    report = progress or _no_progress
+    bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
+    boot_moments = BootstrapMoments(bootstrap, len(table.features))
+    moments, dropped = _scan_features(chunks, table, report,
+                                      extra=lambda c: boot_moments.update(c.rows, c.x))
+    prepared: list[PreparedModel] = []
+    accs: list[GradientAccumulator] = []
+    boots: list[BootstrapSensitivity] = []
+    agreement: AgreementAccumulator | None = None
+    std = moments.std
+    done = 0
+    for chunk in chunks(torch.float64):
+        if not len(chunk.x):
+            continue
+        if not prepared:
+            prepared = _prepare_pair(models, chunk.x, config)
+            outputs = prepared[1].outputs
+            accs = [_accumulator(table, p, moments, settings) for p in prepared]
+            boots = [BootstrapSensitivity(bootstrap, len(outputs), len(table.features))
+                     for _ in prepared]
+            agreement = AgreementAccumulator(outputs, keep=settings.examples_in_report or 10)
+        weights = bootstrap.weights(chunk.rows)
+        results = []
+        for loaded, prep, acc in zip(models, prepared, accs):
+            x = chunk.x.to(loaded.device, loaded.dtype)
+            scores, jac = scores_and_jacobian(prep.module, x, batch_size=settings.batch_size)
+            scores, jac = scores.cpu().double(), jac.cpu().double()
+            acc.update(chunk.ids, scores, jac, chunk.labels)
+            results.append((scores, jac))
+        (s_old, j_old), (s_new, j_new) = results
+        finite = (_finite_rows(s_old, j_old) & _finite_rows(s_new, j_new))
+        for (_, jac), boot in zip(results, boots):
+            boot.update(weights, jac, finite)
+        agreement.update(chunk.ids, s_old, s_new, j_old * std, j_new * std, finite)
+        done += len(chunk.x)
+        report("audit", done, moments.count)
+    if not prepared:
+        raise DataError(f"{table.path}: no usable rows left to audit")
+    old, new = (_finish(acc, prep, loaded, table, settings, dropped)
+                for acc, prep, loaded in zip(accs, prepared, models))
+    boot_std = boot_moments.std
+    table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
+                                 cmp.confidence)
+    overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
+                        **_agreement_summary(agreement, i)}
+               for i, output in enumerate(new.outputs)}
+    increases = []
+    if cmp.max_proxy_share_increase is not None:
+        proxies = {p.feature for p in settings.proxies}
+        grown = table_cmp[table_cmp["feature"].isin(proxies)
+                          & (table_cmp["delta_share"] > cmp.max_proxy_share_increase)]
+        increases = [{"feature": r.feature, "output": r.output, "delta_share": r.delta_share,
+                      "margin": cmp.max_proxy_share_increase} for r in grown.itertuples()]
+    result = ComparisonResult(
+        table=table_cmp, overall=overall, old=old, new=new, proxy_increases=increases,
+        settings={"bootstrap_samples": cmp.bootstrap_samples, "confidence": cmp.confidence,
+                  "seed": cmp.seed, "top_k": cmp.top_k,
+                  "max_proxy_share_increase": cmp.max_proxy_share_increase})
+    result.findings = comparison_findings(result, [p.feature for p in settings.proxies])
+    return result
+
+
+def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
+                out_dir: str | Path | None = None, data_path: str | Path | None = None,
+                progress: Progress | None = None, trust_pickle: bool | None = None
+                ) -> tuple[ComparisonResult, list[Path]]:
+    """``compare_models`` and write comparison.csv/json/md atomically into ``out_dir``
+    (default: the config's report.dir)."""
+    target = Path(out_dir) if out_dir is not None else config.report.dir
+    with StagedReport(target, config.report.formats) as staged:
+        result = compare_models(config, old_path, new_path, data_path=data_path,
+                                progress=progress, trust_pickle=trust_pickle)
+        staged.write_comparison(result)
+        written = staged.commit()
+    return result, written
+
+
+def _prepare_pair(models: list[LoadedModel], x: torch.Tensor, config: Config
+                  ) -> list[PreparedModel]:
+    prepared = [prepare_model(m, x.to(m.device, m.dtype), config) for m in models]
+    if len(prepared[0].outputs) != len(prepared[1].outputs):
+        raise ModelError(f"{models[0].path} returns {len(prepared[0].outputs)} output(s) but "
+                         f"{models[1].path} returns {len(prepared[1].outputs)}; compare needs "
+                         "the same outputs (select one with model.output)")
+    return prepared
+
+
+def _finite_rows(scores: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
+    return torch.isfinite(jac).flatten(1).all(1) & torch.isfinite(scores).all(1)
+
+
+def _agreement_summary(agreement: AgreementAccumulator, output_index: int) -> dict:
+    # The histogram pools every output; per-output lists keep only that output's rows.
+    name = agreement.outputs[output_index]
+    rows = max(agreement.rows, 1)
+    return {
+        "cosine": {"mean": agreement.cosine_sum / rows,
+                   **{k: agreement.cosine_quantile(q) for k, q in
+                      (("p05", 0.05), ("p25", 0.25), ("median", 0.5), ("p75", 0.75),
+                       ("p95", 0.95))}},
+        "score_change": {"mean": agreement.delta_sum / rows,
+                         "mean_abs": agreement.abs_delta_sum / rows,
+                         "max_abs": agreement.max_abs_delta},
+        "least_agreeing_rows": [vars(c) for c in agreement.least_agreeing() if c.output == name],
+        "most_moved_rows": [vars(c) for c in agreement.most_moved() if c.output == name],
+    }

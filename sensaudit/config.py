@@ -1,0 +1,324 @@
+"""YAML config -> validated, frozen config objects. The one place that knows the schema.
+
+Unknown keys are errors, with a did-you-mean suggestion, because a typo such as ``max_shares``
+must never silently switch a gate off. Every message names the file, the dotted key, what was
+expected and what was found. Relative paths resolve against the config file's folder, so a
+config works from whatever directory CI runs it in.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, describe
+
+DEVICES = ("auto", "cpu", "cuda")
+REPORT_FORMATS = ("csv", "markdown", "json")
+ON_MISSING = ("error", "drop")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: Path
+    class_path: str | None = None  # "pkg.module:Class", for state_dict checkpoints
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    trust_pickle: bool = False
+    output: int | str | None = None  # select one output by index or by name
+    output_names: tuple[str, ...] | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: Path
+    features: tuple[str, ...] | None = None  # None: every numeric column but label and id
+    label: str | None = None
+    id: str | None = None
+    on_missing: str = "error"
+    chunk_rows: int = 100_000
+
+
+@dataclass(frozen=True)
+class ProxyLimit:
+    """A feature that must not drive the score, with the limits it must stay under."""
+
+    feature: str
+    max_share: float | None = None
+    max_rank: int | None = None  # flagged when its rank is this or better (rank 1 = top)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    proxies: tuple[ProxyLimit, ...] = ()
+    dominance_warning: float = 0.5  # warn when an undeclared feature holds more share than this
+    top_k: int = 3  # top drivers listed per example
+    examples_in_report: int = 10
+    batch_size: int | None = None  # None: chosen from the model's size
+    allow_nonfinite: bool = False
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    max_proxy_share_increase: float | None = None  # fail when a proxy's share grows by more
+    bootstrap_samples: int = 200
+    confidence: float = 0.95
+    seed: int = 0
+    top_k: int = 3
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    dir: Path
+    formats: tuple[str, ...] = REPORT_FORMATS
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    report: ReportConfig
+    model: ModelConfig | None = None  # not needed by `compare`, which names its two models
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    compare: CompareSettings = field(default_factory=CompareSettings)
+    source: Path | None = None  # the YAML file, for messages
+
+
+def load_config(path: str | Path, *, require_model: bool = True) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    return parse_config(raw, source=path, base_dir=path.parent, require_model=require_model)
+
+
+def parse_config(
+    raw: Any,
+    *,
+    source: str | Path = "<config>",
+    base_dir: str | Path = ".",
+    require_model: bool = True,
+) -> Config:
+    """Validate an already-parsed mapping (what ``yaml.safe_load`` returns)."""
+    v = _Validator(str(source), Path(base_dir))
+    top = v.mapping(raw, "")
+    v.keys(top, "", required=("data", "report"), optional=("model", "audit", "compare"))
+    if require_model and "model" not in top:
+        raise ConfigError(f"{source}: missing required key 'model'")
+    return Config(
+        model=_model(v, top["model"]) if "model" in top else None,
+        data=_data(v, top["data"]),
+        audit=_audit(v, top.get("audit", {})),
+        compare=_compare(v, top.get("compare", {})),
+        report=_report(v, top["report"]),
+        source=Path(source),
+    )
+
+
+def _model(v: _Validator, raw: Any) -> ModelConfig:
+    m = v.mapping(raw, "model")
+    v.keys(m, "model", required=("path",),
+           optional=("class", "kwargs", "trust_pickle", "output", "output_names", "device"))
+    output = m.get("output")
+    if output is not None and not isinstance(output, str):
+        output = v.integer(output, "model.output", minimum=0)
+    names = m.get("output_names")
+    return ModelConfig(
+        path=v.path(m["path"], "model.path"),
+        class_path=v.class_path(m["class"], "model.class") if "class" in m else None,
+        kwargs=dict(v.mapping(m.get("kwargs", {}), "model.kwargs")),
+        trust_pickle=v.boolean(m.get("trust_pickle", False), "model.trust_pickle"),
+        output=output,
+        output_names=v.names(names, "model.output_names") if names is not None else None,
+        device=v.choice(m.get("device", "auto"), "model.device", DEVICES),
+    )
+
+
+def _data(v: _Validator, raw: Any) -> DataConfig:
+    d = v.mapping(raw, "data")
+    v.keys(d, "data", required=("path",),
+           optional=("features", "label", "id", "on_missing", "chunk_rows"))
+    features = d.get("features")
+    return DataConfig(
+        path=v.path(d["path"], "data.path"),
+        features=v.names(features, "data.features") if features is not None else None,
+        label=v.string(d["label"], "data.label") if d.get("label") is not None else None,
+        id=v.string(d["id"], "data.id") if d.get("id") is not None else None,
+        on_missing=v.choice(d.get("on_missing", "error"), "data.on_missing", ON_MISSING),
+        chunk_rows=v.integer(d.get("chunk_rows", 100_000), "data.chunk_rows", minimum=1),
+    )
+
+
+def _audit(v: _Validator, raw: Any) -> AuditSettings:
+    a = v.mapping(raw if raw is not None else {}, "audit")
+    v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
+                                 "batch_size", "allow_nonfinite"))
+    proxies_raw = a.get("proxies") or []
+    if not isinstance(proxies_raw, list):
+        v.fail("audit.proxies", "a list of {feature, max_share, max_rank}", proxies_raw)
+    proxies = tuple(_proxy(v, p, f"audit.proxies[{i}]") for i, p in enumerate(proxies_raw))
+    seen: set[str] = set()
+    for i, proxy in enumerate(proxies):
+        if proxy.feature in seen:
+            raise ConfigError(f"{v.source}: audit.proxies[{i}].feature '{proxy.feature}' "
+                              "is declared twice")
+        seen.add(proxy.feature)
+    batch_size = a.get("batch_size")
+    return AuditSettings(
+        proxies=proxies,
+        dominance_warning=v.fraction(a.get("dominance_warning", 0.5), "audit.dominance_warning"),
+        top_k=v.integer(a.get("top_k", 3), "audit.top_k", minimum=1),
+        examples_in_report=v.integer(a.get("examples_in_report", 10), "audit.examples_in_report",
+                                     minimum=0),
+        batch_size=(v.integer(batch_size, "audit.batch_size", minimum=1)
+                    if batch_size is not None else None),
+        allow_nonfinite=v.boolean(a.get("allow_nonfinite", False), "audit.allow_nonfinite"),
+    )
+
+
+def _proxy(v: _Validator, raw: Any, key: str) -> ProxyLimit:
+    p = v.mapping(raw, key)
+    v.keys(p, key, required=("feature",), optional=("max_share", "max_rank", "reason"))
+    if "max_share" not in p and "max_rank" not in p:
+        raise ConfigError(f"{v.source}: {key} needs a limit: max_share, max_rank or both")
+    return ProxyLimit(
+        feature=v.string(p["feature"], f"{key}.feature"),
+        max_share=v.fraction(p["max_share"], f"{key}.max_share") if "max_share" in p else None,
+        max_rank=v.integer(p["max_rank"], f"{key}.max_rank", minimum=1) if "max_rank" in p
+        else None,
+        reason=v.string(p["reason"], f"{key}.reason") if "reason" in p else None,
+    )
+
+
+def _compare(v: _Validator, raw: Any) -> CompareSettings:
+    c = v.mapping(raw if raw is not None else {}, "compare")
+    v.keys(c, "compare", optional=("max_proxy_share_increase", "bootstrap_samples", "confidence",
+                                   "seed", "top_k"))
+    margin = c.get("max_proxy_share_increase")
+    confidence = v.fraction(c.get("confidence", 0.95), "compare.confidence")
+    if not 0 < confidence < 1:
+        v.fail("compare.confidence", "a number strictly between 0 and 1", confidence)
+    return CompareSettings(
+        max_proxy_share_increase=(v.fraction(margin, "compare.max_proxy_share_increase")
+                                  if margin is not None else None),
+        bootstrap_samples=v.integer(c.get("bootstrap_samples", 200), "compare.bootstrap_samples",
+                                    minimum=0),
+        confidence=confidence,
+        seed=v.integer(c.get("seed", 0), "compare.seed", minimum=0),
+        top_k=v.integer(c.get("top_k", 3), "compare.top_k", minimum=1),
+    )
+
+
+def _report(v: _Validator, raw: Any) -> ReportConfig:
+    r = v.mapping(raw, "report")
+    v.keys(r, "report", required=("dir",), optional=("formats",))
+    formats = r.get("formats", list(REPORT_FORMATS))
+    if not isinstance(formats, list) or not formats:
+        v.fail("report.formats", f"a non-empty list drawn from {list(REPORT_FORMATS)}", formats)
+    chosen = tuple(v.choice(f, f"report.formats[{i}]", REPORT_FORMATS)
+                   for i, f in enumerate(formats))
+    return ReportConfig(dir=v.path(r["dir"], "report.dir"), formats=tuple(dict.fromkeys(chosen)))
+
+
+class _Validator:
+    """Type checks that raise one-line ConfigErrors naming the file and the dotted key."""
+
+    def __init__(self, source: str, base_dir: Path):
+        self.source = source
+        self.base_dir = base_dir
+
+    def fail(self, key: str, expected: str, found: Any) -> None:
+        raise ConfigError(f"{self.source}: {key} must be {expected} (got {describe(found)})")
+
+    def mapping(self, value: Any, key: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            if key == "":
+                raise ConfigError(f"{self.source}: the config must be a mapping with sections "
+                                  f"model, data, audit, report (got {describe(value)})")
+            self.fail(key, "a mapping", value)
+        for k in value:
+            if not isinstance(k, str):
+                self.fail(f"{key}.{k}" if key else str(k), "a text key", k)
+        return value
+
+    def keys(self, m: Mapping[str, Any], key: str, *, required: tuple[str, ...] = (),
+             optional: tuple[str, ...] = ()) -> None:
+        allowed = required + optional
+        where = f" in {key}" if key else ""
+        for k in m:
+            if k not in allowed:
+                close = difflib.get_close_matches(k, allowed, n=1, cutoff=0.6)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"{self.source}: unknown key '{k}'{where}{hint} "
+                                  f"(allowed: {', '.join(allowed)})")
+        for k in required:
+            if k not in m:
+                dotted = f"{key}.{k}" if key else k
+                raise ConfigError(f"{self.source}: missing required key '{dotted}'")
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(key, "a non-empty string", value)
+        return value
+
+    def names(self, value: Any, key: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            self.fail(key, "a non-empty list of names", value)
+        names = tuple(self.string(item, f"{key}[{i}]") for i, item in enumerate(value))
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"{self.source}: {key} lists '{dupes[0]}' more than once")
+        return names
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(key, "true or false", value)
+        return value
+
+    def integer(self, value: Any, key: str, *, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(key, f"an integer >= {minimum}", value)
+        return value
+
+    def fraction(self, value: Any, key: str) -> float:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and 0 <= value <= 1)
+        if not ok:
+            self.fail(key, "a number in [0, 1]", value)
+        return float(value)
+
+    def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            self.fail(key, "one of " + ", ".join(allowed), value)
+        return value
+
+    def path(self, value: Any, key: str) -> Path:
+        text = self.string(value, key)
+        path = Path(text).expanduser()
+        # normpath: 'configs/../reports' reads better as 'reports' in every message and report.
+        return Path(os.path.normpath(path if path.is_absolute() else self.base_dir / path))
+
+    def class_path(self, value: Any, key: str) -> str:
+        text = self.string(value, key)
+        module, _, name = text.partition(":")
+        if not module or not name:
+            self.fail(key, "'package.module:ClassName'", value)
+        return text

@@ -1,0 +1,57 @@
+"""Errors a user can act on.
+
+Every error sensaudit raises on purpose derives from :class:`SensauditError`; the CLI maps each
+to an exit code and prints its one-line message. Anything else escaping is a bug and keeps its
+traceback.
+
+    SensauditError            exit 2: bad input, nothing was audited
+    ├── ConfigError           the YAML config: syntax, unknown keys, wrong types or values
+    ├── DataError             the CSV/Parquet extract: missing columns, text, NaN/inf, empty
+    ├── ModelLoadError        the model file: unreadable, corrupt, unsafe pickle, wrong class
+    ├── ModelError            the loaded model misbehaves: wrong shape, no gradient path, mixes rows
+    └── ReportError           the report directory cannot be written
+
+A failed *gate* is not an error: the audit ran and its result says ``passed: false`` (exit 1).
+"""
+
+from __future__ import annotations
+
+
+class SensauditError(Exception):
+    """Base class: bad input that stops an audit before a result exists (exit code 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(SensauditError):
+    """The config file is unreadable, malformed, or has a wrong key or value."""
+
+
+class DataError(SensauditError):
+    """The data extract is unreadable or does not fit the config."""
+
+
+class ModelLoadError(SensauditError):
+    """The model file cannot be loaded safely."""
+
+
+class ModelError(SensauditError):
+    """The loaded model cannot be audited (shape, dtype, gradient path, row mixing)."""
+
+
+class ReportError(SensauditError):
+    """The reports cannot be written."""
+
+
+def describe(value: object) -> str:
+    """Render a found value for messages: ``'1.5', a str``, the shape attrs' validators use."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text}, a {type(value).__name__}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, for one-line error messages."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__

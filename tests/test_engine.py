@@ -1,0 +1,289 @@
+"""sensaudit.engine: per-example input Jacobians against closed forms, autograd, and finite
+differences; chunking; no side effects on the input or the model; refusing bad models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import sensaudit
+from models import (
+    CLOSED_FORM,
+    MLP,
+    Argmax,
+    BatchCentering,
+    Detaching,
+    Linear,
+    MultiOutput,
+    Quadratic,
+    Sigmoid,
+    WrongShape,
+    batchnorm_in_train_mode,
+    dropout_in_train_mode,
+)
+from sensaudit.engine import STRATEGIES, check_row_independence, scores_and_jacobian
+from sensaudit.errors import ModelError
+
+# float64 Jacobians agree with their formulas to a few units in the last place.
+CLOSE = dict(rtol=1e-12, atol=1e-13)
+
+NO_GRADIENT_PATH = ("the model's output has no gradient path to its input (it detaches, casts "
+                    "to integers, or uses argmax/rounding), so its sensitivity cannot be "
+                    "measured")
+ROW_MIXING = ("the model's score for a row depends on the other rows in its batch (BatchNorm "
+              "in training mode?), so per-example gradients would be wrong; put the model in "
+              "eval mode before auditing")
+RANDOM_SCORES = ("the model gives different scores for the same rows on two calls (dropout or "
+                 "other randomness in training mode?); put it in eval mode before auditing")
+
+models = pytest.mark.parametrize("name", sorted(CLOSED_FORM))
+strategies = pytest.mark.parametrize("strategy", STRATEGIES)
+
+
+def test_strategies_are_the_documented_ones():
+    assert STRATEGIES == ("auto", "reverse", "reverse-vmap", "forward")
+
+
+@models
+@strategies
+def test_jacobian_equals_closed_form(name, strategy, x):
+    model = CLOSED_FORM[name]()
+    jac = sensaudit.input_jacobian(model, x, strategy=strategy)
+    expected = model.expected_jacobian(x)
+    assert jac.dtype == torch.float64
+    assert jac.shape == expected.shape
+    torch.testing.assert_close(jac, expected, **CLOSE)
+
+
+def test_closed_forms_are_not_trivial(x):
+    # Guards the formulas above: they differ between rows where the model is nonlinear, and
+    # the multi-output ones give each output its own gradient.
+    for model in (Sigmoid(), Quadratic(), MLP()):
+        jac = model.expected_jacobian(x)
+        assert not torch.allclose(jac[0], jac[1])
+    for model in (MultiOutput(), MLP()):
+        jac = model.expected_jacobian(x)
+        assert jac.shape == (11, 3, 4)
+        assert not torch.allclose(jac[:, 0], jac[:, 1])
+
+
+@models
+@strategies
+def test_batched_equals_per_example_autograd(name, strategy, x):
+    model = CLOSED_FORM[name]()
+    jac = sensaudit.input_jacobian(model, x, strategy=strategy)
+    per_example = torch.stack([
+        torch.autograd.functional.jacobian(lambda row: model(row.unsqueeze(0)).reshape(-1), row)
+        for row in x
+    ])  # [rows, outputs, features]
+    torch.testing.assert_close(jac, per_example, **CLOSE)
+
+
+@models
+def test_batched_equals_central_finite_differences(name, x):
+    model = CLOSED_FORM[name]()
+    eps = 1e-6
+    columns = []
+    with torch.no_grad():
+        for j in range(x.shape[1]):
+            step = torch.zeros_like(x)
+            step[:, j] = eps
+            up = model(x + step).reshape(x.shape[0], -1)
+            down = model(x - step).reshape(x.shape[0], -1)
+            columns.append((up - down) / (2 * eps))
+    finite_differences = torch.stack(columns, dim=2)  # [rows, outputs, features]
+    jac = sensaudit.input_jacobian(model, x)
+    # Central differences: O(eps^2) truncation plus ~1e-16 / eps rounding.
+    torch.testing.assert_close(jac, finite_differences, rtol=1e-7, atol=1e-8)
+
+
+class _BackwardFromSensaudit(torch.autograd.Function):
+    """model(x) whose backward pass is built from sensaudit's Jacobian, so gradcheck compares
+    sensaudit's Jacobians (cross-row zeros included) with its own finite differences."""
+
+    @staticmethod
+    def forward(ctx, x, model, strategy):
+        scores, jac = scores_and_jacobian(model, x, strategy=strategy)
+        ctx.save_for_backward(jac)
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad_scores):
+        (jac,) = ctx.saved_tensors
+        return torch.einsum("ro,rof->rf", grad_scores, jac), None, None
+
+
+@models
+@strategies
+def test_gradcheck_with_sensaudit_jacobians(name, strategy, x):
+    model = CLOSED_FORM[name]()
+    inputs = x[:5].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda inp: _BackwardFromSensaudit.apply(inp, model, strategy), (inputs,),
+        eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+@models
+@strategies
+def test_chunking_does_not_change_results(name, strategy, x):
+    model = CLOSED_FORM[name]()
+    one_per_row = sensaudit.input_jacobian(model, x, strategy=strategy, batch_size=1)
+    for batch_size in (3, 7, 11, 100, None):
+        jac = sensaudit.input_jacobian(model, x, strategy=strategy, batch_size=batch_size)
+        # Bit-identical but for matmul blocking, which moves the last bit with the batch size.
+        torch.testing.assert_close(jac, one_per_row, rtol=0, atol=1e-14)
+
+
+@models
+@strategies
+def test_scores_are_the_model_outputs(name, strategy, x):
+    model = CLOSED_FORM[name]()
+    scores, jac = scores_and_jacobian(model, x, strategy=strategy, batch_size=3)
+    with torch.no_grad():
+        expected = model(x).reshape(x.shape[0], -1)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-14)
+    assert scores.shape == (11, jac.shape[1])
+    assert not scores.requires_grad
+    assert not jac.requires_grad
+
+
+@strategies
+@pytest.mark.parametrize("input_requires_grad", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_input_model_and_parameters_untouched(strategy, input_requires_grad, training, x):
+    model = MLP().train(training)
+    inputs = x.clone().requires_grad_(input_requires_grad)
+    old_grad = torch.full_like(x, 7.0) if input_requires_grad else None
+    inputs.grad = old_grad
+    before = inputs.detach().clone()
+
+    sensaudit.input_jacobian(model, inputs, strategy=strategy, batch_size=4)
+
+    assert inputs.requires_grad is input_requires_grad
+    assert inputs.grad is old_grad
+    if old_grad is not None:
+        assert torch.equal(old_grad, torch.full_like(x, 7.0))
+    assert torch.equal(inputs.detach(), before)
+    assert model.training is training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_non_leaf_input_keeps_its_graph(x):
+    leaf = x.clone().requires_grad_(True)
+    inputs = leaf * 2  # a non-leaf with a graph behind it
+    sensaudit.input_jacobian(Sigmoid(), inputs)
+    inputs.sum().backward()
+    assert torch.equal(leaf.grad, torch.full_like(x, 2.0))
+
+
+def test_parameter_grads_already_set_are_not_changed(x):
+    model = Linear()
+    model.w.grad = torch.ones_like(model.w)
+    sensaudit.input_jacobian(model, x)
+    assert torch.equal(model.w.grad, torch.ones_like(model.w))
+
+
+# --- row independence -------------------------------------------------------------------------
+
+
+def test_batchnorm_in_training_mode_is_refused(x):
+    with pytest.raises(ModelError) as err:
+        check_row_independence(batchnorm_in_train_mode(), x)
+    assert str(err.value) == (
+        "the model fails on a batch of one row (Expected more than 1 value per channel when "
+        "training, got input size torch.Size([1, 3])), so its score for a row depends on the "
+        "other rows in its batch (BatchNorm in training mode?); put the model in eval mode "
+        "before auditing")
+
+
+def test_row_mixing_model_is_refused(x):
+    with pytest.raises(ModelError) as err:
+        check_row_independence(BatchCentering(), x)
+    assert str(err.value) == ROW_MIXING
+
+
+def test_dropout_in_training_mode_is_refused(x):
+    with pytest.raises(ModelError) as err:
+        check_row_independence(dropout_in_train_mode(), x)
+    assert str(err.value) == RANDOM_SCORES
+
+
+@pytest.mark.parametrize("make", [batchnorm_in_train_mode, dropout_in_train_mode])
+def test_same_models_in_eval_mode_pass(make, x):
+    model = make()
+    if isinstance(model[1], nn.BatchNorm1d):
+        # Give the running statistics values that are not the defaults, as training would.
+        model[1].running_mean.fill_(0.5)
+        model[1].running_var.fill_(2.0)
+    model.eval()
+    check_row_independence(model, x)  # no error
+    jac = sensaudit.input_jacobian(model, x)
+    per_example = torch.stack([
+        torch.autograd.functional.jacobian(lambda row: model(row.unsqueeze(0)).reshape(-1), row)
+        for row in x
+    ])
+    torch.testing.assert_close(jac, per_example, **CLOSE)
+
+
+@models
+def test_closed_form_models_pass_row_independence(name, x):
+    check_row_independence(CLOSED_FORM[name](), x)
+
+
+# --- models that cannot be audited ------------------------------------------------------------
+
+
+@strategies
+@pytest.mark.parametrize("n_outputs", [1, 3])
+def test_no_gradient_path_is_refused(strategy, n_outputs, x):
+    with pytest.raises(ModelError) as err:
+        sensaudit.input_jacobian(Detaching(n_outputs=n_outputs), x, strategy=strategy)
+    assert str(err.value) == NO_GRADIENT_PATH
+
+
+def test_flat_model_gives_zero_jacobian_in_every_strategy(x):
+    # A model with a gradient path whose gradient is zero is not an error: the difference
+    # from Detaching is what the forward-mode fallback must preserve.
+    class Flat(nn.Module):
+        def forward(self, inp):
+            return torch.relu(inp - 100.0) @ torch.ones(4, 2, dtype=torch.float64)
+
+    for strategy in STRATEGIES:
+        jac = sensaudit.input_jacobian(Flat(), x, strategy=strategy)
+        assert torch.equal(jac, torch.zeros(11, 2, 4, dtype=torch.float64))
+
+
+@strategies
+def test_integer_scores_are_refused(strategy, x):
+    with pytest.raises(ModelError) as err:
+        sensaudit.input_jacobian(Argmax(), x, strategy=strategy)
+    assert str(err.value) == ("the model returned torch.int64 scores; expected floating point "
+                              "(integer outputs have no gradient)")
+
+
+def test_wrong_output_shape_is_refused(x):
+    with pytest.raises(ModelError) as err:
+        sensaudit.input_jacobian(WrongShape(), x)
+    assert str(err.value) == ("the model returned shape [1, 4, 1] for 1 rows; expected [1] or "
+                              "[1, outputs]")
+
+
+def test_non_tensor_output_is_refused(x):
+    with pytest.raises(ModelError) as err:
+        sensaudit.input_jacobian(lambda inp: [1.0] * inp.shape[0], x)
+    assert str(err.value) == ("the model returned a list; expected a tensor of scores shaped "
+                              "[rows] or [rows, outputs]")
+
+
+def test_bad_inputs_are_refused(x):
+    with pytest.raises(ModelError) as err:
+        sensaudit.input_jacobian(Linear(), x[0])
+    assert str(err.value) == "expected inputs shaped [rows, features]; got [4]"
+    with pytest.raises(ModelError) as err:
+        sensaudit.input_jacobian(Linear(), x[:0])
+    assert str(err.value) == "no rows to audit"
+    with pytest.raises(ValueError) as err:
+        sensaudit.input_jacobian(Linear(), x, strategy="backward")
+    assert str(err.value) == ("strategy must be one of ('auto', 'reverse', 'reverse-vmap', "
+                              "'forward'), got 'backward'")
