@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-0.1.0
 
-.PHONY: demo test lint bench sample-data clean
+.PHONY: demo demo-run test lint bench sample-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,13 +14,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	@$(MAKE) --no-print-directory demo-run
+
+# The demo itself, on whatever sensaudit is given (tests run it with `python -m sensaudit`).
+SENSAUDIT ?= $(BIN)/sensaudit
+demo-run:
 	@echo "== scorer_v1: trained on the extract where long ads happened to be the good ones"
-	@$(BIN)/sensaudit run configs/scorer_v1.yaml; code=$$?; \
+	@$(SENSAUDIT) run configs/scorer_v1.yaml; code=$$?; \
 	  if [ $$code -ne 1 ]; then echo "demo: expected scorer_v1 to fail its copy_length gate (exit 1), got $$code"; exit 1; fi
 	@echo "== scorer_v2: retrained on data resampled to remove the length-quality correlation"
-	@$(BIN)/sensaudit run configs/scorer_v2.yaml
+	@$(SENSAUDIT) run configs/scorer_v2.yaml
 	@echo "== compare v1 -> v2 on the same rows: what the retrain changed"
-	@$(BIN)/sensaudit compare sample_data/scorer_v1.pt2 sample_data/scorer_v2.pt2 \
+	@$(SENSAUDIT) compare sample_data/scorer_v1.pt2 sample_data/scorer_v2.pt2 \
 	  --config configs/scorer_v2.yaml --out reports/compare
 	@echo "== demo OK: v1 flagged for copy_length (exit 1), v2 passed (exit 0); reports in reports/"
 

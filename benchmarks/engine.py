@@ -146,7 +146,7 @@ def write_parquet(path: Path, rows: int, features: int, chunk: int = 500_000) ->
         block = rng.standard_normal((n, features), dtype=np.float32)
         table = pa.table({name: block[:, j] for j, name in enumerate(names)})
         writer = writer or pq.ParquetWriter(path, table.schema)
-        writer.write_table(table)
+        writer.write_table(table, row_group_size=131_072)  # pyarrow's default is 1Mi rows
     writer.close()
 
 

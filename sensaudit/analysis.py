@@ -189,7 +189,9 @@ class GradientAccumulator:
                 "scaled_sensitivity": scaled[i].numpy(), "share": share[i].numpy(),
             })
             # Ties share a rank (the best one), so two identical features rank alike.
-            frame["rank"] = frame["share"].rank(ascending=False, method="min").astype(int)
+            # na_option: a NaN share (infinite gradients summed) ranks last, not a crash.
+            frame["rank"] = frame["share"].rank(ascending=False, method="min",
+                                                na_option="bottom").astype(int)
             frame["flagged"] = False
             frames.append(frame.sort_values(["rank", "feature"], kind="stable"))
         return pd.concat(frames, ignore_index=True)[SENSITIVITY_COLUMNS]

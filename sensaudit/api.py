@@ -133,7 +133,7 @@ def audit_chunks(loaded: LoadedModel, chunks: Callable[[torch.dtype], Iterator[d
         if prepared is None:
             prepared = prepare_model(loaded, x, config)
             acc = _accumulator(table, prepared, moments, settings)
-        scores, jac = scores_and_jacobian(prepared.module, x, batch_size=settings.batch_size)
+        scores, jac = _jacobian(loaded, prepared.module, x, settings.batch_size)
         frame = acc.update(chunk.ids, scores, jac, chunk.labels)
         if example_sink is not None:
             example_sink(frame)
@@ -146,6 +146,15 @@ def audit_chunks(loaded: LoadedModel, chunks: Callable[[torch.dtype], Iterator[d
 
 def _no_progress(stage: str, done: int, total: int | None) -> None:
     pass
+
+
+def _jacobian(loaded: LoadedModel, module: Model, x: torch.Tensor, batch_size: int | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    # The engine knows no files: its errors (no gradient path, ...) get the model's path here.
+    try:
+        return scores_and_jacobian(module, x, batch_size=batch_size)
+    except ModelError as exc:
+        raise ModelError(f"{loaded.path}: {exc}") from None
 
 
 def _scan_features(chunks: Callable[[torch.dtype], Iterator[data_mod.Chunk]],
@@ -164,6 +173,13 @@ def _scan_features(chunks: Callable[[torch.dtype], Iterator[data_mod.Chunk]],
     if moments.count < 2:
         raise DataError(f"{table.path}: {moments.count} usable row(s); an audit needs at least 2 "
                         "to measure how much each feature varies")
+    # Values near float64's limit (1e154 and up) overflow the variance, and an infinite std
+    # would make every share NaN.
+    overflow = (~torch.isfinite(moments.std)).nonzero().flatten().tolist()
+    if overflow:
+        raise DataError(f"{table.path}: column '{table.features[overflow[0]]}' has values too "
+                        "large to measure how much it varies (its variance overflows); rescale "
+                        "it")
     return moments, dropped
 
 
@@ -178,6 +194,12 @@ def _accumulator(table: data_mod.Table, prepared: PreparedModel, moments: Featur
 def _finish(acc: GradientAccumulator, prepared: PreparedModel, loaded: LoadedModel,
             table: data_mod.Table, settings: AuditSettings, dropped: int) -> AuditResult:
     """Rank, gate and explain one model's accumulated statistics."""
+    if acc.rows == 0 and acc.nonfinite_rows:
+        # Even under audit.allow_nonfinite, 0 rows audited leaves nothing to rank.
+        ids = ", ".join(map(str, acc.nonfinite_ids[:5]))
+        raise ModelError(f"{loaded.path}: the model gave non-finite scores or gradients on all "
+                         f"{acc.nonfinite_rows:,} rows (first ids: {ids}), so there is nothing "
+                         "to rank")
     if acc.rows and not bool((acc.sum_abs > 0).any()):
         raise ModelError(f"{loaded.path}: every gradient is exactly zero on all {acc.rows:,} rows:"
                          " the score does not respond to any feature (a step function, rounding,"
@@ -284,7 +306,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
         results = []
         for loaded, prep, acc in zip(models, prepared, accs):
             x = chunk.x.to(loaded.device, loaded.dtype)
-            scores, jac = scores_and_jacobian(prep.module, x, batch_size=settings.batch_size)
+            scores, jac = _jacobian(loaded, prep.module, x, settings.batch_size)
             scores, jac = scores.cpu().double(), jac.cpu().double()
             acc.update(chunk.ids, scores, jac, chunk.labels)
             results.append((scores, jac))

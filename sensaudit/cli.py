@@ -92,9 +92,16 @@ def run(
     if not quiet:
         _print_audit(result, written)
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
+    # Non-finite rows can fail an audit with 0 flags: the verdict says so, even with --quiet.
+    allowed = " (allowed)" if result.nonfinite_allowed else ""
+    nonfinite = (f"{result.nonfinite_rows:,} non-finite row(s){allowed}, "
+                 if result.nonfinite_rows else "")
+    # data.on_missing: drop says how many rows it skipped, here as in the reports.
+    dropped = (f" ({result.rows_dropped:,} dropped for missing values)"
+               if result.rows_dropped else "")
     stdout.print(f"Audit {verdict}: {len(result.gates.flags)} flag(s), "
-                 f"{len(result.gates.warnings)} warning(s), {result.rows:,} rows; reports in "
-                 f"{cfg.report.dir}")
+                 f"{len(result.gates.warnings)} warning(s), {nonfinite}{result.rows:,} rows"
+                 f"{dropped}; reports in {cfg.report.dir}", highlight=False)
     raise typer.Exit(EXIT_PASSED if result.passed else EXIT_GATE_FAILED)
 
 
@@ -156,7 +163,12 @@ def _errors(debug: bool):
     except SensauditError as exc:
         if debug:
             raise
-        stderr.print(f"[bold red]Error:[/] {exc}", highlight=False, markup=True,
+        # The message is plain text: file names like "[v2].csv" must not be read as markup.
+        # A value quoted from a file ("\x1e", a newline in a column name) must not split the
+        # one line a CI log shows: non-printable characters are shown escaped.
+        message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
+                          for c in str(exc))
+        stderr.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False,
                      soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
 
@@ -172,7 +184,9 @@ def _progress(quiet: bool):
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), _RowsPerSecond(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=stderr, disable=quiet, transient=True) as bar:
+    # Off the terminal (CI logs, pipes) a live bar only leaves stray blank lines behind.
+    show = not quiet and stderr.is_terminal
+    with Progress(*columns, console=stderr, disable=not show, transient=True) as bar:
         tasks: dict[str, int] = {}
         labels = {"scan": "Reading features", "audit": "Computing Jacobians"}
 

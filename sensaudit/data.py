@@ -62,8 +62,8 @@ def _features(cfg: DataConfig, columns: list[str], sample: pd.DataFrame) -> tupl
     if cfg.features is not None:
         return tuple(cfg.features)
     if len(sample) == 0:
-        # Fix: a header-only file was reported as "no numeric feature columns found" (an empty
-        # column has no numeric dtype to infer), which sent users looking at data.features.
+        # Said before feature inference: an empty column has no numeric dtype to infer, and
+        # "no numeric feature columns" would send users looking at data.features.
         raise DataError(f"{cfg.path}: the data has a header but no rows")
     skip = {cfg.label, cfg.id}
     # A column holding numbers and some text is a feature with bad values, not a text column:
@@ -76,8 +76,7 @@ def _features(cfg: DataConfig, columns: list[str], sample: pd.DataFrame) -> tupl
     return features
 
 
-# Fix: api.audit_frame calls frame_table and iter_frame_chunks, which did not exist (every
-# audit_frame call raised AttributeError). They check an in-memory DataFrame as a file is.
+# For api.audit_frame: an in-memory DataFrame is checked as a file is.
 def frame_table(frame: pd.DataFrame, cfg: DataConfig) -> Table:
     """The Table for an in-memory DataFrame: columns checked, features decided."""
     columns = [str(c) for c in frame.columns]
@@ -94,19 +93,23 @@ def iter_frame_chunks(frame: pd.DataFrame, table: Table, cfg: DataConfig,
     frame = frame.rename(columns=str)
     if len(frame) == 0:
         raise DataError(f"{cfg.path}: the data has a header but no rows")
+    missing = _MissingValues(table.features)
     for start in range(0, len(frame), cfg.chunk_rows):
-        yield _to_chunk(frame.iloc[start : start + cfg.chunk_rows], table, cfg, start + 1, dtype)
+        yield _to_chunk(frame.iloc[start : start + cfg.chunk_rows], table, cfg, start + 1, dtype,
+                        missing)
+    missing.check(cfg)
 
 
 def iter_chunks(table: Table, cfg: DataConfig, dtype: torch.dtype = torch.float32
                 ) -> Iterator[Chunk]:
     """Yield validated chunks of at most ``cfg.chunk_rows`` rows, in file order."""
     first_row = 1
+    missing = _MissingValues(table.features)
     try:
         for frame in _read_frames(cfg, table, as_text=False):
             if len(frame) == 0:
                 continue
-            chunk = _to_chunk(frame, table, cfg, first_row, dtype)
+            chunk = _to_chunk(frame, table, cfg, first_row, dtype, missing)
             first_row += len(frame)
             yield chunk
     except ValueError:
@@ -115,6 +118,7 @@ def iter_chunks(table: Table, cfg: DataConfig, dtype: torch.dtype = torch.float3
         raise DataError(f"{cfg.path}: cannot parse the feature columns as numbers") from None
     if first_row == 1:
         raise DataError(f"{cfg.path}: the data has a header but no rows")
+    missing.check(cfg)
 
 
 def _raise_text_error(cfg: DataConfig, table: Table) -> None:
@@ -142,23 +146,51 @@ def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame]:
             batch = next(pf.iter_batches(batch_size=1000), None)
             sample = batch.to_pandas() if batch is not None else pd.DataFrame(columns=columns)
         else:
-            with path.open(newline="", encoding="utf-8") as handle:
-                header = next(csv.reader(handle), None)
-            if not header:
-                raise DataError(f"{path}: the file is empty; expected a CSV header row")
-            columns = [c.strip() for c in header]
-            _check_duplicates(path, columns)
-            # Fix: skipinitialspace as _read_frames uses, so a header "a, b" gives the
-            # stripped names the columns list holds (KeyError 'b' before).
-            sample = pd.read_csv(path, nrows=1000, skipinitialspace=True)
+            columns = _csv_columns(path)
+            # skipinitialspace as _read_frames uses, so a header "a, b" gives the stripped
+            # names the columns list holds.
+            sample = pd.read_csv(path, nrows=1000, skipinitialspace=True, encoding="utf-8-sig")
+            # A first row with more fields than the header makes pandas read its first
+            # column(s) as the index, shifting every value one column over: refuse it.
+            if not isinstance(sample.index, pd.RangeIndex) or len(sample.columns) != len(columns):
+                raise DataError(f"{path}: malformed CSV: row 1 has more fields than the "
+                                f"header's {len(columns)} column names")
+            sample.columns = columns
     except DataError:
         raise
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: {_malformed(exc)}") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a UTF-8 text CSV file (is it Parquet? name it .parquet)"
                         ) from None
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
     return columns, sample
+
+
+def _csv_columns(path: Path) -> list[str]:
+    """The CSV header's column names, stripped (and without a UTF-8 byte-order mark)."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise DataError(f"{path}: the file is empty; expected a CSV header row")
+    columns = [c.strip() for c in header]
+    for i, name in enumerate(columns):
+        if not name:
+            raise DataError(f"{path}: column {i + 1} of the header has no name")
+    _check_duplicates(path, columns)
+    return columns
+
+
+def _malformed(exc: Exception) -> str:
+    """pandas' tokenizer error, e.g. 'Expected 5 fields in line 21, saw 7', for a message."""
+    detail = first_line(exc).replace("Error tokenizing data. C error: ", "")
+    if detail[1:2].islower():  # "Expected ..." reads on after a colon; "EOF ..." stays
+        detail = detail[:1].lower() + detail[1:]
+    # pandas' "line N" counts file lines (the header is line 1); its "row N" counts data rows
+    # from 1, as sensaudit's messages do.
+    where = " (line 1 is the header)" if " line " in detail else ""
+    return f"malformed CSV: {detail}{where}"
 
 
 def _check_duplicates(path: Path, columns: list[str]) -> None:
@@ -195,8 +227,10 @@ def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd
         if _is_parquet(path):
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=cfg.chunk_rows,
-                                                           columns=table.columns):
+            # Buffered, unprefetched reads: a row group's pages are decoded as they stream in
+            # rather than the whole row group being fetched first (a third less peak memory).
+            parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+            for batch in parquet.iter_batches(batch_size=cfg.chunk_rows, columns=table.columns):
                 yield batch.to_pandas()
             return
     except Exception as exc:  # pyarrow raises many types (some ValueErrors) for bad files
@@ -205,12 +239,20 @@ def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd
         kinds = {name: (str if as_text else "float64") for name in table.features}
         if table.id is not None:
             kinds[table.id] = str  # ids such as "00123" keep their leading zeros
-        yield from pd.read_csv(path, usecols=table.columns, chunksize=cfg.chunk_rows,
-                                   dtype=kinds, skipinitialspace=True,
-                                   keep_default_na=not as_text)
+        # Every column is parsed, not only the used ones (usecols): with usecols pandas
+        # silently cuts a row with too many fields (an unquoted comma), shifting its values;
+        # without, such a row is a ParserError naming its line. names= gives the header names
+        # as _csv_columns cleaned them (BOM and spaces stripped).
+        reader = pd.read_csv(path, header=0, names=_csv_columns(path), chunksize=cfg.chunk_rows,
+                             dtype=kinds, skipinitialspace=True, keep_default_na=not as_text,
+                             encoding="utf-8-sig")
+        for frame in reader:
+            yield frame[table.columns]
     except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: malformed CSV ({first_line(exc)})") from None
-    except ValueError:
+        raise DataError(f"{path}: {_malformed(exc)}") from None
+    except ValueError as exc:
+        if as_text:  # nothing is parsed as a number here: not a text cell, a broken file
+            raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
         raise  # a float parse failure: iter_chunks names the offending row
     except Exception as exc:
         raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
@@ -220,8 +262,39 @@ _MISSING_TEXT = {"", "nan", "NaN", "NA", "N/A", "null", "NULL", "None", "inf", "
                  "Infinity", "-Infinity", "infinity", "-infinity"}
 
 
+class _MissingValues:
+    """NaN/inf counts per feature over the whole file, so an error reports the file's total
+    (not one chunk's) and the first row where each column has one."""
+
+    def __init__(self, features: tuple[str, ...]):
+        self.features = features
+        self.count = np.zeros(len(features), dtype=np.int64)
+        self.first_row = np.zeros(len(features), dtype=np.int64)
+
+    def add(self, bad: np.ndarray, first_row: int) -> None:
+        """bad: bool [rows, features] for a chunk starting at data row ``first_row``."""
+        new = (self.count == 0) & bad.any(axis=0)
+        self.first_row[new] = first_row + np.argmax(bad[:, new], axis=0)
+        self.count += bad.sum(axis=0)
+
+    def check(self, cfg: DataConfig) -> None:
+        """With data.on_missing: error, refuse the file if any feature had a missing value."""
+        if cfg.on_missing != "error" or not self.count.any():
+            return
+        j = int(np.argmax(self.count > 0))
+        count = int(self.count[j])
+        others = int((self.count > 0).sum()) - 1
+        also = f"; {others} more column(s) have some too" if others else ""
+        raise DataError(f"{cfg.path}: column '{self.features[j]}' has {count} missing or "
+                        f"infinite value{'s' if count != 1 else ''} (first at row "
+                        f"{int(self.first_row[j])}){also}; fix the data or set "
+                        "data.on_missing: drop to skip such rows")
+
+
 def _to_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: int,
-              dtype: torch.dtype) -> Chunk:
+              dtype: torch.dtype, missing: _MissingValues) -> Chunk:
+    """Validate one block of rows; rows with NaN/inf are dropped here and tallied in
+    ``missing``, whose check() at the end of the file decides whether that is an error."""
     values = np.empty((len(frame), len(table.features)), dtype=np.float64)
     for j, name in enumerate(table.features):
         values[:, j] = _numeric_column(frame[name], name, cfg.path, first_row)
@@ -229,20 +302,21 @@ def _to_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: int
     keep = slice(None)
     dropped = 0
     if bad.any():
+        missing.add(bad, first_row)
         bad_rows = bad.any(axis=1)
-        if cfg.on_missing == "error":
-            j = int(np.argmax(bad.any(axis=0)))
-            name = table.features[j]
-            count = int(bad[:, j].sum())
-            row = first_row + int(np.argmax(bad[:, j]))
-            raise DataError(f"{cfg.path}: column '{name}' has {count} missing or infinite "
-                            f"value{'s' if count != 1 else ''} (first at row {row}); fix the "
-                            "data or set "
-                            "data.on_missing: drop to skip such rows")
         keep = ~bad_rows
         dropped = int(bad_rows.sum())
         values = values[keep]
     row_numbers = np.arange(first_row, first_row + len(frame))[keep]
+    if dtype.is_floating_point and dtype != torch.float64 and values.size:
+        # A float32 model would see such a value as infinity: name it rather than report
+        # "non-finite gradients" for a row whose data looked finite.
+        too_large = np.abs(values) > torch.finfo(dtype).max
+        if too_large.any():
+            row, j = np.argwhere(too_large)[0]
+            raise DataError(f"{cfg.path}: column '{table.features[j]}' has a value too large "
+                            f"for the model's {str(dtype).replace('torch.', '')} inputs (row "
+                            f"{row_numbers[row]}: {values[row, j]:g})")
     ids = frame[table.id].to_numpy()[keep].tolist() if table.id else row_numbers.tolist()
     labels = None
     if table.label:

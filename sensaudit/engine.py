@@ -121,9 +121,8 @@ def _chunk_jacobian(
         with torch.no_grad():
             y = as_output_matrix(model(x), rows)
         try:
-            # Fix: without no_grad the forward-mode Jacobian stayed attached to the model's
-            # parameters (requires_grad, a graph kept alive), though documented as detached.
-            # Forward-mode AD does not need grad mode.
+            # Without no_grad the forward-mode Jacobian stays attached to the model's parameters
+            # (a graph kept alive); forward-mode AD does not need grad mode.
             with torch.no_grad():
                 jac = _forward_mode(model, x)
         except RuntimeError as exc:
@@ -131,7 +130,7 @@ def _chunk_jacobian(
                 raise
             strategy = "reverse"  # an op without a forward-mode formula: reverse always works
         else:
-            # Fix: forward mode returned silent zeros for a model with no gradient path (it
+            # Forward mode returns silent zeros for a model with no gradient path (it
             # detaches); an all-zero chunk is redone in reverse mode, which raises ModelError
             # for that case and returns the same zeros for a genuinely flat model.
             if bool(jac.any()):
@@ -158,9 +157,9 @@ def _chunk_jacobian(
 
 
 def _no_gradient_path() -> ModelError:
-    # Fix: y.requires_grad alone misses a model that detaches its input but has trainable
-    # parameters (y still requires grad through them); its gradient came back None and was
-    # silently turned into zeros. None (unlike a zero tensor) means x is not in y's graph.
+    # y.requires_grad alone misses a model that detaches its input but has trainable
+    # parameters (y still requires grad through them). A None gradient (unlike a zero
+    # tensor) means x is not in y's graph.
     return ModelError("the model's output has no gradient path to its input (it detaches, "
                       "casts to integers, or uses argmax/rounding), so its sensitivity "
                       "cannot be measured")
@@ -229,8 +228,8 @@ def check_row_independence(model: Model, x: torch.Tensor, *, probe_rows: int = 8
         except ModelError:
             raise
         except Exception as exc:
-            # Fix: BatchNorm in training mode raises ValueError on a one-row batch; that
-            # escaped as a traceback instead of the row-dependence ModelError below.
+            # BatchNorm in training mode raises ValueError on a one-row batch: that, too, means
+            # the rows of a batch interact.
             raise ModelError(f"the model fails on a batch of one row ({first_line(exc)}), so "
                              "its score for a row depends on the other rows in its batch "
                              "(BatchNorm in training mode?); put the model in eval mode before "

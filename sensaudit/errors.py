@@ -48,10 +48,15 @@ def describe(value: object) -> str:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    return f"{text}, a {type(value).__name__}"
+    kind = type(value).__name__
+    article = "an" if kind[0] in "aeiou" else "a"
+    return f"{text}, {article} {kind}"
 
 
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, for one-line error messages."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("The following operation failed in the TorchScript"):
+        # TorchScript puts its traceback first and the actual error on the last line.
+        return lines[-1][:200]
     return lines[0][:200] if lines else type(exc).__name__

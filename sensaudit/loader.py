@@ -2,8 +2,9 @@
 
 Formats, told apart by their contents rather than their names:
 
-- ``torch.export`` programs (``.pt2``): a graph plus weights; loading runs no Python code of the
-  file's author. Safe for files from elsewhere.
+- ``torch.export`` programs (``.pt2``): a graph plus weights. ``torch.export.load`` alone can
+  run code from a crafted file, so :mod:`sensaudit.pt2_safety` checks the archive before,
+  during and after loading; with those checks, safe for files from elsewhere.
 - TorchScript archives (``torch.jit.save``): TorchScript code runs inside the TorchScript
   interpreter, which can only call torch operators; no arbitrary Python.
 - ``state_dict`` checkpoints (``torch.save(model.state_dict())``): read with
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from typing import Any
 
 import torch
 
+from . import pt2_safety
 from .config import ModelConfig
 from .errors import ModelLoadError, first_line
 
@@ -58,14 +61,19 @@ def load_model(cfg: ModelConfig, *, trust_pickle: bool | None = None,
     """Load ``cfg.path`` into eval mode on ``device`` (default: ``cfg.device``)."""
     path = cfg.path
     trust = cfg.trust_pickle if trust_pickle is None else trust_pickle
-    device = device or resolve_device(cfg.device)
+    try:
+        device = device or resolve_device(cfg.device)
+    except ModelLoadError as exc:  # name the model the setting belongs to
+        raise ModelLoadError(f"{path}: {exc}") from None
     if not path.exists():
         raise ModelLoadError(f"{path}: model file not found (model.path)")
     if path.is_dir():
         raise ModelLoadError(f"{path}: model.path is a directory, not a model file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: the model file is empty (model.path)")
     kind = _sniff(path)
     if kind == "torch.export":
-        module = _load_exported(path, device)
+        module = _load_exported(path, device, trust)
     elif kind == "torchscript":
         module = _guard(path, "TorchScript archive", lambda: torch.jit.load(str(path),
                                                                             map_location=device))
@@ -80,8 +88,24 @@ def load_model(cfg: ModelConfig, *, trust_pickle: bool | None = None,
 def _sniff(path: Path) -> str:
     try:
         if not zipfile.is_zipfile(path):
+            with path.open("rb") as handle:
+                start = handle.read(4)
+            if start[:1] != b"\x80" and start != b"PK\x03\x04":
+                # Neither a zip archive nor a binary pickle (legacy torch.save): not handed to
+                # any unpickler, whose error would be noise such as "KeyError: 116".
+                raise ModelLoadError(f"{path}: not a PyTorch model file: expected a zip "
+                                     "archive (torch.export.save, torch.jit.save, torch.save) "
+                                     "or a legacy torch.save file")
+            if start == b"PK\x03\x04":
+                # torch.save, torch.jit.save and torch.export.save all write zip archives;
+                # one whose directory (at the end) is missing was cut short.
+                raise ModelLoadError(f"{path}: corrupt or truncated model file: it starts as a "
+                                     "zip archive (as torch.save, torch.jit.save and "
+                                     "torch.export.save write) but its end is missing or "
+                                     "damaged")
             return "pickle"  # legacy torch.save or a bare pickle; weights_only decides
-        names = zipfile.ZipFile(path).namelist()
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
     except (OSError, zipfile.BadZipFile) as exc:
         raise ModelLoadError(f"{path}: cannot read model file ({exc})") from None
     if any(n.endswith("models/model.json") or "serialized_exported_program" in n for n in names):
@@ -101,21 +125,48 @@ def _guard(path: Path, what: str, load: Callable[[], Any]) -> Any:
                              f"({first_line(exc)})") from None
 
 
-def _load_exported(path: Path, device: torch.device) -> torch.nn.Module:
-    program = _guard(path, "torch.export program", lambda: torch.export.load(str(path)))
-    module = program.module()
+def _load_exported(path: Path, device: torch.device, trust: bool) -> torch.nn.Module:
+    # torch.export.load alone runs code from a crafted .pt2 (it unpickles, and evaluates
+    # shape expressions); see pt2_safety. Checked before, during and after loading.
+    if trust:
+        program = _guard(path, "torch.export program", lambda: torch.export.load(str(path)))
+    else:
+        try:
+            pt2_safety.check_archive(path)
+            with pt2_safety.weights_only_unpickling():
+                program = torch.export.load(str(path))
+            pt2_safety.check_graph_ops(program)
+        except pt2_safety.UnsafeExport as exc:
+            raise ModelLoadError(
+                f"{path}: refusing to load this torch.export file: {exc}. A crafted .pt2 can "
+                "run code when loaded or run; re-export the model with torch.export.save, or "
+                "set model.trust_pickle: true (--trust-pickle) only if you trust the file's "
+                "source") from None
+        except Exception as exc:  # torch raises many types for a damaged archive
+            raise ModelLoadError(f"{path}: cannot load torch.export program: corrupt or "
+                                 f"truncated file? ({first_line(exc)})") from None
+    if device.type != "cpu":
+        # Device placements are baked into the graph's nodes too; this pass rewrites them
+        # all, where a plain module.to(device) would move the weights only.
+        from torch.export.passes import move_to_device_pass
+
+        program = move_to_device_pass(program, device)
     # Exported graphs fix their train/eval behaviour at export time and refuse .eval().
-    return module.to(device) if device.type != "cpu" else module
+    return program.module()
 
 
 def _load_pickle_based(cfg: ModelConfig, path: Path, trust: bool, device: torch.device
                        ) -> tuple[Any, str]:
     try:
-        obj = torch.load(str(path), map_location=device, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (on stderr) about pickle protocols it did not write; the error
+            # below says what matters, on one line.
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - classified below
-        if not _is_unsafe_pickle(exc):
-            raise ModelLoadError(f"{path}: not a readable PyTorch model file: corrupt or "
-                                 f"truncated? ({first_line(exc)})") from None
+        if not _is_unsafe_pickle(exc, path):
+            raise ModelLoadError(f"{path}: not a readable PyTorch model file: corrupt, "
+                                 f"truncated or another format? ({_load_detail(exc)})") from None
         if not trust:
             raise ModelLoadError(
                 f"{path}: refusing to unpickle: the file holds pickled Python objects (a whole "
@@ -147,10 +198,34 @@ def _load_trusted_pickle(path: Path, device: torch.device) -> Any:
     return module
 
 
-def _is_unsafe_pickle(exc: Exception) -> bool:
+def _load_detail(exc: Exception) -> str:
+    """torch.load's reason in a few words: its weights_only errors bury it in advice."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+        return " ".join(reason.split())[:200] or type(exc).__name__
+    message = first_line(exc) if text.strip() else ""
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _is_unsafe_pickle(exc: Exception, path: Path) -> bool:
+    """Did weights_only refuse a pickle that names code (rather than fail on a broken file)?"""
     import pickle
 
-    return isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc).lower()
+    if not isinstance(exc, pickle.UnpicklingError):
+        return False
+    if "unsupported global" in str(exc).lower():
+        return True  # the file names a class or function: a pickled module, or a payload
+    # Not every weights_only failure is a pickled module: a text or garbage file must be
+    # reported as not a model file rather than "refused as unsafe". A pickle written
+    # by pickle.dump (protocol 2+, b"\x80" first) that weights_only cannot parse may still
+    # hold code, so it stays refused.
+    try:
+        with path.open("rb") as handle:
+            return handle.read(1) == b"\x80"
+    except OSError:
+        return False
 
 
 def _state_dict_of(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
@@ -173,24 +248,41 @@ def _all_tensors(mapping: Mapping) -> bool:
 def _build(cfg: ModelConfig, path: Path) -> torch.nn.Module:
     module_name, _, class_name = (cfg.class_path or "").partition(":")
     with _importable_from(cfg.path.parent):
+        _forget_stale_module(module_name, cfg.path.parent)
         try:
             mod = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ModelLoadError(f"model.class '{cfg.class_path}': cannot import module "
-                                 f"'{module_name}' ({first_line(exc)})") from None
+        except Exception as exc:  # ImportError, or whatever the module's own code raises
+            raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': cannot import "
+                                 f"module '{module_name}' ({type(exc).__name__}: "
+                                 f"{first_line(exc)})") from None
     cls = getattr(mod, class_name, None)
     if cls is None:
-        raise ModelLoadError(f"model.class '{cfg.class_path}': module '{module_name}' has no "
-                             f"attribute '{class_name}'")
+        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': module '{module_name}' "
+                             f"has no attribute '{class_name}'")
     try:
         module = cls(**dict(cfg.kwargs))
     except Exception as exc:  # the user's constructor may raise anything
-        raise ModelLoadError(f"model.class '{cfg.class_path}': cannot construct it with "
-                             f"model.kwargs {dict(cfg.kwargs)} ({first_line(exc)})") from None
+        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': cannot construct it "
+                             f"with model.kwargs {dict(cfg.kwargs)} ({first_line(exc)})") from None
     if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"model.class '{cfg.class_path}' built a {type(module).__name__}, "
-                             "not a torch.nn.Module")
+        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}' built a "
+                             f"{type(module).__name__}, not a torch.nn.Module")
     return module
+
+
+def _forget_stale_module(module_name: str, folder: Path) -> None:
+    # A module imported earlier from another folder (models/v1/arch.py) must not be reused for
+    # a model beside its own models/v2/arch.py, or the wrong class is built (compare loads two
+    # models in one process). When the model's folder has its own copy, drop the cached one.
+    top = module_name.partition(".")[0]
+    here = folder.resolve()
+    if not ((here / f"{top}.py").exists() or (here / top / "__init__.py").exists()):
+        return
+    origin = getattr(sys.modules.get(top), "__file__", None)
+    if top not in sys.modules or (origin and Path(origin).resolve().is_relative_to(here)):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
 
 
 @contextmanager

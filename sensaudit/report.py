@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from . import __version__
 from .analysis import AuditResult
@@ -35,7 +37,8 @@ class StagedReport:
         self.target = Path(target)
         self.formats = tuple(formats)
         self.staging: Path | None = None
-        self._examples_started = False
+        self._examples: pa_csv.CSVWriter | None = None
+        self._examples_schema: pa.Schema | None = None
 
     def __enter__(self) -> StagedReport:
         try:
@@ -49,6 +52,7 @@ class StagedReport:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._close_examples()
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
@@ -59,21 +63,44 @@ class StagedReport:
         return self.staging / name
 
     def append_examples(self, frame: pd.DataFrame) -> None:
-        """Stream one chunk of per-example drivers into examples.csv."""
+        """Stream one chunk of per-example drivers into examples.csv.
+
+        Arrow's C++ CSV writer: pandas' to_csv formats every float in Python and took half
+        of a million-row audit's time.
+        """
         if "csv" not in self.formats:
             return
-        _guarded(self.target, lambda: frame.to_csv(
-            self._path("examples.csv"), mode="a" if self._examples_started else "w",
-            header=not self._examples_started, index=False, float_format="%.6g"))
-        self._examples_started = True
+
+        def write() -> None:
+            table = pa.Table.from_pandas(frame, preserve_index=False,
+                                         schema=self._examples_schema)
+            if self._examples is None:
+                # A first chunk whose ids (or labels) are all missing types the column as
+                # null, and the next chunk's values could not be cast to that: use string.
+                nullable = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type)
+                                      else f for f in table.schema])
+                table = table.cast(nullable)
+                self._examples_schema = table.schema
+                self._examples = pa_csv.CSVWriter(
+                    str(self._path("examples.csv")), table.schema,
+                    write_options=pa_csv.WriteOptions(quoting_style="needed"))
+            self._examples.write_table(table)
+
+        _guarded(self.target, write)
+
+    def _close_examples(self) -> None:
+        if self._examples is not None:
+            self._examples.close()
+            self._examples = None
 
     def write_audit(self, result: AuditResult) -> None:
         """Write sensitivity.csv, summary.json and report.md as the formats ask."""
         if "csv" in self.formats:
             _guarded(self.target, lambda: result.table.to_csv(
                 self._path("sensitivity.csv"), index=False, float_format="%.8g"))
-            if not self._examples_started:
+            if self._examples_schema is None:
                 self.append_examples(pd.DataFrame(columns=["id", "output", "score"]))
+            self._close_examples()
         if "json" in self.formats:
             self.write_text("summary.json", json.dumps(audit_summary(result), indent=2) + "\n")
         if "markdown" in self.formats:
@@ -97,17 +124,47 @@ class StagedReport:
         """Move every staged file into the target folder; return their final paths."""
         if self.staging is None:
             raise RuntimeError("StagedReport.commit() outside its `with` block")
-        written = []
+        staged_files = sorted(p for p in self.staging.iterdir() if p.is_file())
+        # A move failing halfway (disk, permissions) must not leave a mix of new and old
+        # reports. Each file being replaced is kept (hard link, else copy) until every move
+        # succeeded, and put back if one fails; the target never lacks a file meanwhile.
+        previous = self.staging / ".previous"
+        moved: list[tuple[Path, Path | None]] = []  # (final path, its kept previous version)
         try:
             self.target.mkdir(parents=True, exist_ok=True)
-            for staged in sorted(self.staging.iterdir()):
+            previous.mkdir()
+            for staged in staged_files:
                 final = self.target / staged.name
+                kept = None
+                if final.is_file():
+                    kept = previous / staged.name
+                    _keep(final, kept)
                 os.replace(staged, final)
-                written.append(final)
+                moved.append((final, kept))
         except OSError as exc:
+            _roll_back(moved)
             raise ReportError(f"{self.target}: cannot write reports (report.dir): "
                               f"{exc.strerror or exc}") from None
-        return written
+        return [final for final, _ in moved]
+
+
+def _keep(final: Path, kept: Path) -> None:
+    try:
+        os.link(final, kept)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(final, kept)
+
+
+def _roll_back(moved: list[tuple[Path, Path | None]]) -> None:
+    """Best effort: put the previous reports back after a failed commit."""
+    for final, kept in reversed(moved):
+        try:
+            if kept is not None:
+                os.replace(kept, final)
+            else:
+                final.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _guarded(target: Path, write: Any) -> None:

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from models import MLP, Linear, Quadratic
 
 import sensaudit
-from models import MLP, Linear, Quadratic
 from sensaudit import ProxyLimit
 from sensaudit.analysis import (
     SENSITIVITY_COLUMNS,

@@ -102,7 +102,8 @@ def test_identical_models_give_zero_delta_and_full_agreement(setup):
     tmp, frame, old, _ = setup
     result = compare_models(load_config(tmp / "cfg.yaml", require_model=False), old, old)
     assert (result.table["delta_share"] == 0).all()
-    assert (result.table["delta_share_low"] == 0).all() and (result.table["delta_share_high"] == 0).all()
+    assert (result.table["delta_share_low"] == 0).all()
+    assert (result.table["delta_share_high"] == 0).all()
     assert not result.table["significant"].any()
     overall = result.overall["score"]
     assert overall["spearman"] == pytest.approx(1.0)

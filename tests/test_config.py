@@ -198,7 +198,7 @@ BAD = [
         "audit.batch_size must be an integer >= 1 (got '64', a str)", id="batch-size-string"),
     pytest.param(
         MINIMAL + "audit:\n  batch_size: 0\n",
-        "audit.batch_size must be an integer >= 1 (got 0, a int)", id="batch-size-zero"),
+        "audit.batch_size must be an integer >= 1 (got 0, an int)", id="batch-size-zero"),
     pytest.param(
         MINIMAL + "audit:\n  batch_size: true\n",
         "audit.batch_size must be an integer >= 1 (got True, a bool)", id="batch-size-bool"),
@@ -215,7 +215,7 @@ BAD = [
         id="max-share-percent-string"),
     pytest.param(
         MINIMAL + "audit:\n  proxies:\n    - feature: copy_length\n      max_rank: 0\n",
-        "audit.proxies[0].max_rank must be an integer >= 1 (got 0, a int)", id="max-rank-zero"),
+        "audit.proxies[0].max_rank must be an integer >= 1 (got 0, an int)", id="max-rank-zero"),
     pytest.param(
         MINIMAL + "audit:\n  dominance_warning: .nan\n",
         "audit.dominance_warning must be a number in [0, 1] (got nan, a float)", id="nan"),
@@ -260,7 +260,7 @@ BAD = [
         "model.path must be a non-empty string (got '', a str)", id="empty-path"),
     pytest.param(
         MINIMAL.replace("  path: m.pt2", "  path: 42"),
-        "model.path must be a non-empty string (got 42, a int)", id="path-not-a-string"),
+        "model.path must be a non-empty string (got 42, an int)", id="path-not-a-string"),
     pytest.param(
         MINIMAL.replace("  path: d.csv", "  path: d.csv\n  features: [a, b, a]"),
         "data.features lists 'a' more than once", id="duplicate-feature"),

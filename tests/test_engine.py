@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-import sensaudit
 from models import (
     CLOSED_FORM,
     MLP,
@@ -22,6 +19,9 @@ from models import (
     batchnorm_in_train_mode,
     dropout_in_train_mode,
 )
+from torch import nn
+
+import sensaudit
 from sensaudit.engine import STRATEGIES, check_row_independence, scores_and_jacobian
 from sensaudit.errors import ModelError
 
