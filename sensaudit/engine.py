@@ -11,6 +11,8 @@ Python loop over rows. :func:`check_row_independence` guards the assumption.
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -20,7 +22,11 @@ from .errors import ModelError, first_line
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
-STRATEGIES = ("auto", "reverse", "reverse-vmap", "forward")
+STRATEGIES = ("auto", "reverse", "reverse-vmap", "forward", "vmap-jacrev")
+# For multi-output models no strategy wins everywhere (it depends on outputs, features, the
+# model's shape and the device), so "auto" times each of these on one chunk of real rows (work
+# that counts: the chunk's result is kept) and uses the fastest for the remaining chunks.
+_TUNED = ("reverse", "vmap-jacrev", "forward", "reverse-vmap")
 # Rows per chunk. On CPU a chunk of a few thousand rows keeps each layer's activations in cache:
 # benchmarks/engine.py measured 4,096-row chunks 1.6x faster than one 65,536-row batch on 2
 # cores. On a GPU bigger chunks keep the device busy. Either way the Jacobian of one chunk is
@@ -78,9 +84,10 @@ def scores_and_jacobian(
 
     strategy: "reverse" runs one forward pass, then one backward pass per output over its
     graph; "reverse-vmap" runs those backward passes as one vmapped call; "forward" runs one
-    forward-mode pass per feature; "auto" picks forward mode for multi-output models with
-    fewer features than outputs, else "reverse" (on 2 CPU cores the backward loop measured
-    faster than the vmapped call; see benchmarks/engine.py).
+    forward-mode pass per feature; "vmap-jacrev" vectorises each row's own reverse-mode
+    Jacobian with torch.func. "auto" uses one backward pass for a scalar output; with several
+    outputs it times each strategy on one chunk of real rows and keeps the fastest (when
+    there are enough chunks; else forward mode if features < outputs, otherwise "reverse").
     """
     if x.dim() != 2:
         raise ModelError(f"expected inputs shaped [rows, features]; got {list(x.shape)}")
@@ -91,15 +98,64 @@ def scores_and_jacobian(
         raise ModelError("no rows to audit")
     with torch.no_grad():
         n_outputs = as_output_matrix(model(x[:1].detach()), 1).shape[1]
-    if strategy == "auto":
-        strategy = "forward" if (n_outputs > 1 and n_features < n_outputs) else "reverse"
     step = batch_size or default_batch_size(n_features, n_outputs, x.device)
-    scores, jacobians = [], []
-    for start in range(0, rows, step):
-        s, j = _chunk_jacobian(model, x[start : start + step].detach(), strategy)
-        scores.append(s)
-        jacobians.append(j)
-    return torch.cat(scores), torch.cat(jacobians)
+    starts = list(range(0, rows, step))
+    tune = False
+    if strategy == "auto":
+        key = (n_features, n_outputs, str(x.device), x.dtype, step)
+        chosen = _tuned_strategy(model, key)
+        if chosen is not None:
+            strategy = chosen
+        else:
+            strategy = "forward" if (n_outputs > 1 and n_features < n_outputs) else "reverse"
+            tune = n_outputs > 1 and len(starts) > len(_TUNED)
+    # Filled chunk by chunk (the backward loop writes straight into its slice): concatenating
+    # chunk results at the end would copy the whole Jacobian once more.
+    scores = torch.empty(rows, n_outputs, dtype=x.dtype, device=x.device)
+    jacobian_out = torch.empty(rows, n_outputs, n_features, dtype=x.dtype, device=x.device)
+    timings: dict[str, float] = {}
+    for index, start in enumerate(starts):
+        chunk = x[start : start + step].detach()
+        out = jacobian_out[start : start + step]
+        if tune and 1 <= index <= len(_TUNED):  # chunk 0 runs the default, untimed
+            candidate = _TUNED[index - 1]
+            _chunk_jacobian(model, chunk[:_MIN_CHUNK_ROWS], candidate)  # warm-up, untimed
+            began = _clock(x.device)
+            s, j = _chunk_jacobian(model, chunk, candidate, out)
+            timings[candidate] = (_clock(x.device) - began) / chunk.shape[0]
+            if index == len(_TUNED):
+                strategy = min(timings, key=timings.get)
+                _remember_strategy(model, key, strategy)
+        else:
+            s, j = _chunk_jacobian(model, chunk, strategy, out)
+        scores[start : start + step] = s
+        if j is not out:
+            out.copy_(j)
+    return scores, jacobian_out
+
+
+# Strategy chosen per model and shape, so an audit calling once per data chunk tunes once.
+_TUNED_BY_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tuned_strategy(model: Model, key: tuple) -> str | None:
+    try:
+        return _TUNED_BY_MODEL.get(model, {}).get(key)
+    except TypeError:  # not weak-referenceable: tune on every call
+        return None
+
+
+def _remember_strategy(model: Model, key: tuple, strategy: str) -> None:
+    try:
+        _TUNED_BY_MODEL.setdefault(model, {})[key] = strategy
+    except TypeError:
+        pass
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: wait before reading time
+    return time.perf_counter()
 
 
 def input_jacobian(
@@ -113,8 +169,10 @@ def input_jacobian(
 
 
 def _chunk_jacobian(
-    model: Model, x: torch.Tensor, strategy: str
+    model: Model, x: torch.Tensor, strategy: str, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [rows, outputs], jacobian [rows, outputs, features]) for one chunk; the backward
+    loop fills ``out`` when given, other strategies return a new tensor."""
     # x is already detached from the caller's tensor: the caller's .grad is never touched.
     rows = x.shape[0]
     if strategy == "forward":
@@ -136,6 +194,16 @@ def _chunk_jacobian(
             if bool(jac.any()):
                 return y, jac
             strategy = "reverse"
+    if strategy == "vmap-jacrev":
+        try:
+            with torch.enable_grad():
+                jac, y = _vmap_jacrev(model, x)
+        except Exception:  # noqa: BLE001 - an op without a batching rule, data-dependent flow
+            strategy = "reverse"
+        else:
+            if bool(jac.any()):  # all zeros may mean no gradient path: reverse mode decides
+                return y, jac
+            strategy = "reverse"
     with torch.enable_grad():
         x = x.requires_grad_(True)
         y = as_output_matrix(model(x), rows)
@@ -153,7 +221,7 @@ def _chunk_jacobian(
                 return y.detach(), _reverse_batched(y, x)
             except RuntimeError:
                 pass  # an op that cannot be vmapped over its backward: fall back to a loop
-        return y.detach(), _reverse_loop(y, x)
+        return y.detach(), _reverse_loop(y, x, out)
 
 
 def _no_gradient_path() -> ModelError:
@@ -181,10 +249,12 @@ def _reverse_batched(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return grads.permute(1, 0, 2)  # [outputs, rows, features] -> [rows, outputs, features]
 
 
-def _reverse_loop(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """One backward pass per output over the same forward graph."""
+def _reverse_loop(y: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """One backward pass per output over the same forward graph, written into ``out``."""
     m = y.shape[1]
-    jac = torch.empty(x.shape[0], m, x.shape[1], dtype=x.dtype, device=x.device)
+    jac = out if out is not None else torch.empty(x.shape[0], m, x.shape[1], dtype=x.dtype,
+                                                  device=x.device)
     for j in range(m):
         # A dense one-hot grad_output: an expanded (stride-0) one slows the matmul backward.
         selector = torch.zeros_like(y)
@@ -206,6 +276,19 @@ def _forward_mode(model: Model, x: torch.Tensor) -> torch.Tensor:
     delta = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
     return jacobian(lambda d: model(x + d).reshape(x.shape[0], -1), delta,
                     strategy="forward-mode", vectorize=True)  # [rows, outputs, features]
+
+
+def _vmap_jacrev(model: Model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's own Jacobian by reverse mode, vectorised over rows with torch.func.vmap.
+
+    Returns (jacobian [rows, outputs, features], scores [rows, outputs]), both detached.
+    """
+    def one_row(row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(row.unsqueeze(0)).reshape(-1)
+        return out, out
+
+    jac, y = torch.func.vmap(torch.func.jacrev(one_row, has_aux=True))(x)
+    return jac.detach(), y.detach()
 
 
 def check_row_independence(model: Model, x: torch.Tensor, *, probe_rows: int = 8) -> None:

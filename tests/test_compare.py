@@ -76,8 +76,10 @@ def test_compare_figures_match_closed_form(setup):
     np.testing.assert_allclose(table["scaled_sensitivity_old"], std * np.abs(w_old), rtol=1e-10)
     np.testing.assert_allclose(table["sensitivity_ratio"], np.abs(w_new) / np.abs(w_old),
                                rtol=1e-10)
-    expected_rank_old = pd.Series(share_old).rank(ascending=False, method="min").astype(int)
-    assert table["rank_old"].tolist() == expected_rank_old.tolist()
+    np.testing.assert_allclose(table["scaled_sensitivity_new"], std * np.abs(w_new), rtol=1e-10)
+    for column, shares in (("rank_old", share_old), ("rank_new", share_new)):
+        expected = pd.Series(shares).rank(ascending=False, method="min").astype(int)
+        assert table[column].tolist() == expected.tolist()
     # length: share_old = 50*0.02 / (1 + 0.2 + 0.15 + 0.1) ~ 0.69 > 0.2: flagged before, not after.
     assert bool(table.loc["length", "flagged_old"]) and not bool(table.loc["length", "flagged_new"])
     assert table["gate_changed"].tolist() == [True, False, False, False]
@@ -86,6 +88,7 @@ def test_compare_figures_match_closed_form(setup):
     overall = result.overall["score"]
     assert overall["spearman"] == pytest.approx(spearman(share_old, share_new))
     assert overall["kendall_tau"] == pytest.approx(kendall_tau(share_old, share_new))
+    assert overall["top_k_overlap"] == top_k_overlap(share_old, share_new, 3)
     a, b = np.array(w_old) * std, np.array(w_new) * std
     cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
     assert overall["cosine"]["mean"] == pytest.approx(cosine, rel=1e-12)
@@ -96,6 +99,56 @@ def test_compare_figures_match_closed_form(setup):
     assert overall["score_change"]["max_abs"] == pytest.approx(np.abs(delta).max(), rel=1e-10)
     moved = overall["most_moved_rows"][0]
     assert moved["id"] == frame["ad_id"][int(np.abs(delta).argmax())]
+
+
+def test_bootstrap_intervals_match_a_direct_computation(setup):
+    """Linear scorers: each replicate's share is std_b |w| / sum, with std_b the weighted
+    sample std under that replicate's Poisson weights; the intervals are its quantiles."""
+    tmp, frame, old, new = setup
+    result = compare_models(load_config(tmp / "cfg.yaml", require_model=False), old, new)
+    table = result.table.set_index("feature").loc[FEATURES]
+    weights = PoissonBootstrap(samples=100, seed=3).weights(np.arange(1, 61)).numpy()
+    x = frame[FEATURES].to_numpy()
+    total = weights.sum(1, keepdims=True)
+    mean = weights @ x / total
+    var = (weights @ x**2 - total * mean**2) / (total - 1)
+    std_b = np.sqrt(var)
+
+    def shares(w):
+        scaled = std_b * np.abs(w)
+        return scaled / scaled.sum(1, keepdims=True)
+
+    old_b, new_b = shares([0.02, 1.0, 0.5, 0.1]), shares([0.001, 3.0, 2.0, 0.1])
+    for column, replicates, q in (("share_old_low", old_b, 0.025),
+                                  ("share_old_high", old_b, 0.975),
+                                  ("share_new_low", new_b, 0.025),
+                                  ("share_new_high", new_b, 0.975),
+                                  ("delta_share_low", new_b - old_b, 0.025),
+                                  ("delta_share_high", new_b - old_b, 0.975)):
+        np.testing.assert_allclose(table[column], np.quantile(replicates, q, axis=0),
+                                   rtol=1e-8, err_msg=column)
+    significant = (table["delta_share_low"] > 0) | (table["delta_share_high"] < 0)
+    assert table["significant"].tolist() == significant.tolist()
+
+
+def test_comparison_json_holds_the_csv_figures(setup):
+    tmp, _, old, new = setup
+    out = tmp / "cmp_json"
+    from sensaudit import run_compare
+
+    result, _ = run_compare(load_config(tmp / "cfg.yaml", require_model=False), old, new,
+                            out_dir=out)
+    summary = json.loads((out / "comparison.json").read_text())
+    csv = pd.read_csv(out / "comparison.csv")
+    assert [f["feature"] for f in summary["features"]] == csv["feature"].tolist()
+    for record, (_, row) in zip(summary["features"], csv.iterrows()):
+        for key in ("share_old", "share_new", "delta_share", "rank_old", "rank_new"):
+            assert record[key] == pytest.approx(row[key], rel=1e-7)
+    for key in ("spearman", "kendall_tau", "top_k_overlap"):
+        assert summary[key] == pytest.approx(result.overall["score"][key])
+        assert summary["outputs"]["score"][key] == pytest.approx(result.overall["score"][key])
+    assert summary["score_change"]["max_abs"] == pytest.approx(
+        result.overall["score"]["score_change"]["max_abs"])
 
 
 def test_identical_models_give_zero_delta_and_full_agreement(setup):

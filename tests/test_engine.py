@@ -42,7 +42,21 @@ strategies = pytest.mark.parametrize("strategy", STRATEGIES)
 
 
 def test_strategies_are_the_documented_ones():
-    assert STRATEGIES == ("auto", "reverse", "reverse-vmap", "forward")
+    assert STRATEGIES == ("auto", "reverse", "reverse-vmap", "forward", "vmap-jacrev")
+
+
+def test_auto_tunes_a_multi_output_model_once_and_stays_exact(x):
+    from sensaudit import engine
+
+    model = CLOSED_FORM["multi_output"]()
+    # 11 rows in chunks of 2: chunk 0 runs the default, chunks 1-4 time the candidates.
+    jac = sensaudit.input_jacobian(model, x, batch_size=2)
+    torch.testing.assert_close(jac, model.expected_jacobian(x), **CLOSE)
+    chosen = engine._TUNED_BY_MODEL[model]
+    assert list(chosen.values())[0] in engine._TUNED
+    again = sensaudit.input_jacobian(model, x, batch_size=2)  # reuses the choice
+    torch.testing.assert_close(again, jac, **CLOSE)
+    assert engine._TUNED_BY_MODEL[model] == chosen
 
 
 @models
@@ -286,4 +300,4 @@ def test_bad_inputs_are_refused(x):
     with pytest.raises(ValueError) as err:
         sensaudit.input_jacobian(Linear(), x, strategy="backward")
     assert str(err.value) == ("strategy must be one of ('auto', 'reverse', 'reverse-vmap', "
-                              "'forward'), got 'backward'")
+                              "'forward', 'vmap-jacrev'), got 'backward'")
