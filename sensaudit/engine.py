@@ -27,6 +27,8 @@ STRATEGIES = ("auto", "reverse", "reverse-vmap", "forward", "vmap-jacrev")
 # model's shape and the device), so "auto" times each of these on one chunk of real rows (work
 # that counts: the chunk's result is kept) and uses the fastest for the remaining chunks.
 _TUNED = ("reverse", "vmap-jacrev", "forward", "reverse-vmap")
+_TUNING_ROUNDS = 2  # each candidate timed on this many chunks; its best time counts
+_SWITCH_MARGIN = 0.9  # leave the default only for a strategy at least 10% faster
 # Rows per chunk. On CPU a chunk of a few thousand rows keeps each layer's activations in cache:
 # benchmarks/engine.py measured 4,096-row chunks 1.6x faster than one 65,536-row batch on 2
 # cores. On a GPU bigger chunks keep the device busy. Either way the Jacobian of one chunk is
@@ -108,23 +110,26 @@ def scores_and_jacobian(
             strategy = chosen
         else:
             strategy = "forward" if (n_outputs > 1 and n_features < n_outputs) else "reverse"
-            tune = n_outputs > 1 and len(starts) > len(_TUNED)
+            tune = n_outputs > 1 and len(starts) > _TUNING_ROUNDS * len(_TUNED)
     # Filled chunk by chunk (the backward loop writes straight into its slice): concatenating
     # chunk results at the end would copy the whole Jacobian once more.
     scores = torch.empty(rows, n_outputs, dtype=x.dtype, device=x.device)
     jacobian_out = torch.empty(rows, n_outputs, n_features, dtype=x.dtype, device=x.device)
     timings: dict[str, float] = {}
+    tuning_chunks = _TUNING_ROUNDS * len(_TUNED)
     for index, start in enumerate(starts):
         chunk = x[start : start + step].detach()
         out = jacobian_out[start : start + step]
-        if tune and 1 <= index <= len(_TUNED):  # chunk 0 runs the default, untimed
-            candidate = _TUNED[index - 1]
-            _chunk_jacobian(model, chunk[:_MIN_CHUNK_ROWS], candidate)  # warm-up, untimed
+        if tune and 1 <= index <= tuning_chunks:  # chunk 0 runs the default, untimed
+            candidate = _TUNED[(index - 1) % len(_TUNED)]
+            if index <= len(_TUNED):
+                _chunk_jacobian(model, chunk[:_MIN_CHUNK_ROWS], candidate)  # warm-up, untimed
             began = _clock(x.device)
             s, j = _chunk_jacobian(model, chunk, candidate, out)
-            timings[candidate] = (_clock(x.device) - began) / chunk.shape[0]
-            if index == len(_TUNED):
-                strategy = min(timings, key=timings.get)
+            seconds = (_clock(x.device) - began) / chunk.shape[0]
+            timings[candidate] = min(timings.get(candidate, seconds), seconds)
+            if index == tuning_chunks:
+                strategy = _fastest(timings, default=strategy)
                 _remember_strategy(model, key, strategy)
         else:
             s, j = _chunk_jacobian(model, chunk, strategy, out)
@@ -150,6 +155,15 @@ def _remember_strategy(model: Model, key: tuple, strategy: str) -> None:
         _TUNED_BY_MODEL.setdefault(model, {})[key] = strategy
     except TypeError:
         pass
+
+
+def _fastest(timings: dict[str, float], default: str) -> str:
+    """The fastest strategy, but the default unless another beats it clearly: timings of
+    single chunks are noisy, and a wrong switch costs every remaining chunk."""
+    best = min(timings, key=timings.get)
+    if default in timings and timings[best] > _SWITCH_MARGIN * timings[default]:
+        return default
+    return best
 
 
 def _clock(device: torch.device) -> float:

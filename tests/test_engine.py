@@ -49,14 +49,22 @@ def test_auto_tunes_a_multi_output_model_once_and_stays_exact(x):
     from sensaudit import engine
 
     model = CLOSED_FORM["multi_output"]()
-    # 11 rows in chunks of 2: chunk 0 runs the default, chunks 1-4 time the candidates.
-    jac = sensaudit.input_jacobian(model, x, batch_size=2)
+    # 11 rows in chunks of 1: chunk 0 runs the default, chunks 1-8 time the candidates twice.
+    jac = sensaudit.input_jacobian(model, x, batch_size=1)
     torch.testing.assert_close(jac, model.expected_jacobian(x), **CLOSE)
     chosen = engine._TUNED_BY_MODEL[model]
     assert list(chosen.values())[0] in engine._TUNED
-    again = sensaudit.input_jacobian(model, x, batch_size=2)  # reuses the choice
+    again = sensaudit.input_jacobian(model, x, batch_size=1)  # reuses the choice
     torch.testing.assert_close(again, jac, **CLOSE)
     assert engine._TUNED_BY_MODEL[model] == chosen
+
+
+def test_tuning_keeps_the_default_unless_another_is_clearly_faster():
+    from sensaudit.engine import _fastest
+
+    assert _fastest({"reverse": 1.0, "forward": 0.95}, default="reverse") == "reverse"
+    assert _fastest({"reverse": 1.0, "forward": 0.85}, default="reverse") == "forward"
+    assert _fastest({"reverse": 0.8, "forward": 1.0}, default="forward") == "reverse"
 
 
 @models
