@@ -16,7 +16,14 @@ __version__ = "0.1.0"
 from .analysis import AuditResult  # noqa: E402
 from .api import audit, audit_frame, compare_models, run_audit, run_compare  # noqa: E402
 from .comparison import ComparisonResult  # noqa: E402
-from .config import Config, ProxyLimit, load_config, parse_config  # noqa: E402
+from .config import (  # noqa: E402
+    AuditSettings,
+    Config,
+    ModelConfig,
+    ProxyLimit,
+    load_config,
+    parse_config,
+)
 from .engine import input_jacobian, scores_and_jacobian  # noqa: E402
 from .errors import (  # noqa: E402
     ConfigError,
@@ -26,14 +33,17 @@ from .errors import (  # noqa: E402
     ReportError,
     SensauditError,
 )
-from .loader import load_model  # noqa: E402
+from .loader import LoadedModel, load_model  # noqa: E402
 
 __all__ = [
     "AuditResult",
+    "AuditSettings",
     "ComparisonResult",
     "Config",
     "ConfigError",
     "DataError",
+    "LoadedModel",
+    "ModelConfig",
     "ModelError",
     "ModelLoadError",
     "ProxyLimit",

@@ -110,10 +110,10 @@ class GradientAccumulator:
         self.sum_abs += good.abs().sum(0)
         self.sum_sq += (good**2).sum(0)
         self.score_sum += scores[finite].sum(0)
-        return self._examples(ids, scores, jac, labels)
+        return self._examples(ids, scores, jac, labels, finite)
 
     def _examples(self, ids: Sequence, scores: torch.Tensor, jac: torch.Tensor,
-                  labels: np.ndarray | None) -> pd.DataFrame:
+                  labels: np.ndarray | None, finite: torch.Tensor) -> pd.DataFrame:
         rows, m, _ = jac.shape
         contribution = jac * self.std  # typical score change per one-std change, per row
         top = contribution.abs().nan_to_num(nan=-1.0).topk(self.top_k, dim=2).indices
@@ -136,19 +136,21 @@ class GradientAccumulator:
             frame[f"contribution_{k + 1}"] = flat_contrib[:, k]
         table = pd.DataFrame(frame)
         if self.keep_examples:
-            self._keep_strongest(table, contribution, labels)
+            self._keep_strongest(table, contribution, labels, finite)
         return table
 
     def _keep_strongest(self, table: pd.DataFrame, contribution: torch.Tensor,
-                        labels: np.ndarray | None) -> None:
+                        labels: np.ndarray | None, finite: torch.Tensor) -> None:
         # Rows where declared proxies move the score most are the ones to read first; without
         # proxies, rows whose single strongest driver is largest.
         if self.proxy_index:
             key = contribution[:, :, self.proxy_index].abs().sum(2)
         else:
             key = contribution.abs().amax(2)
-        key = key.nan_to_num(nan=-1.0).reshape(-1)
-        count = min(self.keep_examples, key.shape[0])
+        # Rows left out of the statistics as non-finite are not examples of what drives the
+        # score: an infinite gradient would otherwise head the list.
+        key = torch.where(finite[:, None], key, torch.full_like(key, -1.0)).reshape(-1)
+        count = min(self.keep_examples, int(finite.sum()) * contribution.shape[1])
         best = key.topk(count).indices.tolist()
         for i in best:
             value = float(key[i])

@@ -31,7 +31,7 @@ from .comparison import (
 from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model, as_output_matrix, check_row_independence, scores_and_jacobian
 from .errors import ConfigError, DataError, ModelError, first_line
-from .loader import LoadedModel, load_model, resolve_device
+from .loader import LoadedModel, float_dtype, load_model, resolve_device
 from .report import StagedReport
 
 # progress(stage, rows_done, rows_total): stage is "scan" (first pass: feature statistics)
@@ -74,29 +74,34 @@ def audit(config: Config, *, progress: Progress | None = None, trust_pickle: boo
 
 def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
                 features: list[str] | None = None, label: str | None = None,
-                id: str | None = None, proxies: list[ProxyLimit] | tuple = (),
-                settings: AuditSettings | None = None, device: str = "auto",
+                id: str | None = None, proxies: list[ProxyLimit] | tuple | None = None,
+                settings: AuditSettings | None = None, device: str | None = None,
                 chunk_rows: int = 100_000) -> AuditResult:
     """Audit an in-memory model on an in-memory DataFrame (notebooks, other tools).
 
-    A module in training mode is audited in eval mode and handed back in training mode.
+    ``proxies``, when given, replaces ``settings.proxies``. ``device`` defaults to where the
+    module's parameters are (CPU for a plain function). A module in training mode is audited
+    in eval mode and handed back in training mode.
     """
     name = Path("<DataFrame>")
     data_cfg = DataConfig(path=name, features=tuple(features) if features else None,
                           label=label, id=id, chunk_rows=chunk_rows)
-    settings = replace(settings or AuditSettings(), proxies=tuple(proxies))
+    settings = settings or AuditSettings()
+    if proxies is not None:
+        settings = replace(settings, proxies=tuple(proxies))
     config = Config(data=data_cfg, report=None, audit=settings, source=name)  # type: ignore[arg-type]
     table = data_mod.frame_table(frame, data_cfg)
     check_proxies(config, table.features)
-    target = resolve_device(device)
+    if device is None:
+        target = _parameter_device(model)
+    else:
+        target = resolve_device(device)
     was_training = isinstance(model, torch.nn.Module) and model.training
     if was_training:
         model.eval()
     try:
-        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
-                     torch.float32) if isinstance(model, torch.nn.Module) else torch.float32
         loaded = LoadedModel(module=model, path=Path("<in-memory model>"), format="in-memory",
-                             device=target, dtype=dtype)
+                             device=target, dtype=float_dtype(model))
         return audit_chunks(loaded, lambda dt: data_mod.iter_frame_chunks(frame, table,
                                                                           data_cfg, dt),
                             table, config=config)
@@ -105,9 +110,22 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
             model.train()
 
 
+def _parameter_device(model: object) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for tensor in [*model.parameters(), *model.buffers()]:
+            return tensor.device
+    return torch.device("cpu")
+
+
 def check_proxies(config: Config, features: tuple[str, ...]) -> None:
-    """Every declared proxy must be an audited feature: a typo must not disable a gate."""
+    """Every declared proxy must be an audited feature, declared once: a typo must not
+    disable a gate."""
+    seen: set[str] = set()
     for i, proxy in enumerate(config.audit.proxies):
+        if proxy.feature in seen:
+            raise ConfigError(f"{config.source}: audit.proxies[{i}].feature '{proxy.feature}' "
+                              "is declared twice")
+        seen.add(proxy.feature)
         if proxy.feature not in features:
             close = difflib.get_close_matches(proxy.feature, features, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -270,7 +288,8 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     """Audit two models on the same rows and measure how their sensitivities moved.
 
     The config's data, proxies and compare settings apply; its ``model`` section, if any,
-    only lends both models its class/kwargs/output/device settings.
+    only lends both models its class/kwargs/output/device settings: its ``trust_pickle``
+    does not carry over to the files named here (pass ``trust_pickle=True`` for that).
     """
     if data_path is not None:
         config = replace(config, data=replace(config.data, path=Path(data_path)))
@@ -278,8 +297,8 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     table = data_mod.open_table(config.data)
     check_proxies(config, table.features)
     base = config.model or ModelConfig(path=Path(old_path))
-    models = [load_model(replace(base, path=Path(p)), trust_pickle=trust_pickle)
-              for p in (old_path, new_path)]
+    models = [load_model(replace(base, path=Path(p), trust_pickle=False),
+                         trust_pickle=trust_pickle) for p in (old_path, new_path)]
     chunks = lambda dtype: data_mod.iter_chunks(table, config.data, dtype)  # noqa: E731
     report = progress or _no_progress
     bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
@@ -301,7 +320,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
             accs = [_accumulator(table, p, moments, settings) for p in prepared]
             boots = [BootstrapSensitivity(bootstrap, len(outputs), len(table.features))
                      for _ in prepared]
-            agreement = AgreementAccumulator(outputs, keep=settings.examples_in_report or 10)
+            agreement = AgreementAccumulator(outputs, keep=settings.examples_in_report)
         weights = bootstrap.weights(chunk.rows)
         results = []
         for loaded, prep, acc in zip(models, prepared, accs):
@@ -311,9 +330,10 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
             acc.update(chunk.ids, scores, jac, chunk.labels)
             results.append((scores, jac))
         (s_old, j_old), (s_new, j_new) = results
-        finite = (_finite_rows(s_old, j_old) & _finite_rows(s_new, j_new))
-        for (_, jac), boot in zip(results, boots):
-            boot.update(weights, jac, finite)
+        # Each model's intervals use the rows its own statistics use; agreement needs both.
+        for (scores, jac), boot in zip(results, boots):
+            boot.update(weights, jac, _finite_rows(scores, jac))
+        finite = _finite_rows(s_old, j_old) & _finite_rows(s_new, j_new)
         agreement.update(chunk.ids, s_old, s_new, j_old * std, j_new * std, finite)
         done += len(chunk.x)
         report("audit", done, moments.count)
@@ -325,7 +345,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
                                  cmp.confidence)
     overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
-                        **_agreement_summary(agreement, i)}
+                        **agreement.summary(i)}
                for i, output in enumerate(new.outputs)}
     increases = []
     if cmp.max_proxy_share_increase is not None:
@@ -370,20 +390,3 @@ def _prepare_pair(models: list[LoadedModel], x: torch.Tensor, config: Config
 
 def _finite_rows(scores: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(jac).flatten(1).all(1) & torch.isfinite(scores).all(1)
-
-
-def _agreement_summary(agreement: AgreementAccumulator, output_index: int) -> dict:
-    # The histogram pools every output; per-output lists keep only that output's rows.
-    name = agreement.outputs[output_index]
-    rows = max(agreement.rows, 1)
-    return {
-        "cosine": {"mean": agreement.cosine_sum / rows,
-                   **{k: agreement.cosine_quantile(q) for k, q in
-                      (("p05", 0.05), ("p25", 0.25), ("median", 0.5), ("p75", 0.75),
-                       ("p95", 0.95))}},
-        "score_change": {"mean": agreement.delta_sum / rows,
-                         "mean_abs": agreement.abs_delta_sum / rows,
-                         "max_abs": agreement.max_abs_delta},
-        "least_agreeing_rows": [vars(c) for c in agreement.least_agreeing() if c.output == name],
-        "most_moved_rows": [vars(c) for c in agreement.most_moved() if c.output == name],
-    }

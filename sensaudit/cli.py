@@ -7,12 +7,14 @@ bugs. ``--debug`` shows the traceback of expected errors too.
 
 from __future__ import annotations
 
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,13 +36,14 @@ from .comparison import ComparisonResult
 from .config import load_config
 from .errors import SensauditError
 
-EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 
 app = typer.Typer(
     name="sensaudit",
     help="Audit trained PyTorch scorers by their input sensitivity: per-example Jacobians, "
          "feature rankings and spurious-proxy gates for CI.\n\n"
-         "Exit codes: 0 passed, 1 a gate failed, 2 bad input (config, data or model).",
+         "Exit codes: 0 passed, 1 a gate failed, 2 bad input (config, data or model), "
+         "3 an internal error (a bug; the traceback is printed).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -101,7 +104,7 @@ def run(
                if result.rows_dropped else "")
     stdout.print(f"Audit {verdict}: {len(result.gates.flags)} flag(s), "
                  f"{len(result.gates.warnings)} warning(s), {nonfinite}{result.rows:,} rows"
-                 f"{dropped}; reports in {cfg.report.dir}", highlight=False)
+                 f"{dropped}; reports in {escape(str(cfg.report.dir))}", highlight=False)
     raise typer.Exit(EXIT_PASSED if result.passed else EXIT_GATE_FAILED)
 
 
@@ -171,6 +174,14 @@ def _errors(debug: bool):
         stderr.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False,
                      soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
+    except Exception:
+        # A bug: keep its traceback, but exit with a code CI cannot take for a failed gate.
+        if debug:
+            raise
+        traceback.print_exc()
+        stderr.print("sensaudit hit an internal error (a bug, not your input); please report "
+                     "it with the traceback above", markup=False, highlight=False)
+        raise typer.Exit(EXIT_INTERNAL_ERROR) from None
 
 
 class _RowsPerSecond(ProgressColumn):
@@ -200,28 +211,37 @@ def _progress(quiet: bool):
 
 def _print_audit(result: AuditResult, written: list[Path]) -> None:
     for output, group in result.table.groupby("output", sort=False):
-        title = "Feature sensitivity" + (f" ({output})" if len(result.outputs) > 1 else "")
+        title = "Feature sensitivity" + (f" ({escape(output)})" if len(result.outputs) > 1
+                                         else "")
         table = Table(title=title, title_justify="left")
         for name, justify in [("rank", "right"), ("feature", "left"), ("share", "right"),
                               ("scaled sens.", "right"), ("mean grad", "right"),
                               ("flag", "center")]:
             table.add_column(name, justify=justify)
         for r in group.sort_values("rank").itertuples():
-            table.add_row(str(r.rank), r.feature, f"{r.share:.1%}", f"{r.scaled_sensitivity:.4g}",
+            table.add_row(str(r.rank), escape(r.feature), f"{r.share:.1%}",
+                          f"{r.scaled_sensitivity:.4g}",
                           f"{r.mean_gradient:.4g}", "[red]FLAG[/]" if r.flagged else "")
         stdout.print(table)
     for text in result.findings:
-        stdout.print("- " + text.replace("**", ""), highlight=False)
+        _plain("- " + text.replace("**", ""))
     if result.nonfinite_rows:
-        stdout.print(f"- {result.nonfinite_rows:,} rows gave non-finite gradients; first ids: "
-                     f"{', '.join(map(str, result.nonfinite_ids))}", highlight=False)
+        _plain(f"- {result.nonfinite_rows:,} rows gave non-finite gradients; first ids: "
+               f"{', '.join(map(str, result.nonfinite_ids))}")
     for path in written:
-        stdout.print(f"  wrote {path}", highlight=False)
+        _plain(f"  wrote {path}")
+
+
+def _plain(text: str) -> None:
+    """Print text that quotes files (feature names, ids, paths) without reading it as markup:
+    a column named "price[usd]" must print as it is."""
+    stdout.print(text, markup=False, highlight=False)
 
 
 def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
     for output, group in result.table.groupby("output", sort=False):
-        title = "Before -> after" + (f" ({output})" if len(result.new.outputs) > 1 else "")
+        title = "Before -> after" + (f" ({escape(output)})" if len(result.new.outputs) > 1
+                                     else "")
         table = Table(title=title, title_justify="left")
         for name in ("feature", "share old", "share new", "change", "rank", "gate"):
             table.add_column(name, justify="left" if name in ("feature", "gate") else "right")
@@ -230,11 +250,12 @@ def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
             gate = ("[red]now flagged[/]" if r.flagged_new and not r.flagged_old else
                     "[green]cleared[/]" if r.flagged_old and not r.flagged_new else
                     "[red]flagged[/]" if r.flagged_new else "")
-            table.add_row(r.feature, f"{r.share_old:.1%}", f"{r.share_new:.1%}", change,
+            table.add_row(escape(r.feature), f"{r.share_old:.1%}", f"{r.share_new:.1%}", change,
                           f"{r.rank_old} -> {r.rank_new}", gate)
         stdout.print(table)
-    stdout.print("* the change is larger than its bootstrap noise", highlight=False)
+    if result.settings.get("bootstrap_samples"):
+        _plain("* the change is larger than its bootstrap noise")
     for text in result.findings:
-        stdout.print("- " + text, highlight=False)
+        _plain("- " + text)
     for path in written:
-        stdout.print(f"  wrote {path}", highlight=False)
+        _plain(f"  wrote {path}")

@@ -117,52 +117,61 @@ class RowChange:
 
 
 class AgreementAccumulator:
-    """Per-row agreement of the two models (cosine of contribution vectors) and score moves."""
+    """Per-row agreement of the two models (cosine of contribution vectors) and score moves,
+    kept separately for each output."""
 
     def __init__(self, outputs: list[str], keep: int = 10):
+        m = len(outputs)
         self.outputs = outputs
         self.keep = keep
         self.rows = 0
-        self.cosine_sum = 0.0
-        self.histogram = np.zeros(COSINE_BINS, dtype=np.int64)
-        self.delta_sum = 0.0
-        self.abs_delta_sum = 0.0
-        self._least_agreeing: list = []
-        self._most_moved: list = []
+        self.cosine_sum = np.zeros(m)
+        self.histogram = np.zeros((m, COSINE_BINS), dtype=np.int64)
+        self.delta_sum = np.zeros(m)
+        self.abs_delta_sum = np.zeros(m)
+        self.max_abs_delta = np.zeros(m)
+        self._least_agreeing: list[list] = [[] for _ in outputs]
+        self._most_moved: list[list] = [[] for _ in outputs]
         self._order = itertools.count()
 
     def update(self, ids: list, scores_old: torch.Tensor, scores_new: torch.Tensor,
                contrib_old: torch.Tensor, contrib_new: torch.Tensor, finite: torch.Tensor
                ) -> None:
-        """scores: [rows, outputs]; contrib: [rows, outputs, features] (gradient x std)."""
-        ids = [i for i, ok in zip(ids, finite.tolist()) if ok]
-        so, sn = scores_old[finite].double(), scores_new[finite].double()
-        co, cn = contrib_old[finite].double(), contrib_new[finite].double()
+        """scores: [rows, outputs]; contrib: [rows, outputs, features] (gradient x std);
+        finite: bool [rows], the rows both models scored with finite values."""
+        kept = finite.nonzero().flatten()
+        so, sn = scores_old[kept].double(), scores_new[kept].double()
+        co, cn = contrib_old[kept].double(), contrib_new[kept].double()
         norm_old, norm_new = co.norm(dim=2), cn.norm(dim=2)
         dot = (co * cn).sum(2)
         # Both vectors zero: the models agree (neither responds); one zero: no agreement.
         cosine = torch.where((norm_old > 0) & (norm_new > 0),
                              dot / (norm_old * norm_new).clamp_min(1e-300),
                              torch.where((norm_old == 0) & (norm_new == 0), 1.0, 0.0))
-        cosine = cosine.clamp(-1, 1)
+        cosine = cosine.clamp(-1, 1)  # [rows, outputs]
         delta = sn - so
-        self.rows += cosine.numel()
-        self.cosine_sum += float(cosine.sum())
+        self.rows += cosine.shape[0]
+        self.cosine_sum += cosine.sum(0).numpy()
+        self.delta_sum += delta.sum(0).numpy()
+        self.abs_delta_sum += delta.abs().sum(0).numpy()
+        if cosine.shape[0]:
+            self.max_abs_delta = np.maximum(self.max_abs_delta, delta.abs().amax(0).numpy())
         bins = ((cosine + 1) / 2 * COSINE_BINS).long().clamp(0, COSINE_BINS - 1)
-        self.histogram += np.bincount(bins.flatten().numpy(), minlength=COSINE_BINS)
-        self.delta_sum += float(delta.sum())
-        self.abs_delta_sum += float(delta.abs().sum())
-        # Only this chunk's own top candidates can enter the kept lists: no Python loop over rows.
-        m = cosine.shape[1]
-        k = min(self.keep, cosine.numel())
-        candidates = set(cosine.flatten().topk(k, largest=False).indices.tolist())
-        candidates |= set(delta.abs().flatten().topk(k).indices.tolist())
-        for flat in sorted(candidates):
-            r, o = divmod(flat, m)
-            change = RowChange(id=ids[r], output=self.outputs[o], score_old=float(so[r, o]),
-                               score_new=float(sn[r, o]), cosine=float(cosine[r, o]))
-            self._push(self._least_agreeing, -change.cosine, change)
-            self._push(self._most_moved, abs(change.score_new - change.score_old), change)
+        k = min(self.keep, cosine.shape[0])
+        for o in range(len(self.outputs)):
+            self.histogram[o] += np.bincount(bins[:, o].numpy(), minlength=COSINE_BINS)
+            if k == 0:
+                continue
+            # Only this chunk's own top candidates can enter the kept lists: no row loop.
+            candidates = set(cosine[:, o].topk(k, largest=False).indices.tolist())
+            candidates |= set(delta[:, o].abs().topk(k).indices.tolist())
+            for r in sorted(candidates):
+                change = RowChange(id=ids[int(kept[r])], output=self.outputs[o],
+                                   score_old=float(so[r, o]), score_new=float(sn[r, o]),
+                                   cosine=float(cosine[r, o]))
+                self._push(self._least_agreeing[o], -change.cosine, change)
+                self._push(self._most_moved[o], abs(change.score_new - change.score_old),
+                           change)
 
     def _push(self, heap: list, key: float, change: RowChange) -> None:
         item = (key, next(self._order), change)
@@ -171,23 +180,32 @@ class AgreementAccumulator:
         elif key > heap[0][0]:
             heapq.heapreplace(heap, item)
 
-    @property
-    def max_abs_delta(self) -> float:
-        return max((key for key, _, _ in self._most_moved), default=0.0)
-
-    def cosine_quantile(self, q: float) -> float:
-        """Quantile of the per-row cosines, to the histogram's 0.001 resolution."""
+    def cosine_quantile(self, output: int, q: float) -> float:
+        """Quantile of one output's per-row cosines, to the histogram's 0.001 resolution."""
         if self.rows == 0:
             return float("nan")
-        cumulative = np.cumsum(self.histogram)
+        cumulative = np.cumsum(self.histogram[output])
         index = int(np.searchsorted(cumulative, q * self.rows, side="left"))
         return -1 + (min(index, COSINE_BINS - 1) + 0.5) * 2 / COSINE_BINS
 
-    def least_agreeing(self) -> list[RowChange]:
-        return [c for _, _, c in sorted(self._least_agreeing, key=lambda t: (-t[0], t[1]))]
+    def summary(self, output: int) -> dict:
+        """The agreement figures comparison.json reports for one output."""
+        rows = max(self.rows, 1)
+        quantiles = (("p05", 0.05), ("p25", 0.25), ("median", 0.5), ("p75", 0.75),
+                     ("p95", 0.95))
+        return {
+            "cosine": {"mean": float(self.cosine_sum[output]) / rows,
+                       **{k: self.cosine_quantile(output, q) for k, q in quantiles}},
+            "score_change": {"mean": float(self.delta_sum[output]) / rows,
+                             "mean_abs": float(self.abs_delta_sum[output]) / rows,
+                             "max_abs": float(self.max_abs_delta[output])},
+            "least_agreeing_rows": [vars(c) for c in _ordered(self._least_agreeing[output])],
+            "most_moved_rows": [vars(c) for c in _ordered(self._most_moved[output])],
+        }
 
-    def most_moved(self) -> list[RowChange]:
-        return [c for _, _, c in sorted(self._most_moved, key=lambda t: (-t[0], t[1]))]
+
+def _ordered(heap: list) -> list[RowChange]:
+    return [c for _, _, c in sorted(heap, key=lambda t: (-t[0], t[1]))]
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -262,7 +280,8 @@ def comparison_table(old: AuditResult, new: AuditResult, shares_old: torch.Tenso
             # Called out only when the interval excludes zero: larger than its noise.
             frame["significant"] = (frame["delta_share_low"] > 0) | (frame["delta_share_high"] < 0)
         else:
-            frame["significant"] = frame["delta_share"] != 0
+            # No bootstrap, no measure of noise: no change is called larger than it.
+            frame["significant"] = False
         frame["scaled_sensitivity_old"] = a.loc[features, "scaled_sensitivity"].to_numpy()
         frame["scaled_sensitivity_new"] = b.loc[features, "scaled_sensitivity"].to_numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -289,12 +308,14 @@ def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[st
     lines: list[str] = []
     multi = len(result.new.outputs) > 1
     table = result.table
+    has_intervals = "delta_share_low" in table.columns
     for output in result.new.outputs:
         group = table[table["output"] == output]
         where = f"Output '{output}': " if multi else ""
         for r in group.itertuples():
-            if r.feature in proxies or (r.significant and abs(r.delta_share) >= 0.05):
-                lines.append(where + _movement(r))
+            noteworthy = abs(r.delta_share) >= 0.05 and (r.significant or not has_intervals)
+            if r.feature in proxies or noteworthy:
+                lines.append(where + _movement(r, has_intervals))
         leader_new = group.sort_values("rank_new").iloc[0]
         leader_old = group.sort_values("rank_old").iloc[0]
         if leader_new["feature"] != leader_old["feature"]:
@@ -319,13 +340,13 @@ def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[st
     return lines
 
 
-def _movement(r) -> str:
+def _movement(r, has_intervals: bool) -> str:
     verb = "fell" if r.delta_share < 0 else "rose"
     ci = ""
-    if hasattr(r, "delta_share_low") and not pd.isna(getattr(r, "delta_share_low", np.nan)):
+    if has_intervals:
         ci = (f" (change {r.delta_share:+.1%}, interval {r.delta_share_low:+.1%} to "
               f"{r.delta_share_high:+.1%})")
-    noise = "" if r.significant else "; within noise"
+    noise = "; within noise" if has_intervals and not r.significant else ""
     return (f"{r.feature}'s share {verb} from {r.share_old:.0%} to {r.share_new:.0%}{ci}, rank "
             f"{r.rank_old} -> {r.rank_new}{noise}.")
 

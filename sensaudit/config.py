@@ -55,6 +55,18 @@ class ProxyLimit:
     max_rank: int | None = None  # flagged when its rank is this or better (rank 1 = top)
     reason: str | None = None
 
+    def __post_init__(self) -> None:
+        # The YAML path checks these with file and key; this guards ProxyLimit built in Python.
+        if self.max_share is None and self.max_rank is None:
+            raise ConfigError(f"ProxyLimit('{self.feature}') needs a limit: max_share, "
+                              "max_rank or both")
+        if self.max_share is not None and not 0 <= self.max_share <= 1:
+            raise ConfigError(f"ProxyLimit('{self.feature}'): max_share must be a number in "
+                              f"[0, 1] (got {describe(self.max_share)})")
+        if self.max_rank is not None and self.max_rank < 1:
+            raise ConfigError(f"ProxyLimit('{self.feature}'): max_rank must be an integer >= 1 "
+                              f"(got {describe(self.max_rank)})")
+
 
 @dataclass(frozen=True)
 class AuditSettings:
@@ -171,7 +183,8 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
     v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
                                  "batch_size", "allow_nonfinite"))
-    proxies_raw = a.get("proxies") or []
+    proxies_raw = a.get("proxies")
+    proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
     if not isinstance(proxies_raw, list):
         v.fail("audit.proxies", "a list of {feature, max_share, max_rank}", proxies_raw)
     proxies = tuple(_proxy(v, p, f"audit.proxies[{i}]") for i, p in enumerate(proxies_raw))
@@ -252,7 +265,7 @@ class _Validator:
         if not isinstance(value, Mapping):
             if key == "":
                 raise ConfigError(f"{self.source}: the config must be a mapping with sections "
-                                  f"model, data, audit, report (got {describe(value)})")
+                                  f"model, data, audit, compare, report (got {describe(value)})")
             self.fail(key, "a mapping", value)
         for k in value:
             if not isinstance(k, str):

@@ -244,7 +244,10 @@ def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd
         # without, such a row is a ParserError naming its line. names= gives the header names
         # as _csv_columns cleaned them (BOM and spaces stripped).
         reader = pd.read_csv(path, header=0, names=_csv_columns(path), chunksize=cfg.chunk_rows,
-                             dtype=kinds, skipinitialspace=True, keep_default_na=not as_text,
+                             dtype=kinds, skipinitialspace=True, keep_default_na=False,
+                             # One list of missing-value markers for both parsers, so the
+                             # fast path and the one naming a text cell agree on '#N/A'.
+                             na_values=[] if as_text else sorted(_MISSING_TEXT),
                              encoding="utf-8-sig")
         for frame in reader:
             yield frame[table.columns]

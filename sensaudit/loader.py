@@ -82,7 +82,7 @@ def load_model(cfg: ModelConfig, *, trust_pickle: bool | None = None,
     if isinstance(module, torch.nn.Module) and kind != "torch.export":
         module.eval()
     return LoadedModel(module=module, path=path, format=kind, device=device,
-                       dtype=_float_dtype(module))
+                       dtype=float_dtype(module))
 
 
 def _sniff(path: Path) -> str:
@@ -299,7 +299,8 @@ def _importable_from(folder: Path):
             sys.path.remove(entry)
 
 
-def _float_dtype(module: Any) -> torch.dtype:
+def float_dtype(module: Any) -> torch.dtype:
+    """The dtype the model computes in: its first floating parameter or buffer's."""
     if isinstance(module, torch.nn.Module):
         for tensor in [*module.parameters(), *module.buffers()]:
             if tensor.is_floating_point():

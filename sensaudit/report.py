@@ -102,7 +102,8 @@ class StagedReport:
                 self.append_examples(pd.DataFrame(columns=["id", "output", "score"]))
             self._close_examples()
         if "json" in self.formats:
-            self.write_text("summary.json", json.dumps(audit_summary(result), indent=2) + "\n")
+            self.write_text("summary.json", json.dumps(_json_safe(audit_summary(result)),
+                                                       indent=2, allow_nan=False) + "\n")
         if "markdown" in self.formats:
             self.write_text("report.md", audit_markdown(result))
 
@@ -112,8 +113,8 @@ class StagedReport:
             _guarded(self.target, lambda: result.table.to_csv(
                 self._path("comparison.csv"), index=False, float_format="%.8g"))
         if "json" in self.formats:
-            self.write_text("comparison.json",
-                            json.dumps(comparison_summary(result), indent=2) + "\n")
+            self.write_text("comparison.json", json.dumps(comparison_summary(result), indent=2,
+                                                          allow_nan=False) + "\n")
         if "markdown" in self.formats:
             self.write_text("comparison.md", comparison_markdown(result))
 

@@ -840,10 +840,10 @@ def test_yaml_tab_indentation(tmp_path):
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("", "the config must be a mapping with sections model, data, audit, report (got None, a "
-         "NoneType)"),
+    ("", "the config must be a mapping with sections model, data, audit, compare, report "
+         "(got None, a NoneType)"),
     ("- model\n- data\n", "the config must be a mapping with sections model, data, audit, "
-                          "report (got ['model', 'data'], a list)"),
+                          "compare, report (got ['model', 'data'], a list)"),
     ("model: {path: m.pt2}\nreport: {dir: r}\n", "missing required key 'data'"),
     ("data: {path: d.csv}\nreport: {dir: r}\n", "missing required key 'model'"),
 ])

@@ -168,7 +168,7 @@ def test_yaml_syntax_error(tmp_path):
 def test_config_not_a_mapping(tmp_path, text, found):
     assert _message(tmp_path, text) == (
         f"{tmp_path / 'audit.yaml'}: the config must be a mapping with sections model, data, "
-        f"audit, report (got {found})")
+        f"audit, compare, report (got {found})")
 
 
 BAD = [
