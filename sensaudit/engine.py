@@ -5,8 +5,9 @@ a batch do not interact. That independence is what makes the engine fast: the gr
 ``sum over rows of y[r, j]`` with respect to the batch ``x`` holds, in row ``r``, exactly
 ``d y[r, j] / d x[r]``. So one backward pass over a batch yields every row's gradient of output
 ``j``, and the whole ``[rows, outputs, features]`` Jacobian costs ``outputs`` backward passes
-(vectorised into one call) or ``features`` forward-mode passes, whichever is fewer, instead of a
-Python loop over rows. :func:`check_row_independence` guards the assumption.
+or ``features`` forward-mode passes (for several outputs the engine times the strategies on
+real chunks and keeps the fastest), instead of a Python loop over rows.
+:func:`check_row_independence` guards the assumption.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 
 STRATEGIES = ("auto", "reverse", "reverse-vmap", "forward", "vmap-jacrev")
 # For multi-output models no strategy wins everywhere (it depends on outputs, features, the
-# model's shape and the device), so "auto" times each of these on one chunk of real rows (work
-# that counts: the chunk's result is kept) and uses the fastest for the remaining chunks.
+# model's shape and the device), so "auto" times each of these on chunks of real rows (work
+# that counts: the chunks' results are kept) and uses the fastest for the remaining chunks.
 _TUNED = ("reverse", "vmap-jacrev", "forward", "reverse-vmap")
 _TUNING_ROUNDS = 2  # each candidate timed on this many chunks; its best time counts
 _SWITCH_MARGIN = 0.9  # leave the default only for a strategy at least 10% faster
@@ -88,7 +89,7 @@ def scores_and_jacobian(
     graph; "reverse-vmap" runs those backward passes as one vmapped call; "forward" runs one
     forward-mode pass per feature; "vmap-jacrev" vectorises each row's own reverse-mode
     Jacobian with torch.func. "auto" uses one backward pass for a scalar output; with several
-    outputs it times each strategy on one chunk of real rows and keeps the fastest (when
+    outputs it times each strategy on two chunks of real rows and keeps the fastest (when
     there are enough chunks; else forward mode if features < outputs, otherwise "reverse").
     """
     if x.dim() != 2:
