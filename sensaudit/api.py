@@ -138,28 +138,55 @@ def audit_chunks(loaded: LoadedModel, chunks: Callable[[torch.dtype], Iterator[d
                  table: data_mod.Table, *, config: Config, progress: Progress | None = None,
                  example_sink: ExampleSink | None = None) -> AuditResult:
     """The two passes over the data: feature statistics, then gradients."""
-    settings = config.audit
     report = progress or _no_progress
     moments, dropped = _scan_features(chunks, table, report)
-    prepared: PreparedModel | None = None
-    acc: GradientAccumulator | None = None
+    passes = _gradient_pass([loaded], chunks, table, moments, config, report,
+                            example_sink=example_sink)
+    (prepared, acc), = passes
+    return _finish(acc, prepared, loaded, table, config.audit, dropped)
+
+
+ChunkHook = Callable[[data_mod.Chunk, list[tuple[torch.Tensor, torch.Tensor]]], None]
+
+
+def _gradient_pass(models: list[LoadedModel],
+                   chunks: Callable[[torch.dtype], Iterator[data_mod.Chunk]],
+                   table: data_mod.Table, moments: FeatureMoments, config: Config,
+                   report: Progress, *, example_sink: ExampleSink | None = None,
+                   on_chunk: ChunkHook | None = None
+                   ) -> list[tuple[PreparedModel, GradientAccumulator]]:
+    """Second pass: every model's scores and Jacobians on the same chunks, accumulated.
+
+    Models are probed on the first chunk (input width, output shape, row independence).
+    ``on_chunk(chunk, [(scores, jacobian) per model])`` sees each chunk's results, on the CPU.
+    """
+    settings = config.audit
+    dtype = models[0].dtype if len(models) == 1 else torch.float64
+    prepared: list[PreparedModel] = []
+    accs: list[GradientAccumulator] = []
     done = 0
-    for chunk in chunks(loaded.dtype):
+    for chunk in chunks(dtype):
         if not len(chunk.x):
             continue
-        x = chunk.x.to(loaded.device)
-        if prepared is None:
-            prepared = prepare_model(loaded, x, config)
-            acc = _accumulator(table, prepared, moments, settings)
-        scores, jac = _jacobian(loaded, prepared.module, x, settings.batch_size)
-        frame = acc.update(chunk.ids, scores, jac, chunk.labels)
-        if example_sink is not None:
-            example_sink(frame)
+        if not prepared:
+            prepared = [prepare_model(m, chunk.x.to(m.device, m.dtype), config) for m in models]
+            _check_same_outputs(models, prepared)
+            accs = [_accumulator(table, p, moments, settings) for p in prepared]
+        results = []
+        for loaded, prep, acc in zip(models, prepared, accs):
+            x = chunk.x.to(loaded.device, loaded.dtype)
+            scores, jac = _jacobian(loaded, prep.module, x, settings.batch_size)
+            frame = acc.update(chunk.ids, scores, jac, chunk.labels)
+            if example_sink is not None:
+                example_sink(frame)
+            results.append((scores, jac))
+        if on_chunk is not None:
+            on_chunk(chunk, [(s.cpu().double(), j.cpu().double()) for s, j in results])
         done += len(chunk.x)
         report("audit", done, moments.count)
-    if acc is None or prepared is None:  # every row dropped between the two passes
+    if not prepared:  # every row dropped between the two passes
         raise DataError(f"{table.path}: no usable rows left to audit")
-    return _finish(acc, prepared, loaded, table, settings, dropped)
+    return list(zip(prepared, accs))
 
 
 def _no_progress(stage: str, done: int, total: int | None) -> None:
@@ -305,47 +332,28 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     boot_moments = BootstrapMoments(bootstrap, len(table.features))
     moments, dropped = _scan_features(chunks, table, report,
                                       extra=lambda c: boot_moments.update(c.rows, c.x))
-    prepared: list[PreparedModel] = []
-    accs: list[GradientAccumulator] = []
-    boots: list[BootstrapSensitivity] = []
-    agreement: AgreementAccumulator | None = None
     std = moments.std
-    done = 0
-    for chunk in chunks(torch.float64):
-        if not len(chunk.x):
-            continue
-        if not prepared:
-            prepared = _prepare_pair(models, chunk.x, config)
-            outputs = prepared[1].outputs
-            accs = [_accumulator(table, p, moments, settings) for p in prepared]
-            boots = [BootstrapSensitivity(bootstrap, len(outputs), len(table.features))
-                     for _ in prepared]
-            agreement = AgreementAccumulator(outputs, keep=settings.examples_in_report)
+    boots = [BootstrapSensitivity(bootstrap) for _ in models]
+    agreement = AgreementAccumulator(keep=settings.examples_in_report)
+
+    def bootstrap_and_agreement(chunk: data_mod.Chunk, results: list) -> None:
         weights = bootstrap.weights(chunk.rows)
-        results = []
-        for loaded, prep, acc in zip(models, prepared, accs):
-            x = chunk.x.to(loaded.device, loaded.dtype)
-            scores, jac = _jacobian(loaded, prep.module, x, settings.batch_size)
-            scores, jac = scores.cpu().double(), jac.cpu().double()
-            acc.update(chunk.ids, scores, jac, chunk.labels)
-            results.append((scores, jac))
-        (s_old, j_old), (s_new, j_new) = results
         # Each model's intervals use the rows its own statistics use; agreement needs both.
         for (scores, jac), boot in zip(results, boots):
             boot.update(weights, jac, _finite_rows(scores, jac))
+        (s_old, j_old), (s_new, j_new) = results
         finite = _finite_rows(s_old, j_old) & _finite_rows(s_new, j_new)
         agreement.update(chunk.ids, s_old, s_new, j_old * std, j_new * std, finite)
-        done += len(chunk.x)
-        report("audit", done, moments.count)
-    if not prepared:
-        raise DataError(f"{table.path}: no usable rows left to audit")
+
+    passes = _gradient_pass(models, chunks, table, moments, config, report,
+                            on_chunk=bootstrap_and_agreement)
     old, new = (_finish(acc, prep, loaded, table, settings, dropped)
-                for acc, prep, loaded in zip(accs, prepared, models))
+                for (prep, acc), loaded in zip(passes, models))
     boot_std = boot_moments.std
     table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
                                  cmp.confidence)
     overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
-                        **agreement.summary(i)}
+                        **agreement.summary(i, output)}
                for i, output in enumerate(new.outputs)}
     increases = []
     if cmp.max_proxy_share_increase is not None:
@@ -378,14 +386,11 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     return result, written
 
 
-def _prepare_pair(models: list[LoadedModel], x: torch.Tensor, config: Config
-                  ) -> list[PreparedModel]:
-    prepared = [prepare_model(m, x.to(m.device, m.dtype), config) for m in models]
-    if len(prepared[0].outputs) != len(prepared[1].outputs):
+def _check_same_outputs(models: list[LoadedModel], prepared: list[PreparedModel]) -> None:
+    if len({len(p.outputs) for p in prepared}) > 1:
         raise ModelError(f"{models[0].path} returns {len(prepared[0].outputs)} output(s) but "
                          f"{models[1].path} returns {len(prepared[1].outputs)}; compare needs "
                          "the same outputs (select one with model.output)")
-    return prepared
 
 
 def _finite_rows(scores: torch.Tensor, jac: torch.Tensor) -> torch.Tensor:

@@ -87,11 +87,10 @@ class BootstrapMoments:
 class BootstrapSensitivity:
     """Per-replicate weighted mean |gradient| of one model (second pass)."""
 
-    def __init__(self, bootstrap: PoissonBootstrap, n_outputs: int, n_features: int):
+    def __init__(self, bootstrap: PoissonBootstrap):
         self.bootstrap = bootstrap
-        b = bootstrap.samples
-        self.w = torch.zeros(b, 1, 1, dtype=torch.float64)
-        self.sum_abs = torch.zeros(b, n_outputs, n_features, dtype=torch.float64)
+        self.w = torch.zeros(bootstrap.samples, 1, 1, dtype=torch.float64)
+        self.sum_abs: torch.Tensor | float = 0.0  # [samples, outputs, features] once updated
 
     def update(self, weights: torch.Tensor, jac: torch.Tensor, finite: torch.Tensor) -> None:
         """weights: [samples, rows]; jac: [rows, outputs, features]; finite: bool [rows]."""
@@ -110,7 +109,7 @@ class BootstrapSensitivity:
 @dataclass
 class RowChange:
     id: object
-    output: str
+    output: int  # the output's index; named in AgreementAccumulator.summary
     score_old: float
     score_new: float
     cosine: float
@@ -118,21 +117,22 @@ class RowChange:
 
 class AgreementAccumulator:
     """Per-row agreement of the two models (cosine of contribution vectors) and score moves,
-    kept separately for each output."""
+    kept separately for each output (sized by the first update)."""
 
-    def __init__(self, outputs: list[str], keep: int = 10):
-        m = len(outputs)
-        self.outputs = outputs
+    def __init__(self, keep: int = 10):
         self.keep = keep
         self.rows = 0
+        self._order = itertools.count()
+        self.histogram: np.ndarray | None = None  # [outputs, COSINE_BINS] once updated
+
+    def _start(self, m: int) -> None:
         self.cosine_sum = np.zeros(m)
         self.histogram = np.zeros((m, COSINE_BINS), dtype=np.int64)
         self.delta_sum = np.zeros(m)
         self.abs_delta_sum = np.zeros(m)
         self.max_abs_delta = np.zeros(m)
-        self._least_agreeing: list[list] = [[] for _ in outputs]
-        self._most_moved: list[list] = [[] for _ in outputs]
-        self._order = itertools.count()
+        self._least_agreeing: list[list] = [[] for _ in range(m)]
+        self._most_moved: list[list] = [[] for _ in range(m)]
 
     def update(self, ids: list, scores_old: torch.Tensor, scores_new: torch.Tensor,
                contrib_old: torch.Tensor, contrib_new: torch.Tensor, finite: torch.Tensor
@@ -150,6 +150,8 @@ class AgreementAccumulator:
                              torch.where((norm_old == 0) & (norm_new == 0), 1.0, 0.0))
         cosine = cosine.clamp(-1, 1)  # [rows, outputs]
         delta = sn - so
+        if self.histogram is None:
+            self._start(cosine.shape[1])
         self.rows += cosine.shape[0]
         self.cosine_sum += cosine.sum(0).numpy()
         self.delta_sum += delta.sum(0).numpy()
@@ -158,7 +160,7 @@ class AgreementAccumulator:
             self.max_abs_delta = np.maximum(self.max_abs_delta, delta.abs().amax(0).numpy())
         bins = ((cosine + 1) / 2 * COSINE_BINS).long().clamp(0, COSINE_BINS - 1)
         k = min(self.keep, cosine.shape[0])
-        for o in range(len(self.outputs)):
+        for o in range(cosine.shape[1]):
             self.histogram[o] += np.bincount(bins[:, o].numpy(), minlength=COSINE_BINS)
             if k == 0:
                 continue
@@ -166,7 +168,7 @@ class AgreementAccumulator:
             candidates = set(cosine[:, o].topk(k, largest=False).indices.tolist())
             candidates |= set(delta[:, o].abs().topk(k).indices.tolist())
             for r in sorted(candidates):
-                change = RowChange(id=ids[int(kept[r])], output=self.outputs[o],
+                change = RowChange(id=ids[int(kept[r])], output=o,
                                    score_old=float(so[r, o]), score_new=float(sn[r, o]),
                                    cosine=float(cosine[r, o]))
                 self._push(self._least_agreeing[o], -change.cosine, change)
@@ -188,8 +190,8 @@ class AgreementAccumulator:
         index = int(np.searchsorted(cumulative, q * self.rows, side="left"))
         return -1 + (min(index, COSINE_BINS - 1) + 0.5) * 2 / COSINE_BINS
 
-    def summary(self, output: int) -> dict:
-        """The agreement figures comparison.json reports for one output."""
+    def summary(self, output: int, name: str) -> dict:
+        """The agreement figures comparison.json reports for output number ``output``."""
         rows = max(self.rows, 1)
         quantiles = (("p05", 0.05), ("p25", 0.25), ("median", 0.5), ("p75", 0.75),
                      ("p95", 0.95))
@@ -199,8 +201,10 @@ class AgreementAccumulator:
             "score_change": {"mean": float(self.delta_sum[output]) / rows,
                              "mean_abs": float(self.abs_delta_sum[output]) / rows,
                              "max_abs": float(self.max_abs_delta[output])},
-            "least_agreeing_rows": [vars(c) for c in _ordered(self._least_agreeing[output])],
-            "most_moved_rows": [vars(c) for c in _ordered(self._most_moved[output])],
+            "least_agreeing_rows": [{**vars(c), "output": name}
+                                    for c in _ordered(self._least_agreeing[output])],
+            "most_moved_rows": [{**vars(c), "output": name}
+                                for c in _ordered(self._most_moved[output])],
         }
 
 
