@@ -32,8 +32,6 @@ from . import pt2_safety
 from .config import ModelConfig
 from .errors import ModelLoadError, first_line
 
-FORMATS = ("torch.export", "torchscript", "state_dict", "pickle")
-
 
 @dataclass
 class LoadedModel:
@@ -41,7 +39,7 @@ class LoadedModel:
 
     module: Callable[[torch.Tensor], torch.Tensor]
     path: Path
-    format: str
+    format: str  # "torch.export", "torchscript", "state_dict", "pickle" (or "in-memory")
     device: torch.device
     dtype: torch.dtype
 
