@@ -68,6 +68,16 @@ class ExampleRecord:
     proxy_contribution: float
 
 
+@dataclass
+class Drivers:
+    """Each (row, output) entry's top features: index, gradient and scaled contribution,
+    all [entries, top_k]."""
+
+    index: np.ndarray
+    gradient: np.ndarray
+    contribution: np.ndarray
+
+
 class GradientAccumulator:
     """Streams [rows, outputs, features] Jacobians into per-feature statistics and examples."""
 
@@ -91,8 +101,10 @@ class GradientAccumulator:
         self._order = itertools.count()
 
     def update(self, ids: Sequence, scores: torch.Tensor, jac: torch.Tensor,
-               labels: np.ndarray | None = None) -> pd.DataFrame:
-        """Add one chunk; return its per-example top drivers (one row per row and output).
+               labels: np.ndarray | None = None, *, examples: bool = True
+               ) -> pd.DataFrame | None:
+        """Add one chunk; return its per-example top drivers (one row per row and output), or
+        None when ``examples`` is False (nothing will write them).
 
         scores: [rows, outputs]; jac: [rows, outputs, features].
         """
@@ -104,21 +116,32 @@ class GradientAccumulator:
             self.nonfinite_rows += len(bad)
             room = NONFINITE_IDS_KEPT - len(self.nonfinite_ids)
             self.nonfinite_ids.extend(ids[i] for i in bad[:max(room, 0)])
-        good = jac[finite]
+            good = jac[finite]
+        else:
+            good = jac
         self.rows += good.shape[0]
         self.sum += good.sum(0)
         self.sum_abs += good.abs().sum(0)
         self.sum_sq += (good**2).sum(0)
         self.score_sum += scores[finite].sum(0)
-        return self._examples(ids, scores, jac, labels, finite)
+        return self._examples(ids, scores, jac, labels, finite, examples)
 
     def _examples(self, ids: Sequence, scores: torch.Tensor, jac: torch.Tensor,
-                  labels: np.ndarray | None, finite: torch.Tensor) -> pd.DataFrame:
+                  labels: np.ndarray | None, finite: torch.Tensor, build_frame: bool
+                  ) -> pd.DataFrame | None:
         rows, m, _ = jac.shape
         contribution = jac * self.std  # typical score change per one-std change, per row
-        top = contribution.abs().nan_to_num(nan=-1.0).topk(self.top_k, dim=2).indices
-        top_grad = jac.gather(2, top)
-        top_contrib = contribution.gather(2, top)
+        magnitude = contribution.abs()
+        top = magnitude.nan_to_num(nan=-1.0).topk(self.top_k, dim=2).indices
+        # Flattened to one entry per (row, output): entry i is row i // m, output i % m.
+        k = self.top_k
+        drivers = Drivers(top.reshape(rows * m, k).numpy(),
+                          jac.gather(2, top).reshape(rows * m, k).numpy(),
+                          contribution.gather(2, top).reshape(rows * m, k).numpy())
+        if self.keep_examples:
+            self._keep_strongest(ids, scores, labels, magnitude, finite, drivers)
+        if not build_frame:
+            return None
         names = np.asarray(self.features, dtype=object)
         frame: dict[str, object] = {
             "id": np.repeat(np.asarray(list(ids), dtype=object), m),
@@ -127,42 +150,38 @@ class GradientAccumulator:
         }
         if labels is not None:
             frame["label"] = np.repeat(labels, m)
-        flat_top = top.reshape(rows * m, self.top_k).numpy()
-        flat_grad = top_grad.reshape(rows * m, self.top_k).numpy()
-        flat_contrib = top_contrib.reshape(rows * m, self.top_k).numpy()
         for k in range(self.top_k):
-            frame[f"driver_{k + 1}"] = names[flat_top[:, k]]
-            frame[f"gradient_{k + 1}"] = flat_grad[:, k]
-            frame[f"contribution_{k + 1}"] = flat_contrib[:, k]
-        table = pd.DataFrame(frame)
-        if self.keep_examples:
-            self._keep_strongest(table, contribution, labels, finite)
-        return table
+            frame[f"driver_{k + 1}"] = names[drivers.index[:, k]]
+            frame[f"gradient_{k + 1}"] = drivers.gradient[:, k]
+            frame[f"contribution_{k + 1}"] = drivers.contribution[:, k]
+        return pd.DataFrame(frame)
 
-    def _keep_strongest(self, table: pd.DataFrame, contribution: torch.Tensor,
-                        labels: np.ndarray | None, finite: torch.Tensor) -> None:
+    def _keep_strongest(self, ids: Sequence, scores: torch.Tensor, labels: np.ndarray | None,
+                        magnitude: torch.Tensor, finite: torch.Tensor, drivers: Drivers
+                        ) -> None:
         # Rows where declared proxies move the score most are the ones to read first; without
         # proxies, rows whose single strongest driver is largest.
+        m = magnitude.shape[1]
         if self.proxy_index:
-            key = contribution[:, :, self.proxy_index].abs().sum(2)
+            key = magnitude[:, :, self.proxy_index].sum(2)
         else:
-            key = contribution.abs().amax(2)
+            key = magnitude.amax(2)
         # Rows left out of the statistics as non-finite are not examples of what drives the
         # score: an infinite gradient would otherwise head the list.
         key = torch.where(finite[:, None], key, torch.full_like(key, -1.0)).reshape(-1)
-        count = min(self.keep_examples, int(finite.sum()) * contribution.shape[1])
-        best = key.topk(count).indices.tolist()
-        for i in best:
+        count = min(self.keep_examples, int(finite.sum()) * m)
+        flat_scores = scores.reshape(-1)
+        for i in key.topk(count).indices.tolist():
             value = float(key[i])
             if len(self._heap) == self.keep_examples and value <= self._heap[0][0]:
                 continue
-            row = table.iloc[i]
-            label = row.get("label") if labels is not None else None
+            row, output = divmod(i, m)
+            label = None if labels is None else labels[row]
             record = ExampleRecord(
-                id=row["id"], output=row["output"], score=float(row["score"]),
+                id=ids[row], output=self.outputs[output], score=float(flat_scores[i]),
                 label=None if label is None or pd.isna(label) else float(label),
-                drivers=[(row[f"driver_{k + 1}"], float(row[f"gradient_{k + 1}"]),
-                          float(row[f"contribution_{k + 1}"])) for k in range(self.top_k)],
+                drivers=[(self.features[drivers.index[i, k]], float(drivers.gradient[i, k]),
+                          float(drivers.contribution[i, k])) for k in range(self.top_k)],
                 proxy_contribution=value)
             item = (value, next(self._order), record)
             if len(self._heap) < self.keep_examples:

@@ -8,7 +8,6 @@ produced). Library code never prints; pass ``progress`` to follow long runs.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from .comparison import (
 )
 from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model, as_output_matrix, check_row_independence, scores_and_jacobian
-from .errors import ConfigError, DataError, ModelError, first_line
+from .errors import ConfigError, DataError, ModelError, did_you_mean, first_line
 from .loader import LoadedModel, float_dtype, load_model, resolve_device
 from .report import StagedReport
 
@@ -127,10 +126,9 @@ def check_proxies(config: Config, features: tuple[str, ...]) -> None:
                               "is declared twice")
         seen.add(proxy.feature)
         if proxy.feature not in features:
-            close = difflib.get_close_matches(proxy.feature, features, n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{config.source}: audit.proxies[{i}].feature '{proxy.feature}' "
-                              f"is not an audited feature{hint} (features: "
+                              f"is not an audited feature{did_you_mean(proxy.feature, features)}"
+                              " (features: "
                               f"{', '.join(features)})")
 
 
@@ -176,7 +174,8 @@ def _gradient_pass(models: list[LoadedModel],
         for loaded, prep, acc in zip(models, prepared, accs):
             x = chunk.x.to(loaded.device, loaded.dtype)
             scores, jac = _jacobian(loaded, prep.module, x, settings.batch_size)
-            frame = acc.update(chunk.ids, scores, jac, chunk.labels)
+            frame = acc.update(chunk.ids, scores, jac, chunk.labels,
+                               examples=example_sink is not None)
             if example_sink is not None:
                 example_sink(frame)
             results.append((scores, jac))

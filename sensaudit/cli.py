@@ -32,7 +32,7 @@ from rich.text import Text
 from . import __version__
 from .analysis import AuditResult
 from .api import run_audit, run_compare
-from .comparison import ComparisonResult
+from .comparison import ComparisonResult, gate_change
 from .config import load_config
 from .errors import SensauditError
 
@@ -247,9 +247,8 @@ def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
             table.add_column(name, justify="left" if name in ("feature", "gate") else "right")
         for r in group.itertuples():
             change = f"{r.delta_share:+.1%}" + ("*" if r.significant else "")
-            gate = ("[red]now flagged[/]" if r.flagged_new and not r.flagged_old else
-                    "[green]cleared[/]" if r.flagged_old and not r.flagged_new else
-                    "[red]flagged[/]" if r.flagged_new else "")
+            gate = gate_change(r.flagged_old, r.flagged_new)
+            gate = f"[{'green' if gate == 'cleared' else 'red'}]{gate}[/]" if gate else ""
             table.add_row(escape(r.feature), f"{r.share_old:.1%}", f"{r.share_new:.1%}", change,
                           f"{r.rank_old} -> {r.rank_new}", gate)
         stdout.print(table)

@@ -300,6 +300,13 @@ def comparison_table(old: AuditResult, new: AuditResult, shares_old: torch.Tenso
     return pd.concat(frames, ignore_index=True)
 
 
+def gate_change(flagged_old: bool, flagged_new: bool) -> str:
+    """How a feature's gate moved: 'now flagged', 'cleared', 'flagged' or ''."""
+    if flagged_new:
+        return "flagged" if flagged_old else "now flagged"
+    return "cleared" if flagged_old else ""
+
+
 def rank_agreement(table: pd.DataFrame, output: str, k: int) -> dict:
     group = table[table["output"] == output]
     old, new = group["share_old"].to_numpy(), group["share_new"].to_numpy()

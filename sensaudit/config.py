@@ -8,7 +8,6 @@ config works from whatever directory CI runs it in.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, describe
+from .errors import ConfigError, describe, did_you_mean
 
 DEVICES = ("auto", "cpu", "cuda")
 REPORT_FORMATS = ("csv", "markdown", "json")
@@ -278,9 +277,8 @@ class _Validator:
         where = f" in {key}" if key else ""
         for k in m:
             if k not in allowed:
-                close = difflib.get_close_matches(k, allowed, n=1, cutoff=0.6)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"{self.source}: unknown key '{k}'{where}{hint} "
+                raise ConfigError(f"{self.source}: unknown key '{k}'{where}"
+                                  f"{did_you_mean(k, allowed)} "
                                   f"(allowed: {', '.join(allowed)})")
         for k in required:
             if k not in m:

@@ -16,6 +16,9 @@ A failed *gate* is not an error: the audit ran and its result says ``passed: fal
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class SensauditError(Exception):
     """Base class: bad input that stops an audit before a result exists (exit code 2)."""
@@ -51,6 +54,12 @@ def describe(value: object) -> str:
     kind = type(value).__name__
     article = "an" if kind[0] in "aeiou" else "a"
     return f"{text}, {article} {kind}"
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """'; did you mean 'x'?' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def first_line(exc: BaseException) -> str:

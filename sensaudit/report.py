@@ -22,7 +22,7 @@ import pyarrow.csv as pa_csv
 
 from . import __version__
 from .analysis import AuditResult
-from .comparison import ComparisonResult
+from .comparison import ComparisonResult, gate_change
 from .errors import ReportError
 
 
@@ -312,9 +312,7 @@ def comparison_markdown(result: ComparisonResult) -> str:
             change = f"{r.delta_share:+.1%}" + (" *" if r.significant else "")
             interval = (f"{r.delta_share_low:+.1%} to {r.delta_share_high:+.1%} | "
                         if has_ci else "")
-            gate = ("now flagged" if r.flagged_new and not r.flagged_old else
-                    "cleared" if r.flagged_old and not r.flagged_new else
-                    "flagged" if r.flagged_new else "")
+            gate = gate_change(r.flagged_old, r.flagged_new)
             lines.append(f"| {r.feature} | {r.share_old:.1%} | {r.share_new:.1%} | {change} | "
                          f"{interval}{r.rank_old} -> {r.rank_new} | {gate} |")
         lines.append("")
