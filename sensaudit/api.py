@@ -174,13 +174,15 @@ def _gradient_pass(models: list[LoadedModel],
         for loaded, prep, acc in zip(models, prepared, accs):
             x = chunk.x.to(loaded.device, loaded.dtype)
             scores, jac = _jacobian(loaded, prep.module, x, settings.batch_size)
+            # Statistics are float64 on the CPU; convert once for the accumulator and the hook.
+            scores, jac = scores.to("cpu", torch.float64), jac.to("cpu", torch.float64)
             frame = acc.update(chunk.ids, scores, jac, chunk.labels,
                                examples=example_sink is not None)
             if example_sink is not None:
                 example_sink(frame)
             results.append((scores, jac))
         if on_chunk is not None:
-            on_chunk(chunk, [(s.cpu().double(), j.cpu().double()) for s, j in results])
+            on_chunk(chunk, results)
         done += len(chunk.x)
         report("audit", done, moments.count)
     if not prepared:  # every row dropped between the two passes
