@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import data as data_mod
+from .inputs import tables as data_mod
 from .analysis import AuditResult, FeatureMoments, GradientAccumulator, evaluate_gates, findings
-from .comparison import (
+from .compare import (
     AgreementAccumulator,
     BootstrapMoments,
     BootstrapSensitivity,
@@ -30,8 +30,8 @@ from .comparison import (
 from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model, as_output_matrix, check_row_independence, scores_and_jacobian
 from .errors import ConfigError, DataError, ModelError, did_you_mean, first_line
-from .loader import LoadedModel, float_dtype, load_model, resolve_device
-from .report import StagedReport
+from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
+from .reports.staging import StagedReport
 
 # progress(stage, rows_done, rows_total): stage is "scan" (first pass: feature statistics)
 # or "audit" (second pass: gradients); rows_total is None while unknown.

@@ -32,7 +32,7 @@ from rich.text import Text
 from . import __version__
 from .analysis import AuditResult
 from .api import run_audit, run_compare
-from .comparison import ComparisonResult, gate_change
+from .compare import ComparisonResult, gate_change
 from .config import load_config
 from .errors import SensauditError
 

@@ -85,7 +85,7 @@ def test_commit_failing_halfway_puts_previous_reports_back(previous, tmp_path, m
             raise OSError(5, "Input/output error")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("sensaudit.report.os.replace", failing_replace)
+    monkeypatch.setattr("sensaudit.reports.staging.os.replace", failing_replace)
     write_csv(tmp_path / "data.csv", [(r[0], r[1] * 2, *r[2:]) for r in ROWS])
     assert cli_error("run", str(cfg)) == (
         f"{tmp_path / 'reports'}: cannot write reports (report.dir): Input/output error")
@@ -145,7 +145,7 @@ def test_gate_failure_writes_complete_reports(previous, tmp_path):
 
 
 def test_staged_report_outside_its_block_is_refused(tmp_path):
-    from sensaudit.report import StagedReport
+    from sensaudit.reports.staging import StagedReport
 
     staged = StagedReport(tmp_path / "reports", ["json"])
     with pytest.raises(RuntimeError):

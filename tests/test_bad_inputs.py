@@ -326,7 +326,7 @@ def test_malicious_pickle_never_runs_in_a_fresh_interpreter(setup, tmp_path):
 
 
 # A .pt2 is a zip of JSON and tensors, yet torch.export.load runs code from a crafted one in
-# three ways (see sensaudit/pt2_safety.py). Each archive below is a good export with one part
+# three ways (see sensaudit/inputs/pt2_safety.py). Each archive below is a good export with one part
 # replaced.
 
 

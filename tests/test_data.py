@@ -12,7 +12,7 @@ import torch
 
 from sensaudit import DataError
 from sensaudit.config import DataConfig
-from sensaudit.data import frame_table, iter_chunks, iter_frame_chunks, open_table
+from sensaudit.inputs.tables import frame_table, iter_chunks, iter_frame_chunks, open_table
 
 
 def _frame(rows: int = 23) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""sensaudit.loader: every supported format loads into an eval-mode scorer; unsafe pickles are
+"""sensaudit.inputs.models: every supported format loads into an eval-mode scorer; unsafe pickles are
 refused without running their payload; broken files get a ModelLoadError naming the file."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Formats, told apart by their contents rather than their names:
 
 - ``torch.export`` programs (``.pt2``): a graph plus weights. ``torch.export.load`` alone can
-  run code from a crafted file, so :mod:`sensaudit.pt2_safety` checks the archive before,
+  run code from a crafted file, so :mod:`sensaudit.inputs.pt2_safety` checks the archive before,
   during and after loading; with those checks, safe for files from elsewhere.
 - TorchScript archives (``torch.jit.save``): TorchScript code runs inside the TorchScript
   interpreter, which can only call torch operators; no arbitrary Python.
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from . import pt2_safety
-from .config import ModelConfig
-from .errors import ModelLoadError, first_line
+from ..config import ModelConfig
+from ..errors import ModelLoadError, first_line
 
 
 @dataclass

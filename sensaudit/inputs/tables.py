@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import DataConfig
-from .errors import DataError, first_line
+from ..config import DataConfig
+from ..errors import DataError, first_line
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 

@@ -20,10 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from . import __version__
-from .analysis import AuditResult
-from .comparison import ComparisonResult, gate_change
-from .errors import ReportError
+from .. import __version__
+from ..analysis import AuditResult
+from ..compare import ComparisonResult, gate_change
+from ..errors import ReportError
 
 
 class StagedReport:
