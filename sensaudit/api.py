@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .inputs import tables as data_mod
 from .analysis import AuditResult, FeatureMoments, GradientAccumulator, evaluate_gates, findings
 from .compare import (
     AgreementAccumulator,
@@ -30,6 +29,7 @@ from .compare import (
 from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model, as_output_matrix, check_row_independence, scores_and_jacobian
 from .errors import ConfigError, DataError, ModelError, did_you_mean, first_line
+from .inputs import tables as data_mod
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from .reports.staging import StagedReport
 

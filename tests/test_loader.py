@@ -1,5 +1,6 @@
-"""sensaudit.inputs.models: every supported format loads into an eval-mode scorer; unsafe pickles are
-refused without running their payload; broken files get a ModelLoadError naming the file."""
+"""sensaudit.inputs.models: every supported format loads into an eval-mode scorer; unsafe
+pickles are refused without running their payload; broken files get a ModelLoadError naming the
+file."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from . import pt2_safety
 from ..config import ModelConfig
 from ..errors import ModelLoadError, first_line
+from . import pt2_safety
 
 
 @dataclass
