@@ -31,7 +31,7 @@ from .engine import Model, as_output_matrix, check_row_independence, scores_and_
 from .errors import ConfigError, DataError, ModelError, did_you_mean, first_line
 from .inputs import tables as data_mod
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
-from .reports.staging import StagedReport
+from .reports import ReportWriter, StagedReport, open_writers
 
 # progress(stage, rows_done, rows_total): stage is "scan" (first pass: feature statistics)
 # or "audit" (second pass: gradients); rows_total is None while unknown.
@@ -51,9 +51,13 @@ def run_audit(config: Config, *, progress: Progress | None = None,
               trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
     with StagedReport(config.report.dir, config.report.formats) as staged:
+        writers = open_writers(staged, config.report.formats)
+        sinks = [w for w in writers if type(w).examples is not ReportWriter.examples]
         result = audit(config, progress=progress, trust_pickle=trust_pickle,
-                       example_sink=staged.append_examples)
-        staged.write_audit(result)
+                       example_sink=(lambda rows: [w.examples(rows) for w in sinks])
+                       if sinks else None)
+        for writer in writers:
+            writer.audit(result)
         written = staged.commit()
     return result, written
 
@@ -382,7 +386,8 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     with StagedReport(target, config.report.formats) as staged:
         result = compare_models(config, old_path, new_path, data_path=data_path,
                                 progress=progress, trust_pickle=trust_pickle)
-        staged.write_comparison(result)
+        for writer in open_writers(staged, config.report.formats):
+            writer.comparison(result)
         written = staged.commit()
     return result, written
 

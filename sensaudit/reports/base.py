@@ -1,0 +1,40 @@
+"""The report-writer protocol: one class per format, registered in :mod:`sensaudit.reports`.
+
+A writer renders results generically: it reads the result objects (tables, check results,
+findings) and never computes figures of its own, so a new check shows up in every format
+without edits here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from ..compare import ComparisonResult
+    from ..analysis import AuditResult
+    from .staging import StagedReport
+
+
+class ReportWriter:
+    """Writes one format's files into a staged report folder.
+
+    ``examples`` is called once per chunk while the audit streams (per-row tables too large to
+    keep in memory); ``audit`` and ``comparison`` once at the end. Every method defaults to
+    writing nothing, so a format implements only what it has.
+    """
+
+    format: ClassVar[str]
+
+    def __init__(self, out: StagedReport):
+        self.out = out
+
+    def examples(self, rows: pa.Table) -> None:
+        """One chunk of per-example rows (id, output, score, label, drivers)."""
+
+    def audit(self, result: AuditResult) -> None:
+        """The finished audit's files."""
+
+    def comparison(self, result: ComparisonResult) -> None:
+        """The finished comparison's files."""

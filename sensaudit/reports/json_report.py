@@ -1,0 +1,99 @@
+"""JSON summaries CI jobs read: summary.json for an audit, comparison.json for a compare.
+
+Strict JSON: NaN and infinity become null, numpy scalars plain numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .. import __version__
+from ..analysis import AuditResult
+from ..compare import ComparisonResult
+from .base import ReportWriter
+
+
+class JsonReport(ReportWriter):
+    format = "json"
+
+    def audit(self, result: AuditResult) -> None:
+        self.out.write_text("summary.json", _dumps(_json_safe(audit_summary(result))))
+
+    def comparison(self, result: ComparisonResult) -> None:
+        self.out.write_text("comparison.json", _dumps(comparison_summary(result)))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, allow_nan=False) + "\n"
+
+
+def audit_summary(result: AuditResult) -> dict[str, Any]:
+    """The JSON summary CI jobs read: verdict, flags, counts and where the inputs came from."""
+    table = result.table
+    return {
+        "sensaudit_version": __version__,
+        "passed": result.passed,
+        "flags": [{"feature": f.feature, "output": f.output, "share": _finite(f.share),
+                   "rank": f.rank, "max_share": f.max_share, "max_rank": f.max_rank,
+                   "limit": f.limit} for f in result.gates.flags],
+        "warnings": [{"feature": w.feature, "output": w.output, "share": _finite(w.share),
+                      "threshold": w.threshold} for w in result.gates.warnings],
+        "rows": result.rows,
+        "rows_dropped": result.rows_dropped,
+        "nonfinite_gradient_rows": result.nonfinite_rows,
+        "nonfinite_gradient_ids": [_plain(i) for i in result.nonfinite_ids],
+        "model": {"path": result.model_path, "format": result.model_format},
+        "data": {"path": result.data_path},
+        "features": result.features,
+        "outputs": result.outputs,
+        "mean_score": {k: _finite(v) for k, v in result.mean_scores.items()},
+        "ranking": {output: group.sort_values("rank")[["feature", "share", "rank"]]
+                    .assign(share=lambda g: g["share"].map(_finite)).to_dict("records")
+                    for output, group in table.groupby("output", sort=False)},
+    }
+
+
+def comparison_summary(result: ComparisonResult) -> dict[str, Any]:
+    """comparison.json: the verdict, the overall figures per output, and every feature's."""
+    return _json_safe({
+        "sensaudit_version": __version__,
+        "passed": result.passed,
+        "old": {"path": result.old.model_path, "format": result.old.model_format,
+                "passed": result.old.passed},
+        "new": {"path": result.new.model_path, "format": result.new.model_format,
+                "passed": result.new.passed},
+        "data": {"path": result.new.data_path, "rows": result.new.rows,
+                 "rows_dropped": result.new.rows_dropped},
+        "flags_new": [{"feature": f.feature, "output": f.output, "share": f.share,
+                       "rank": f.rank, "limit": f.limit} for f in result.new.gates.flags],
+        "proxy_increases": result.proxy_increases,
+        "settings": result.settings,
+        # With one output, its figures sit at the top level too: spearman, kendall_tau, ...
+        **(result.overall[result.new.outputs[0]] if len(result.new.outputs) == 1 else {}),
+        "outputs": result.overall,
+        "features": result.table.to_dict("records"),
+        "findings": result.findings,
+    })
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become null and numpy scalars plain numbers, so the JSON is strict."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    value = _plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,121 @@
+"""Markdown fit to paste into a pull request or a CI job summary: report.md, comparison.md."""
+
+from __future__ import annotations
+
+from .. import __version__
+from ..analysis import AuditResult
+from ..compare import ComparisonResult, gate_change
+from .base import ReportWriter
+
+
+class MarkdownReport(ReportWriter):
+    format = "markdown"
+
+    def audit(self, result: AuditResult) -> None:
+        self.out.write_text("report.md", audit_markdown(result))
+
+    def comparison(self, result: ComparisonResult) -> None:
+        self.out.write_text("comparison.md", comparison_markdown(result))
+
+
+def audit_markdown(result: AuditResult) -> str:
+    """A report fit to paste into a pull request or a CI job summary."""
+    verdict = "PASSED" if result.passed else "FAILED"
+    lines = [
+        f"# sensaudit: {verdict}",
+        "",
+        f"- Model: `{result.model_path}` ({result.model_format})",
+        f"- Data: `{result.data_path}`, {result.rows:,} rows audited"
+        + (f", {result.rows_dropped:,} dropped for missing values" if result.rows_dropped else ""),
+        f"- Features: {len(result.features)}; outputs: {', '.join(result.outputs)}",
+        "",
+        "## Findings",
+        "",
+    ]
+    lines += [f"- {text}" for text in result.findings]
+    if result.nonfinite_rows:
+        ids = ", ".join(str(i) for i in result.nonfinite_ids)
+        allowed = "allowed by audit.allow_nonfinite" if result.nonfinite_allowed else (
+            "this fails the audit (set audit.allow_nonfinite: true to accept)")
+        lines.append(f"- {result.nonfinite_rows:,} rows gave non-finite scores or gradients "
+                     f"and were left out of the statistics ({allowed}); first ids: {ids}.")
+    lines += ["", "## Feature sensitivity", "",
+              "`share` is each feature's part of the total scaled sensitivity (std x mean "
+              "|gradient|: the typical score change for a one-standard-deviation change).", ""]
+    for output, group in result.table.groupby("output", sort=False):
+        if len(result.outputs) > 1:
+            lines += [f"### Output `{output}`", ""]
+        lines += ["| rank | feature | share | scaled sensitivity | mean gradient | "
+                  "mean abs gradient | std | flagged |",
+                  "|---:|---|---:|---:|---:|---:|---:|:---:|"]
+        for r in group.sort_values("rank").itertuples():
+            mark = "**yes**" if r.flagged else ""
+            lines.append(f"| {r.rank} | {r.feature} | {r.share:.1%} | {r.scaled_sensitivity:.4g} "
+                         f"| {r.mean_gradient:.4g} | {r.mean_abs_gradient:.4g} | {r.std:.4g} "
+                         f"| {mark} |")
+        lines.append("")
+    if result.examples:
+        lines += ["## Examples to look at", "",
+                  "The audited rows where " + ("the declared proxies move the score most"
+                                               if result.proxies
+                                               else "one feature moves the score most")
+                  + " (contribution: gradient x the feature's std).", "",
+                  "| id | output | score | label | top drivers (contribution) |",
+                  "|---|---|---:|---:|---|"]
+        for ex in result.examples:
+            drivers = ", ".join(f"{name} ({contribution:+.3g})"
+                                for name, _, contribution in ex.drivers)
+            label = "" if ex.label is None else f"{ex.label:g}"
+            lines.append(f"| {ex.id} | {ex.output} | {ex.score:.4g} | {label} | {drivers} |")
+        lines.append("")
+    lines.append(f"<sub>sensaudit {__version__}</sub>")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(result: ComparisonResult) -> str:
+    """A before/after report for a pull request: table, then plain-words findings."""
+    verdict = "PASSED" if result.passed else "FAILED"
+    ci = f"{result.settings['confidence']:.0%}"
+    has_ci = "delta_share_low" in result.table.columns
+    lines = [
+        f"# sensaudit compare: {verdict}",
+        "",
+        f"- Old model: `{result.old.model_path}`",
+        f"- New model: `{result.new.model_path}`",
+        f"- Data: `{result.new.data_path}`, {result.new.rows:,} rows, the same for both",
+        "",
+        "## Findings",
+        "",
+    ]
+    lines += [f"- {text}" for text in result.findings]
+    lines += ["", "## Before and after", ""]
+    if has_ci:
+        lines += [f"Intervals: {ci} paired bootstrap over rows "
+                  f"({result.settings['bootstrap_samples']} replicates, seed "
+                  f"{result.settings['seed']}); a change is marked only when its interval "
+                  "excludes zero.", ""]
+    for output, group in result.table.groupby("output", sort=False):
+        if len(result.new.outputs) > 1:
+            lines += [f"### Output `{output}`", ""]
+        lines += ["| feature | share old | share new | change | " + (f"{ci} interval | "
+                                                                     if has_ci else "")
+                  + "rank old -> new | gate |",
+                  "|---|---:|---:|---:|" + ("---:|" if has_ci else "") + "---|---|"]
+        for r in group.itertuples():
+            change = f"{r.delta_share:+.1%}" + (" *" if r.significant else "")
+            interval = (f"{r.delta_share_low:+.1%} to {r.delta_share_high:+.1%} | "
+                        if has_ci else "")
+            gate = gate_change(r.flagged_old, r.flagged_new)
+            lines.append(f"| {r.feature} | {r.share_old:.1%} | {r.share_new:.1%} | {change} | "
+                         f"{interval}{r.rank_old} -> {r.rank_new} | {gate} |")
+        lines.append("")
+        overall = result.overall[output]
+        rows = overall["least_agreeing_rows"]
+        if rows:
+            lines += ["Rows where the two models disagree most about what drives the score:",
+                      "", "| id | score old | score new | cosine |", "|---|---:|---:|---:|"]
+            lines += [f"| {c['id']} | {c['score_old']:.4g} | {c['score_new']:.4g} | "
+                      f"{c['cosine']:.3f} |" for c in rows]
+            lines.append("")
+    lines.append(f"<sub>sensaudit {__version__}</sub>")
+    return "\n".join(lines) + "\n"
