@@ -13,7 +13,6 @@
 
 __version__ = "0.1.0"
 
-from .analysis import AuditResult  # noqa: E402
 from .api import audit, audit_frame, compare_models, run_audit, run_compare  # noqa: E402
 from .compare import ComparisonResult  # noqa: E402
 from .config import (  # noqa: E402
@@ -34,6 +33,7 @@ from .errors import (  # noqa: E402
     SensauditError,
 )
 from .inputs.models import LoadedModel, load_model  # noqa: E402
+from .results import AuditResult  # noqa: E402
 
 __all__ = [
     "AuditResult",

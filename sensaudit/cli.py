@@ -30,11 +30,11 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .analysis import AuditResult
 from .api import run_audit, run_compare
 from .compare import ComparisonResult, gate_change
 from .config import load_config
 from .errors import SensauditError
+from .results import AuditResult
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 
@@ -144,7 +144,7 @@ def compare(
     resolve against the config's folder.
     """
     with _errors(debug):
-        cfg = load_config(config, require_model=False)
+        cfg = load_config(config)
         with _progress(quiet) as progress:
             result, written = run_compare(cfg, old, new, out_dir=out, data_path=data,
                                           progress=progress,
@@ -199,7 +199,7 @@ def _progress(quiet: bool):
     show = not quiet and stderr.is_terminal
     with Progress(*columns, console=stderr, disable=not show, transient=True) as bar:
         tasks: dict[str, int] = {}
-        labels = {"scan": "Reading features", "audit": "Computing Jacobians"}
+        labels = {"audit": "Computing attributions", "examples": "Writing examples"}
 
         def update(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:

@@ -10,8 +10,6 @@ feature standard deviations come from the same weights in the first pass.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -19,197 +17,79 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .analysis import AuditResult
-
-COSINE_BINS = 2000  # histogram resolution for the cosine quantiles: 0.001
-# Poisson(1) cumulative probabilities: P(K <= k) for k = 0..15 (enough: P(K > 15) < 1e-13).
-_POISSON1_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(16)])
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(z: np.ndarray) -> np.ndarray:
-    # A counter-based hash (Steele et al.'s SplitMix64 finaliser): numpy uint64 arithmetic wraps.
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-class PoissonBootstrap:
-    """Poisson(1) row weights per replicate, a pure function of (seed, replicate, row)."""
-
-    def __init__(self, samples: int, seed: int):
-        self.samples = samples
-        self.seed = seed
-
-    def weights(self, rows: np.ndarray) -> torch.Tensor:
-        """float64 [samples, len(rows)] weights for the given 1-based row numbers."""
-        if self.samples == 0:
-            return torch.zeros(0, len(rows), dtype=torch.float64)
-        with np.errstate(over="ignore"):
-            replicate = np.arange(self.samples, dtype=np.uint64)[:, None]
-            key = (np.uint64(self.seed) * np.uint64(0x100000001B3)) ^ (replicate << np.uint64(40))
-            z = _splitmix64(key + np.asarray(rows, dtype=np.uint64)[None, :])
-        uniform = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
-        return torch.from_numpy(np.searchsorted(_POISSON1_CDF, uniform).astype(np.float64))
+from .config import AuditSettings, CompareSettings, ModelConfig
+from .inputs.models import LoadedModel
+from .inputs.tables import Chunk, Table
+from .methods import Attributions
+from .pipeline import Chunks, Progress, ReadPass, audit_models, make_method
+from .results import AuditResult
+from .spill import SpilledChunk
+from .stats import (
+    AgreementAccumulator,
+    BootstrapMoments,
+    BootstrapSensitivity,
+    PoissonBootstrap,
+    finite_rows,
+)
 
 
-class BootstrapMoments:
-    """Per-replicate weighted feature variances (first pass). Shifted sums keep float64 exact
-    enough: values are centred on the first chunk's mean before squaring."""
+def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
+                    settings: AuditSettings, cmp: CompareSettings, *,
+                    model_cfg: ModelConfig | None, source: object,
+                    progress: Progress) -> ComparisonResult:
+    """Audit the old and new model on the same chunks (one read of the data) and measure how
+    their sensitivities moved, with paired bootstrap intervals and per-row agreement."""
+    bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
+    boot_moments = BootstrapMoments(bootstrap, len(table.features))
+    boots = [BootstrapSensitivity(bootstrap) for _ in models]
+    per_unit = make_method(settings, source).per_unit
+    agreements: list[AgreementAccumulator] = []
 
-    def __init__(self, bootstrap: PoissonBootstrap, n_features: int):
-        self.bootstrap = bootstrap
-        b = bootstrap.samples
-        self.shift: torch.Tensor | None = None
-        self.w = torch.zeros(b, 1, dtype=torch.float64)
-        self.s1 = torch.zeros(b, n_features, dtype=torch.float64)
-        self.s2 = torch.zeros(b, n_features, dtype=torch.float64)
+    def resample(chunk: Chunk, results: list[Attributions]) -> None:
+        weights = bootstrap.weights(chunk.rows)
+        boot_moments.update(chunk.rows, chunk.x, weights)
+        # Each model's intervals use the rows its own statistics use.
+        for attributions, boot in zip(results, boots):
+            boot.update(weights, attributions.values,
+                        finite_rows(attributions.scores, attributions.values))
 
-    def update(self, rows: np.ndarray, x: torch.Tensor) -> None:
-        x = x.detach().to("cpu", torch.float64)
-        if self.shift is None:
-            self.shift = x.mean(0)
-        centred = x - self.shift
-        weights = self.bootstrap.weights(rows)
-        self.w += weights.sum(1, keepdim=True)
-        self.s1 += weights @ centred
-        self.s2 += weights @ centred**2
+    def agree(read: ReadPass, std: torch.Tensor):
+        agreement = AgreementAccumulator(len(read.models[0].prepared.outputs),
+                                         keep=settings.examples_in_report)
+        agreements.append(agreement)
 
-    @property
-    def std(self) -> torch.Tensor:
-        """[samples, features] weighted sample standard deviations."""
-        w = self.w.clamp_min(2)
-        var = (self.s2 - self.s1**2 / w) / (w - 1)
-        return var.clamp_min(0).sqrt()
+        def each(chunk: SpilledChunk) -> None:
+            (s_old, v_old), (s_new, v_new) = chunk.results
+            finite = finite_rows(s_old, v_old) & finite_rows(s_new, v_new)
+            scale = std if per_unit else 1.0
+            agreement.update(chunk.rows, chunk.ids, s_old, s_new, v_old * scale,
+                             v_new * scale, finite)
 
+        return each
 
-class BootstrapSensitivity:
-    """Per-replicate weighted mean |gradient| of one model (second pass)."""
-
-    def __init__(self, bootstrap: PoissonBootstrap):
-        self.bootstrap = bootstrap
-        self.w = torch.zeros(bootstrap.samples, 1, 1, dtype=torch.float64)
-        self.sum_abs: torch.Tensor | float = 0.0  # [samples, outputs, features] once updated
-
-    def update(self, weights: torch.Tensor, jac: torch.Tensor, finite: torch.Tensor) -> None:
-        """weights: [samples, rows]; jac: [rows, outputs, features]; finite: bool [rows]."""
-        w = weights * finite.to(torch.float64)
-        a = jac.detach().to("cpu", torch.float64).abs().nan_to_num(0.0, 0.0, 0.0)
-        self.w += w.sum(1).reshape(-1, 1, 1)
-        self.sum_abs += torch.einsum("br,rmn->bmn", w, a)
-
-    def shares(self, std: torch.Tensor) -> torch.Tensor:
-        """[samples, outputs, features] shares under each replicate's weights."""
-        scaled = self.sum_abs / self.w.clamp_min(1) * std[:, None, :]
-        total = scaled.sum(2, keepdim=True)
-        return torch.where(total > 0, scaled / total, torch.zeros_like(scaled))
-
-
-@dataclass
-class RowChange:
-    id: object
-    output: int  # the output's index; named in AgreementAccumulator.summary
-    score_old: float
-    score_new: float
-    cosine: float
-
-
-class AgreementAccumulator:
-    """Per-row agreement of the two models (cosine of contribution vectors) and score moves,
-    kept separately for each output (sized by the first update)."""
-
-    def __init__(self, keep: int = 10):
-        self.keep = keep
-        self.rows = 0
-        self._order = itertools.count()
-        self.histogram: np.ndarray | None = None  # [outputs, COSINE_BINS] once updated
-
-    def _start(self, m: int) -> None:
-        self.cosine_sum = np.zeros(m)
-        self.histogram = np.zeros((m, COSINE_BINS), dtype=np.int64)
-        self.delta_sum = np.zeros(m)
-        self.abs_delta_sum = np.zeros(m)
-        self.max_abs_delta = np.zeros(m)
-        self._least_agreeing: list[list] = [[] for _ in range(m)]
-        self._most_moved: list[list] = [[] for _ in range(m)]
-
-    def update(self, ids: list, scores_old: torch.Tensor, scores_new: torch.Tensor,
-               contrib_old: torch.Tensor, contrib_new: torch.Tensor, finite: torch.Tensor
-               ) -> None:
-        """scores: [rows, outputs]; contrib: [rows, outputs, features] (gradient x std);
-        finite: bool [rows], the rows both models scored with finite values."""
-        kept = finite.nonzero().flatten()
-        so, sn = scores_old[kept].double(), scores_new[kept].double()
-        co, cn = contrib_old[kept].double(), contrib_new[kept].double()
-        norm_old, norm_new = co.norm(dim=2), cn.norm(dim=2)
-        dot = (co * cn).sum(2)
-        # Both vectors zero: the models agree (neither responds); one zero: no agreement.
-        cosine = torch.where((norm_old > 0) & (norm_new > 0),
-                             dot / (norm_old * norm_new).clamp_min(1e-300),
-                             torch.where((norm_old == 0) & (norm_new == 0), 1.0, 0.0))
-        cosine = cosine.clamp(-1, 1)  # [rows, outputs]
-        delta = sn - so
-        if self.histogram is None:
-            self._start(cosine.shape[1])
-        self.rows += cosine.shape[0]
-        self.cosine_sum += cosine.sum(0).numpy()
-        self.delta_sum += delta.sum(0).numpy()
-        self.abs_delta_sum += delta.abs().sum(0).numpy()
-        if cosine.shape[0]:
-            self.max_abs_delta = np.maximum(self.max_abs_delta, delta.abs().amax(0).numpy())
-        bins = ((cosine + 1) / 2 * COSINE_BINS).long().clamp(0, COSINE_BINS - 1)
-        k = min(self.keep, cosine.shape[0])
-        for o in range(cosine.shape[1]):
-            self.histogram[o] += np.bincount(bins[:, o].numpy(), minlength=COSINE_BINS)
-            if k == 0:
-                continue
-            # Only this chunk's own top candidates can enter the kept lists: no row loop.
-            candidates = set(cosine[:, o].topk(k, largest=False).indices.tolist())
-            candidates |= set(delta[:, o].abs().topk(k).indices.tolist())
-            for r in sorted(candidates):
-                change = RowChange(id=ids[int(kept[r])], output=o,
-                                   score_old=float(so[r, o]), score_new=float(sn[r, o]),
-                                   cosine=float(cosine[r, o]))
-                self._push(self._least_agreeing[o], -change.cosine, change)
-                self._push(self._most_moved[o], abs(change.score_new - change.score_old),
-                           change)
-
-    def _push(self, heap: list, key: float, change: RowChange) -> None:
-        item = (key, next(self._order), change)
-        if len(heap) < self.keep:
-            heapq.heappush(heap, item)
-        elif key > heap[0][0]:
-            heapq.heapreplace(heap, item)
-
-    def cosine_quantile(self, output: int, q: float) -> float:
-        """Quantile of one output's per-row cosines, to the histogram's 0.001 resolution."""
-        if self.rows == 0:
-            return float("nan")
-        cumulative = np.cumsum(self.histogram[output])
-        index = int(np.searchsorted(cumulative, q * self.rows, side="left"))
-        return -1 + (min(index, COSINE_BINS - 1) + 0.5) * 2 / COSINE_BINS
-
-    def summary(self, output: int, name: str) -> dict:
-        """The agreement figures comparison.json reports for output number ``output``."""
-        rows = max(self.rows, 1)
-        quantiles = (("p05", 0.05), ("p25", 0.25), ("median", 0.5), ("p75", 0.75),
-                     ("p95", 0.95))
-        return {
-            "cosine": {"mean": float(self.cosine_sum[output]) / rows,
-                       **{k: self.cosine_quantile(output, q) for k, q in quantiles}},
-            "score_change": {"mean": float(self.delta_sum[output]) / rows,
-                             "mean_abs": float(self.abs_delta_sum[output]) / rows,
-                             "max_abs": float(self.max_abs_delta[output])},
-            "least_agreeing_rows": [{**vars(c), "output": name}
-                                    for c in _ordered(self._least_agreeing[output])],
-            "most_moved_rows": [{**vars(c), "output": name}
-                                for c in _ordered(self._most_moved[output])],
-        }
-
-
-def _ordered(heap: list) -> list[RowChange]:
-    return [c for _, _, c in sorted(heap, key=lambda t: (-t[0], t[1]))]
+    (old, new), _, _ = audit_models(models, chunks, table, settings, model_cfg=model_cfg,
+                                    source=source, progress=progress, on_chunk=resample,
+                                    on_replay=agree)
+    boot_std = boot_moments.std if per_unit else None
+    table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
+                                 cmp.confidence)
+    overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
+                        **agreements[0].summary(i, output)}
+               for i, output in enumerate(new.outputs)}
+    increases = []
+    if cmp.max_proxy_share_increase is not None:
+        proxies = {p.feature for p in settings.proxies}
+        grown = table_cmp[table_cmp["feature"].isin(proxies)
+                          & (table_cmp["delta_share"] > cmp.max_proxy_share_increase)]
+        increases = [{"feature": r.feature, "output": r.output, "delta_share": r.delta_share,
+                      "margin": cmp.max_proxy_share_increase} for r in grown.itertuples()]
+    result = ComparisonResult(
+        table=table_cmp, overall=overall, old=old, new=new, proxy_increases=increases,
+        settings={"bootstrap_samples": cmp.bootstrap_samples, "confidence": cmp.confidence,
+                  "seed": cmp.seed, "top_k": cmp.top_k,
+                  "max_proxy_share_increase": cmp.max_proxy_share_increase})
+    result.findings = comparison_findings(result, [p.feature for p in settings.proxies])
+    return result
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -242,7 +122,7 @@ def top_k_overlap(share_old: np.ndarray, share_new: np.ndarray, k: int) -> float
 
 @dataclass
 class ComparisonResult:
-    """Everything ``compare`` found; :mod:`sensaudit.report` writes it."""
+    """Everything ``compare`` found; the writers in :mod:`sensaudit.reports` write it."""
 
     table: pd.DataFrame  # one row per (output, feature)
     overall: dict  # per output: spearman, kendall_tau, top_k_overlap, agreement, score moves

@@ -75,6 +75,7 @@ class AuditSettings:
     examples_in_report: int = 10
     batch_size: int | None = None  # None: chosen from the model's size
     allow_nonfinite: bool = False
+    method: str = "gradient"  # an attribution method named in sensaudit.methods.METHODS
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Config:
     source: Path | None = None  # the YAML file, for messages
 
 
-def load_config(path: str | Path, *, require_model: bool = True) -> Config:
+def load_config(path: str | Path, *, require_model: bool = False) -> Config:
     """Read and validate a YAML config file."""
     path = Path(path)
     try:
@@ -126,9 +127,13 @@ def parse_config(
     *,
     source: str | Path = "<config>",
     base_dir: str | Path = ".",
-    require_model: bool = True,
+    require_model: bool = False,
 ) -> Config:
-    """Validate an already-parsed mapping (what ``yaml.safe_load`` returns)."""
+    """Validate an already-parsed mapping (what ``yaml.safe_load`` returns).
+
+    ``model`` is optional (``compare`` names its two models); ``require_model`` refuses a
+    config without it, for callers that need one up front.
+    """
     v = _Validator(str(source), Path(base_dir))
     top = v.mapping(raw, "")
     v.keys(top, "", required=("data", "report"), optional=("model", "audit", "compare"))
@@ -181,7 +186,7 @@ def _data(v: _Validator, raw: Any) -> DataConfig:
 def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
     v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
-                                 "batch_size", "allow_nonfinite"))
+                                 "batch_size", "allow_nonfinite", "method"))
     proxies_raw = a.get("proxies")
     proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
     if not isinstance(proxies_raw, list):
@@ -203,6 +208,8 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         batch_size=(v.integer(batch_size, "audit.batch_size", minimum=1)
                     if batch_size is not None else None),
         allow_nonfinite=v.boolean(a.get("allow_nonfinite", False), "audit.allow_nonfinite"),
+        # The name is checked against the registered methods when the audit starts.
+        method=v.string(a.get("method", "gradient"), "audit.method"),
     )
 
 

@@ -1,27 +1,70 @@
-"""sensaudit.analysis: streaming moments and gradient statistics against hand computations,
-gate rules at their boundaries, and planted proxies found end to end."""
+"""Streaming moments and gradient statistics (sensaudit.stats, sensaudit.results) against hand
+computations, per-example drivers (sensaudit.examples), gate rules of the proxy and dominance
+checks at their boundaries, and planted proxies found end to end."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from models import MLP, Linear, Quadratic
 
 import sensaudit
 from sensaudit import ProxyLimit
-from sensaudit.analysis import (
-    SENSITIVITY_COLUMNS,
-    DominanceWarning,
-    FeatureMoments,
-    Flag,
-    GradientAccumulator,
-    evaluate_gates,
-)
+from sensaudit.checks import Gate, Notice, Ranking
+from sensaudit.checks.dominance import Dominance
+from sensaudit.checks.proxies import ProxyLimits
 from sensaudit.config import AuditSettings
+from sensaudit.examples import ExampleDrivers
+from sensaudit.results import SENSITIVITY_COLUMNS, Gates, sensitivity_table
+from sensaudit.stats import AttributionSums, FeatureMoments, finite_rows
 
 FEATURES = ["a", "b", "c", "d"]
+
+
+class GradientAccumulator:
+    """The pipeline's per-model pieces in one object, as the tests drive them: attribution sums
+    (stats), per-example drivers (examples) and the ranked table (results)."""
+
+    def __init__(self, features, outputs, std, *, top_k=3, proxies=(), keep_examples=10):
+        self.features, self.outputs, self.std = list(features), list(outputs), std
+        self.sums = AttributionSums(len(outputs), len(features))
+        self.drivers = ExampleDrivers(features, outputs, top_k=top_k, proxies=proxies,
+                                      keep=keep_examples, scale=std)
+        self._next_row = 1
+
+    def update(self, ids, scores, jac, labels=None):
+        rows = np.arange(self._next_row, self._next_row + len(ids), dtype=np.int64)
+        self._next_row += len(ids)
+        ids = pa.array(list(ids))
+        self.sums.update(rows, ids, scores, jac)
+        table = self.drivers.add(rows, ids, labels, scores, jac, finite_rows(scores, jac),
+                                 table=True)
+        return table.to_pandas()
+
+    def __getattr__(self, name):  # rows, nonfinite_rows, nonfinite_ids
+        return getattr(self.sums, name)
+
+    def sensitivity(self):
+        return sensitivity_table(self.sums, self.features, self.outputs, self.std)
+
+    def strongest_examples(self):
+        return self.drivers.best_first()
+
+
+def evaluate_gates(table, proxies, dominance_warning):
+    """The proxy and dominance checks on a ranked table, flagged rows marked as the pipeline
+    marks them."""
+    ranking = Ranking(table=table, features=table["feature"].unique().tolist(),
+                      outputs=table["output"].unique().tolist())
+    results = [ProxyLimits(tuple(proxies)).finish(ranking),
+               Dominance(dominance_warning, {p.feature for p in proxies}).finish(ranking)]
+    gates = Gates.of(results)
+    failed = {(g.output, g.subject) for g in gates.flags}
+    table["flagged"] = [(o, f) in failed for o, f in zip(table["output"], table["feature"])]
+    return gates
 
 
 def _data(rows: int = 37, seed: int = 5) -> torch.Tensor:
@@ -271,8 +314,10 @@ SHARES = {"p": 0.6, "q": 0.3, "r": 0.1}
 def test_proxy_over_max_share_is_flagged():
     table = _table(SHARES)
     gates = evaluate_gates(table, [ProxyLimit("p", max_share=0.5, reason="legal")], 0.7)
-    assert gates.flags == [Flag(feature="p", output="score", share=0.6, rank=1, max_share=0.5,
-                                max_rank=None, reason="legal")]
+    assert gates.flags == [Gate(check="proxy_limits", subject="p", output="score", passed=False,
+                                limit="share <= 50%", details={"share": 0.6, "rank": 1,
+                                                               "max_share": 0.5,
+                                                               "max_rank": None})]
     assert gates.flags[0].limit == "share <= 50%"
     assert table["flagged"].tolist() == [True, False, False]
     assert gates.warnings == []
@@ -291,7 +336,7 @@ def test_proxy_at_or_under_max_share_passes():
 def test_proxy_at_or_above_max_rank_is_flagged():
     table = _table(SHARES)
     gates = evaluate_gates(table, [ProxyLimit("q", max_rank=2)], 0.7)
-    assert [(f.feature, f.rank, f.limit) for f in gates.flags] == [
+    assert [(f.subject, f.details['rank'], f.limit) for f in gates.flags] == [
         ("q", 2, "not among the top 2")]
     assert table["flagged"].tolist() == [False, True, False]
 
@@ -312,8 +357,8 @@ def test_proxy_over_both_limits_names_both():
 def test_dominant_undeclared_feature_warns():
     table = _table(SHARES)
     gates = evaluate_gates(table, [], 0.5)
-    assert gates.warnings == [DominanceWarning(feature="p", output="score", share=0.6,
-                                               threshold=0.5)]
+    assert gates.warnings == [Notice(check="dominance", subject="p", output="score",
+                                     details={"share": 0.6, "threshold": 0.5})]
     assert gates.passed  # a warning is not a failed gate
     assert not table["flagged"].any()
 
@@ -369,7 +414,7 @@ def test_planted_proxy_in_mlp_is_flagged_and_noise_is_not():
     table = result.table.set_index("feature")
     assert result.features == ["noise_a", "copy_length", "noise_b", "noise_c"]
     assert not result.passed
-    assert [(f.feature, f.output) for f in result.gates.flags] == [("copy_length", "score")]
+    assert [(f.subject, f.output) for f in result.gates.flags] == [("copy_length", "score")]
     assert table.loc["copy_length", "share"] == 1.0
     assert table.loc["copy_length", "rank"] == 1
     assert table.loc["copy_length", "flagged"]
@@ -419,7 +464,7 @@ def test_planted_proxy_learned_by_training_is_flagged():
                                    proxies=[ProxyLimit(feature="copy_length", max_share=0.15)])
     table = result.table.set_index("feature")
     assert model.training
-    assert [f.feature for f in result.gates.flags] == ["copy_length"]
+    assert [f.subject for f in result.gates.flags] == ["copy_length"]
     assert table.loc["copy_length", "share"] > 0.9
     assert (table.loc[NOISE, "share"] < 0.05).all()
     assert not table.loc[NOISE, "flagged"].any()
@@ -430,7 +475,8 @@ def test_same_scorer_passes_when_the_proxy_is_not_declared_but_warns():
     result = sensaudit.audit_frame(_LengthOnlyMLP(), _ad_frame(), label="quality", id="ad_id")
     assert result.passed
     assert result.gates.flags == []
-    assert [(w.feature, w.share) for w in result.gates.warnings] == [("copy_length", 1.0)]
+    shares = [(w.subject, w.details['share']) for w in result.gates.warnings]
+    assert shares == [("copy_length", 1.0)]
 
 
 def test_scorer_reading_only_noise_passes_the_proxy_gate():
@@ -464,5 +510,5 @@ def test_planted_proxy_found_through_the_engine_and_accumulator():
         acc.update(list(ids), scores, jac)
     table = acc.sensitivity()
     gates = evaluate_gates(table, [ProxyLimit("copy_length", max_share=0.15)], 0.5)
-    assert [f.feature for f in gates.flags] == ["copy_length"]
+    assert [f.subject for f in gates.flags] == ["copy_length"]
     assert table.loc[table["flagged"], "feature"].tolist() == ["copy_length"]

@@ -33,7 +33,8 @@ from helpers_bad import (
     write_csv,
 )
 
-from sensaudit import ModelLoadError, load_model
+import sensaudit
+from sensaudit import DataError, ModelLoadError, load_model
 from sensaudit.config import ModelConfig
 
 REFUSE_PICKLE = (
@@ -651,7 +652,8 @@ def test_missing_values_in_parquet(setup, tmp_path):
     frame = pd.DataFrame(ROWS, columns=["id", "a", "b", "c", "label"])
     frame.loc[3, "b"] = float("nan")
     frame.to_parquet(tmp_path / "data.parquet")
-    assert cli_error("run", str(setup(data={"path": "data.parquet"}))) == (
+    data = {"path": "data.parquet", "id": "id", "label": "label"}
+    assert cli_error("run", str(setup(data=data))) == (
         f"{tmp_path / 'data.parquet'}: column 'b' has 1 missing or infinite value (first at "
         "row 4); fix the data or set data.on_missing: drop to skip such rows")
 
@@ -688,11 +690,22 @@ def test_value_too_large_for_a_float32_model(setup, tmp_path):
 
 
 def test_values_too_large_to_measure_their_spread(setup, tmp_path):
-    # Regression: the variance overflowed to infinity and ranking the NaN shares crashed.
+    # Regression: the variance overflowed to infinity and ranking the NaN shares crashed. The
+    # float32 model cannot even see such a value: the read names the cell.
     write_csv(tmp_path / "data.csv", _rows_with(2, ("r3", 1.0, 1e200, 2.0, 0)))
     assert cli_error("run", str(setup())) == (
-        f"{tmp_path / 'data.csv'}: column 'b' has values too large to measure how much it "
-        "varies (its variance overflows); rescale it")
+        f"{tmp_path / 'data.csv'}: column 'b' has a value too large for the model's float32 "
+        "inputs (row 3: 1e+200)")
+
+
+def test_values_too_large_to_measure_their_spread_in_float64(tmp_path):
+    # A float64 model sees 1e200, but its variance (1e400) overflows: no NaN shares, an error.
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [1.0, 1e200, -1e200]})
+    model = torch.nn.Linear(2, 1).double()
+    with pytest.raises(DataError) as err:
+        sensaudit.audit_frame(model, frame)
+    assert str(err.value) == ("<DataFrame>: column 'b' has values too large to measure how "
+                              "much it varies (its variance overflows); rescale it")
 
 
 def test_missing_ids_in_the_first_chunk(setup, tmp_path):
@@ -793,7 +806,7 @@ def test_malformed_line_deep_in_a_long_file(setup, tmp_path):
     lines = data.read_text().splitlines()
     lines[1300] += ",9"
     data.write_text("\n".join(lines) + "\n")
-    cfg = setup(data={"path": "data.csv", "id": "id", "chunk_rows": 100})
+    cfg = setup(data={"path": "data.csv", "id": "id", "label": "label", "chunk_rows": 100})
     assert cli_error("run", str(cfg)) == (
         f"{data}: malformed CSV: expected 5 fields in line 1301, saw 6 (line 1 is the header)")
 
@@ -864,7 +877,8 @@ def test_config_shape(tmp_path, text, expected):
      "feature, max_share, max_rank, reason)"),
     ({"audit": {"allow_nonfinit": True}},
      "unknown key 'allow_nonfinit' in audit; did you mean 'allow_nonfinite'? (allowed: "
-     "proxies, dominance_warning, top_k, examples_in_report, batch_size, allow_nonfinite)"),
+     "proxies, dominance_warning, top_k, examples_in_report, batch_size, allow_nonfinite, "
+     "method)"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
      "unknown key 'zzz' in model (allowed: path, class, kwargs, trust_pickle, output, "
      "output_names, device)"),

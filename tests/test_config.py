@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import sensaudit
 from sensaudit import ConfigError, ProxyLimit, load_config, parse_config
 from sensaudit.config import AuditSettings, CompareSettings
 
@@ -183,10 +184,8 @@ BAD = [
     pytest.param(
         MINIMAL.replace("report:", "audit:\n  zzz: 1\nreport:"),
         "unknown key 'zzz' in audit (allowed: proxies, dominance_warning, top_k, "
-        "examples_in_report, batch_size, allow_nonfinite)", id="unknown-key-no-suggestion"),
-    pytest.param(
-        "data:\n  path: d.csv\nreport:\n  dir: out\n",
-        "missing required key 'model'", id="missing-model"),
+        "examples_in_report, batch_size, allow_nonfinite, method)",
+        id="unknown-key-no-suggestion"),
     pytest.param(
         "model:\n  path: m.pt2\nreport:\n  dir: out\n",
         "missing required key 'data'", id="missing-data"),
@@ -280,6 +279,18 @@ BAD = [
 @pytest.mark.parametrize("text, message", BAD)
 def test_bad_config_message(tmp_path, text, message):
     assert _message(tmp_path, text) == f"{tmp_path / 'audit.yaml'}: {message}"
+
+
+def test_model_section_is_optional_for_compare_but_run_needs_it(tmp_path):
+    path = tmp_path / "audit.yaml"
+    path.write_text("data:\n  path: d.csv\nreport:\n  dir: out\n")
+    assert load_config(path).model is None  # compare names its two models
+    with pytest.raises(ConfigError) as err:
+        load_config(path, require_model=True)
+    assert str(err.value) == f"{path}: missing required key 'model'"
+    with pytest.raises(ConfigError) as err:
+        sensaudit.audit(load_config(path))
+    assert str(err.value) == f"{path}: missing required key 'model'"
 
 
 def test_messages_are_one_line(tmp_path):

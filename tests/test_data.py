@@ -56,7 +56,7 @@ def _csv(tmp_path: Path, text: str, name: str = "extract.csv") -> Path:
 
 def _joined(chunks: list) -> tuple[torch.Tensor, list, np.ndarray | None]:
     labels = [c.labels for c in chunks]
-    return (torch.cat([c.x for c in chunks]), [i for c in chunks for i in c.ids],
+    return (torch.cat([c.x for c in chunks]), [i for c in chunks for i in c.ids.to_pylist()],
             None if labels[0] is None else np.concatenate(labels))
 
 
@@ -85,11 +85,18 @@ def test_chunk_contents(tmp_path):
     assert np.array_equal(labels, frame["quality"].to_numpy(dtype=np.float64))
 
 
-def test_requested_dtype(tmp_path):
-    path = _write(tmp_path, _frame(), "csv")
-    cfg = DataConfig(path=path, features=("clarity",))
+def test_chunks_keep_the_stored_precision(tmp_path):
+    # Feature statistics are computed on the values as stored; the model's dtype is applied
+    # when the model is called. Float32 Parquet columns stay float32 (no widened copy).
+    frame = _frame()
+    cfg = DataConfig(path=_write(tmp_path, frame, "csv"), features=("clarity",))
+    (chunk,) = iter_chunks(open_table(cfg), cfg, torch.float32)
+    assert chunk.x.dtype == torch.float64
+    frame["clarity"] = frame["clarity"].astype("float32")
+    cfg = DataConfig(path=_write(tmp_path, frame, "parquet"), features=("clarity",))
     (chunk,) = iter_chunks(open_table(cfg), cfg, torch.float32)
     assert chunk.x.dtype == torch.float32
+    assert np.array_equal(chunk.x.numpy(), frame[["clarity"]].to_numpy())
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"label": "quality", "id": "ad_id"},
@@ -101,7 +108,8 @@ def test_csv_and_parquet_give_identical_chunks(tmp_path, kwargs):
     assert csv_features == pq_features
     assert len(csv_chunks) == len(pq_chunks) == 4
     for a, b in zip(csv_chunks, pq_chunks):
-        assert (a.first_row, a.dropped, a.ids) == (b.first_row, b.dropped, b.ids)
+        assert (a.first_row, a.dropped, a.ids.to_pylist()) == (b.first_row, b.dropped,
+                                                            b.ids.to_pylist())
         assert torch.equal(a.x, b.x)
         if a.labels is None:
             assert b.labels is None
@@ -134,13 +142,13 @@ def test_chunk_size_does_not_change_the_data(tmp_path, kind, chunk_rows):
 def test_row_numbers_are_ids_without_an_id_column(tmp_path):
     path = _write(tmp_path, _frame(), "csv")
     _, chunks = _read(path, chunk_rows=10)
-    assert [c.ids for c in chunks][2] == [21, 22, 23]
+    assert [c.ids.to_pylist() for c in chunks][2] == [21, 22, 23]
 
 
 def test_ids_keep_leading_zeros(tmp_path):
     path = _csv(tmp_path, "id,a\n007,1\n010,2\n")
     _, (chunk,) = _read(path, id="id")
-    assert chunk.ids == ["007", "010"]
+    assert chunk.ids.to_pylist() == ["007", "010"]
 
 
 def test_header_with_spaces_after_commas(tmp_path):
@@ -160,7 +168,8 @@ def test_dataframe_chunks_equal_csv_chunks(tmp_path):
     assert table.features == csv_features
     assert len(frame_chunks) == len(csv_chunks) == 4
     for a, b in zip(frame_chunks, csv_chunks):
-        assert (a.first_row, a.ids, a.dropped) == (b.first_row, b.ids, b.dropped)
+        assert (a.first_row, a.ids.to_pylist(), a.dropped) == (b.first_row, b.ids.to_pylist(),
+                                                            b.dropped)
         assert torch.equal(a.x, b.x)
         assert np.array_equal(a.labels, b.labels)
 

@@ -44,7 +44,7 @@ def test_audit_frame_keeps_the_proxies_given_in_settings():
     frame = _frame(["a", "b"])
     settings = AuditSettings(proxies=(ProxyLimit("a", max_share=0.1),))
     result = audit_frame(Linear([[5.0, 0.1]]), frame, settings=settings)
-    assert [f.feature for f in result.gates.flags] == ["a"]
+    assert [f.subject for f in result.gates.flags] == ["a"]
     assert not result.passed
 
 

@@ -1,9 +1,10 @@
 """CSV/Parquet -> feature tensors, in chunks.
 
-The audit reads its extract twice (feature statistics, then gradients), chunk by chunk, so
-memory does not grow with the file. Every chunk is checked the same way on both passes: columns
-present, numbers only, no NaN or infinity unless ``data.on_missing: drop`` says to skip them.
-Row numbers in messages count data rows from 1 (the CSV header is not a row).
+The audit reads its extract once, chunk by chunk, so memory does not grow with the file. Every
+chunk is checked: columns present, numbers only, no NaN or infinity unless ``data.on_missing:
+drop`` says to skip them. Row numbers in messages count data rows from 1 (the CSV header is not
+a row). Parquet batches go straight from Arrow to one array per chunk; ids stay Arrow arrays
+until they are written, so no per-row Python objects are made.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from ..config import DataConfig
@@ -31,6 +33,7 @@ class Table:
     features: tuple[str, ...]
     label: str | None
     id: str | None
+    row_count: int | None = None  # known up front for Parquet, not for CSV
 
     @property
     def columns(self) -> list[str]:
@@ -40,22 +43,23 @@ class Table:
 
 @dataclass
 class Chunk:
-    """One validated block of rows. x: float [rows, features]."""
+    """One validated block of rows. x: float [rows, features], float32 when every feature
+    column is stored as float32, else float64 (the model's dtype is applied later)."""
 
     first_row: int  # 1-based data-row number of the first row read into this chunk
     x: torch.Tensor
-    ids: list  # row ids (the id column, else 1-based row numbers)
-    rows: np.ndarray  # 1-based data-row numbers of the kept rows (stable across chunkings)
+    ids: pa.Array  # row ids (the id column, else the 1-based row numbers)
+    rows: np.ndarray  # int64 1-based data-row numbers of the kept rows: the rows' identity
     labels: np.ndarray | None
     dropped: int  # rows skipped for missing values in this chunk
 
 
 def open_table(cfg: DataConfig) -> Table:
     """Read the extract's header and decide the feature columns (checked, not yet loaded)."""
-    columns, sample = _header(cfg)
+    columns, sample, row_count = _header(cfg)
     _check_columns(cfg, columns)
     return Table(path=cfg.path, features=_features(cfg, columns, sample), label=cfg.label,
-                 id=cfg.id)
+                 id=cfg.id, row_count=row_count)
 
 
 def _features(cfg: DataConfig, columns: list[str], sample: pd.DataFrame) -> tuple[str, ...]:
@@ -84,7 +88,7 @@ def frame_table(frame: pd.DataFrame, cfg: DataConfig) -> Table:
     _check_columns(cfg, columns)
     sample = frame.rename(columns=str).head(1000)
     return Table(path=cfg.path, features=_features(cfg, columns, sample), label=cfg.label,
-                 id=cfg.id)
+                 id=cfg.id, row_count=len(frame))
 
 
 def iter_frame_chunks(frame: pd.DataFrame, table: Table, cfg: DataConfig,
@@ -95,22 +99,30 @@ def iter_frame_chunks(frame: pd.DataFrame, table: Table, cfg: DataConfig,
         raise DataError(f"{cfg.path}: the data has a header but no rows")
     missing = _MissingValues(table.features)
     for start in range(0, len(frame), cfg.chunk_rows):
-        yield _to_chunk(frame.iloc[start : start + cfg.chunk_rows], table, cfg, start + 1, dtype,
-                        missing)
+        yield _frame_chunk(frame.iloc[start : start + cfg.chunk_rows], table, cfg, start + 1,
+                           dtype, missing)
     missing.check(cfg)
 
 
 def iter_chunks(table: Table, cfg: DataConfig, dtype: torch.dtype = torch.float32
                 ) -> Iterator[Chunk]:
-    """Yield validated chunks of at most ``cfg.chunk_rows`` rows, in file order."""
+    """Yield validated chunks of at most ``cfg.chunk_rows`` rows, in file order.
+
+    ``dtype`` is the model's: values too large for it are named here, not reported later as
+    non-finite gradients.
+    """
     first_row = 1
     missing = _MissingValues(table.features)
     try:
-        for frame in _read_frames(cfg, table, as_text=False):
-            if len(frame) == 0:
+        for block in _read_blocks(cfg, table):
+            rows = block.num_rows if isinstance(block, pa.RecordBatch) else len(block)
+            if rows == 0:
                 continue
-            chunk = _to_chunk(frame, table, cfg, first_row, dtype, missing)
-            first_row += len(frame)
+            if isinstance(block, pa.RecordBatch):
+                chunk = _batch_chunk(block, table, cfg, first_row, dtype, missing)
+            else:
+                chunk = _frame_chunk(block, table, cfg, first_row, dtype, missing)
+            first_row += rows
             yield chunk
     except ValueError:
         # The fast float parser met text somewhere; find and name its row the slow way.
@@ -129,13 +141,19 @@ def _raise_text_error(cfg: DataConfig, table: Table) -> None:
         first_row += len(frame)
 
 
-def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame]:
-    """Column names (checked for duplicates) and a small sample to infer numeric columns."""
+def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame, int | None]:
+    """Column names (checked for duplicates), a small sample to infer numeric columns, and
+    the row count where the file records it (Parquet)."""
     path = cfg.path
     if not path.exists():
         raise DataError(f"{path}: data file not found (data.path)")
     if path.is_dir():
         raise DataError(f"{path}: data.path is a directory, not a CSV or Parquet file")
+    if not path.is_file():
+        # A FIFO or device would block the read forever (or never end).
+        raise DataError(f"{path}: data.path is not a regular file (a pipe or device?); write "
+                        "the extract to a CSV or Parquet file")
+    row_count = None
     try:
         if _is_parquet(path):
             import pyarrow.parquet as pq
@@ -143,6 +161,7 @@ def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame]:
             pf = pq.ParquetFile(path)
             columns = list(pf.schema_arrow.names)
             _check_duplicates(path, columns)
+            row_count = pf.metadata.num_rows
             batch = next(pf.iter_batches(batch_size=1000), None)
             sample = batch.to_pandas() if batch is not None else pd.DataFrame(columns=columns)
         else:
@@ -165,7 +184,7 @@ def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame]:
                         ) from None
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
         raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
-    return columns, sample
+    return columns, sample, row_count
 
 
 def _csv_columns(path: Path) -> list[str]:
@@ -219,6 +238,26 @@ def _holds_numbers(series: pd.Series) -> bool:
 
 def _numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def _read_blocks(cfg: DataConfig, table: Table) -> Iterator[pa.RecordBatch | pd.DataFrame]:
+    """Parquet as Arrow record batches; CSV as parsed DataFrames."""
+    if _is_parquet(cfg.path):
+        yield from _parquet_batches(cfg, table)
+    else:
+        yield from _read_frames(cfg, table, as_text=False)
+
+
+def _parquet_batches(cfg: DataConfig, table: Table) -> Iterator[pa.RecordBatch]:
+    try:
+        import pyarrow.parquet as pq
+
+        # Buffered, unprefetched reads: a row group's pages are decoded as they stream in
+        # rather than the whole row group being fetched first (a third less peak memory).
+        parquet = pq.ParquetFile(cfg.path, buffer_size=1 << 20, pre_buffer=False)
+        yield from parquet.iter_batches(batch_size=cfg.chunk_rows, columns=table.columns)
+    except Exception as exc:  # pyarrow raises many types (some ValueErrors) for bad files
+        raise DataError(f"{cfg.path}: cannot read data ({first_line(exc)})") from None
 
 
 def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd.DataFrame]:
@@ -294,24 +333,70 @@ class _MissingValues:
                         "data.on_missing: drop to skip such rows")
 
 
-def _to_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: int,
-              dtype: torch.dtype, missing: _MissingValues) -> Chunk:
-    """Validate one block of rows; rows with NaN/inf are dropped here and tallied in
-    ``missing``, whose check() at the end of the file decides whether that is an error."""
+def _frame_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: int,
+                 dtype: torch.dtype, missing: _MissingValues) -> Chunk:
+    """A parsed CSV block (or an in-memory DataFrame's slice) as a validated chunk."""
     values = np.empty((len(frame), len(table.features)), dtype=np.float64)
     for j, name in enumerate(table.features):
         values[:, j] = _numeric_column(frame[name], name, cfg.path, first_row)
-    bad = ~np.isfinite(values)
-    keep = slice(None)
+    ids = _id_array(frame[table.id]) if table.id else None
+    labels = (pd.to_numeric(frame[table.label], errors="coerce").to_numpy(dtype=np.float64)
+              if table.label else None)
+    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing)
+
+
+def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row: int,
+                 dtype: torch.dtype, missing: _MissingValues) -> Chunk:
+    """A Parquet record batch as a validated chunk, without pandas: every numeric feature
+    column is copied once into a [rows, features] array."""
+    columns = [batch.column(name) for name in table.features]
+    if not all(_arrow_numeric(c.type) for c in columns):
+        # Text in a feature column: the pandas path names the cell.
+        return _frame_chunk(batch.to_pandas(), table, cfg, first_row, dtype, missing)
+    float32 = all(pa.types.is_float32(c.type) for c in columns)
+    values = np.empty((batch.num_rows, len(columns)), dtype=np.float32 if float32 else np.float64)
+    for j, column in enumerate(columns):
+        values[:, j] = column.to_numpy(zero_copy_only=False)
+    ids = batch.column(table.id) if table.id else None
+    labels = None
+    if table.label:
+        label = batch.column(table.label)
+        labels = (label.to_numpy(zero_copy_only=False).astype(np.float64)
+                  if _arrow_numeric(label.type)
+                  else pd.to_numeric(label.to_pandas(), errors="coerce").to_numpy(np.float64))
+    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing)
+
+
+def _id_array(column: pd.Series) -> pa.Array:
+    # from_pandas: a missing id (NaN) is a null, as the CSV writer expects.
+    try:
+        return pa.array(column.to_numpy(), from_pandas=True)
+    except (pa.ArrowException, TypeError, ValueError):  # mixed types: ids are text then
+        return pa.array(column.astype(str).to_numpy())
+
+
+def _arrow_numeric(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+
+def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, table: Table,
+           cfg: DataConfig, first_row: int, dtype: torch.dtype,
+           missing: _MissingValues) -> Chunk:
+    """Validate one block of rows; rows with NaN/inf are dropped here and tallied in
+    ``missing``, whose check() at the end of the file decides whether that is an error."""
+    finite = np.isfinite(values)
+    row_numbers = np.arange(first_row, first_row + len(values), dtype=np.int64)
     dropped = 0
-    if bad.any():
+    if not finite.all():
+        bad = ~finite
         missing.add(bad, first_row)
-        bad_rows = bad.any(axis=1)
-        keep = ~bad_rows
-        dropped = int(bad_rows.sum())
-        values = values[keep]
-    row_numbers = np.arange(first_row, first_row + len(frame))[keep]
-    if dtype.is_floating_point and dtype != torch.float64 and values.size:
+        keep = ~bad.any(axis=1)
+        dropped = int((~keep).sum())
+        values, row_numbers = values[keep], row_numbers[keep]
+        ids = None if ids is None else ids.filter(pa.array(keep))
+        labels = None if labels is None else labels[keep]
+    if dtype.is_floating_point and values.dtype == np.float64 and dtype != torch.float64 \
+            and values.size:
         # A float32 model would see such a value as infinity: name it rather than report
         # "non-finite gradients" for a row whose data looked finite.
         too_large = np.abs(values) > torch.finfo(dtype).max
@@ -320,12 +405,9 @@ def _to_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: int
             raise DataError(f"{cfg.path}: column '{table.features[j]}' has a value too large "
                             f"for the model's {str(dtype).replace('torch.', '')} inputs (row "
                             f"{row_numbers[row]}: {values[row, j]:g})")
-    ids = frame[table.id].to_numpy()[keep].tolist() if table.id else row_numbers.tolist()
-    labels = None
-    if table.label:
-        labels = pd.to_numeric(frame[table.label], errors="coerce").to_numpy(dtype=np.float64)[keep]
-    return Chunk(first_row=first_row, x=torch.from_numpy(values).to(dtype), ids=ids,
-                 rows=row_numbers, labels=labels, dropped=dropped)
+    return Chunk(first_row=first_row, x=torch.from_numpy(values),
+                 ids=pa.array(row_numbers) if ids is None else ids, rows=row_numbers,
+                 labels=labels, dropped=dropped)
 
 
 def _numeric_column(series: pd.Series, name: str, path: Path, first_row: int) -> np.ndarray:

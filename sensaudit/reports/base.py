@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from ..compare import ComparisonResult
-    from ..analysis import AuditResult
+    from ..results import AuditResult
     from .staging import StagedReport
 
 

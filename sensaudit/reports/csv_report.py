@@ -6,8 +6,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from ..analysis import AuditResult
 from ..compare import ComparisonResult
+from ..results import AuditResult
 from .base import ReportWriter
 from .staging import StagedReport
 

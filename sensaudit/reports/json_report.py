@@ -10,8 +10,9 @@ import math
 from typing import Any
 
 from .. import __version__
-from ..analysis import AuditResult
+from ..checks import Gate, Notice
 from ..compare import ComparisonResult
+from ..results import AuditResult
 from .base import ReportWriter
 
 
@@ -25,6 +26,15 @@ class JsonReport(ReportWriter):
         self.out.write_text("comparison.json", _dumps(comparison_summary(result)))
 
 
+def gate_record(gate: Gate) -> dict[str, Any]:
+    """A gate as JSON: what it tested, its figures, and the limit."""
+    return {"feature": gate.subject, "output": gate.output, **gate.details, "limit": gate.limit}
+
+
+def notice_record(notice: Notice) -> dict[str, Any]:
+    return {"feature": notice.subject, "output": notice.output, **notice.details}
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, indent=2, allow_nan=False) + "\n"
 
@@ -35,11 +45,8 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
     return {
         "sensaudit_version": __version__,
         "passed": result.passed,
-        "flags": [{"feature": f.feature, "output": f.output, "share": _finite(f.share),
-                   "rank": f.rank, "max_share": f.max_share, "max_rank": f.max_rank,
-                   "limit": f.limit} for f in result.gates.flags],
-        "warnings": [{"feature": w.feature, "output": w.output, "share": _finite(w.share),
-                      "threshold": w.threshold} for w in result.gates.warnings],
+        "flags": [gate_record(g) for g in result.gates.flags],
+        "warnings": [notice_record(w) for w in result.gates.warnings],
         "rows": result.rows,
         "rows_dropped": result.rows_dropped,
         "nonfinite_gradient_rows": result.nonfinite_rows,
@@ -66,8 +73,7 @@ def comparison_summary(result: ComparisonResult) -> dict[str, Any]:
                 "passed": result.new.passed},
         "data": {"path": result.new.data_path, "rows": result.new.rows,
                  "rows_dropped": result.new.rows_dropped},
-        "flags_new": [{"feature": f.feature, "output": f.output, "share": f.share,
-                       "rank": f.rank, "limit": f.limit} for f in result.new.gates.flags],
+        "flags_new": [gate_record(g) for g in result.new.gates.flags],
         "proxy_increases": result.proxy_increases,
         "settings": result.settings,
         # With one output, its figures sit at the top level too: spearman, kendall_tau, ...

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .. import __version__
-from ..analysis import AuditResult
 from ..compare import ComparisonResult, gate_change
+from ..results import AuditResult
 from .base import ReportWriter
 
 

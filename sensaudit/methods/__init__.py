@@ -1,0 +1,16 @@
+"""Attribution methods, one per file; ``audit.method`` picks one by name.
+
+To add a method, subclass :class:`~sensaudit.methods.base.AttributionMethod` in a new file
+and add it to :data:`METHODS` with one line (README, "Extending").
+"""
+
+from __future__ import annotations
+
+from .base import AttributionMethod, Attributions
+from .gradient import Gradient
+
+METHODS: dict[str, type[AttributionMethod]] = {
+    Gradient.name: Gradient,
+}
+
+__all__ = ["METHODS", "AttributionMethod", "Attributions", "Gradient"]

@@ -1,0 +1,18 @@
+"""``gradient``: each row's input Jacobian, d output_i / d feature_j (the default method)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine import Model, scores_and_jacobian
+from .base import AttributionMethod, Attributions
+
+
+class Gradient(AttributionMethod):
+    name = "gradient"
+    per_unit = True
+    description = "per-row input gradients (the Jacobian), scaled by each feature's std"
+
+    def attribute(self, model: Model, x: torch.Tensor) -> Attributions:
+        scores, jacobian = scores_and_jacobian(model, x, batch_size=self.batch_size)
+        return Attributions(scores=scores, values=jacobian)
