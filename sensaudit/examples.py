@@ -40,19 +40,23 @@ class ExampleDrivers:
             table: bool) -> pa.Table | None:
         """One chunk: scores [rows, outputs], values [rows, outputs, features], finite [rows].
         Returns its examples rows (one per row and output) when ``table`` is True."""
-        n_rows, m, _ = values.shape
-        values = values.detach().to("cpu", torch.float64)
+        n_rows, m, n = values.shape
+        values = values.detach().cpu()
         scores = scores.detach().to("cpu", torch.float64)
-        contribution = values * self.scale if self.scale is not None else values
-        magnitude = contribution.abs()
+        # Drivers are chosen in the model's dtype (half the memory traffic of float64 for a
+        # float32 model); only the top_k chosen are widened for the figures written.
+        scale = None if self.scale is None else self.scale.to(values.dtype)
+        magnitude = (values * scale if scale is not None else values).abs()
         top = magnitude.nan_to_num(nan=-1.0).topk(self.top_k, dim=2).indices
         # Flattened to one entry per (row, output): entry i is row i // m, output i % m.
         k = self.top_k
         index = top.reshape(n_rows * m, k).numpy()
-        gradient = values.gather(2, top).reshape(n_rows * m, k).numpy()
-        contrib = contribution.gather(2, top).reshape(n_rows * m, k).numpy()
+        chosen = values.gather(2, top).double()
+        gradient = chosen.reshape(n_rows * m, k).numpy()
+        contrib = (chosen * self.scale[top] if self.scale is not None else chosen
+                   ).reshape(n_rows * m, k).numpy()
         if self.strongest.keep:
-            self._offer(rows, ids, labels, scores, magnitude, finite, index, gradient, contrib)
+            self._offer(rows, ids, labels, scores, values, finite, index, gradient, contrib)
         if not table:
             return None
         repeat = np.repeat(np.arange(n_rows), m)
@@ -71,13 +75,16 @@ class ExampleDrivers:
         return pa.table(columns)
 
     def _offer(self, rows: np.ndarray, ids: pa.Array | np.ndarray, labels: np.ndarray | None,
-               scores: torch.Tensor, magnitude: torch.Tensor, finite: torch.Tensor,
+               scores: torch.Tensor, values: torch.Tensor, finite: torch.Tensor,
                index: np.ndarray, gradient: np.ndarray, contrib: np.ndarray) -> None:
-        m = magnitude.shape[1]
-        if self.proxy_index:
-            key = magnitude[:, :, self.proxy_index].sum(2)
-        else:
-            key = magnitude.amax(2)
+        m = values.shape[1]
+        if self.proxy_index:  # in float64: few columns, and near-ties must order exactly
+            proxies = values[:, :, self.proxy_index].double()
+            if self.scale is not None:
+                proxies = proxies * self.scale[self.proxy_index]
+            key = proxies.abs().sum(2)
+        else:  # the strongest driver's magnitude, chosen above
+            key = torch.from_numpy(np.abs(contrib[:, 0])).reshape(-1, m)
         # Rows left out of the statistics as non-finite are not examples of what drives the
         # score: an infinite gradient would otherwise head the list.
         key = torch.where(finite[:, None], key, torch.full_like(key, -1.0)).reshape(-1)

@@ -90,12 +90,14 @@ class AttributionSums:
             self.nonfinite_rows += len(bad)
             self._keep_nonfinite((int(rows[i]), _item(_scalar(ids[i]))) for i in bad)
             values, scores = values[finite], scores[finite]
-        good = values.detach().to("cpu", torch.float64)
+        good = values.detach().cpu()
         self.rows += good.shape[0]
-        self.sum += good.sum(0)
-        self.sum_abs += good.abs().sum(0)
-        self.sum_sq += good.square().sum(0)
-        self.score_sum += scores.detach().to("cpu", torch.float64).sum(0)
+        # Summed in float64 without a float64 copy where the values can stay as they are
+        # (abs is exact in any dtype); squares are formed in float64 so they lose nothing.
+        self.sum += good.sum(0, dtype=torch.float64)
+        self.sum_abs += good.abs().sum(0, dtype=torch.float64)
+        self.sum_sq += good.double().square().sum(0)
+        self.score_sum += scores.detach().cpu().sum(0, dtype=torch.float64)
 
     def merge(self, other: AttributionSums) -> None:
         self.rows += other.rows
