@@ -18,7 +18,7 @@ from sensaudit.checks.dominance import Dominance
 from sensaudit.checks.proxies import ProxyLimits
 from sensaudit.config import AuditSettings
 from sensaudit.examples import ExampleDrivers
-from sensaudit.results import SENSITIVITY_COLUMNS, Gates, sensitivity_table
+from sensaudit.results import SENSITIVITY_COLUMNS, Gates, rank_shares, sensitivity_table
 from sensaudit.stats import AttributionSums, FeatureMoments, finite_rows
 
 FEATURES = ["a", "b", "c", "d"]
@@ -512,3 +512,20 @@ def test_planted_proxy_found_through_the_engine_and_accumulator():
     gates = evaluate_gates(table, [ProxyLimit("copy_length", max_share=0.15)], 0.5)
     assert [f.subject for f in gates.flags] == ["copy_length"]
     assert table.loc[table["flagged"], "feature"].tolist() == ["copy_length"]
+
+
+def test_zero_share_proxy_is_never_flagged_by_rank():
+    # Regression: ties took the best rank, so a proxy the score ignores (share 0) tied with
+    # other ignored features and ranked "among the top 3" of a 4-feature model.
+    table = _table({"p": 0.7, "q": 0.3, "r": 0.0, "s": 0.0})
+    assert table["rank"].tolist() == [1, 2, 3, 3]  # what the old tie rule gave
+    ranked = table.assign(rank=rank_shares(table["share"]))
+    assert ranked["rank"].tolist() == [1, 2, 4, 4]  # zero shares tie for last
+    gates = evaluate_gates(table, [ProxyLimit("r", max_rank=3)], 1.0)
+    assert gates.flags == [] and gates.passed
+    assert len(gates.all) == 1  # the gate was evaluated, and passed
+
+
+def test_all_zero_shares_do_not_rank_every_feature_first():
+    assert rank_shares(pd.Series([0.0, 0.0, 0.0])).tolist() == [3, 3, 3]
+    assert rank_shares(pd.Series([0.5, float("nan"), 0.0, 0.5])).tolist() == [1, 4, 3, 1]

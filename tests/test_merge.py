@@ -1,0 +1,178 @@
+"""Every accumulator merges exactly: rows split into k random partitions (not contiguous runs),
+each accumulated on its own and merged, give the single-pass result (to float64 rounding; the
+bootstrap weights bit for bit, since they are a function of (seed, replicate, row))."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from sensaudit.examples import ExampleDrivers
+from sensaudit.stats import (
+    AgreementAccumulator,
+    AttributionSums,
+    BootstrapMoments,
+    BootstrapSensitivity,
+    FeatureMoments,
+    PoissonBootstrap,
+    TopRows,
+    finite_rows,
+)
+
+ROWS, OUTPUTS, FEATURES = 203, 2, 5
+TOL = dict(rtol=1e-12, atol=1e-12)
+
+
+def _rows() -> dict:
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(ROWS, FEATURES, generator=generator, dtype=torch.float64) * 3 + 10
+    values = torch.randn(ROWS, OUTPUTS, FEATURES, generator=generator, dtype=torch.float64)
+    # Exact ties: the kept rows must not depend on which partition saw a row first.
+    values[40] = values[41] = values[120] = values.abs().max() * 2
+    values[17, 1, 2] = float("nan")  # non-finite rows are counted and named, also when merged
+    values[150, 0, 0] = float("inf")
+    scores = torch.randn(ROWS, OUTPUTS, generator=generator, dtype=torch.float64)
+    new_values = values + 0.1 * torch.randn(ROWS, OUTPUTS, FEATURES, generator=generator,
+                                            dtype=torch.float64)
+    rows = np.arange(1, ROWS + 1, dtype=np.int64) * 3  # row numbers need not be contiguous
+    ids = pa.array([f"r{r}" for r in rows])
+    return dict(x=x, values=values, new_values=new_values, scores=scores, rows=rows, ids=ids)
+
+
+def _partitions(k: int, seed: int) -> list[np.ndarray]:
+    """k random, non-contiguous partitions of the row positions (some may be empty)."""
+    owner = np.random.default_rng(seed).integers(0, k, size=ROWS)
+    return [np.flatnonzero(owner == part) for part in range(k)]
+
+
+def _take(data: dict, index: np.ndarray) -> dict:
+    t = torch.from_numpy(index)
+    return dict(x=data["x"][t], values=data["values"][t], new_values=data["new_values"][t],
+                scores=data["scores"][t], rows=data["rows"][index],
+                ids=data["ids"].take(pa.array(index, type=pa.int64())))
+
+
+SPLITS = [(2, 0), (3, 1), (7, 2), (12, 3)]
+
+
+def _single_and_merged(build, feed, k: int, seed: int):
+    data = _rows()
+    single = build()
+    feed(single, data)
+    merged = build()
+    for index in _partitions(k, seed):
+        part = build()
+        feed(part, _take(data, index))
+        merged.merge(part)
+    return single, merged
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_feature_moments_merge(k, seed):
+    single, merged = _single_and_merged(lambda: FeatureMoments(FEATURES),
+                                        lambda acc, d: acc.update(d["x"]), k, seed)
+    assert merged.count == single.count == ROWS
+    torch.testing.assert_close(merged.mean, single.mean, **TOL)
+    torch.testing.assert_close(merged.std, single.std, **TOL)
+    np.testing.assert_allclose(single.std.numpy(), _rows()["x"].numpy().std(0, ddof=1), **TOL)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_attribution_sums_merge(k, seed):
+    def feed(acc, d):
+        acc.update(d["rows"], d["ids"], d["scores"], d["values"])
+
+    single, merged = _single_and_merged(lambda: AttributionSums(OUTPUTS, FEATURES), feed, k,
+                                        seed)
+    for name in ("sum", "sum_abs", "sum_sq", "score_sum"):
+        torch.testing.assert_close(getattr(merged, name), getattr(single, name), **TOL)
+    assert (merged.rows, merged.nonfinite_rows) == (single.rows, single.nonfinite_rows) == (
+        ROWS - 2, 2)
+    assert merged.nonfinite_ids == single.nonfinite_ids == ["r54", "r453"]  # positions 17, 150
+
+
+def test_top_rows_merge_keeps_the_same_items_whatever_the_order():
+    items = [(float(v), row, 0) for row, v in enumerate([5, 1, 5, 3, 5, 2, 4, 5], start=1)]
+    single: TopRows[int] = TopRows(3)
+    for value, row, output in items:
+        single.offer(value, row, output, lambda row=row: row)
+    merged: TopRows[int] = TopRows(3)
+    for part in (items[5:], items[0:5:2], items[1:5:2]):  # rows 6-8, 1 3 5, 2 4
+        other: TopRows[int] = TopRows(3)
+        for value, row, output in part:
+            other.offer(value, row, output, lambda row=row: row)
+        merged.merge(other)
+    # Four rows hold the top value 5: the three lowest row numbers win, best first.
+    assert single.best_first() == merged.best_first() == [1, 3, 5]
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+@pytest.mark.parametrize("proxies", [[], ["c"]])
+def test_example_drivers_merge(k, seed, proxies):
+    std = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.1], dtype=torch.float64)
+
+    def build():
+        return ExampleDrivers(list("abcde"), ["p", "q"], top_k=2, proxies=proxies, keep=6,
+                              scale=std)
+
+    def feed(acc, d):
+        acc.add(d["rows"], d["ids"], None, d["scores"], d["values"],
+                finite_rows(d["scores"], d["values"]), table=False)
+
+    single, merged = _single_and_merged(build, feed, k, seed)
+    assert [vars(e) for e in merged.best_first()] == [vars(e) for e in single.best_first()]
+    assert len(single.best_first()) == 6
+
+
+def test_bootstrap_weights_are_a_function_of_the_row_alone():
+    bootstrap = PoissonBootstrap(50, seed=11)
+    rows = _rows()["rows"]
+    whole = bootstrap.weights(rows)
+    for index in _partitions(5, 4):
+        assert torch.equal(bootstrap.weights(rows[index]), whole[:, index])
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_bootstrap_moments_merge(k, seed):
+    bootstrap = PoissonBootstrap(40, seed=3)
+    single, merged = _single_and_merged(lambda: BootstrapMoments(bootstrap, FEATURES),
+                                        lambda acc, d: acc.update(d["rows"], d["x"]), k, seed)
+    torch.testing.assert_close(merged.w, single.w, rtol=0, atol=0)
+    torch.testing.assert_close(merged.std, single.std, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_bootstrap_sensitivity_merge(k, seed):
+    bootstrap = PoissonBootstrap(40, seed=3)
+
+    def feed(acc, d):
+        acc.update(bootstrap.weights(d["rows"]), d["values"],
+                   finite_rows(d["scores"], d["values"]))
+
+    single, merged = _single_and_merged(lambda: BootstrapSensitivity(bootstrap), feed, k, seed)
+    scale = torch.rand(40, FEATURES, dtype=torch.float64) + 0.5
+    torch.testing.assert_close(merged.shares(scale), single.shares(scale), **TOL)
+    torch.testing.assert_close(merged.shares(None), single.shares(None), **TOL)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_agreement_merge(k, seed):
+    def feed(acc, d):
+        finite = (finite_rows(d["scores"], d["values"])
+                  & finite_rows(d["scores"], d["new_values"]))
+        acc.update(d["rows"], d["ids"], d["scores"], d["scores"] * 1.5 + 0.1, d["values"],
+                   d["new_values"], finite)
+
+    single, merged = _single_and_merged(lambda: AgreementAccumulator(OUTPUTS, keep=4), feed, k,
+                                        seed)
+    for output, name in enumerate(["p", "q"]):
+        a, b = single.summary(output, name), merged.summary(output, name)
+        assert a["least_agreeing_rows"] == b["least_agreeing_rows"]
+        assert a["most_moved_rows"] == b["most_moved_rows"]
+        np.testing.assert_allclose(list(a["cosine"].values()), list(b["cosine"].values()), **TOL)
+        np.testing.assert_allclose(list(a["score_change"].values()),
+                                   list(b["score_change"].values()), **TOL)
+    assert np.array_equal(single.histogram, merged.histogram)
+    assert merged.rows == single.rows == ROWS - 2
