@@ -1,9 +1,10 @@
 """YAML config -> validated, frozen config objects. The one place that knows the schema.
 
 Unknown keys are errors, with a did-you-mean suggestion, because a typo such as ``max_shares``
-must never silently switch a gate off; so are duplicate keys (see :mod:`sensaudit.yaml_loader`). Every message names the file, the dotted key, what was
-expected and what was found. Relative paths resolve against the config file's folder, so a
-config works from whatever directory CI runs it in.
+must never silently switch a gate off; so are duplicate keys (:mod:`sensaudit.yaml_loader`).
+Every message names the file, the dotted key, what was expected and what was found. Relative
+paths resolve against the config file's folder, so a config works from whatever directory CI
+runs it in.
 """
 
 from __future__ import annotations
