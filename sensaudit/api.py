@@ -29,7 +29,8 @@ from .results import AuditResult
 def run_audit(config: Config, *, progress: Progress | None = None,
               trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
-    with StagedReport(config.report.dir, config.report.formats) as staged:
+    with StagedReport(config.report.dir, config.report.formats, protect=(
+            config.source, config.data.path, config.model and config.model.path)) as staged:
         writers = open_writers(staged, config.report.formats)
         sinks = [w for w in writers if type(w).examples is not ReportWriter.examples]
         result = audit(config, progress=progress, trust_pickle=trust_pickle,
@@ -121,7 +122,9 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     """``compare_models`` and write comparison.csv/json/md atomically into ``out_dir``
     (default: the config's report.dir)."""
     target = Path(out_dir) if out_dir is not None else config.report.dir
-    with StagedReport(target, config.report.formats) as staged:
+    with StagedReport(target, config.report.formats, kind="compare", protect=(
+            config.source, config.data.path, data_path, old_path, new_path,
+            config.model and config.model.path)) as staged:
         result = compare_models(config, old_path, new_path, data_path=data_path,
                                 progress=progress, trust_pickle=trust_pickle)
         for writer in open_writers(staged, config.report.formats):

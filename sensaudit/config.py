@@ -1,9 +1,10 @@
 """YAML config -> validated, frozen config objects. The one place that knows the schema.
 
 Unknown keys are errors, with a did-you-mean suggestion, because a typo such as ``max_shares``
-must never silently switch a gate off. Every message names the file, the dotted key, what was
-expected and what was found. Relative paths resolve against the config file's folder, so a
-config works from whatever directory CI runs it in.
+must never silently switch a gate off; so are duplicate keys (:mod:`sensaudit.yaml_loader`).
+Every message names the file, the dotted key, what was expected and what was found. Relative
+paths resolve against the config file's folder, so a config works from whatever directory CI
+runs it in.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import ConfigError, describe, did_you_mean
+from .errors import ConfigError, brief, describe, did_you_mean
+from .yaml_loader import load_yaml
 
 DEVICES = ("auto", "cpu", "cuda")
 REPORT_FORMATS = ("csv", "markdown", "json")
 ON_MISSING = ("error", "drop")
+# Bootstrap memory grows with the replicate count: [samples, features] moments and
+# [samples, outputs, features] sums, all float64, and each chunk's [samples, chunk rows]
+# weights. A few thousand replicates settle a 95% interval; beyond 100000 only memory grows.
+MAX_BOOTSTRAP_SAMPLES = 100_000
+# The bootstrap hashes the seed as a uint64 (compare.PoissonBootstrap).
+MAX_SEED = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -112,13 +118,7 @@ def load_config(path: str | Path, *, require_model: bool = False) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    raw = load_yaml(text, path)
     return parse_config(raw, source=path, base_dir=path.parent, require_model=require_model)
 
 
@@ -129,7 +129,8 @@ def parse_config(
     base_dir: str | Path = ".",
     require_model: bool = False,
 ) -> Config:
-    """Validate an already-parsed mapping (what ``yaml.safe_load`` returns).
+    """Validate an already-parsed mapping (what :func:`~sensaudit.yaml_loader.load_yaml`
+    returns).
 
     ``model`` is optional (``compare`` names its two models); ``require_model`` refuses a
     config without it, for callers that need one up front.
@@ -239,9 +240,10 @@ def _compare(v: _Validator, raw: Any) -> CompareSettings:
         max_proxy_share_increase=(v.fraction(margin, "compare.max_proxy_share_increase")
                                   if margin is not None else None),
         bootstrap_samples=v.integer(c.get("bootstrap_samples", 200), "compare.bootstrap_samples",
-                                    minimum=0),
+                                    minimum=0, maximum=MAX_BOOTSTRAP_SAMPLES),
         confidence=confidence,
-        seed=v.integer(c.get("seed", 0), "compare.seed", minimum=0),
+        seed=v.integer(c.get("seed", 0), "compare.seed", minimum=0, maximum=MAX_SEED,
+                       maximum_text="2**64 - 1"),
         top_k=v.integer(c.get("top_k", 3), "compare.top_k", minimum=1),
     )
 
@@ -275,7 +277,7 @@ class _Validator:
             self.fail(key, "a mapping", value)
         for k in value:
             if not isinstance(k, str):
-                self.fail(f"{key}.{k}" if key else str(k), "a text key", k)
+                self.fail(f"{key}.{brief(k)}" if key else brief(k), "a text key", k)
         return value
 
     def keys(self, m: Mapping[str, Any], key: str, *, required: tuple[str, ...] = (),
@@ -311,9 +313,13 @@ class _Validator:
             self.fail(key, "true or false", value)
         return value
 
-    def integer(self, value: Any, key: str, *, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(key, f"an integer >= {minimum}", value)
+    def integer(self, value: Any, key: str, *, minimum: int, maximum: int | None = None,
+                maximum_text: str | None = None) -> int:
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+              and (maximum is None or value <= maximum))
+        if not ok:
+            self.fail(key, f"an integer >= {minimum}" if maximum is None else
+                      f"an integer from {minimum} to {maximum_text or maximum}", value)
         return value
 
     def fraction(self, value: Any, key: str) -> float:

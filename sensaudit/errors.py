@@ -17,7 +17,8 @@ A failed *gate* is not an error: the audit ran and its result says ``passed: fal
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Mapping
 
 
 class SensauditError(Exception):
@@ -46,14 +47,73 @@ class ReportError(SensauditError):
     """The reports cannot be written."""
 
 
+# describe() quotes values from the user's files in one-line messages. A YAML alias bomb or a
+# Python object sharing one list a billion times is small in memory but astronomically large
+# to render, so the rendering itself is bounded, not just its output: at most _ITEMS items per
+# container, _DEPTH containers deep, _TEXT characters per string, _INT_BITS bits per integer
+# (Python refuses to print integers over 4300 digits at all).
+_TEXT = 60
+_ITEMS = 4
+_DEPTH = 2
+_INT_BITS = 256
+
+
 def describe(value: object) -> str:
-    """Render a found value for messages: ``'1.5', a str``, the shape attrs' validators use."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
+    """Render a found value for messages: ``'1.5', a str``, the shape attrs' validators use.
+
+    The work is bounded whatever the value: containers show their first few items only.
+    """
     kind = type(value).__name__
     article = "an" if kind[0] in "aeiou" else "a"
-    return f"{text}, {article} {kind}"
+    return f"{brief(value)}, {article} {kind}"
+
+
+def brief(value: object) -> str:
+    """``repr(value)`` cut to 60 characters, computed in bounded time (see describe)."""
+    text = _bounded_repr(value, _DEPTH)
+    return text if len(text) <= _TEXT else text[: _TEXT - 3] + "..."
+
+
+def _bounded_repr(value: object, depth: int) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        bits = value.bit_length()
+        return repr(value) if bits <= _INT_BITS else f"<an integer of {bits} bits>"
+    if isinstance(value, (str, bytes)):
+        # One character past the limit: the caller's cut then shows the "..." it needs.
+        return repr(value[: _TEXT + 1])
+    if isinstance(value, Mapping):
+        return _items("{", "}", value.items(), len(value), depth, pairs=True)
+    if isinstance(value, list):
+        return _items("[", "]", value, len(value), depth)
+    if isinstance(value, tuple):
+        if len(value) == 1:
+            return "(" + _bounded_repr(value[0], depth - 1) + ",)"
+        return _items("(", ")", value, len(value), depth)
+    if isinstance(value, (set, frozenset)):
+        if not value:
+            return f"{type(value).__name__}()"
+        return _items("{", "}", value, len(value), depth)
+    # Anything else was built in Python (YAML gives only the types above): its own repr, cut.
+    return repr(value)
+
+
+def _items(open_: str, close: str, items: Iterable, size: int, depth: int, *,
+           pairs: bool = False) -> str:
+    if size == 0:
+        return open_ + close
+    if depth <= 0:
+        return open_ + "..." + close
+    shown = []
+    for item in itertools.islice(items, _ITEMS):
+        if pairs:
+            key, val = item
+            shown.append(f"{_bounded_repr(key, depth - 1)}: {_bounded_repr(val, depth - 1)}")
+        else:
+            shown.append(_bounded_repr(item, depth - 1))
+    more = ", ..." if size > _ITEMS else ""
+    return open_ + ", ".join(shown) + more + close
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

@@ -14,15 +14,19 @@ from sensaudit import load_config, run_audit
 from sensaudit.errors import ReportError
 
 REPORT_FILES = ["examples.csv", "report.md", "sensitivity.csv", "summary.json"]
+# sensaudit's own entries beside the reports (sorted before them).
+BOOKKEEPING = [".sensaudit-manifest.json", ".sensaudit.lock"]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """The folder's files (a run's staging folder inside it is checked by leftovers())."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def leftovers(tmp_path: Path) -> list[str]:
-    """Staging folders (".reports.staging-*") left beside report.dir."""
-    return [p.name for p in tmp_path.iterdir() if ".staging-" in p.name]
+    """Staging folders left in report.dir (or beside it, where they used to be)."""
+    return [p.name for folder in (tmp_path, tmp_path / "reports") if folder.is_dir()
+            for p in folder.iterdir() if "staging" in p.name]
 
 
 @pytest.fixture
@@ -34,7 +38,7 @@ def previous(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
                                                         "label": "label", "chunk_rows": 2}))
     assert cli("run", str(cfg), "--quiet").exit_code == 0
     reports = snapshot(tmp_path / "reports")
-    assert sorted(reports) == REPORT_FILES
+    assert sorted(reports) == BOOKKEEPING + REPORT_FILES
     return cfg, reports
 
 
@@ -139,7 +143,7 @@ def test_gate_failure_writes_complete_reports(previous, tmp_path):
     result = cli("run", str(cfg), "--quiet")
     assert result.exit_code == 1
     after = snapshot(tmp_path / "reports")
-    assert sorted(after) == REPORT_FILES
+    assert sorted(after) == BOOKKEEPING + REPORT_FILES
     assert b'"passed": false' in after["summary.json"]
     assert leftovers(tmp_path) == []
 

@@ -939,6 +939,31 @@ def test_limits_outside_zero_one(setup, tmp_path, sections, expected):
     assert cli_error("run", str(cfg)) == f"{cfg}: {expected}"
 
 
+@pytest.mark.parametrize("compare, expected", [
+    # Regressions: both crashed with exit 3, out of memory and in numpy's uint64 conversion.
+    ({"bootstrap_samples": 100_000_000},
+     "compare.bootstrap_samples must be an integer from 0 to 100000 (got 100000000, an int)"),
+    ({"seed": 2**70},
+     "compare.seed must be an integer from 0 to 2**64 - 1 (got 1180591620717411303424, an int)"),
+    ({"seed": -1}, "compare.seed must be an integer from 0 to 2**64 - 1 (got -1, an int)"),
+])
+def test_compare_settings_out_of_bounds(setup, tmp_path, compare, expected):
+    cfg = write_config(tmp_path, {**config(tmp_path), "compare": compare})
+    model = str(tmp_path / "model.pt2")
+    assert cli_error("compare", model, model, "--config", str(cfg)) == f"{cfg}: {expected}"
+    assert cli_error("run", str(cfg)) == f"{cfg}: {expected}"
+
+
+def test_compare_settings_at_their_bounds_run(setup, tmp_path):
+    cfg = write_config(tmp_path, {**config(tmp_path),
+                                  "compare": {"bootstrap_samples": 100_000, "seed": 2**64 - 1}})
+    model = str(tmp_path / "model.pt2")
+    result = cli("compare", model, model, "--config", str(cfg), "--out",
+                 str(tmp_path / "cmp"), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert '"bootstrap_samples": 100000' in (tmp_path / "cmp" / "comparison.json").read_text()
+
+
 def test_proxy_naming_an_unknown_feature(setup, tmp_path):
     cfg = setup(audit={"proxies": [{"feature": "cc", "max_share": 0.2}]})
     assert cli_error("run", str(cfg)) == (

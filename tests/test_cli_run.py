@@ -190,6 +190,7 @@ def test_reports_written(tmp_path, assets):
     assert result.exit_code == 1
     reports = tmp_path / "reports"
     assert sorted(p.name for p in reports.iterdir()) == [
+        ".sensaudit-manifest.json", ".sensaudit.lock",  # sensaudit's own, hidden
         "examples.csv", "report.md", "sensitivity.csv", "summary.json"]
 
     sensitivity = pd.read_csv(reports / "sensitivity.csv")
@@ -237,7 +238,8 @@ def test_reports_match_the_library_call(tmp_path, assets):
 def test_json_only_writes_only_the_summary(tmp_path, assets):
     config = _config(tmp_path, assets, formats="  formats: [json]\n")
     assert _run("run", str(config), "--quiet").exit_code == 1
-    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["summary.json"]
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
+        ".sensaudit-manifest.json", ".sensaudit.lock", "summary.json"]
 
 
 def test_failed_run_leaves_earlier_reports_untouched(tmp_path, assets):

@@ -1,52 +1,112 @@
-"""Atomic report folders: files are staged beside the target and moved in only on success.
+"""Atomic, locked report folders: files are staged inside the target and moved in on success.
 
 A CI step may read whatever sits in the report folder, so a half-written report must never be
-there: every file is written into a staging folder beside the target and moved into place only
-when the whole audit succeeded. A failed run leaves earlier reports untouched. The writers, one
-per format, live beside this module and write through :class:`StagedReport`.
+there: every file is written into a staging folder and moved into place only when the whole
+audit succeeded. A failed run leaves earlier reports untouched. The writers, one per format,
+live beside this module and write through :class:`StagedReport`.
+
+sensaudit's own entries in the report folder (everything else there is the user's and is never
+touched):
+
+- ``.sensaudit.lock``: locked for the whole run, so two runs into one folder cannot leave a
+  mix of both; left in place between runs.
+- ``.sensaudit-staging-<pid>-<random>/``: this run's files until commit. It lives inside the
+  report folder (same filesystem: the moves are atomic renames, and only the report folder
+  needs to be writable). Whoever holds the lock removes any other one: its run has died.
+- ``.sensaudit-manifest.json``: the files the last commit of each kind of report (audit,
+  compare) wrote, so that a report no longer asked for (a format dropped) is removed instead of
+  lying beside the new ones about an older model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ..errors import ReportError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs into one folder are not serialised there
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".sensaudit.lock"
+MANIFEST_NAME = ".sensaudit-manifest.json"
+STAGING_PREFIX = ".sensaudit-staging-"
+# A run holds the lock for the whole audit (minutes), so a second run into the same folder
+# would wait that long and then replace the first one's reports anyway. A CI user expects a
+# bounded run and a clear clash, not a silent queue: wait a moment only (a run that is just
+# finishing), then refuse and name the folder.
+LOCK_WAIT_S = 2.0
+_LOCK_POLL_S = 0.05
+_PREVIOUS = ".previous"  # inside the staging folder: what the commit replaced, for rollback
+
+PathLike = str | os.PathLike
 
 
 class StagedReport:
     """Write report files into a staging folder; ``commit()`` moves them into ``target``.
 
-    Use as a context manager: leaving the block without ``commit()`` (an error) removes the
-    staging folder and leaves ``target`` as it was.
+    Use as a context manager: leaving the block without ``commit()`` (an error, Ctrl-C,
+    SIGTERM) removes the staging folder and leaves ``target`` as it was. ``protect`` names the
+    run's input files (None entries are skipped): a report folder where committing would
+    replace or remove one of them is refused. ``kind`` keeps the manifests of audits and
+    comparisons written into one folder apart, so neither removes the other's reports.
     """
 
-    def __init__(self, target: Path, formats: Sequence[str]):
+    def __init__(self, target: PathLike, formats: Sequence[str], *,
+                 protect: Iterable[PathLike | None] = (), kind: str = "audit",
+                 lock_wait: float = LOCK_WAIT_S):
         self.target = Path(target)
         self.formats = tuple(formats)
+        self.kind = kind
         self.staging: Path | None = None
+        self._inputs = [Path(p) for p in protect if p is not None]
+        self._lock_wait = lock_wait
+        self._lock_fd: int | None = None
+        self._locked = False
+        self._created_target = False
+        self._committed = False
+        self._checked: set[str] = set()
+        self._previous_sigterm: Any = None
         self._on_close: list[Callable[[], None]] = []
 
     def __enter__(self) -> StagedReport:
+        for source in self._inputs:
+            if _same_file(self.target, source):
+                raise ReportError(f"{self.target}: report.dir is the input file {source}; "
+                                  "choose another report.dir")
         try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            # Same parent, same filesystem: the final moves are atomic renames.
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.staging-",
-                                                 dir=self.target.parent))
-        except OSError as exc:
-            raise ReportError(f"{self.target}: cannot create report folder "
-                              f"(report.dir): {exc.strerror or exc}") from None
+            self._lock()
+            _remove_stale_staging(self.target)
+            self.staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-",
+                                                 dir=self.target))
+        except BaseException as exc:
+            self._release()
+            if isinstance(exc, OSError):
+                raise _report_error(self.target, exc) from None
+            raise
+        self._catch_sigterm()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close_streams()
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging = None
+        self._restore_sigterm()
+        try:
+            self.close_streams()
+        finally:
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
+            self._release()
 
     def on_close(self, close: Callable[[], None]) -> None:
         """Call ``close`` (a writer's open file) before commit and when the block exits."""
@@ -67,38 +127,208 @@ class StagedReport:
     def _path(self, name: str) -> Path:
         if self.staging is None:
             raise RuntimeError("StagedReport used outside its `with` block")
+        if name not in self._checked:
+            # Refused when the file is first staged, not after the audit at commit.
+            self._refuse_replacing_an_input(name)
+            self._checked.add(name)
         return self.staging / name
 
     def write_text(self, name: str, text: str) -> None:
-        _guarded(self.target, lambda: self._path(name).write_text(text, encoding="utf-8"))
+        path = self._path(name)
+        _guarded(self.target, lambda: path.write_text(text, encoding="utf-8"))
 
     def commit(self) -> list[Path]:
-        """Move every staged file into the target folder; return their final paths."""
+        """Move every staged file into the target folder, remove the reports of this kind that
+        the previous commit wrote and this one did not, record the manifest; return the final
+        paths of the files written. All or nothing: a failure puts the previous files back."""
         if self.staging is None:
             raise RuntimeError("StagedReport.commit() outside its `with` block")
         self.close_streams()
-        staged_files = sorted(p for p in self.staging.iterdir() if p.is_file())
-        # A move failing halfway (disk, permissions) must not leave a mix of new and old
-        # reports. Each file being replaced is kept (hard link, else copy) until every move
-        # succeeded, and put back if one fails; the target never lacks a file meanwhile.
-        previous = self.staging / ".previous"
-        moved: list[tuple[Path, Path | None]] = []  # (final path, its kept previous version)
+        # (final path, its kept previous version or None): what to undo if a step fails.
+        changed: list[tuple[Path, Path | None]] = []
         try:
-            self.target.mkdir(parents=True, exist_ok=True)
+            staged = sorted(p for p in self.staging.iterdir() if p.is_file())
+            names = [p.name for p in staged]
+            for name in names:
+                self._refuse_replacing_an_input(name)
+            manifest = _read_manifest(self.target)
+            stale = [name for name in dict.fromkeys(manifest.get(self.kind, ()))
+                     if name not in names and _is_report_name(name)
+                     and _is_plain_file(self.target / name)]
+            for name in stale:
+                self._refuse_removing_an_input(name)
+            manifest[self.kind] = names
+            new_manifest = self.staging / MANIFEST_NAME
+            new_manifest.write_text(json.dumps({"reports": manifest}, indent=2) + "\n",
+                                    encoding="utf-8")
+            previous = self.staging / _PREVIOUS
             previous.mkdir()
-            for staged in staged_files:
-                final = self.target / staged.name
+            # The target never lacks a file meanwhile: each one being replaced is kept (hard
+            # link, else copy) until every move succeeded, and put back if one fails.
+            for source in [*staged, new_manifest]:
+                final = self.target / source.name
                 kept = None
                 if final.is_file():
-                    kept = previous / staged.name
+                    kept = previous / source.name
                     _keep(final, kept)
-                os.replace(staged, final)
-                moved.append((final, kept))
-        except OSError as exc:
-            _roll_back(moved)
-            raise ReportError(f"{self.target}: cannot write reports (report.dir): "
-                              f"{exc.strerror or exc}") from None
-        return [final for final, _ in moved]
+                os.replace(source, final)
+                changed.append((final, kept))
+            for name in stale:
+                final = self.target / name
+                os.replace(final, previous / name)
+                changed.append((final, previous / name))
+        except BaseException as exc:  # SIGTERM and Ctrl-C too: never leave a mix behind
+            _roll_back(changed)
+            if isinstance(exc, OSError):
+                raise _report_error(self.target, exc) from None
+            raise
+        self._committed = True
+        return [self.target / name for name in names]
+
+    # --- inputs the reports must not replace ---------------------------------------------
+
+    def _refuse_replacing_an_input(self, name: str) -> None:
+        source = self._input_at(name)
+        if source is not None:
+            raise ReportError(f"{self.target}: the report {name} would overwrite the input file "
+                              f"{source}; choose another report.dir")
+
+    def _refuse_removing_an_input(self, name: str) -> None:
+        source = self._input_at(name)
+        if source is not None:
+            raise ReportError(f"{self.target}: removing the earlier report {name} would delete "
+                              f"the input file {source}; choose another report.dir")
+
+    def _input_at(self, name: str) -> Path | None:
+        final = self.target / name
+        return next((source for source in self._inputs if _same_file(final, source)), None)
+
+    # --- the lock ---------------------------------------------------------------------------
+
+    def _lock(self) -> None:
+        """Create the report folder if needed and hold its lock; retry if the previous holder
+        removed the folder (it had created it and its run failed) while we waited."""
+        deadline = time.monotonic() + self._lock_wait
+        while True:
+            self._created_target = not self.target.is_dir()
+            self.target.mkdir(parents=True, exist_ok=True)
+            lock_path = self.target / LOCK_NAME
+            if fcntl is None:
+                self._locked = True
+                return
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(
+                os, "O_NOFOLLOW", 0)
+            fd = os.open(lock_path, flags, 0o644)
+            self._lock_fd = fd
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ReportError(
+                            f"another sensaudit run is writing to {self.target} (report.dir); "
+                            "give each run its own report folder, or run them one after the "
+                            "other") from None
+                    time.sleep(_LOCK_POLL_S)
+            if _is_open_as(fd, lock_path):
+                self._locked = True
+                return
+            self._lock_fd = None
+            os.close(fd)
+
+    def _release(self) -> None:
+        """Unlock; a first run that failed also removes the folder it created, if it holds
+        nothing but the lock file (while still locked, so a waiting run notices and retries)."""
+        try:
+            if self._locked and self._created_target and not self._committed:
+                if os.listdir(self.target) in ([LOCK_NAME], []):
+                    (self.target / LOCK_NAME).unlink(missing_ok=True)
+                    self.target.rmdir()
+        except OSError:
+            pass
+        finally:
+            self._locked = False
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the last descriptor releases the flock
+                self._lock_fd = None
+
+    # --- SIGTERM: clean up like Ctrl-C ------------------------------------------------------
+
+    def _catch_sigterm(self) -> None:
+        """Turn SIGTERM into SystemExit(143) while the block runs, so a terminated run (CI
+        timeout, docker stop) removes its staging folder and releases its lock. Only from the
+        main thread (where Python runs signal handlers), and only over the default handler: a
+        program that installed its own, or ignores SIGTERM, keeps its choice."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        self._previous_sigterm = signal.signal(signal.SIGTERM, _terminate)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is None:
+            return
+        # Someone may have installed their own handler since: leave theirs in place.
+        if signal.getsignal(signal.SIGTERM) is _terminate:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        self._previous_sigterm = None
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # the exit status a shell reports for a signal
+
+
+def _is_open_as(fd: int, path: Path) -> bool:
+    """Whether ``path`` is still the file open as ``fd`` (not removed or replaced)."""
+    try:
+        on_disk = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _remove_stale_staging(folder: Path) -> None:
+    """Remove staging folders of runs that died (SIGKILL, power loss): with the lock held, no
+    other run is writing, so every staging folder there is stale."""
+    for entry in folder.iterdir():
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: through symlinks, '..' and hard links."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _read_manifest(folder: Path) -> dict[str, list[str]]:
+    """The previous commit's manifest; unreadable or malformed reads as empty, so that a file
+    is removed only when a well-formed manifest says sensaudit wrote it."""
+    try:
+        raw = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    reports = raw.get("reports") if isinstance(raw, dict) else None
+    if not isinstance(reports, dict):
+        return {}
+    return {kind: [name for name in names if isinstance(name, str)]
+            for kind, names in reports.items() if isinstance(names, list)}
+
+
+def _is_report_name(name: str) -> bool:
+    """A plain file name in the folder: a manifest naming '../x' or the lock removes nothing."""
+    return (name not in ("", ".", "..") and os.path.basename(name) == name and "\\" not in name
+            and "\0" not in name and not name.startswith(".sensaudit"))
+
+
+def _is_plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def _keep(final: Path, kept: Path) -> None:
@@ -108,9 +338,9 @@ def _keep(final: Path, kept: Path) -> None:
         shutil.copy2(final, kept)
 
 
-def _roll_back(moved: list[tuple[Path, Path | None]]) -> None:
-    """Best effort: put the previous reports back after a failed commit."""
-    for final, kept in reversed(moved):
+def _roll_back(changed: list[tuple[Path, Path | None]]) -> None:
+    """Best effort: put the previous files back after a failed commit."""
+    for final, kept in reversed(changed):
         try:
             if kept is not None:
                 os.replace(kept, final)
@@ -120,11 +350,12 @@ def _roll_back(moved: list[tuple[Path, Path | None]]) -> None:
             pass
 
 
+def _report_error(target: Path, exc: OSError) -> ReportError:
+    return ReportError(f"{target}: cannot write reports (report.dir): {exc.strerror or exc}")
+
+
 def _guarded(target: Path, write: Any) -> None:
     try:
         write()
     except OSError as exc:
-        raise ReportError(f"{target}: cannot write reports (report.dir): "
-                          f"{exc.strerror or exc}") from None
-
-
+        raise _report_error(target, exc) from None
