@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed-0.1.0
 
 .PHONY: demo demo-run test lint bench sample-data clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,15 +29,20 @@ demo-run:
 	  --config configs/scorer_v2.yaml --out reports/compare
 	@echo "== demo OK: v1 flagged for copy_length (exit 1), v2 passed (exit 0); reports in reports/"
 
+# Lint and type checks first: a check nobody runs rots.
 test: $(STAMP)
+	$(BIN)/ruff check sensaudit tests benchmarks scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check sensaudit tests benchmarks scripts
+	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/end_to_end.py
 
 sample-data: $(STAMP)
 	$(BIN)/python scripts/make_sample_data.py --out sample_data

@@ -11,11 +11,10 @@
     cmp = compare_models(load_config("configs/scorer_v2.yaml"), "old.pt2", "new.pt2")
 """
 
-__version__ = "0.1.0"
-
-from .api import audit, audit_frame, compare_models, run_audit, run_compare  # noqa: E402
-from .compare import ComparisonResult  # noqa: E402
-from .config import (  # noqa: E402
+from ._version import __version__
+from .api import audit, audit_frame, compare_models, run_audit, run_compare
+from .compare import ComparisonResult
+from .config import (
     AuditSettings,
     Config,
     ModelConfig,
@@ -23,8 +22,8 @@ from .config import (  # noqa: E402
     load_config,
     parse_config,
 )
-from .engine import input_jacobian, scores_and_jacobian  # noqa: E402
-from .errors import (  # noqa: E402
+from .engine import input_jacobian, scores_and_jacobian
+from .errors import (
     ConfigError,
     DataError,
     ModelError,
@@ -32,8 +31,8 @@ from .errors import (  # noqa: E402
     ReportError,
     SensauditError,
 )
-from .inputs.models import LoadedModel, load_model  # noqa: E402
-from .results import AuditResult  # noqa: E402
+from .inputs.models import LoadedModel, load_model
+from .results import AuditResult
 
 __all__ = [
     "AuditResult",

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from .compare import ComparisonResult, compare_on_rows
@@ -30,12 +31,17 @@ def run_audit(config: Config, *, progress: Progress | None = None,
               trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
     with StagedReport(config.report.dir, config.report.formats, protect=(
-            config.source, config.data.path, config.model and config.model.path)) as staged:
+            config.source, config.data.path, _model_path(config))) as staged:
         writers = open_writers(staged, config.report.formats)
+        # Only formats that write per-row files are fed the rows as they stream.
         sinks = [w for w in writers if type(w).examples is not ReportWriter.examples]
+
+        def to_sinks(rows: pa.Table) -> None:
+            for writer in sinks:
+                writer.examples(rows)
+
         result = audit(config, progress=progress, trust_pickle=trust_pickle,
-                       example_sink=(lambda rows: [w.examples(rows) for w in sinks])
-                       if sinks else None)
+                       example_sink=to_sinks if sinks else None)
         for writer in writers:
             writer.audit(result)
         written = staged.commit()
@@ -77,9 +83,10 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
     table = tables.frame_table(frame, data_cfg)
     check_proxies(settings, table.features, name)
     target = _parameter_device(model) if device is None else resolve_device(device)
-    was_training = isinstance(model, torch.nn.Module) and model.training
-    if was_training:
-        model.eval()
+    module = model if isinstance(model, torch.nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None and was_training:
+        module.eval()
     try:
         loaded = LoadedModel(module=model, path=Path("<in-memory model>"), format="in-memory",
                              device=target, dtype=float_dtype(model))
@@ -88,8 +95,8 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
             table, settings, model_cfg=None, source=name, progress=_no_progress)
         return result
     finally:
-        if was_training:
-            model.train()
+        if module is not None and was_training:
+            module.train()
 
 
 def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *,
@@ -124,7 +131,7 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats, kind="compare", protect=(
             config.source, config.data.path, data_path, old_path, new_path,
-            config.model and config.model.path)) as staged:
+            _model_path(config))) as staged:
         result = compare_models(config, old_path, new_path, data_path=data_path,
                                 progress=progress, trust_pickle=trust_pickle)
         for writer in open_writers(staged, config.report.formats):
@@ -146,6 +153,10 @@ def check_proxies(settings: AuditSettings, features: tuple[str, ...], source: ob
             raise ConfigError(f"{source}: audit.proxies[{i}].feature '{proxy.feature}' "
                               f"is not an audited feature{did_you_mean(proxy.feature, features)}"
                               f" (features: {', '.join(features)})")
+
+
+def _model_path(config: Config) -> Path | None:
+    return config.model.path if config.model is not None else None
 
 
 def _narrowest(models: list[LoadedModel]) -> torch.dtype:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -22,6 +22,7 @@ from rich.progress import (
     ProgressColumn,
     SpinnerColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -29,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from . import __version__
+from ._version import __version__
 from .api import run_audit, run_compare
 from .compare import ComparisonResult, gate_change
 from .config import load_config
@@ -198,7 +199,7 @@ def _progress(quiet: bool):
     # Off the terminal (CI logs, pipes) a live bar only leaves stray blank lines behind.
     show = not quiet and stderr.is_terminal
     with Progress(*columns, console=stderr, disable=not show, transient=True) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
         labels = {"audit": "Computing attributions", "examples": "Writing examples"}
 
         def update(stage: str, done: int, total: int | None) -> None:
@@ -214,9 +215,10 @@ def _print_audit(result: AuditResult, written: list[Path]) -> None:
         title = "Feature sensitivity" + (f" ({escape(output)})" if len(result.outputs) > 1
                                          else "")
         table = Table(title=title, title_justify="left")
-        for name, justify in [("rank", "right"), ("feature", "left"), ("share", "right"),
-                              ("scaled sens.", "right"), ("mean grad", "right"),
-                              ("flag", "center")]:
+        columns: list[tuple[str, JustifyMethod]] = [
+            ("rank", "right"), ("feature", "left"), ("share", "right"),
+            ("scaled sens.", "right"), ("mean grad", "right"), ("flag", "center")]
+        for name, justify in columns:
             table.add_column(name, justify=justify)
         for r in group.sort_values("rank").itertuples():
             table.add_row(str(r.rank), escape(r.feature), f"{r.share:.1%}",

@@ -82,6 +82,9 @@ class AuditSettings:
     batch_size: int | None = None  # None: chosen from the model's size
     allow_nonfinite: bool = False
     method: str = "gradient"  # an attribution method named in sensaudit.methods.METHODS
+    # Options of checks registered without a key of their own, by check name (README,
+    # "Extending"): each check validates its own options.
+    checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def _data(v: _Validator, raw: Any) -> DataConfig:
 def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
     v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
-                                 "batch_size", "allow_nonfinite", "method"))
+                                 "batch_size", "allow_nonfinite", "method", "checks"))
     proxies_raw = a.get("proxies")
     proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
     if not isinstance(proxies_raw, list):
@@ -209,9 +212,40 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         batch_size=(v.integer(batch_size, "audit.batch_size", minimum=1)
                     if batch_size is not None else None),
         allow_nonfinite=v.boolean(a.get("allow_nonfinite", False), "audit.allow_nonfinite"),
-        # The name is checked against the registered methods when the audit starts.
-        method=v.string(a.get("method", "gradient"), "audit.method"),
+        method=v.choice(a.get("method", "gradient"), "audit.method", registered("methods")),
+        checks=_checks(v, a.get("checks", {})),
     )
+
+
+def _checks(v: _Validator, raw: Any) -> dict[str, Mapping[str, Any]]:
+    checks = v.mapping(raw if raw is not None else {}, "audit.checks")
+    known = registered("checks")
+    for name, options in checks.items():
+        if name not in known:
+            raise ConfigError(f"{v.source}: unknown check '{name}' in audit.checks"
+                              f"{did_you_mean(name, known)} (registered: {', '.join(known)})")
+        v.mapping(options if options is not None else {}, f"audit.checks.{name}")
+    return {name: dict(options or {}) for name, options in checks.items()}
+
+
+def registered(kind: str) -> tuple[str, ...]:
+    """The names registered for an extension point: "methods", "checks" or "formats".
+
+    Imported when a config is read, not when this module is: the registries sit above the
+    config in the import order (they use its settings), and a method, check or report format
+    added with one registration line is then accepted by the config with no edit here.
+    """
+    if kind == "methods":
+        from .methods import METHODS
+
+        return tuple(METHODS)
+    if kind == "checks":
+        from .checks import CHECKS
+
+        return tuple(check.name for check in CHECKS)
+    from .reports import WRITERS
+
+    return tuple(WRITERS)
 
 
 def _proxy(v: _Validator, raw: Any, key: str) -> ProxyLimit:
@@ -252,9 +286,10 @@ def _report(v: _Validator, raw: Any) -> ReportConfig:
     r = v.mapping(raw, "report")
     v.keys(r, "report", required=("dir",), optional=("formats",))
     formats = r.get("formats", list(REPORT_FORMATS))
+    known = registered("formats")
     if not isinstance(formats, list) or not formats:
-        v.fail("report.formats", f"a non-empty list drawn from {list(REPORT_FORMATS)}", formats)
-    chosen = tuple(v.choice(f, f"report.formats[{i}]", REPORT_FORMATS)
+        v.fail("report.formats", f"a non-empty list drawn from {list(known)}", formats)
+    chosen = tuple(v.choice(f, f"report.formats[{i}]", known)
                    for i, f in enumerate(formats))
     return ReportConfig(dir=v.path(r["dir"], "report.dir"), formats=tuple(dict.fromkeys(chosen)))
 

@@ -161,7 +161,7 @@ def _remember_strategy(model: Model, key: tuple, strategy: str) -> None:
 def _fastest(timings: dict[str, float], default: str) -> str:
     """The fastest strategy, but the default unless another beats it clearly: timings of
     single chunks are noisy, and a wrong switch costs every remaining chunk."""
-    best = min(timings, key=timings.get)
+    best = min(timings, key=lambda name: timings[name])
     if default in timings and timings[best] > _SWITCH_MARGIN * timings[default]:
         return default
     return best
@@ -332,14 +332,14 @@ def check_row_independence(model: Model, x: torch.Tensor, *, probe_rows: int = 8
                              "its score for a row depends on the other rows in its batch "
                              "(BatchNorm in training mode?); put the model in eval mode before "
                              "auditing") from None
-    tol = dict(rtol=1e-4, atol=1e-5)
     finite = torch.isfinite(batched) & torch.isfinite(again)
-    if not torch.allclose(batched[finite], again[finite], **tol):
+    if not torch.allclose(batched[finite], again[finite], rtol=1e-4, atol=1e-5):
         raise ModelError("the model gives different scores for the same rows on two calls "
                          "(dropout or other randomness in training mode?); put it in eval mode "
                          "before auditing")
     finite &= torch.isfinite(alone)
-    if rows > 1 and not torch.allclose(batched[finite], alone[finite], **tol):
+    if rows > 1 and not torch.allclose(batched[finite], alone[finite], rtol=1e-4,
+                                     atol=1e-5):
         raise ModelError("the model's score for a row depends on the other rows in its batch "
                          "(BatchNorm in training mode?), so per-example gradients would be "
                          "wrong; put the model in eval mode before auditing")

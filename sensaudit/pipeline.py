@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import pandas as pd
 import pyarrow as pa
 import torch
 
@@ -135,8 +136,7 @@ def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
 
 
 def finish_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
-                 method: AttributionMethod) -> tuple[
-                     object, list[CheckResult]]:
+                 method: AttributionMethod) -> tuple[pd.DataFrame, list[CheckResult]]:
     """Rank one model's merged sums and let its checks judge them."""
     sums, loaded = model_pass.sums, model_pass.prepared.loaded
     if sums.rows == 0 and sums.nonfinite_rows:
@@ -190,12 +190,12 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
         read.spill.close()
 
 
-def audit_result(model_pass: ModelPass, ranked: object, checks: list[CheckResult],
+def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[CheckResult],
                  drivers: ExampleDrivers, read: ReadPass, table: Table,
                  settings: AuditSettings, method: AttributionMethod) -> AuditResult:
     sums, prepared = model_pass.sums, model_pass.prepared
     return AuditResult(
-        table=ranked, checks=checks, examples=drivers.best_first(),  # type: ignore[arg-type]
+        table=ranked, checks=checks, examples=drivers.best_first(),
         features=list(table.features), outputs=prepared.outputs, rows=sums.rows,
         rows_dropped=read.dropped, nonfinite_rows=sums.nonfinite_rows,
         nonfinite_ids=sums.nonfinite_ids, nonfinite_allowed=settings.allow_nonfinite,

@@ -9,11 +9,12 @@ the same wherever a row is processed.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -134,6 +135,10 @@ class _Ranked(Generic[T]):
     neg_output: int
     item: T = field(compare=False)
 
+    @property
+    def key(self) -> tuple[float, int, int]:
+        return (self.value, self.neg_row, self.neg_output)
+
 
 class TopRows(Generic[T]):
     """The ``keep`` items with the largest value, ties going to the lowest (row, output)."""
@@ -146,8 +151,8 @@ class TopRows(Generic[T]):
         """Consider one (row, output); ``make`` builds the item only if it is kept."""
         if self.keep == 0 or math.isnan(value):
             return
-        candidate = _Ranked(value, -row, -output, None)
-        if len(self._heap) == self.keep and not candidate > self._heap[0]:
+        worst = self._heap[0] if len(self._heap) == self.keep else None
+        if worst is not None and not (value, -row, -output) > worst.key:
             return
         self._push(_Ranked(value, -row, -output, make()))
 
@@ -309,7 +314,7 @@ class AgreementAccumulator:
         self.least_agreeing: list[TopRows[RowChange]] = [TopRows(keep) for _ in range(m)]
         self.most_moved: list[TopRows[RowChange]] = [TopRows(keep) for _ in range(m)]
 
-    def update(self, rows: np.ndarray, ids: Sequence, scores_old: torch.Tensor,
+    def update(self, rows: np.ndarray, ids: Any, scores_old: torch.Tensor,
                scores_new: torch.Tensor, contrib_old: torch.Tensor, contrib_new: torch.Tensor,
                finite: torch.Tensor) -> None:
         """rows: int [rows]; scores: [rows, outputs]; contrib: [rows, outputs, features]
@@ -347,9 +352,9 @@ class AgreementAccumulator:
                                    score_old=float(so[r, o]), score_new=float(sn[r, o]),
                                    cosine=float(cosine[r, o]))
                 self.least_agreeing[o].offer(-change.cosine, int(rows[row]), o,
-                                             lambda c=change: c)
+                                             functools.partial(_same, change))
                 self.most_moved[o].offer(abs(change.score_new - change.score_old),
-                                         int(rows[row]), o, lambda c=change: c)
+                                         int(rows[row]), o, functools.partial(_same, change))
 
     def merge(self, other: AgreementAccumulator) -> None:
         self.rows += other.rows
@@ -386,6 +391,10 @@ class AgreementAccumulator:
             "most_moved_rows": [{**vars(c), "output": name}
                                 for c in self.most_moved[output].best_first()],
         }
+
+
+def _same(change: RowChange) -> RowChange:
+    return change
 
 
 def _scalar(value: object) -> object:

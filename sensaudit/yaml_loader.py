@@ -37,14 +37,14 @@ class StrictLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         event = self.peek_event()
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
-            raise _Refused(f"YAML aliases (*{_cut(event.anchor)}) are not allowed in a "
+            raise _Refused(f"YAML aliases (*{_cut(event.anchor or '')}) are not allowed in a "
                            f"sensaudit config; write the value out (line {line})")
         if getattr(event, "anchor", None) is not None:
-            raise _Refused(f"YAML anchors (&{_cut(event.anchor)}) are not allowed in a "
+            raise _Refused(f"YAML anchors (&{_cut(event.anchor or '')}) are not allowed in a "
                            f"sensaudit config (line {line})")
         self._depth += 1
         try:

@@ -16,8 +16,8 @@ from .staging import StagedReport
 
 WRITERS: dict[str, type[ReportWriter]] = {
     CsvReport.format: CsvReport,
-    JsonReport.format: JsonReport,
     MarkdownReport.format: MarkdownReport,
+    JsonReport.format: JsonReport,
 }
 
 

@@ -9,7 +9,7 @@ import json
 import math
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..checks import Gate, Notice
 from ..compare import ComparisonResult
 from ..results import AuditResult

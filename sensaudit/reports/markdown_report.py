@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import __version__
+from .._version import __version__
 from ..compare import ComparisonResult, gate_change
 from ..results import AuditResult
 from .base import ReportWriter
