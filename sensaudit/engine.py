@@ -103,59 +103,93 @@ def scores_and_jacobian(
         n_outputs = as_output_matrix(model(x[:1].detach()), 1).shape[1]
     step = batch_size or default_batch_size(n_features, n_outputs, x.device)
     starts = list(range(0, rows, step))
-    tune = False
-    if strategy == "auto":
-        key = (n_features, n_outputs, str(x.device), x.dtype, step)
-        chosen = _tuned_strategy(model, key)
-        if chosen is not None:
-            strategy = chosen
-        else:
-            strategy = "forward" if (n_outputs > 1 and n_features < n_outputs) else "reverse"
-            tune = n_outputs > 1 and len(starts) > _TUNING_ROUNDS * len(_TUNED)
+    tuning = TUNER.start(model, strategy, (n_features, n_outputs, str(x.device), x.dtype, step),
+                         n_outputs=n_outputs, n_features=n_features, chunks=len(starts))
     # Filled chunk by chunk (the backward loop writes straight into its slice): concatenating
     # chunk results at the end would copy the whole Jacobian once more.
     scores = torch.empty(rows, n_outputs, dtype=x.dtype, device=x.device)
     jacobian_out = torch.empty(rows, n_outputs, n_features, dtype=x.dtype, device=x.device)
-    timings: dict[str, float] = {}
-    tuning_chunks = _TUNING_ROUNDS * len(_TUNED)
     for index, start in enumerate(starts):
         chunk = x[start : start + step].detach()
         out = jacobian_out[start : start + step]
-        if tune and 1 <= index <= tuning_chunks:  # chunk 0 runs the default, untimed
-            candidate = _TUNED[(index - 1) % len(_TUNED)]
-            if index <= len(_TUNED):
+        candidate = tuning.candidate(index)
+        if candidate is not None:
+            if tuning.first_try(index):
                 _chunk_jacobian(model, chunk[:_MIN_CHUNK_ROWS], candidate)  # warm-up, untimed
             began = _clock(x.device)
             s, j = _chunk_jacobian(model, chunk, candidate, out)
-            seconds = (_clock(x.device) - began) / chunk.shape[0]
-            timings[candidate] = min(timings.get(candidate, seconds), seconds)
-            if index == tuning_chunks:
-                strategy = _fastest(timings, default=strategy)
-                _remember_strategy(model, key, strategy)
+            tuning.record(index, candidate, (_clock(x.device) - began) / chunk.shape[0])
         else:
-            s, j = _chunk_jacobian(model, chunk, strategy, out)
+            s, j = _chunk_jacobian(model, chunk, tuning.strategy, out)
         scores[start : start + step] = s
         if j is not out:
             out.copy_(j)
     return scores, jacobian_out
 
 
-# Strategy chosen per model and shape, so an audit calling once per data chunk tunes once.
-_TUNED_BY_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class StrategyTuner:
+    """The one home of strategy auto-tuning: each model's choice per input shape, kept as
+    long as the model lives, so an audit that calls the engine once per data chunk tunes once.
+    """
+
+    def __init__(self) -> None:
+        self._chosen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def start(self, model: Model, strategy: str, key: tuple, *, n_outputs: int,
+              n_features: int, chunks: int) -> Tuning:
+        """The plan for one call: a fixed strategy, a remembered choice, or a tuning run."""
+        if strategy != "auto":
+            return Tuning(self, model, key, strategy, active=False)
+        chosen = self._remembered(model, key)
+        if chosen is not None:
+            return Tuning(self, model, key, chosen, active=False)
+        default = "forward" if (n_outputs > 1 and n_features < n_outputs) else "reverse"
+        # Worth timing only for several outputs, over enough chunks to pay for itself.
+        active = n_outputs > 1 and chunks > _TUNING_ROUNDS * len(_TUNED)
+        return Tuning(self, model, key, default, active=active)
+
+    def _remembered(self, model: Model, key: tuple) -> str | None:
+        try:
+            return self._chosen.get(model, {}).get(key)
+        except TypeError:  # not weak-referenceable: tune on every call
+            return None
+
+    def remember(self, model: Model, key: tuple, strategy: str) -> None:
+        try:
+            self._chosen.setdefault(model, {})[key] = strategy
+        except TypeError:
+            pass
 
 
-def _tuned_strategy(model: Model, key: tuple) -> str | None:
-    try:
-        return _TUNED_BY_MODEL.get(model, {}).get(key)
-    except TypeError:  # not weak-referenceable: tune on every call
+class Tuning:
+    """One call's tuning run: chunk 0 runs the default untimed, chunks 1.._TUNING_ROUNDS x
+    len(_TUNED) each time one candidate, then the fastest is used for the rest."""
+
+    def __init__(self, tuner: StrategyTuner, model: Model, key: tuple, strategy: str, *,
+                 active: bool):
+        self.tuner, self.model, self.key = tuner, model, key
+        self.strategy = strategy
+        self.active = active
+        self.timings: dict[str, float] = {}
+
+    def candidate(self, index: int) -> str | None:
+        if self.active and 1 <= index <= _TUNING_ROUNDS * len(_TUNED):
+            return _TUNED[(index - 1) % len(_TUNED)]
         return None
 
+    def first_try(self, index: int) -> bool:
+        return index <= len(_TUNED)
 
-def _remember_strategy(model: Model, key: tuple, strategy: str) -> None:
-    try:
-        _TUNED_BY_MODEL.setdefault(model, {})[key] = strategy
-    except TypeError:
-        pass
+    def record(self, index: int, candidate: str, seconds_per_row: float) -> None:
+        self.timings[candidate] = min(self.timings.get(candidate, seconds_per_row),
+                                      seconds_per_row)
+        if index == _TUNING_ROUNDS * len(_TUNED):
+            self.strategy = _fastest(self.timings, default=self.strategy)
+            self.active = False
+            self.tuner.remember(self.model, self.key, self.strategy)
+
+
+TUNER = StrategyTuner()
 
 
 def _fastest(timings: dict[str, float], default: str) -> str:

@@ -52,11 +52,11 @@ def test_auto_tunes_a_multi_output_model_once_and_stays_exact(x):
     # 11 rows in chunks of 1: chunk 0 runs the default, chunks 1-8 time the candidates twice.
     jac = sensaudit.input_jacobian(model, x, batch_size=1)
     torch.testing.assert_close(jac, model.expected_jacobian(x), **CLOSE)
-    chosen = engine._TUNED_BY_MODEL[model]
+    chosen = engine.TUNER._chosen[model]
     assert list(chosen.values())[0] in engine._TUNED
     again = sensaudit.input_jacobian(model, x, batch_size=1)  # reuses the choice
     torch.testing.assert_close(again, jac, **CLOSE)
-    assert engine._TUNED_BY_MODEL[model] == chosen
+    assert engine.TUNER._chosen[model] == chosen
 
 
 def test_tuning_keeps_the_default_unless_another_is_clearly_faster():
