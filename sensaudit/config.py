@@ -86,6 +86,30 @@ class AuditSettings:
     # "Extending"): each check validates its own options.
     checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The YAML path checks these with file and key; this guards settings built in Python
+        # (audit_frame), where a bad value would otherwise surface as a confusing crash.
+        def bad(key: str, expected: str) -> ConfigError:
+            return ConfigError(f"AuditSettings: {key} must be {expected} "
+                               f"(got {describe(getattr(self, key))})")
+
+        if not _is_int(self.top_k) or self.top_k < 1:
+            raise bad("top_k", "an integer >= 1")
+        if not _is_int(self.examples_in_report) or self.examples_in_report < 0:
+            raise bad("examples_in_report", "an integer >= 0")
+        if self.batch_size is not None and (not _is_int(self.batch_size) or self.batch_size < 1):
+            raise bad("batch_size", "an integer >= 1 or None")
+        if not (isinstance(self.dominance_warning, (int, float))
+                and not isinstance(self.dominance_warning, bool)
+                and 0 <= self.dominance_warning <= 1):
+            raise bad("dominance_warning", "a number in [0, 1]")
+        if self.method not in registered("methods"):
+            raise bad("method", "one of " + ", ".join(registered("methods")))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 @dataclass(frozen=True)
 class CompareSettings:

@@ -215,6 +215,7 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
                  ) -> tuple[list[AuditResult], ReadPass, torch.Tensor]:
     """Read, finish and replay for one or more models on the same rows."""
     method = make_method(settings, source)
+    build_checks(settings, source)  # option errors before any data is read
     read = read_pass(models, chunks, table, settings, method, model_cfg=model_cfg,
                      source=source, progress=progress, on_chunk=on_chunk)
     try:
@@ -236,7 +237,7 @@ def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSe
     prepared = prepare_model(loaded, x.to(loaded.device, loaded.dtype), model_cfg, source)
     return ModelPass(prepared=prepared,
                      sums=AttributionSums(len(prepared.outputs), len(table.features)),
-                     checks=build_checks(settings))
+                     checks=build_checks(settings, source))
 
 
 def _attribute(method: AttributionMethod, prepared: PreparedModel,

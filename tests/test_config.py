@@ -11,6 +11,7 @@ import pytest
 import sensaudit
 from sensaudit import ConfigError, ProxyLimit, load_config, parse_config
 from sensaudit.config import AuditSettings, CompareSettings
+from sensaudit.methods import METHODS
 
 MINIMAL = """\
 model:
@@ -297,3 +298,20 @@ def test_messages_are_one_line(tmp_path):
     for param in BAD:
         text, _ = param.values
         assert "\n" not in _message(tmp_path, text)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"top_k": 0}, "AuditSettings: top_k must be an integer >= 1 (got 0, an int)"),
+    ({"examples_in_report": -1},
+     "AuditSettings: examples_in_report must be an integer >= 0 (got -1, an int)"),
+    ({"dominance_warning": 1.5},
+     "AuditSettings: dominance_warning must be a number in [0, 1] (got 1.5, a float)"),
+    ({"batch_size": 0},
+     "AuditSettings: batch_size must be an integer >= 1 or None (got 0, an int)"),
+    ({"method": "saliency"},
+     f"AuditSettings: method must be one of {', '.join(METHODS)} (got 'saliency', a str)"),
+])
+def test_audit_settings_built_in_python_are_checked(kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        AuditSettings(**kwargs)
+    assert str(err.value) == message

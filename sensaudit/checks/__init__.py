@@ -7,6 +7,7 @@ To add a check, subclass :class:`~sensaudit.checks.base.Check` in a new file and
 from __future__ import annotations
 
 from ..config import AuditSettings
+from ..errors import ConfigError
 from .base import Check, CheckResult, Gate, Notice, Ranking
 from .dominance import Dominance
 from .proxies import ProxyLimits
@@ -17,9 +18,18 @@ CHECKS: list[type[Check]] = [
 ]
 
 
-def build_checks(settings: AuditSettings) -> list[Check]:
-    """Every registered check the settings ask for."""
-    return [check for cls in CHECKS if (check := cls.from_settings(settings)) is not None]
+def build_checks(settings: AuditSettings, source: object) -> list[Check]:
+    """Every registered check the settings ask for. A check's own option errors are named
+    with the config file (``source``) they came from."""
+    built = []
+    for cls in CHECKS:
+        try:
+            check = cls.from_settings(settings)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        if check is not None:
+            built.append(check)
+    return built
 
 
 __all__ = ["CHECKS", "Check", "CheckResult", "Gate", "Notice", "Ranking", "build_checks"]
