@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -245,7 +246,9 @@ def train_scorer(df: pd.DataFrame, seed: int, epochs: int = 300) -> QualityScore
 def export_scorer(model: QualityScorer, path: Path) -> None:
     example = torch.zeros(8, len(FEATURES))
     ep = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("rows")},))
-    torch.export.save(ep, str(path))
+    # The input order travels with the model, so sensaudit matches data columns by name.
+    torch.export.save(ep, str(path),
+                      extra_files={"sensaudit.json": json.dumps({"features": FEATURES})})
 
 
 # --------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import torch
 from .compare import ComparisonResult, compare_on_rows
 from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, ModelLoadError, did_you_mean
 from .inputs import tables
+from .inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from .pipeline import ExampleSink, Progress, audit_models
 from .reports import ReportWriter, StagedReport, open_writers
@@ -53,13 +54,16 @@ def audit(config: Config, *, progress: Progress | None = None, trust_pickle: boo
     """Load the config's model and data, compute every row's attributions, rank, and check."""
     if config.model is None:
         raise ConfigError(f"{config.source}: missing required key 'model'")
-    table = tables.open_table(config.data)
+    inputs = declared_inputs(config.model, config.data)
+    data = match_data(config.data, inputs, config.source)
+    table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     loaded = load_model(config.model, trust_pickle=trust_pickle)
     (result,), _, _ = audit_models(
-        [loaded], lambda: tables.iter_chunks(table, config.data, loaded.dtype), table,
+        [loaded], lambda: tables.iter_chunks(table, data, loaded.dtype), table,
         config.audit, model_cfg=config.model, source=config.source,
-        progress=progress or _no_progress, example_sink=example_sink)
+        progress=progress or _no_progress, example_sink=example_sink,
+        notes=_notes(inputs, table.features))
     return result
 
 
@@ -92,7 +96,8 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
                              device=target, dtype=float_dtype(model))
         (result,), _, _ = audit_models(
             [loaded], lambda: tables.iter_frame_chunks(frame, table, data_cfg, loaded.dtype),
-            table, settings, model_cfg=None, source=name, progress=_no_progress)
+            table, settings, model_cfg=None, source=name, progress=_no_progress,
+            notes=_notes(declared_inputs(None, data_cfg), table.features))
         return result
     finally:
         if module is not None and was_training:
@@ -110,16 +115,18 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     """
     if data_path is not None:
         config = replace(config, data=replace(config.data, path=Path(data_path)))
-    table = tables.open_table(config.data)
-    check_proxies(config.audit, table.features, config.source)
     base = config.model or ModelConfig(path=Path(old_path))
-    models = [load_model(replace(base, path=Path(p), trust_pickle=False),
-                         trust_pickle=trust_pickle) for p in (old_path, new_path)]
-    # Both models see the same float64 rows, each converted to its own dtype.
-    return compare_on_rows(models, lambda: tables.iter_chunks(table, config.data,
-                                                              _narrowest(models)),
+    configs = [replace(base, path=Path(p), trust_pickle=False) for p in (old_path, new_path)]
+    inputs = _same_inputs([declared_inputs(c, config.data) for c in configs], configs)
+    data = match_data(config.data, inputs, config.source)
+    table = tables.open_table(data)
+    check_proxies(config.audit, table.features, config.source)
+    models = [load_model(c, trust_pickle=trust_pickle) for c in configs]
+    # Both models see the same rows, each converted to its own dtype.
+    return compare_on_rows(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
                            table, config.audit, config.compare, model_cfg=config.model,
-                           source=config.source, progress=progress or _no_progress)
+                           source=config.source, progress=progress or _no_progress,
+                           notes=_notes(inputs, table.features))
 
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
@@ -153,6 +160,21 @@ def check_proxies(settings: AuditSettings, features: tuple[str, ...], source: ob
             raise ConfigError(f"{source}: audit.proxies[{i}].feature '{proxy.feature}' "
                               f"is not an audited feature{did_you_mean(proxy.feature, features)}"
                               f" (features: {', '.join(features)})")
+
+
+def _notes(inputs: ModelInputs, features: tuple[str, ...]) -> list[str]:
+    note = order_note(inputs, features)
+    return [note] if note else []
+
+
+def _same_inputs(inputs: list[ModelInputs], configs: list[ModelConfig]) -> ModelInputs:
+    """compare feeds both models the same columns: their declared orders must agree."""
+    old, new = inputs
+    if old.features and new.features and old.features != new.features:
+        raise ModelLoadError(f"{configs[1].path} takes its inputs as {', '.join(new.features)}"
+                             f" but {configs[0].path} as {', '.join(old.features)}; compare "
+                             "needs models that take the same columns")
+    return old if old.features else new
 
 
 def _model_path(config: Config) -> Path | None:

@@ -36,7 +36,7 @@ from .stats import (
 def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
                     settings: AuditSettings, cmp: CompareSettings, *,
                     model_cfg: ModelConfig | None, source: object,
-                    progress: Progress) -> ComparisonResult:
+                    progress: Progress, notes: list[str] | None = None) -> ComparisonResult:
     """Audit the old and new model on the same chunks (one read of the data) and measure how
     their sensitivities moved, with paired bootstrap intervals and per-row agreement."""
     bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
@@ -69,7 +69,7 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
 
     (old, new), _, _ = audit_models(models, chunks, table, settings, model_cfg=model_cfg,
                                     source=source, progress=progress, on_chunk=resample,
-                                    on_replay=agree)
+                                    on_replay=agree, notes=notes)
     boot_std = boot_moments.std if per_unit else None
     table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
                                  cmp.confidence)

@@ -39,6 +39,7 @@ class ModelConfig:
     output: int | str | None = None  # select one output by index or by name
     output_names: tuple[str, ...] | None = None
     device: str = "auto"
+    features: tuple[str, ...] | None = None  # the model's input columns, in its order
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class DataConfig:
     id: str | None = None
     on_missing: str = "error"
     chunk_rows: int = 100_000
+    # Where ``features`` came from, for messages: data.features, model.features, the model file.
+    features_key: str = "data.features"
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,8 @@ def parse_config(
 def _model(v: _Validator, raw: Any) -> ModelConfig:
     m = v.mapping(raw, "model")
     v.keys(m, "model", required=("path",),
-           optional=("class", "kwargs", "trust_pickle", "output", "output_names", "device"))
+           optional=("class", "kwargs", "trust_pickle", "output", "output_names", "device",
+                     "features"))
     output = m.get("output")
     if output is not None and not isinstance(output, str):
         output = v.integer(output, "model.output", minimum=0)
@@ -193,6 +197,8 @@ def _model(v: _Validator, raw: Any) -> ModelConfig:
         output=output,
         output_names=v.names(names, "model.output_names") if names is not None else None,
         device=v.choice(m.get("device", "auto"), "model.device", DEVICES),
+        features=(v.names(m["features"], "model.features") if m.get("features") is not None
+                  else None),
     )
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .checks import Check, CheckResult, Ranking, build_checks
+from .checks import Check, CheckResult, Notice, Ranking, build_checks
 from .config import AuditSettings, ModelConfig
 from .engine import Model, as_output_matrix, check_row_independence
 from .errors import ConfigError, DataError, ModelError, first_line
@@ -58,6 +58,9 @@ class ModelPass:
     prepared: PreparedModel
     sums: AttributionSums
     checks: list[Check]
+    # Moments of the inputs as the model sees them, kept only when its dtype is narrower than
+    # the data's (float64 CSV values into a float32 model): see precision_warnings.
+    seen: FeatureMoments | None = None
 
 
 @dataclass
@@ -100,6 +103,9 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             for model_pass in passes:
                 loaded = model_pass.prepared.loaded
                 x = chunk.x.to(loaded.device, loaded.dtype)
+                if x.dtype != chunk.x.dtype and _narrower(x.dtype, chunk.x.dtype):
+                    model_pass.seen = model_pass.seen or FeatureMoments(x.shape[1])
+                    model_pass.seen.update(x)
                 attributions = _attribute(method, model_pass.prepared, x)
                 finite = finite_rows(attributions.scores, attributions.values)
                 model_pass.sums.update(chunk.rows, chunk.ids, attributions.scores,
@@ -125,6 +131,12 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
 def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
     """The features' standard deviations over every row read, checked usable."""
     std = read.moments.std
+    if not bool((std > 0).any()):
+        # No verdict on nothing: with no feature varying, every share would be 0 and every
+        # feature rank alike, and a proxy limit would pass for lack of evidence.
+        raise DataError(f"{table.path}: every feature is constant over the "
+                        f"{read.moments.count:,} rows read, so no feature can be ranked by how "
+                        "much it moves the score; audit rows where the features vary")
     # Values near float64's limit (1e154 and up) overflow the variance, and an infinite std
     # would make every share NaN.
     overflow = (~torch.isfinite(std)).nonzero().flatten().tolist()
@@ -151,8 +163,16 @@ def finish_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
                          " or a constant output?), so there is nothing to rank")
     features, outputs = list(table.features), model_pass.prepared.outputs
     ranked = sensitivity_table(sums, features, outputs, std, per_unit=method.per_unit)
+    for output, group in ranked.groupby("output", sort=False):
+        if not bool((group["scaled_sensitivity"] > 0).any()):
+            raise ModelError(f"{loaded.path}: output '{output}' responds only to features that "
+                             "do not vary in the data (every share is 0), so nothing can be "
+                             "ranked; audit rows where those features vary")
     ranking = Ranking(table=ranked, features=features, outputs=outputs)
     results = [check.finish(ranking) for check in model_pass.checks]
+    if model_pass.seen is not None:
+        results.append(precision_warnings(features, std, model_pass.seen.std,
+                                          model_pass.prepared.loaded.dtype))
     failed = {(g.output, g.subject) for r in results for g in r.failed}
     ranked["flagged"] = [(o, f) in failed for o, f in zip(ranked["output"], ranked["feature"])]
     return ranked, results
@@ -192,7 +212,8 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
 
 def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[CheckResult],
                  drivers: ExampleDrivers, read: ReadPass, table: Table,
-                 settings: AuditSettings, method: AttributionMethod) -> AuditResult:
+                 settings: AuditSettings, method: AttributionMethod,
+                 notes: list[str]) -> AuditResult:
     sums, prepared = model_pass.sums, model_pass.prepared
     return AuditResult(
         table=ranked, checks=checks, examples=drivers.best_first(),
@@ -203,7 +224,7 @@ def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[Check
         data_path=str(table.path), proxies=[p.feature for p in settings.proxies],
         mean_scores={o: float(s) for o, s in zip(prepared.outputs,
                                                  sums.score_sum / max(sums.rows, 1))},
-        method=method.name)
+        method=method.name, notes=notes)
 
 
 def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
@@ -211,9 +232,11 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
                  progress: Progress, example_sink: ExampleSink | None = None,
                  on_chunk: ChunkHook | None = None,
                  on_replay: Callable[[ReadPass, torch.Tensor],
-                                     Callable[[SpilledChunk], None]] | None = None
+                                     Callable[[SpilledChunk], None]] | None = None,
+                 notes: list[str] | None = None
                  ) -> tuple[list[AuditResult], ReadPass, torch.Tensor]:
-    """Read, finish and replay for one or more models on the same rows."""
+    """Read, finish and replay for one or more models on the same rows. ``notes`` are the
+    caller's context for the reports (how the input columns were matched)."""
     method = make_method(settings, source)
     build_checks(settings, source)  # option errors before any data is read
     read = read_pass(models, chunks, table, settings, method, model_cfg=model_cfg,
@@ -227,14 +250,16 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
         raise
     replay(read, drivers, progress=progress, example_sink=example_sink,
            on_chunk=on_replay(read, std) if on_replay else None)
-    results = [audit_result(mp, ranked, checks, d, read, table, settings, method)
+    notes = [*(notes or []), *_skipped_note(table)]
+    results = [audit_result(mp, ranked, checks, d, read, table, settings, method, notes)
                for mp, (ranked, checks), d in zip(read.models, finished, drivers)]
     return results, read, std
 
 
 def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSettings,
            model_cfg: ModelConfig | None, source: object) -> ModelPass:
-    prepared = prepare_model(loaded, x.to(loaded.device, loaded.dtype), model_cfg, source)
+    prepared = prepare_model(loaded, x.to(loaded.device, loaded.dtype), model_cfg, source,
+                             table)
     return ModelPass(prepared=prepared,
                      sums=AttributionSums(len(prepared.outputs), len(table.features)),
                      checks=build_checks(settings, source))
@@ -247,10 +272,17 @@ def _attribute(method: AttributionMethod, prepared: PreparedModel,
         return method.attribute(prepared.module, x)
     except ModelError as exc:
         raise ModelError(f"{prepared.loaded.path}: {exc}") from None
+    except Exception as exc:
+        # The model's own code raising (only on larger batches, only with gradients enabled)
+        # is a property of the input model, not a sensaudit bug; --debug shows the chain.
+        raise ModelError(f"{prepared.loaded.path}: the model raised while computing "
+                         f"attributions on a batch of {x.shape[0]:,} rows with gradients "
+                         f"enabled ({type(exc).__name__}: {first_line(exc)}); a scorer must "
+                         "accept any batch size and support autograd") from exc
 
 
 def prepare_model(loaded: LoadedModel, x: torch.Tensor, model_cfg: ModelConfig | None,
-                  source: object) -> PreparedModel:
+                  source: object, table: Table | None = None) -> PreparedModel:
     """Probe the model on a few rows: it must accept the features, return float scores per
     row, and score rows independently. Then select ``model.output`` if the config asks."""
     probe = x[: min(8, x.shape[0])]
@@ -258,9 +290,13 @@ def prepare_model(loaded: LoadedModel, x: torch.Tensor, model_cfg: ModelConfig |
         with torch.no_grad():
             y = loaded.module(probe)
     except Exception as exc:  # the model's own code may raise anything on a bad input
+        left_out = ""
+        if table is not None and table.skipped:
+            left_out = (f"; the data's text column(s) {', '.join(table.skipped[:5])} are not "
+                        "features unless data.features or model.features lists them")
         raise ModelError(f"{loaded.path}: the model failed on a batch of {x.shape[1]} features "
                          f"({first_line(exc)}); does its input width match the data's "
-                         "features?") from None
+                         f"features?{left_out}") from None
     try:
         n_outputs = as_output_matrix(y, probe.shape[0]).shape[1]
     except ModelError as exc:
@@ -291,6 +327,38 @@ def prepare_model(loaded: LoadedModel, x: torch.Tensor, model_cfg: ModelConfig |
     except ModelError as exc:
         raise ModelError(f"{loaded.path}: {exc}") from None
     return PreparedModel(loaded=loaded, module=module, outputs=names)
+
+
+def precision_warnings(features: list[str], data_std: torch.Tensor, seen_std: torch.Tensor,
+                       dtype: torch.dtype) -> CheckResult:
+    """Warn where the model's dtype cannot hold a feature's spread: values such as 1e6 plus
+    millimetre noise vary in the data but are (nearly) constant once rounded to float32, so the
+    audit's figures (computed on the data's std) describe a variation the model never saw."""
+    result = CheckResult("input_precision")
+    name = str(dtype).replace("torch.", "")
+    lost = (data_std > 0) & ((seen_std - data_std).abs() > 0.01 * data_std)
+    for j in lost.nonzero().flatten().tolist():
+        result.warnings.append(Notice(check="input_precision", subject=features[j],
+                                      output="", details={"std": float(data_std[j]),
+                                                          f"std_in_{name}": float(seen_std[j])}))
+        result.findings.append(
+            f"**{features[j]}** varies with std {data_std[j]:.4g} in the data but "
+            f"{seen_std[j]:.4g} once rounded to the model's {name} inputs: its values are too "
+            "large for their spread at that precision, so the model sees it (nearly) constant "
+            "and its figures here describe a variation the model never saw. Centre or rescale "
+            "the column before training and auditing.")
+    return result
+
+
+def _narrower(a: torch.dtype, b: torch.dtype) -> bool:
+    return a.is_floating_point and b.is_floating_point and torch.finfo(a).eps > torch.finfo(b).eps
+
+
+def _skipped_note(table: Table) -> list[str]:
+    if not table.skipped:
+        return []
+    return [f"Columns left out of the features as text: {', '.join(table.skipped)} (list "
+            "them in data.features or model.features if the model takes them)."]
 
 
 def _check_same_outputs(passes: list[ModelPass]) -> None:

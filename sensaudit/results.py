@@ -108,6 +108,7 @@ class AuditResult:
     proxies: list[str]  # the declared proxies' features
     mean_scores: dict[str, float]
     method: str = "gradient"
+    notes: list[str] = field(default_factory=list)  # the audit's own context notes
 
     @property
     def gates(self) -> Gates:
@@ -117,7 +118,7 @@ class AuditResult:
     def findings(self) -> list[str]:
         """Problems first (every check's findings, in check order), then context notes."""
         return ([f for c in self.checks for f in c.findings]
-                + [n for c in self.checks for n in c.notes])
+                + [n for c in self.checks for n in c.notes] + self.notes)
 
     @property
     def passed(self) -> bool:

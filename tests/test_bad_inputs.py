@@ -881,7 +881,7 @@ def test_config_shape(tmp_path, text, expected):
      "method, checks)"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
      "unknown key 'zzz' in model (allowed: path, class, kwargs, trust_pickle, output, "
-     "output_names, device)"),
+     "output_names, device, features)"),
 ])
 def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected):
     cfg = write_config(tmp_path, {**config(tmp_path), **sections})

@@ -34,6 +34,8 @@ class Table:
     label: str | None
     id: str | None
     row_count: int | None = None  # known up front for Parquet, not for CSV
+    # Columns left out of the default features (text), named when the model's width differs.
+    skipped: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -58,13 +60,16 @@ def open_table(cfg: DataConfig) -> Table:
     """Read the extract's header and decide the feature columns (checked, not yet loaded)."""
     columns, sample, row_count = _header(cfg)
     _check_columns(cfg, columns)
-    return Table(path=cfg.path, features=_features(cfg, columns, sample), label=cfg.label,
-                 id=cfg.id, row_count=row_count)
+    features, skipped = _features(cfg, columns, sample)
+    return Table(path=cfg.path, features=features, label=cfg.label, id=cfg.id,
+                 row_count=row_count, skipped=skipped)
 
 
-def _features(cfg: DataConfig, columns: list[str], sample: pd.DataFrame) -> tuple[str, ...]:
+def _features(cfg: DataConfig, columns: list[str], sample: pd.DataFrame
+              ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The feature columns, and the columns left out of them as text."""
     if cfg.features is not None:
-        return tuple(cfg.features)
+        return tuple(cfg.features), ()
     if len(sample) == 0:
         # Said before feature inference: an empty column has no numeric dtype to infer, and
         # "no numeric feature columns" would send users looking at data.features.
@@ -72,12 +77,15 @@ def _features(cfg: DataConfig, columns: list[str], sample: pd.DataFrame) -> tupl
     skip = {cfg.label, cfg.id}
     # A column holding numbers and some text is a feature with bad values, not a text column:
     # skipping it silently would audit the wrong inputs (reading it names the bad row).
+    # True/false columns are 0/1 inputs, as a model trained on them saw them.
     features = tuple(c for c in columns if c not in skip
-                     and (_numeric(sample[c]) or _holds_numbers(sample[c])))
+                     and (_numeric(sample[c]) or pd.api.types.is_bool_dtype(sample[c])
+                          or _holds_numbers(sample[c])))
     if not features:
         raise DataError(f"{cfg.path}: no numeric feature columns found; list them in "
                         "data.features")
-    return features
+    skipped = tuple(c for c in columns if c not in skip and c not in features)
+    return features, skipped
 
 
 # For api.audit_frame: an in-memory DataFrame is checked as a file is.
@@ -87,8 +95,9 @@ def frame_table(frame: pd.DataFrame, cfg: DataConfig) -> Table:
     _check_duplicates(cfg.path, columns)
     _check_columns(cfg, columns)
     sample = frame.rename(columns=str).head(1000)
-    return Table(path=cfg.path, features=_features(cfg, columns, sample), label=cfg.label,
-                 id=cfg.id, row_count=len(frame))
+    features, skipped = _features(cfg, columns, sample)
+    return Table(path=cfg.path, features=features, label=cfg.label, id=cfg.id,
+                 row_count=len(frame), skipped=skipped)
 
 
 def iter_frame_chunks(frame: pd.DataFrame, table: Table, cfg: DataConfig,
@@ -222,7 +231,10 @@ def _check_duplicates(path: Path, columns: list[str]) -> None:
 
 def _check_columns(cfg: DataConfig, columns: list[str]) -> None:
     wanted = [("data.label", cfg.label), ("data.id", cfg.id)]
-    wanted += [(f"data.features[{i}]", f) for i, f in enumerate(cfg.features or ())]
+    if cfg.features_key == "the model file":
+        wanted += [("the model file's saved inputs", f) for f in cfg.features or ()]
+    else:
+        wanted += [(f"{cfg.features_key}[{i}]", f) for i, f in enumerate(cfg.features or ())]
     for key, name in wanted:
         if name is not None and name not in columns:
             shown = ", ".join(columns[:20]) + (" ..." if len(columns) > 20 else "")

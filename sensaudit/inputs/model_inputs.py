@@ -1,0 +1,108 @@
+"""Which data column feeds which model input: declared in the config or saved with the model.
+
+A model takes its inputs by position, a data file holds them by name. Feeding the data's
+columns in file order to a model trained on another order gives a silently wrong audit, so the
+audit matches columns by name whenever the order is known:
+
+- ``model.features`` in the config, or
+- the names saved with the model: ``torch.export.save(program, path, extra_files={
+  "sensaudit.json": json.dumps({"features": [...]})})`` (``torch.jit.save``'s
+  ``_extra_files`` works the same way). The file is read here as plain JSON from the archive,
+  without loading the model.
+
+Without either, the data's column order is assumed, and the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..config import DataConfig, ModelConfig
+from ..errors import ConfigError, ModelLoadError
+
+METADATA_NAME = "sensaudit.json"
+_MAX_METADATA_BYTES = 1 << 20  # a list of column names; anything bigger is not ours
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """The model's input columns in order, and where that order came from."""
+
+    features: tuple[str, ...] | None
+    source: str  # "model.features", "the model file", "data.features" or "data column order"
+
+
+def declared_inputs(model: ModelConfig | None, data: DataConfig) -> ModelInputs:
+    """The input order the audit will use, before any data is read."""
+    if model is not None and model.features is not None:
+        return ModelInputs(model.features, "model.features")
+    if model is not None:
+        saved = saved_features(model.path)
+        if saved is not None:
+            return ModelInputs(saved, "the model file")
+    if data.features is not None:
+        return ModelInputs(None, "data.features")
+    return ModelInputs(None, "data column order")
+
+
+def saved_features(path: Path) -> tuple[str, ...] | None:
+    """The feature names saved in a model archive's ``extra/sensaudit.json``, if any.
+
+    A file that is not a readable zip archive has none here: the loader reports what is wrong
+    with it.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entry = next((i for i in archive.infolist()
+                          if i.filename.endswith("/extra/" + METADATA_NAME)), None)
+            if entry is None:
+                return None
+            if entry.file_size > _MAX_METADATA_BYTES:
+                raise ModelLoadError(f"{path}: its {METADATA_NAME} is {entry.file_size:,} bytes;"
+                                     " expected a short list of feature names")
+            raw = archive.read(entry)
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return None
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ModelLoadError(f"{path}: its {METADATA_NAME} is not valid JSON") from None
+    features = meta.get("features") if isinstance(meta, dict) else None
+    if (not isinstance(features, list) or not features
+            or not all(isinstance(f, str) and f for f in features)
+            or len(set(features)) != len(features)):
+        raise ModelLoadError(f"{path}: its {METADATA_NAME} must hold \"features\": a list of "
+                             "distinct column names")
+    return tuple(features)
+
+
+def match_data(data: DataConfig, inputs: ModelInputs, source: object) -> DataConfig:
+    """The data settings with the features set to the model's inputs, in the model's order.
+
+    ``data.features`` may still be given, to select the same columns; naming others is an
+    error, since the model cannot take them.
+    """
+    if inputs.features is None:
+        return data
+    if data.features is not None and set(data.features) != set(inputs.features):
+        extra = [f for f in data.features if f not in inputs.features]
+        missing = [f for f in inputs.features if f not in data.features]
+        detail = (f"'{extra[0]}' is not one of them" if extra
+                  else f"it leaves out '{missing[0]}'")
+        raise ConfigError(f"{source}: data.features does not match the model's inputs "
+                          f"({inputs.source}: {', '.join(inputs.features)}): {detail}")
+    return replace(data, features=inputs.features, features_key=inputs.source)
+
+
+def order_note(inputs: ModelInputs, features: tuple[str, ...]) -> str | None:
+    """The report's note when the column order was assumed rather than known."""
+    if inputs.source != "data column order":
+        return None
+    shown = ", ".join(features[:8]) + (", ..." if len(features) > 8 else "")
+    return (f"The model's input columns were not declared, so the data's column order ({shown})"
+            " was assumed to be the order the model takes them in. If it is not, every figure "
+            "is wrong: declare the order with model.features, or save it with the model "
+            "(README, \"Declaring the model's inputs\").")
