@@ -48,12 +48,14 @@ class PreparedModel:
 
 
 def run_audit(config: Config, *, progress: Progress | None = None,
+              trust_model_code: bool | None = None,
               trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
     with StagedReport(config.report.dir, config.report.formats) as staged:
         writers = open_writers(staged, config.report.formats)
         sinks = [w for w in writers if type(w).examples is not ReportWriter.examples]
-        result = audit(config, progress=progress, trust_pickle=trust_pickle,
+        result = audit(config, progress=progress, trust_model_code=trust_model_code,
+                       trust_pickle=trust_pickle,
                        example_sink=(lambda rows: [w.examples(rows) for w in sinks])
                        if sinks else None)
         for writer in writers:
@@ -62,14 +64,16 @@ def run_audit(config: Config, *, progress: Progress | None = None,
     return result, written
 
 
-def audit(config: Config, *, progress: Progress | None = None, trust_pickle: bool | None = None,
+def audit(config: Config, *, progress: Progress | None = None,
+          trust_model_code: bool | None = None, trust_pickle: bool | None = None,
           example_sink: ExampleSink | None = None) -> AuditResult:
     """Load the config's model and data, compute every row's Jacobian, rank, and gate."""
     if config.model is None:
         raise ConfigError(f"{config.source}: missing required key 'model'")
     table = data_mod.open_table(config.data)
     check_proxies(config, table.features)
-    loaded = load_model(config.model, trust_pickle=trust_pickle)
+    loaded = load_model(config.model, trust_model_code=trust_model_code,
+                        trust_pickle=trust_pickle)
     return audit_chunks(
         loaded, lambda dtype: data_mod.iter_chunks(table, config.data, dtype), table,
         config=config, progress=progress, example_sink=example_sink)
@@ -316,12 +320,14 @@ def prepare_model(loaded: LoadedModel, x: torch.Tensor, config: Config) -> Prepa
 
 def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *,
                    data_path: str | Path | None = None, progress: Progress | None = None,
+                   trust_model_code: bool | None = None,
                    trust_pickle: bool | None = None) -> ComparisonResult:
     """Audit two models on the same rows and measure how their sensitivities moved.
 
     The config's data, proxies and compare settings apply; its ``model`` section, if any,
-    only lends both models its class/kwargs/output/device settings: its ``trust_pickle``
-    does not carry over to the files named here (pass ``trust_pickle=True`` for that).
+    only lends both models its class/kwargs/output/device settings: its ``trust_model_code``
+    does not carry over to the files named here (pass ``trust_model_code=True`` for that;
+    ``trust_pickle`` is its deprecated old name).
     """
     if data_path is not None:
         config = replace(config, data=replace(config.data, path=Path(data_path)))
@@ -329,8 +335,9 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     table = data_mod.open_table(config.data)
     check_proxies(config, table.features)
     base = config.model or ModelConfig(path=Path(old_path))
-    models = [load_model(replace(base, path=Path(p), trust_pickle=False),
-                         trust_pickle=trust_pickle) for p in (old_path, new_path)]
+    models = [load_model(replace(base, path=Path(p), trust_model_code=False),
+                         trust_model_code=trust_model_code, trust_pickle=trust_pickle)
+              for p in (old_path, new_path)]
     chunks = lambda dtype: data_mod.iter_chunks(table, config.data, dtype)  # noqa: E731
     report = progress or _no_progress
     bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
@@ -378,14 +385,15 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
                 out_dir: str | Path | None = None, data_path: str | Path | None = None,
-                progress: Progress | None = None, trust_pickle: bool | None = None
-                ) -> tuple[ComparisonResult, list[Path]]:
+                progress: Progress | None = None, trust_model_code: bool | None = None,
+                trust_pickle: bool | None = None) -> tuple[ComparisonResult, list[Path]]:
     """``compare_models`` and write comparison.csv/json/md atomically into ``out_dir``
     (default: the config's report.dir)."""
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats) as staged:
         result = compare_models(config, old_path, new_path, data_path=data_path,
-                                progress=progress, trust_pickle=trust_pickle)
+                                progress=progress, trust_model_code=trust_model_code,
+                                trust_pickle=trust_pickle)
         for writer in open_writers(staged, config.report.formats):
             writer.comparison(result)
         written = staged.commit()

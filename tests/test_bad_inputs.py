@@ -36,16 +36,16 @@ from helpers_bad import (
 from sensaudit import ModelLoadError, load_model
 from sensaudit.config import ModelConfig
 
+TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
+              "file like code you run")
 REFUSE_PICKLE = (
     "refusing to unpickle: the file holds pickled Python objects (a whole module or other "
     "code), and unpickling runs whatever code the file names. Save a safe format instead "
-    "(torch.export.save to .pt2, torch.jit.save, or torch.save(model.state_dict()) with "
-    "model.class), or set model.trust_pickle: true (--trust-pickle) only if you trust the "
-    "file's source")
+    "(torch.export.save to .pt2, or torch.save(model.state_dict()) with model.class), or "
+    + TRUST_HINT)
 REFUSE_PT2_TAIL = (
     ". A crafted .pt2 can run code when loaded or run; re-export the model with "
-    "torch.export.save, or set model.trust_pickle: true (--trust-pickle) only if you trust the "
-    "file's source")
+    "torch.export.save, or " + TRUST_HINT)
 TRUNCATED_ZIP = (
     "corrupt or truncated model file: it starts as a zip archive (as torch.save, "
     "torch.jit.save and torch.export.save write) but its end is missing or damaged")
@@ -205,7 +205,8 @@ def test_truncated_torchscript_model(setup, tmp_path):
 def test_truncated_state_dict(setup, tmp_path):
     _truncate(state_dict(tmp_path / "weights.pt"))
     message = cli_error("run", str(setup(model={"path": "weights.pt",
-                                                "class": "badmodels:Scorer"})))
+                                                "class": "badmodels:Scorer",
+                                                "class_file": "badmodels.py"})))
     assert message == f"{tmp_path / 'weights.pt'}: {TRUNCATED_ZIP}"
 
 
@@ -230,7 +231,8 @@ def test_truncated_legacy_checkpoint(setup, tmp_path):
     old = tmp_path / "old.pt"
     torch.save(Scorer().state_dict(), old, _use_new_zipfile_serialization=False)
     old.write_bytes(old.read_bytes()[:100])
-    message = cli_error("run", str(setup(model={"path": "old.pt", "class": "badmodels:Scorer"})))
+    message = cli_error("run", str(setup(model={"path": "old.pt", "class": "badmodels:Scorer",
+                                                "class_file": "badmodels.py"})))
     assert message == (f"{tmp_path / 'old.pt'}: not a readable PyTorch model file: corrupt, "
                        "truncated or another format? (EOFError)")
 
@@ -254,12 +256,14 @@ def test_pickled_module_is_refused(setup, tmp_path):
     assert message == f"{tmp_path / 'whole.pt'}: {REFUSE_PICKLE}"
 
 
-def test_pickled_module_loads_with_trust_pickle(setup, tmp_path):
+@pytest.mark.parametrize("flag, key", [("--trust-model-code", "trust_model_code"),
+                                       ("--trust-pickle", "trust_pickle")])  # the old names
+def test_pickled_module_loads_when_trusted(setup, tmp_path, flag, key):
     torch.save(torch.nn.Linear(3, 1), tmp_path / "whole.pt")
     cfg = setup(model={"path": "whole.pt"})
-    result = cli("run", str(cfg), "--quiet", "--trust-pickle")
+    result = cli("run", str(cfg), "--quiet", flag)
     assert result.exit_code in (0, 1), result.stderr
-    cfg = setup(model={"path": "whole.pt", "trust_pickle": True})
+    cfg = setup(model={"path": "whole.pt", key: True})
     assert cli("run", str(cfg), "--quiet").exit_code in (0, 1)
 
 
@@ -306,12 +310,12 @@ def test_malicious_pickle_never_runs_via_load_model(tmp_path, kind):
 
 
 def test_malicious_pickle_payload_is_real(tmp_path):
-    """The control: with trust_pickle the same file does run its payload, so the tests above
-    prove a refusal, not a dud."""
+    """The control: trusted, the same file does run its payload, so the tests above prove a
+    refusal, not a dud."""
     marker = tmp_path / "PAYLOAD_RAN"
     (tmp_path / "evil.pt").write_bytes(payload_bytes(marker))
     with pytest.raises(ModelLoadError):  # the payload returns None, which is not a model
-        load_model(ModelConfig(path=tmp_path / "evil.pt", device="cpu"), trust_pickle=True)
+        load_model(ModelConfig(path=tmp_path / "evil.pt", device="cpu"), trust_model_code=True)
     assert marker.read_text() == "payload ran"
 
 
@@ -418,7 +422,8 @@ def test_state_dict_without_class(setup, tmp_path):
 
 def test_state_dict_loads_with_its_class(setup, tmp_path):
     state_dict(tmp_path / "weights.pt")
-    cfg = setup(model={"path": "weights.pt", "class": "badmodels:Scorer"})
+    cfg = setup(model={"path": "weights.pt", "class": "badmodels:Scorer",
+                       "class_file": "badmodels.py"})
     assert cli("run", str(cfg), "--quiet").exit_code == 0
 
 
@@ -445,14 +450,17 @@ def test_state_dict_loads_with_its_class(setup, tmp_path):
 ])
 def test_state_dict_class_missing_or_mismatched(setup, tmp_path, class_path, kwargs, expected):
     state_dict(tmp_path / "weights.pt")
-    cfg = setup(model={"path": "weights.pt", "class": class_path, "kwargs": kwargs})
+    class_file = {"class_file": "badmodels.py"} if class_path.startswith("badmodels:") else {}
+    cfg = setup(model={"path": "weights.pt", "class": class_path, "kwargs": kwargs,
+                       **class_file})
     assert cli_error("run", str(cfg)) == f"{tmp_path / 'weights.pt'}: {expected}"
 
 
 def test_checkpoint_without_tensors(setup, tmp_path):
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "weights.pt")
     message = cli_error("run", str(setup(model={"path": "weights.pt",
-                                                "class": "badmodels:Scorer"})))
+                                                "class": "badmodels:Scorer",
+                                                "class_file": "badmodels.py"})))
     assert message == (f"{tmp_path / 'weights.pt'}: the file holds a dict that is neither a "
                        "state_dict of tensors nor a model")
 
@@ -482,7 +490,7 @@ def test_input_width_differs_torchscript(setup, tmp_path):
 def test_input_width_differs_state_dict(setup, tmp_path):
     state_dict(tmp_path / "narrow.pt", Scorer(2).state_dict())
     cfg = setup(model={"path": "narrow.pt", "class": "badmodels:Scorer",
-                       "kwargs": {"n_features": 2}})
+                       "class_file": "badmodels.py", "kwargs": {"n_features": 2}})
     message = cli_error("run", str(cfg))
     assert message.startswith(f"{tmp_path / 'narrow.pt'}: the model failed on a batch of 3 "
                               "features (")
@@ -866,8 +874,8 @@ def test_config_shape(tmp_path, text, expected):
      "unknown key 'allow_nonfinit' in audit; did you mean 'allow_nonfinite'? (allowed: "
      "proxies, dominance_warning, top_k, examples_in_report, batch_size, allow_nonfinite)"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
-     "unknown key 'zzz' in model (allowed: path, class, kwargs, trust_pickle, output, "
-     "output_names, device)"),
+     "unknown key 'zzz' in model (allowed: path, class, class_file, kwargs, trust_model_code, "
+     "output, output_names, device, trust_pickle)"),
 ])
 def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected):
     cfg = write_config(tmp_path, {**config(tmp_path), **sections})
@@ -884,6 +892,8 @@ def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected)
      "audit.proxies[0] needs a limit: max_share, max_rank or both"),
     ({"audit": {"allow_nonfinite": "yes"}},
      "audit.allow_nonfinite must be true or false (got 'yes', a str)"),
+    ({"model": {"path": "model.pt2", "trust_model_code": 1}},
+     "model.trust_model_code must be true or false (got 1, an int)"),
     ({"model": {"path": "model.pt2", "trust_pickle": 1}},
      "model.trust_pickle must be true or false (got 1, an int)"),
     ({"model": {"path": 3}}, "model.path must be a non-empty string (got 3, an int)"),
