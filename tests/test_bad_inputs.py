@@ -374,8 +374,9 @@ def _evil_graph_op(marker):
 
 
 EVIL_PT2 = {
-    "pickled sample inputs": (_evil_sample_inputs, "it holds pickled Python objects (classes "
-                              "or functions), not only tensors"),
+    "pickled sample inputs": (_evil_sample_inputs, "its sample inputs hold a pickled reference "
+                              "to '__builtin__.exec', which is not on the list of what torch "
+                              "writes for tensors"),
     "pickled weight": (_evil_pickled_weight, "its weight or constant 'w' is a pickled object, "
                        "not a plain tensor"),
     "shape expression": (_evil_shape_expression, "a shape expression holds 'exec', which is "
@@ -473,8 +474,11 @@ WIDTH_TAIL = "; does its input width match the data's features?"
 def test_input_width_differs_exported(setup, tmp_path):
     export(Scorer(4), tmp_path / "wide.pt2", n_features=4)
     message = cli_error("run", str(setup(model={"path": "wide.pt2"})))
+    # torch's input check (its generated guard code is not built for files from elsewhere)
     assert message == (f"{tmp_path / 'wide.pt2'}: the model failed on a batch of 3 features "
-                       f"(Guard failed: x.size()[1] == 4){WIDTH_TAIL}")
+                       "(Expected input at *args[0].shape[1] to be equal to 4, but got 3. If you "
+                       "meant for this dimension to be dynamic, please re-export and specify "
+                       f"dynamic_shapes (e.g. with Dim.DYNAMIC)){WIDTH_TAIL}")
 
 
 def test_input_width_differs_torchscript(setup, tmp_path):

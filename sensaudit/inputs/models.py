@@ -3,8 +3,8 @@
 Formats, told apart by their contents rather than their names:
 
 - ``torch.export`` programs (``.pt2``): a graph plus weights. ``torch.export.load`` alone can
-  run code from a crafted file, so :mod:`sensaudit.inputs.pt2_safety` checks the archive before,
-  during and after loading; with those checks, safe for files from elsewhere.
+  run code from a crafted file, so :mod:`.pt2_safety` checks the archive against an allowlist
+  before loading and its graph after; with those checks, safe for files from elsewhere.
 - TorchScript archives (``torch.jit.save``): TorchScript code runs inside the TorchScript
   interpreter, which can only call torch operators; no arbitrary Python.
 - ``state_dict`` checkpoints (``torch.save(model.state_dict())``): read with
@@ -33,6 +33,7 @@ import torch
 from ..config import ModelConfig
 from ..errors import ModelLoadError, first_line
 from . import pt2_safety
+from .archive_checks import DamagedArchive
 
 TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
               "file like code you run")
@@ -140,16 +141,18 @@ def _guard(path: Path, what: str, load: Callable[[], Any]) -> Any:
 
 
 def _load_exported(path: Path, device: torch.device, trust: bool) -> torch.nn.Module:
-    # torch.export.load alone runs code from a crafted .pt2 (it unpickles, and evaluates
-    # shape expressions); see pt2_safety. Checked before, during and after loading.
+    # torch.export.load alone runs code from a crafted .pt2 (it unpickles, evaluates shape
+    # expressions, execs guard code); see pt2_safety. Checked before loading and after.
     if trust:
         program = _guard(path, "torch.export program", lambda: torch.export.load(str(path)))
     else:
         try:
             pt2_safety.check_archive(path)
-            with pt2_safety.weights_only_unpickling():
-                program = torch.export.load(str(path))
+            program = torch.export.load(str(path))
             pt2_safety.check_graph_ops(program)
+        except DamagedArchive as exc:
+            raise ModelLoadError(f"{path}: cannot load torch.export program: corrupt or "
+                                 f"truncated file? ({exc})") from None
         except pt2_safety.UnsafeExport as exc:
             raise ModelLoadError(
                 f"{path}: refusing to load this torch.export file: {exc}. A crafted .pt2 can "
@@ -165,7 +168,10 @@ def _load_exported(path: Path, device: torch.device, trust: bool) -> torch.nn.Mo
 
         program = move_to_device_pass(program, device)
     # Exported graphs fix their train/eval behaviour at export time and refuse .eval().
-    return program.module()
+    # Untrusted: no guard function, which torch builds as Python source and exec's; the
+    # module's input checks (a pre-hook) still run.
+    return _guard(path, "torch.export program",
+                  lambda: program.module() if trust else program.module(check_guards=False))
 
 
 def _load_pickle_based(cfg: ModelConfig, path: Path, trust: bool, device: torch.device
