@@ -1,17 +1,19 @@
 """Model files -> an eval-mode scorer on a device, without running untrusted code by default.
 
-Formats, told apart by their contents rather than their names:
+Formats, told apart by their contents rather than their names. Each untrusted file is checked
+against an allowlist of what torch writes for a plain model before torch reads it; trusted mode
+(``model.trust_model_code``) skips the checks, for files you trust like code you run.
 
 - ``torch.export`` programs (``.pt2``): a graph plus weights. ``torch.export.load`` alone can
-  run code from a crafted file, so :mod:`.pt2_safety` checks the archive against an allowlist
-  before loading and its graph after; with those checks, safe for files from elsewhere.
-- TorchScript archives (``torch.jit.save``): TorchScript code runs inside the TorchScript
-  interpreter, which can only call torch operators; no arbitrary Python.
+  run code from a crafted file, so :mod:`.pt2_safety` checks the archive before loading and its
+  graph after.
+- TorchScript archives (``torch.jit.save``): code, which TorchScript compiles and runs (some of
+  it while loading); :mod:`.torchscript_safety` accepts only tensor math, before loading.
 - ``state_dict`` checkpoints (``torch.save(model.state_dict())``): read with
   ``weights_only=True``, which unpickles tensors and plain containers only; ``model.class``
   (code you chose: an installed module, or ``model.class_file``) builds the model.
 - whole pickled modules (``torch.save(model)``): unpickling calls whatever the file names, so a
-  malicious file runs its payload on load. Refused unless ``model.trust_model_code`` is set.
+  malicious file runs its payload on load. Refused unless trusted.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import ModelLoadError, first_line
-from . import pt2_safety
+from . import pt2_safety, torchscript_safety
 from .archive_checks import DamagedArchive
 
 TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
@@ -90,8 +92,7 @@ def load_model(cfg: ModelConfig, *, trust_model_code: bool | None = None,
     if kind == "torch.export":
         module = _load_exported(path, device, trust)
     elif kind == "torchscript":
-        module = _guard(path, "TorchScript archive", lambda: torch.jit.load(str(path),
-                                                                            map_location=device))
+        module = _load_torchscript(path, device, trust)
     else:
         module, kind = _load_pickle_based(cfg, path, trust, device)
     if isinstance(module, torch.nn.Module) and kind != "torch.export":
@@ -172,6 +173,23 @@ def _load_exported(path: Path, device: torch.device, trust: bool) -> torch.nn.Mo
     # module's input checks (a pre-hook) still run.
     return _guard(path, "torch.export program",
                   lambda: program.module() if trust else program.module(check_guards=False))
+
+
+def _load_torchscript(path: Path, device: torch.device, trust: bool) -> Any:
+    if not trust:
+        try:
+            torchscript_safety.check_archive(path)
+        except torchscript_safety.UnsafeTorchScript as exc:
+            raise ModelLoadError(
+                f"{path}: refusing to load this TorchScript file: {exc}. TorchScript is code "
+                "that runs when the file is loaded and run, and sensaudit accepts only tensor "
+                "math from standard layers; convert the model to .pt2 with torch.export.save, "
+                f"or {TRUST_HINT}") from None
+        except Exception as exc:  # DamagedArchive, or zipfile's errors on a damaged archive
+            raise ModelLoadError(f"{path}: cannot load TorchScript archive: corrupt or "
+                                 f"truncated file? ({first_line(exc)})") from None
+    return _guard(path, "TorchScript archive",
+                  lambda: torch.jit.load(str(path), map_location=device))
 
 
 def _load_pickle_based(cfg: ModelConfig, path: Path, trust: bool, device: torch.device
