@@ -29,6 +29,7 @@ from .results import AuditResult
 
 
 def run_audit(config: Config, *, progress: Progress | None = None,
+              trust_model_code: bool | None = None,
               trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
     with StagedReport(config.report.dir, config.report.formats, protect=(
@@ -41,7 +42,8 @@ def run_audit(config: Config, *, progress: Progress | None = None,
             for writer in sinks:
                 writer.examples(rows)
 
-        result = audit(config, progress=progress, trust_pickle=trust_pickle,
+        result = audit(config, progress=progress, trust_model_code=trust_model_code,
+                       trust_pickle=trust_pickle,
                        example_sink=to_sinks if sinks else None)
         for writer in writers:
             writer.audit(result)
@@ -49,7 +51,8 @@ def run_audit(config: Config, *, progress: Progress | None = None,
     return result, written
 
 
-def audit(config: Config, *, progress: Progress | None = None, trust_pickle: bool | None = None,
+def audit(config: Config, *, progress: Progress | None = None,
+          trust_model_code: bool | None = None, trust_pickle: bool | None = None,
           example_sink: ExampleSink | None = None) -> AuditResult:
     """Load the config's model and data, compute every row's attributions, rank, and check."""
     if config.model is None:
@@ -58,7 +61,8 @@ def audit(config: Config, *, progress: Progress | None = None, trust_pickle: boo
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
-    loaded = load_model(config.model, trust_pickle=trust_pickle)
+    loaded = load_model(config.model, trust_model_code=trust_model_code,
+                        trust_pickle=trust_pickle)
     (result,), _, _ = audit_models(
         [loaded], lambda: tables.iter_chunks(table, data, loaded.dtype), table,
         config.audit, model_cfg=config.model, source=config.source,
@@ -106,22 +110,26 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
 
 def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *,
                    data_path: str | Path | None = None, progress: Progress | None = None,
+                   trust_model_code: bool | None = None,
                    trust_pickle: bool | None = None) -> ComparisonResult:
     """Audit two models on the same rows and measure how their sensitivities moved.
 
     The config's data, proxies and compare settings apply; its ``model`` section, if any,
-    only lends both models its class/kwargs/output/device settings: its ``trust_pickle``
-    does not carry over to the files named here (pass ``trust_pickle=True`` for that).
+    only lends both models its class/kwargs/output/device settings: its ``trust_model_code``
+    does not carry over to the files named here (pass ``trust_model_code=True`` for that;
+    ``trust_pickle`` is its deprecated old name).
     """
     if data_path is not None:
         config = replace(config, data=replace(config.data, path=Path(data_path)))
     base = config.model or ModelConfig(path=Path(old_path))
-    configs = [replace(base, path=Path(p), trust_pickle=False) for p in (old_path, new_path)]
+    configs = [replace(base, path=Path(p), trust_model_code=False)
+               for p in (old_path, new_path)]
     inputs = _same_inputs([declared_inputs(c, config.data) for c in configs], configs)
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
-    models = [load_model(c, trust_pickle=trust_pickle) for c in configs]
+    models = [load_model(c, trust_model_code=trust_model_code, trust_pickle=trust_pickle)
+              for c in configs]
     # Both models see the same rows, each converted to its own dtype.
     return compare_on_rows(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
                            table, config.audit, config.compare, model_cfg=config.model,
@@ -131,8 +139,8 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
                 out_dir: str | Path | None = None, data_path: str | Path | None = None,
-                progress: Progress | None = None, trust_pickle: bool | None = None
-                ) -> tuple[ComparisonResult, list[Path]]:
+                progress: Progress | None = None, trust_model_code: bool | None = None,
+                trust_pickle: bool | None = None) -> tuple[ComparisonResult, list[Path]]:
     """``compare_models`` and write comparison.csv/json/md atomically into ``out_dir``
     (default: the config's report.dir)."""
     target = Path(out_dir) if out_dir is not None else config.report.dir
@@ -140,7 +148,8 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
             config.source, config.data.path, data_path, old_path, new_path,
             _model_path(config))) as staged:
         result = compare_models(config, old_path, new_path, data_path=data_path,
-                                progress=progress, trust_pickle=trust_pickle)
+                                progress=progress, trust_model_code=trust_model_code,
+                                trust_pickle=trust_pickle)
         for writer in open_writers(staged, config.report.formats):
             writer.comparison(result)
         written = staged.commit()

@@ -38,6 +38,9 @@ from .errors import SensauditError
 from .results import AuditResult
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
+TRUST_HELP = ("Trust the model file(s) like code you run: unpickle whole pickled modules and "
+              "skip sensaudit's checks of .pt2 and TorchScript files. A file from elsewhere "
+              "can then run any code on this machine.")
 
 app = typer.Typer(
     name="sensaudit",
@@ -72,9 +75,10 @@ def main(
 def run(
     config: Annotated[Path, typer.Argument(help="YAML audit config (see configs/).",
                                            show_default=False)],
+    trust_model_code: Annotated[bool, typer.Option(
+        "--trust-model-code", help=TRUST_HELP)] = False,
     trust_pickle: Annotated[bool, typer.Option(
-        "--trust-pickle", help="Allow loading whole pickled modules. Unpickling runs code from "
-                               "the file: use only for files you trust.")] = False,
+        "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; "
                                                               "errors and verdict only.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
@@ -91,8 +95,9 @@ def run(
     with _errors(debug):
         cfg = load_config(config)
         with _progress(quiet) as progress:
-            result, written = run_audit(cfg, progress=progress,
-                                        trust_pickle=True if trust_pickle else None)
+            result, written = run_audit(
+                cfg, progress=progress,
+                trust_model_code=True if trust_model_code or trust_pickle else None)
     if not quiet:
         _print_audit(result, written)
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
@@ -124,9 +129,10 @@ def compare(
     data: Annotated[Path | None, typer.Option("--data", help="Audit these rows instead of "
                                               "the config's data.path.",
                                               show_default=False)] = None,
+    trust_model_code: Annotated[bool, typer.Option(
+        "--trust-model-code", help=TRUST_HELP)] = False,
     trust_pickle: Annotated[bool, typer.Option(
-        "--trust-pickle", help="Allow loading whole pickled modules (runs code from the "
-                               "files).")] = False,
+        "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")
                      ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
@@ -147,9 +153,9 @@ def compare(
     with _errors(debug):
         cfg = load_config(config)
         with _progress(quiet) as progress:
-            result, written = run_compare(cfg, old, new, out_dir=out, data_path=data,
-                                          progress=progress,
-                                          trust_pickle=True if trust_pickle else None)
+            result, written = run_compare(
+                cfg, old, new, out_dir=out, data_path=data, progress=progress,
+                trust_model_code=True if trust_model_code or trust_pickle else None)
     if not quiet:
         _print_comparison(result, written)
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"

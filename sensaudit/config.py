@@ -33,13 +33,18 @@ MAX_SEED = 2**64 - 1
 @dataclass(frozen=True)
 class ModelConfig:
     path: Path
-    class_path: str | None = None  # "pkg.module:Class", for state_dict checkpoints
+    # For state_dict checkpoints: "pkg.module:Class", imported from installed packages; or,
+    # with class_file, "Class" (or "stem:Class") defined in that one .py file.
+    class_path: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    trust_pickle: bool = False
+    # The file is trusted like code you run: whole pickled modules are unpickled and the .pt2
+    # and TorchScript checks are skipped (YAML also accepts the old name, trust_pickle).
+    trust_model_code: bool = False
     output: int | str | None = None  # select one output by index or by name
     output_names: tuple[str, ...] | None = None
     device: str = "auto"
     features: tuple[str, ...] | None = None  # the model's input columns, in its order
+    class_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -183,23 +188,39 @@ def parse_config(
 def _model(v: _Validator, raw: Any) -> ModelConfig:
     m = v.mapping(raw, "model")
     v.keys(m, "model", required=("path",),
-           optional=("class", "kwargs", "trust_pickle", "output", "output_names", "device",
-                     "features"))
+           optional=("class", "class_file", "kwargs", "trust_model_code", "output",
+                     "output_names", "device", "trust_pickle", "features"))
     output = m.get("output")
     if output is not None and not isinstance(output, str):
         output = v.integer(output, "model.output", minimum=0)
     names = m.get("output_names")
+    class_file = v.path(m["class_file"], "model.class_file") if "class_file" in m else None
+    if class_file is not None and "class" not in m:
+        raise ConfigError(f"{v.source}: model.class_file needs model.class: the name of the "
+                          "class to build from it")
     return ModelConfig(
         path=v.path(m["path"], "model.path"),
-        class_path=v.class_path(m["class"], "model.class") if "class" in m else None,
+        class_path=v.class_path(m["class"], "model.class", class_file) if "class" in m
+        else None,
+        class_file=class_file,
         kwargs=dict(v.mapping(m.get("kwargs", {}), "model.kwargs")),
-        trust_pickle=v.boolean(m.get("trust_pickle", False), "model.trust_pickle"),
+        trust_model_code=_trust_model_code(v, m),
         output=output,
         output_names=v.names(names, "model.output_names") if names is not None else None,
         device=v.choice(m.get("device", "auto"), "model.device", DEVICES),
         features=(v.names(m["features"], "model.features") if m.get("features") is not None
                   else None),
     )
+
+
+def _trust_model_code(v: _Validator, m: Mapping[str, Any]) -> bool:
+    # trust_pickle is the old name, kept so existing configs keep working; it means the same.
+    values = {key: v.boolean(m[key], f"model.{key}")
+              for key in ("trust_model_code", "trust_pickle") if key in m}
+    if len(set(values.values())) > 1:
+        raise ConfigError(f"{v.source}: model.trust_pickle is the old name of "
+                          "model.trust_model_code; give one of them")
+    return any(values.values())
 
 
 def _data(v: _Validator, raw: Any) -> DataConfig:
@@ -405,9 +426,15 @@ class _Validator:
         # normpath: 'configs/../reports' reads better as 'reports' in every message and report.
         return Path(os.path.normpath(path if path.is_absolute() else self.base_dir / path))
 
-    def class_path(self, value: Any, key: str) -> str:
+    def class_path(self, value: Any, key: str, class_file: Path | None = None) -> str:
         text = self.string(value, key)
-        module, _, name = text.partition(":")
-        if not module or not name:
-            self.fail(key, "'package.module:ClassName'", value)
+        if class_file is None:
+            module, _, name = text.partition(":")
+            if not module or not name:
+                self.fail(key, "'package.module:ClassName'", value)
+            return text
+        module, colon, name = text.rpartition(":")
+        if not name.isidentifier() or (colon and module != class_file.stem):
+            self.fail(key, f"the name of a class in model.class_file ('ClassName' or "
+                           f"'{class_file.stem}:ClassName')", value)
         return text

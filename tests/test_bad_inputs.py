@@ -37,16 +37,16 @@ import sensaudit
 from sensaudit import DataError, ModelLoadError, load_model
 from sensaudit.config import ModelConfig
 
+TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
+              "file like code you run")
 REFUSE_PICKLE = (
     "refusing to unpickle: the file holds pickled Python objects (a whole module or other "
     "code), and unpickling runs whatever code the file names. Save a safe format instead "
-    "(torch.export.save to .pt2, torch.jit.save, or torch.save(model.state_dict()) with "
-    "model.class), or set model.trust_pickle: true (--trust-pickle) only if you trust the "
-    "file's source")
+    "(torch.export.save to .pt2, or torch.save(model.state_dict()) with model.class), or "
+    + TRUST_HINT)
 REFUSE_PT2_TAIL = (
     ". A crafted .pt2 can run code when loaded or run; re-export the model with "
-    "torch.export.save, or set model.trust_pickle: true (--trust-pickle) only if you trust the "
-    "file's source")
+    "torch.export.save, or " + TRUST_HINT)
 TRUNCATED_ZIP = (
     "corrupt or truncated model file: it starts as a zip archive (as torch.save, "
     "torch.jit.save and torch.export.save write) but its end is missing or damaged")
@@ -206,7 +206,8 @@ def test_truncated_torchscript_model(setup, tmp_path):
 def test_truncated_state_dict(setup, tmp_path):
     _truncate(state_dict(tmp_path / "weights.pt"))
     message = cli_error("run", str(setup(model={"path": "weights.pt",
-                                                "class": "badmodels:Scorer"})))
+                                                "class": "badmodels:Scorer",
+                                                "class_file": "badmodels.py"})))
     assert message == f"{tmp_path / 'weights.pt'}: {TRUNCATED_ZIP}"
 
 
@@ -231,7 +232,8 @@ def test_truncated_legacy_checkpoint(setup, tmp_path):
     old = tmp_path / "old.pt"
     torch.save(Scorer().state_dict(), old, _use_new_zipfile_serialization=False)
     old.write_bytes(old.read_bytes()[:100])
-    message = cli_error("run", str(setup(model={"path": "old.pt", "class": "badmodels:Scorer"})))
+    message = cli_error("run", str(setup(model={"path": "old.pt", "class": "badmodels:Scorer",
+                                                "class_file": "badmodels.py"})))
     assert message == (f"{tmp_path / 'old.pt'}: not a readable PyTorch model file: corrupt, "
                        "truncated or another format? (EOFError)")
 
@@ -255,12 +257,14 @@ def test_pickled_module_is_refused(setup, tmp_path):
     assert message == f"{tmp_path / 'whole.pt'}: {REFUSE_PICKLE}"
 
 
-def test_pickled_module_loads_with_trust_pickle(setup, tmp_path):
+@pytest.mark.parametrize("flag, key", [("--trust-model-code", "trust_model_code"),
+                                       ("--trust-pickle", "trust_pickle")])  # the old names
+def test_pickled_module_loads_when_trusted(setup, tmp_path, flag, key):
     torch.save(torch.nn.Linear(3, 1), tmp_path / "whole.pt")
     cfg = setup(model={"path": "whole.pt"})
-    result = cli("run", str(cfg), "--quiet", "--trust-pickle")
+    result = cli("run", str(cfg), "--quiet", flag)
     assert result.exit_code in (0, 1), result.stderr
-    cfg = setup(model={"path": "whole.pt", "trust_pickle": True})
+    cfg = setup(model={"path": "whole.pt", key: True})
     assert cli("run", str(cfg), "--quiet").exit_code in (0, 1)
 
 
@@ -307,12 +311,12 @@ def test_malicious_pickle_never_runs_via_load_model(tmp_path, kind):
 
 
 def test_malicious_pickle_payload_is_real(tmp_path):
-    """The control: with trust_pickle the same file does run its payload, so the tests above
-    prove a refusal, not a dud."""
+    """The control: trusted, the same file does run its payload, so the tests above prove a
+    refusal, not a dud."""
     marker = tmp_path / "PAYLOAD_RAN"
     (tmp_path / "evil.pt").write_bytes(payload_bytes(marker))
     with pytest.raises(ModelLoadError):  # the payload returns None, which is not a model
-        load_model(ModelConfig(path=tmp_path / "evil.pt", device="cpu"), trust_pickle=True)
+        load_model(ModelConfig(path=tmp_path / "evil.pt", device="cpu"), trust_model_code=True)
     assert marker.read_text() == "payload ran"
 
 
@@ -371,8 +375,9 @@ def _evil_graph_op(marker):
 
 
 EVIL_PT2 = {
-    "pickled sample inputs": (_evil_sample_inputs, "it holds pickled Python objects (classes "
-                              "or functions), not only tensors"),
+    "pickled sample inputs": (_evil_sample_inputs, "its sample inputs hold a pickled reference "
+                              "to '__builtin__.exec', which is not on the list of what torch "
+                              "writes for tensors"),
     "pickled weight": (_evil_pickled_weight, "its weight or constant 'w' is a pickled object, "
                        "not a plain tensor"),
     "shape expression": (_evil_shape_expression, "a shape expression holds 'exec', which is "
@@ -419,7 +424,8 @@ def test_state_dict_without_class(setup, tmp_path):
 
 def test_state_dict_loads_with_its_class(setup, tmp_path):
     state_dict(tmp_path / "weights.pt")
-    cfg = setup(model={"path": "weights.pt", "class": "badmodels:Scorer"})
+    cfg = setup(model={"path": "weights.pt", "class": "badmodels:Scorer",
+                       "class_file": "badmodels.py"})
     assert cli("run", str(cfg), "--quiet").exit_code == 0
 
 
@@ -446,14 +452,17 @@ def test_state_dict_loads_with_its_class(setup, tmp_path):
 ])
 def test_state_dict_class_missing_or_mismatched(setup, tmp_path, class_path, kwargs, expected):
     state_dict(tmp_path / "weights.pt")
-    cfg = setup(model={"path": "weights.pt", "class": class_path, "kwargs": kwargs})
+    class_file = {"class_file": "badmodels.py"} if class_path.startswith("badmodels:") else {}
+    cfg = setup(model={"path": "weights.pt", "class": class_path, "kwargs": kwargs,
+                       **class_file})
     assert cli_error("run", str(cfg)) == f"{tmp_path / 'weights.pt'}: {expected}"
 
 
 def test_checkpoint_without_tensors(setup, tmp_path):
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "weights.pt")
     message = cli_error("run", str(setup(model={"path": "weights.pt",
-                                                "class": "badmodels:Scorer"})))
+                                                "class": "badmodels:Scorer",
+                                                "class_file": "badmodels.py"})))
     assert message == (f"{tmp_path / 'weights.pt'}: the file holds a dict that is neither a "
                        "state_dict of tensors nor a model")
 
@@ -466,8 +475,11 @@ WIDTH_TAIL = "; does its input width match the data's features?"
 def test_input_width_differs_exported(setup, tmp_path):
     export(Scorer(4), tmp_path / "wide.pt2", n_features=4)
     message = cli_error("run", str(setup(model={"path": "wide.pt2"})))
+    # torch's input check (its generated guard code is not built for files from elsewhere)
     assert message == (f"{tmp_path / 'wide.pt2'}: the model failed on a batch of 3 features "
-                       f"(Guard failed: x.size()[1] == 4){WIDTH_TAIL}")
+                       "(Expected input at *args[0].shape[1] to be equal to 4, but got 3. If you "
+                       "meant for this dimension to be dynamic, please re-export and specify "
+                       f"dynamic_shapes (e.g. with Dim.DYNAMIC)){WIDTH_TAIL}")
 
 
 def test_input_width_differs_torchscript(setup, tmp_path):
@@ -483,7 +495,7 @@ def test_input_width_differs_torchscript(setup, tmp_path):
 def test_input_width_differs_state_dict(setup, tmp_path):
     state_dict(tmp_path / "narrow.pt", Scorer(2).state_dict())
     cfg = setup(model={"path": "narrow.pt", "class": "badmodels:Scorer",
-                       "kwargs": {"n_features": 2}})
+                       "class_file": "badmodels.py", "kwargs": {"n_features": 2}})
     message = cli_error("run", str(cfg))
     assert message.startswith(f"{tmp_path / 'narrow.pt'}: the model failed on a batch of 3 "
                               "features (")
@@ -880,8 +892,8 @@ def test_config_shape(tmp_path, text, expected):
      "proxies, dominance_warning, top_k, examples_in_report, batch_size, allow_nonfinite, "
      "method, checks)"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
-     "unknown key 'zzz' in model (allowed: path, class, kwargs, trust_pickle, output, "
-     "output_names, device, features)"),
+     "unknown key 'zzz' in model (allowed: path, class, class_file, kwargs, trust_model_code, "
+     "output, output_names, device, trust_pickle, features)"),
 ])
 def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected):
     cfg = write_config(tmp_path, {**config(tmp_path), **sections})
@@ -898,6 +910,8 @@ def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected)
      "audit.proxies[0] needs a limit: max_share, max_rank or both"),
     ({"audit": {"allow_nonfinite": "yes"}},
      "audit.allow_nonfinite must be true or false (got 'yes', a str)"),
+    ({"model": {"path": "model.pt2", "trust_model_code": 1}},
+     "model.trust_model_code must be true or false (got 1, an int)"),
     ({"model": {"path": "model.pt2", "trust_pickle": 1}},
      "model.trust_pickle must be true or false (got 1, an int)"),
     ({"model": {"path": 3}}, "model.path must be a non-empty string (got 3, an int)"),

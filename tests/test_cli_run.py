@@ -139,13 +139,13 @@ def test_unknown_proxy_feature_exits_2(tmp_path, assets):
                       "noise)")
 
 
-def test_pickled_model_needs_trust_pickle(tmp_path, assets):
+def test_pickled_model_needs_trust_model_code(tmp_path, assets):
     config = _config(tmp_path, assets, model="whole.pt", max_share=1.0)
     result = _run("run", str(config), "--quiet")
     assert result.exit_code == 2
     assert result.stderr.startswith(f"Error: {assets / 'whole.pt'}: refusing to unpickle: ")
     assert result.stderr.count("\n") == 1
-    trusted = _run("run", str(config), "--quiet", "--trust-pickle")
+    trusted = _run("run", str(config), "--quiet", "--trust-model-code")
     assert trusted.exit_code == 0, trusted.output
     summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
     assert summary["model"] == {"path": str(assets / "whole.pt"), "format": "pickle"}
@@ -291,7 +291,8 @@ def test_run_help_shows_an_example():
     result = _run("run", "--help")
     assert result.exit_code == 0
     assert "sensaudit run configs/scorer_v1.yaml" in result.stdout
-    assert "--trust-pickle" in result.stdout
+    assert "--trust-model-code" in result.stdout
+    assert "--trust-pickle" in result.stdout  # the deprecated name, still accepted
 
 
 def test_python_dash_m_reports_errors_without_traceback(tmp_path):

@@ -26,8 +26,9 @@ FULL = """\
 model:
   path: models/scorer.pt
   class: "mymodels:Scorer"
+  class_file: models/mymodels.py
   kwargs: {hidden: 8}
-  trust_pickle: false
+  trust_model_code: false
   output: quality
   output_names: [quality, risk]
   device: cpu
@@ -80,8 +81,9 @@ def test_full_config_parses(tmp_path, monkeypatch):
     assert cfg.source == path
     assert cfg.model.path == folder / "models/scorer.pt"
     assert cfg.model.class_path == "mymodels:Scorer"
+    assert cfg.model.class_file == folder / "models/mymodels.py"
     assert dict(cfg.model.kwargs) == {"hidden": 8}
-    assert cfg.model.trust_pickle is False
+    assert cfg.model.trust_model_code is False
     assert cfg.model.output == "quality"
     assert cfg.model.output_names == ("quality", "risk")
     assert cfg.model.device == "cpu"
@@ -102,8 +104,8 @@ def test_full_config_parses(tmp_path, monkeypatch):
 def test_defaults(tmp_path):
     cfg = load_config(_write(tmp_path, MINIMAL))
     assert cfg.model.path == tmp_path / "m.pt2"
-    assert (cfg.model.class_path, cfg.model.trust_pickle, cfg.model.output,
-            cfg.model.device) == (None, False, None, "auto")
+    assert (cfg.model.class_path, cfg.model.class_file, cfg.model.trust_model_code,
+            cfg.model.output, cfg.model.device) == (None, None, False, None, "auto")
     assert cfg.data.path == tmp_path / "d.csv"
     assert (cfg.data.features, cfg.data.label, cfg.data.id, cfg.data.on_missing,
             cfg.data.chunk_rows) == (None, None, None, "error", 100_000)
@@ -131,7 +133,7 @@ def test_absolute_paths_are_kept(tmp_path):
 def test_config_objects_are_frozen(tmp_path):
     cfg = load_config(_write(tmp_path, MINIMAL))
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.model.trust_pickle = True  # type: ignore[misc]
+        cfg.model.trust_model_code = True  # type: ignore[misc]
 
 
 def test_model_section_optional_when_not_required(tmp_path):
@@ -249,8 +251,26 @@ BAD = [
         MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  device: gpu"),
         "model.device must be one of auto, cpu, cuda (got 'gpu', a str)", id="bad-device"),
     pytest.param(
+        MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  trust_model_code: 'yes'"),
+        "model.trust_model_code must be true or false (got 'yes', a str)",
+        id="trust-model-code-string"),
+    pytest.param(
         MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  trust_pickle: 'yes'"),
         "model.trust_pickle must be true or false (got 'yes', a str)", id="trust-pickle-string"),
+    pytest.param(
+        MINIMAL.replace("  path: m.pt2",
+                        "  path: m.pt2\n  trust_model_code: true\n  trust_pickle: false"),
+        "model.trust_pickle is the old name of model.trust_model_code; give one of them",
+        id="trust-both-names-disagree"),
+    pytest.param(
+        MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  class_file: arch.py"),
+        "model.class_file needs model.class: the name of the class to build from it",
+        id="class-file-without-class"),
+    pytest.param(
+        MINIMAL.replace("  path: m.pt2",
+                        "  path: m.pt2\n  class_file: arch.py\n  class: other:Scorer"),
+        "model.class must be the name of a class in model.class_file ('ClassName' or "
+        "'arch:ClassName') (got 'other:Scorer', a str)", id="class-file-other-module"),
     pytest.param(
         MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  class: mymodels.Scorer"),
         "model.class must be 'package.module:ClassName' (got 'mymodels.Scorer', a str)",

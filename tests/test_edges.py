@@ -127,7 +127,7 @@ def test_without_bootstrap_no_change_is_called_larger_than_noise(tmp_path):
 def test_compare_does_not_lend_the_configs_trust_to_other_files(tmp_path):
     config = _linear_setup(tmp_path, ["a", "b"], [[1.0, 2.0]], {})
     cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["trust_pickle"] = True
+    cfg["model"]["trust_model_code"] = True
     config.write_text(yaml.safe_dump(cfg))
     torch.save(Linear([[1.0, 1.0]]), tmp_path / "pickled.pt")
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "m.pt"),

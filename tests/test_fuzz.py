@@ -78,8 +78,8 @@ values = st.one_of(scalars, st.lists(scalars, max_size=3),
                    st.dictionaries(st.sampled_from(["feature", "max_share", "max_rank", "x"]),
                                    scalars, max_size=3))
 KEYS = {
-    "model": ["path", "class", "kwargs", "trust_pickle", "output", "output_names", "device",
-              "paht"],
+    "model": ["path", "class", "class_file", "kwargs", "trust_model_code", "trust_pickle",
+              "output", "output_names", "device", "paht"],
     "data": ["path", "features", "label", "id", "on_missing", "chunk_rows", "feature"],
     "audit": ["proxies", "dominance_warning", "top_k", "examples_in_report", "batch_size",
               "allow_nonfinite", "top"],

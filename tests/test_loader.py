@@ -19,9 +19,9 @@ from sensaudit.config import ModelConfig
 
 REFUSED = ("refusing to unpickle: the file holds pickled Python objects (a whole module or "
            "other code), and unpickling runs whatever code the file names. Save a safe format "
-           "instead (torch.export.save to .pt2, torch.jit.save, or "
-           "torch.save(model.state_dict()) with model.class), or set model.trust_pickle: true "
-           "(--trust-pickle) only if you trust the file's source")
+           "instead (torch.export.save to .pt2, or torch.save(model.state_dict()) with "
+           "model.class), or set model.trust_model_code: true (--trust-model-code) only if you "
+           "trust the file like code you run")
 
 MYMODELS = textwrap.dedent("""\
     import torch
@@ -78,12 +78,10 @@ def _load_error(path: Path, **kwargs) -> str:
 
 
 @pytest.fixture
-def mymodels(tmp_path, monkeypatch):
-    """A module file 'mymodels.py' beside the model files, and no stale copy in sys.modules."""
+def mymodels(tmp_path):
+    """A class file 'mymodels.py' beside the model files (named by model.class_file)."""
     (tmp_path / "mymodels.py").write_text(MYMODELS, encoding="utf-8")
-    monkeypatch.delitem(sys.modules, "mymodels", raising=False)
-    yield tmp_path
-    sys.modules.pop("mymodels", None)
+    return tmp_path
 
 
 # --- formats ----------------------------------------------------------------------------------
@@ -128,19 +126,23 @@ def test_torchscript_archive_comes_back_in_eval_mode(tmp_path):
         torch.testing.assert_close(loaded.module(x), model.eval()(x), rtol=0, atol=0)
 
 
-def test_state_dict_with_class_beside_the_model_file(mymodels, monkeypatch):
+def test_state_dict_with_its_class_file(mymodels, monkeypatch):
     monkeypatch.chdir("/")  # the import must not depend on the working directory
     source = _scorer()
     path = mymodels / "weights.pt"
     torch.save(_scorer_weights(source), path)
-    path_before = list(sys.path)
+    path_before, modules_before = list(sys.path), set(sys.modules)
 
-    loaded = _load(path, class_path="mymodels:Scorer", kwargs={"n_features": 3, "hidden": 4})
+    loaded = _load(path, class_path="mymodels:Scorer", class_file=mymodels / "mymodels.py",
+                   kwargs={"n_features": 3, "hidden": 4})
 
     assert loaded.format == "state_dict"
     assert type(loaded.module).__name__ == "Scorer"
     assert loaded.module.training is False
-    assert sys.path == path_before  # the model's folder was on sys.path only for the import
+    assert sys.path == path_before  # the model's folder was never put on sys.path
+    added = set(sys.modules) - modules_before  # only the class file, under a private name
+    assert len(added) == 1 and added.pop().startswith("_sensaudit_class_file_")
+    assert "mymodels" not in sys.modules
     x = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), source.eval()(x).squeeze(1), rtol=0,
@@ -152,7 +154,7 @@ def test_wrapped_training_checkpoint(mymodels, key):
     source = _scorer()
     path = mymodels / "checkpoint.pt"
     torch.save({key: _scorer_weights(source), "epoch": 7, "lr": 0.01}, path)
-    loaded = _load(path, class_path="mymodels:Scorer")
+    loaded = _load(path, class_path="mymodels:Scorer", class_file=mymodels / "mymodels.py")
     assert loaded.format == "state_dict"
     for name, tensor in _scorer_weights(source).items():
         assert torch.equal(loaded.module.state_dict()[name], tensor)
@@ -161,7 +163,8 @@ def test_wrapped_training_checkpoint(mymodels, key):
 def test_state_dict_that_does_not_match_the_class(mymodels):
     path = mymodels / "weights.pt"
     torch.save(_scorer_weights(_scorer()), path)
-    assert _load_error(path, class_path="mymodels:Other") == (
+    assert _load_error(path, class_path="mymodels:Other",
+                       class_file=mymodels / "mymodels.py") == (
         f"{path}: state_dict does not match model.class 'mymodels:Other': Error(s) in loading "
         'state_dict for Other: Missing key(s) in state_dict: "proj.weight", "proj.bias". '
         'Unexpected key(s) in state_dict: "body.0.weight", "body.0.bias", "body.2.weight", '
@@ -171,7 +174,8 @@ def test_state_dict_that_does_not_match_the_class(mymodels):
 def test_state_dict_with_wrong_shapes(mymodels):
     path = mymodels / "weights.pt"
     torch.save(_scorer_weights(_scorer()), path)
-    message = _load_error(path, class_path="mymodels:Scorer", kwargs={"hidden": 5})
+    message = _load_error(path, class_path="mymodels:Scorer", kwargs={"hidden": 5},
+                          class_file=mymodels / "mymodels.py")
     assert message.startswith(f"{path}: state_dict does not match model.class "
                               "'mymodels:Scorer': Error(s) in loading state_dict for Scorer: "
                               "size mismatch for body.0.weight: copying a param with shape "
@@ -182,16 +186,18 @@ def test_state_dict_with_wrong_shapes(mymodels):
 def test_state_dict_class_errors(mymodels):
     path = mymodels / "weights.pt"
     torch.save(_scorer().state_dict(), path)
-    assert _load_error(path, class_path="mymodels:Missing") == (
+    class_file = mymodels / "mymodels.py"
+    assert _load_error(path, class_path="mymodels:Missing", class_file=class_file) == (
         f"{path}: model.class 'mymodels:Missing': module 'mymodels' has no attribute "
         "'Missing'")
     assert _load_error(path, class_path="no_such_module_xyz:Scorer") == (
         f"{path}: model.class 'no_such_module_xyz:Scorer': cannot import module "
         "'no_such_module_xyz' (ModuleNotFoundError: No module named 'no_such_module_xyz')")
-    assert _load_error(path, class_path="mymodels:NotAModule") == (
+    assert _load_error(path, class_path="mymodels:NotAModule", class_file=class_file) == (
         f"{path}: model.class 'mymodels:NotAModule' built a NotAModule, not a "
         "torch.nn.Module")
-    assert _load_error(path, class_path="mymodels:Scorer", kwargs={"width": 3}) == (
+    assert _load_error(path, class_path="mymodels:Scorer", kwargs={"width": 3},
+                       class_file=class_file) == (
         f"{path}: model.class 'mymodels:Scorer': cannot construct it with model.kwargs "
         "{'width': 3} (Scorer.__init__() got an unexpected keyword argument 'width')")
 
@@ -220,15 +226,17 @@ def test_whole_pickled_module_is_refused_by_default(tmp_path):
     assert _load_error(path) == f"{path}: {REFUSED}"
 
 
-@pytest.mark.parametrize("how", ["argument", "config"])
+@pytest.mark.parametrize("how", ["argument", "config", "old argument name"])
 def test_whole_pickled_module_loads_when_trusted(tmp_path, how):
     model = _scorer().train()
     path = tmp_path / "whole.pt"
     torch.save(model, path)
     if how == "argument":
+        loaded = load_model(ModelConfig(path=path, device="cpu"), trust_model_code=True)
+    elif how == "old argument name":  # trust_pickle: the deprecated name, the same switch
         loaded = load_model(ModelConfig(path=path, device="cpu"), trust_pickle=True)
     else:
-        loaded = _load(path, trust_pickle=True)
+        loaded = _load(path, trust_model_code=True)
     assert loaded.format == "pickle"
     assert loaded.module.training is False
     x = _inputs()
@@ -236,11 +244,13 @@ def test_whole_pickled_module_loads_when_trusted(tmp_path, how):
         torch.testing.assert_close(loaded.module(x), model.eval()(x), rtol=0, atol=0)
 
 
-def test_trust_pickle_argument_overrides_the_config(tmp_path):
+@pytest.mark.parametrize("keyword", ["trust_model_code", "trust_pickle"])
+def test_trust_argument_overrides_the_config(tmp_path, keyword):
     path = tmp_path / "whole.pt"
     torch.save(_scorer(), path)
     with pytest.raises(ModelLoadError):
-        load_model(ModelConfig(path=path, device="cpu", trust_pickle=True), trust_pickle=False)
+        load_model(ModelConfig(path=path, device="cpu", trust_model_code=True),
+                   **{keyword: False})
 
 
 class _Payload:
@@ -279,7 +289,7 @@ def test_malicious_pickle_payload_is_live(tmp_path, how):
     path = tmp_path / "evil.pt"
     _save_malicious(path, marker, how)
     with pytest.raises(ModelLoadError) as err:
-        _load(path, trust_pickle=True)
+        _load(path, trust_model_code=True)
     assert marker.read_text() == "payload ran"
     if how == "torch.save":
         assert str(err.value) == f"{path}: the pickle holds a dict, not a model"
@@ -383,10 +393,9 @@ def test_cuda_requested_without_cuda(tmp_path):
                               "available here; use 'auto' or 'cpu'")
 
 
-def test_same_module_name_beside_two_models(tmp_path, monkeypatch):
+def test_same_class_file_name_for_two_models(tmp_path):
     # v1/arch.py and v2/arch.py define different Scorer classes; loading v2 after v1 in one
     # process (as `sensaudit compare` does) must build v2's class, not reuse v1's module.
-    monkeypatch.delitem(sys.modules, "arch", raising=False)
     loaded = {}
     for version, width in (("v1", 3), ("v2", 5)):
         folder = tmp_path / version
@@ -405,7 +414,8 @@ def test_same_module_name_beside_two_models(tmp_path, monkeypatch):
             """))
         weights = {f"linear.{k}": v for k, v in nn.Linear(width, 1).state_dict().items()}
         torch.save(weights, folder / "weights.pt")
-        loaded[version] = _load(folder / "weights.pt", class_path="arch:Scorer")
-    sys.modules.pop("arch", None)
+        loaded[version] = _load(folder / "weights.pt", class_path="arch:Scorer",
+                                class_file=folder / "arch.py")
+    assert "arch" not in sys.modules
     assert loaded["v1"].module.linear.in_features == 3
     assert loaded["v2"].module.linear.in_features == 5

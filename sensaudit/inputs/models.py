@@ -1,36 +1,47 @@
 """Model files -> an eval-mode scorer on a device, without running untrusted code by default.
 
-Formats, told apart by their contents rather than their names:
+Formats, told apart by their contents rather than their names. Each untrusted file is checked
+against an allowlist of what torch writes for a plain model before torch reads it; trusted mode
+(``model.trust_model_code``) skips the checks, for files you trust like code you run.
 
 - ``torch.export`` programs (``.pt2``): a graph plus weights. ``torch.export.load`` alone can
-  run code from a crafted file, so :mod:`sensaudit.inputs.pt2_safety` checks the archive before,
-  during and after loading; with those checks, safe for files from elsewhere.
-- TorchScript archives (``torch.jit.save``): TorchScript code runs inside the TorchScript
-  interpreter, which can only call torch operators; no arbitrary Python.
+  run code from a crafted file, so :mod:`.pt2_safety` checks the archive before loading and its
+  graph after.
+- TorchScript archives (``torch.jit.save``): code, which TorchScript compiles and runs (some of
+  it while loading); :mod:`.torchscript_safety` accepts only tensor math, before loading.
 - ``state_dict`` checkpoints (``torch.save(model.state_dict())``): read with
-  ``weights_only=True``, which unpickles tensors and plain containers only; the class named by
-  ``model.class`` (code you chose) builds the model.
+  ``weights_only=True``, which unpickles tensors and plain containers only; ``model.class``
+  (code you chose: an installed module, or ``model.class_file``) builds the model.
 - whole pickled modules (``torch.save(model)``): unpickling calls whatever the file names, so a
-  malicious file runs its payload on load. Refused unless ``model.trust_pickle`` is set.
+  malicious file runs its payload on load. Refused unless trusted.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import itertools
 import sys
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 
 from ..config import ModelConfig
 from ..errors import ModelLoadError, first_line
-from . import pt2_safety
+from . import pt2_safety, torchscript_safety
+from .archive_checks import DamagedArchive
+
+TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
+              "file like code you run")
+# model.class_file modules get a private name of their own: two models' arch.py never collide,
+# and no module anyone else imports is replaced.
+_class_file_ids = itertools.count()
 
 
 @dataclass
@@ -54,11 +65,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(cfg: ModelConfig, *, trust_pickle: bool | None = None,
+def load_model(cfg: ModelConfig, *, trust_model_code: bool | None = None,
+               trust_pickle: bool | None = None,
                device: torch.device | None = None) -> LoadedModel:
-    """Load ``cfg.path`` into eval mode on ``device`` (default: ``cfg.device``)."""
+    """Load ``cfg.path`` into eval mode on ``device`` (default: ``cfg.device``).
+
+    ``trust_model_code`` (default: ``cfg.trust_model_code``): treat the file like code you run,
+    i.e. unpickle whole modules and skip the .pt2 and TorchScript checks. ``trust_pickle`` is
+    its deprecated old name and means the same.
+    """
     path = cfg.path
-    trust = cfg.trust_pickle if trust_pickle is None else trust_pickle
+    if trust_model_code is None:
+        trust_model_code = trust_pickle
+    trust = cfg.trust_model_code if trust_model_code is None else trust_model_code
     try:
         device = device or resolve_device(cfg.device)
     except ModelLoadError as exc:  # name the model the setting belongs to
@@ -73,8 +92,7 @@ def load_model(cfg: ModelConfig, *, trust_pickle: bool | None = None,
     if kind == "torch.export":
         module = _load_exported(path, device, trust)
     elif kind == "torchscript":
-        module = _guard(path, "TorchScript archive", lambda: torch.jit.load(str(path),
-                                                                            map_location=device))
+        module = _load_torchscript(path, device, trust)
     else:
         module, kind = _load_pickle_based(cfg, path, trust, device)
     if isinstance(module, torch.nn.Module) and kind != "torch.export":
@@ -124,22 +142,23 @@ def _guard(path: Path, what: str, load: Callable[[], Any]) -> Any:
 
 
 def _load_exported(path: Path, device: torch.device, trust: bool) -> torch.nn.Module:
-    # torch.export.load alone runs code from a crafted .pt2 (it unpickles, and evaluates
-    # shape expressions); see pt2_safety. Checked before, during and after loading.
+    # torch.export.load alone runs code from a crafted .pt2 (it unpickles, evaluates shape
+    # expressions, execs guard code); see pt2_safety. Checked before loading and after.
     if trust:
         program = _guard(path, "torch.export program", lambda: torch.export.load(str(path)))
     else:
         try:
             pt2_safety.check_archive(path)
-            with pt2_safety.weights_only_unpickling():
-                program = torch.export.load(str(path))
+            program = torch.export.load(str(path))
             pt2_safety.check_graph_ops(program)
+        except DamagedArchive as exc:
+            raise ModelLoadError(f"{path}: cannot load torch.export program: corrupt or "
+                                 f"truncated file? ({exc})") from None
         except pt2_safety.UnsafeExport as exc:
             raise ModelLoadError(
                 f"{path}: refusing to load this torch.export file: {exc}. A crafted .pt2 can "
                 "run code when loaded or run; re-export the model with torch.export.save, or "
-                "set model.trust_pickle: true (--trust-pickle) only if you trust the file's "
-                "source") from None
+                f"{TRUST_HINT}") from None
         except Exception as exc:  # torch raises many types for a damaged archive
             raise ModelLoadError(f"{path}: cannot load torch.export program: corrupt or "
                                  f"truncated file? ({first_line(exc)})") from None
@@ -150,7 +169,27 @@ def _load_exported(path: Path, device: torch.device, trust: bool) -> torch.nn.Mo
 
         program = move_to_device_pass(program, device)
     # Exported graphs fix their train/eval behaviour at export time and refuse .eval().
-    return program.module()
+    # Untrusted: no guard function, which torch builds as Python source and exec's; the
+    # module's input checks (a pre-hook) still run.
+    return _guard(path, "torch.export program",
+                  lambda: program.module() if trust else program.module(check_guards=False))
+
+
+def _load_torchscript(path: Path, device: torch.device, trust: bool) -> Any:
+    if not trust:
+        try:
+            torchscript_safety.check_archive(path)
+        except torchscript_safety.UnsafeTorchScript as exc:
+            raise ModelLoadError(
+                f"{path}: refusing to load this TorchScript file: {exc}. TorchScript is code "
+                "that runs when the file is loaded and run, and sensaudit accepts only tensor "
+                "math from standard layers; convert the model to .pt2 with torch.export.save, "
+                f"or {TRUST_HINT}") from None
+        except Exception as exc:  # DamagedArchive, or zipfile's errors on a damaged archive
+            raise ModelLoadError(f"{path}: cannot load TorchScript archive: corrupt or "
+                                 f"truncated file? ({first_line(exc)})") from None
+    return _guard(path, "TorchScript archive",
+                  lambda: torch.jit.load(str(path), map_location=device))
 
 
 def _load_pickle_based(cfg: ModelConfig, path: Path, trust: bool, device: torch.device
@@ -169,9 +208,9 @@ def _load_pickle_based(cfg: ModelConfig, path: Path, trust: bool, device: torch.
             raise ModelLoadError(
                 f"{path}: refusing to unpickle: the file holds pickled Python objects (a whole "
                 "module or other code), and unpickling runs whatever code the file names. Save "
-                "a safe format instead (torch.export.save to .pt2, torch.jit.save, or "
-                "torch.save(model.state_dict()) with model.class), or set model.trust_pickle: "
-                "true (--trust-pickle) only if you trust the file's source") from None
+                "a safe format instead (torch.export.save to .pt2, or "
+                "torch.save(model.state_dict()) with model.class), or "
+                f"{TRUST_HINT}") from None
         return _load_trusted_pickle(path, device), "pickle"
     state = _state_dict_of(obj, path)
     if cfg.class_path is None:
@@ -244,57 +283,65 @@ def _all_tensors(mapping: Mapping) -> bool:
 
 
 def _build(cfg: ModelConfig, path: Path) -> torch.nn.Module:
-    module_name, _, class_name = (cfg.class_path or "").partition(":")
-    with _importable_from(cfg.path.parent):
-        _forget_stale_module(module_name, cfg.path.parent)
-        try:
-            mod = importlib.import_module(module_name)
-        except Exception as exc:  # ImportError, or whatever the module's own code raises
-            raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': cannot import "
-                                 f"module '{module_name}' ({type(exc).__name__}: "
-                                 f"{first_line(exc)})") from None
+    class_path = cfg.class_path or ""
+    if cfg.class_file is not None:
+        mod = _import_class_file(cfg.class_file, path)
+        module_name, class_name = cfg.class_file.stem, class_path.rpartition(":")[2]
+    else:
+        module_name, _, class_name = class_path.partition(":")
+        mod = _import_installed(module_name, cfg, path)
     cls = getattr(mod, class_name, None)
     if cls is None:
-        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': module '{module_name}' "
+        raise ModelLoadError(f"{path}: model.class '{class_path}': module '{module_name}' "
                              f"has no attribute '{class_name}'")
     try:
         module = cls(**dict(cfg.kwargs))
     except Exception as exc:  # the user's constructor may raise anything
-        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': cannot construct it "
+        raise ModelLoadError(f"{path}: model.class '{class_path}': cannot construct it "
                              f"with model.kwargs {dict(cfg.kwargs)} ({first_line(exc)})") from None
     if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}' built a "
+        raise ModelLoadError(f"{path}: model.class '{class_path}' built a "
                              f"{type(module).__name__}, not a torch.nn.Module")
     return module
 
 
-def _forget_stale_module(module_name: str, folder: Path) -> None:
-    # A module imported earlier from another folder (models/v1/arch.py) must not be reused for
-    # a model beside its own models/v2/arch.py, or the wrong class is built (compare loads two
-    # models in one process). When the model's folder has its own copy, drop the cached one.
-    top = module_name.partition(".")[0]
-    here = folder.resolve()
-    if not ((here / f"{top}.py").exists() or (here / top / "__init__.py").exists()):
-        return
-    origin = getattr(sys.modules.get(top), "__file__", None)
-    if top not in sys.modules or (origin and Path(origin).resolve().is_relative_to(here)):
-        return
-    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
-        del sys.modules[name]
-
-
-@contextmanager
-def _importable_from(folder: Path):
-    """Let model.class name a module that sits beside the model file."""
-    entry = str(folder.resolve())
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
+def _import_installed(module_name: str, cfg: ModelConfig, path: Path) -> ModuleType:
+    # Only from installed packages and the interpreter's own sys.path: a folder beside the
+    # model file (whoever wrote it) is never put first, so a planted mypkg/ or torch/ there is
+    # not imported in place of the real one.
     try:
-        yield
-    finally:
-        if added and entry in sys.path:
-            sys.path.remove(entry)
+        return importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or whatever the module's own code raises
+        hint = ""
+        top = module_name.partition(".")[0]
+        beside = cfg.path.parent / f"{top}.py"
+        if isinstance(exc, ModuleNotFoundError) and beside.is_file():
+            hint = (f"; modules beside the model file are not imported: set model.class_file: "
+                    f"{beside.name} to use that file")
+        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': cannot import "
+                             f"module '{module_name}' ({type(exc).__name__}: "
+                             f"{first_line(exc)}){hint}") from None
+
+
+def _import_class_file(file: Path, path: Path) -> ModuleType:
+    """Run ``model.class_file`` as a module of its own, under a private name nobody imports."""
+    if not file.is_file():
+        raise ModelLoadError(f"{path}: model.class_file {file} is not a file")
+    name = f"_sensaudit_class_file_{next(_class_file_ids)}_{file.stem}"
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{path}: model.class_file {file} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    # Registered (under its unique name) before it runs, as the import system does: dataclasses
+    # and pickling look classes up in sys.modules by their module's name.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # whatever the file's own code raises
+        del sys.modules[name]
+        raise ModelLoadError(f"{path}: model.class_file {file}: cannot import it "
+                             f"({type(exc).__name__}: {first_line(exc)})") from None
+    return module
 
 
 def float_dtype(module: Any) -> torch.dtype:

