@@ -32,6 +32,10 @@ from .stats import (
     finite_rows,
 )
 
+# The bootstrap weights of a block of rows are [samples, rows] float64: blocks of rows keep
+# that near 2**24 elements (128 MiB) however many replicates compare.bootstrap_samples asks for.
+WEIGHT_ELEMENTS = 2**24
+
 
 def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
                     settings: AuditSettings, cmp: CompareSettings, *,
@@ -45,13 +49,17 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
     per_unit = make_method(settings, source).per_unit
     agreements: list[AgreementAccumulator] = []
 
+    block = max(1, WEIGHT_ELEMENTS // max(cmp.bootstrap_samples, 1))
+
     def resample(chunk: Chunk, results: list[Attributions]) -> None:
-        weights = bootstrap.weights(chunk.rows)
-        boot_moments.update(chunk.rows, chunk.x, weights)
-        # Each model's intervals use the rows its own statistics use.
-        for attributions, boot in zip(results, boots):
-            boot.update(weights, attributions.values,
-                        finite_rows(attributions.scores, attributions.values))
+        for start in range(0, len(chunk.rows), block):
+            part = slice(start, start + block)
+            weights = bootstrap.weights(chunk.rows[part])
+            boot_moments.update(chunk.rows[part], chunk.x[part], weights)
+            # Each model's intervals use the rows its own statistics use.
+            for attributions, boot in zip(results, boots):
+                scores, values = attributions.scores[part], attributions.values[part]
+                boot.update(weights, values, finite_rows(scores, values))
 
     def agree(read: ReadPass, std: torch.Tensor):
         agreement = AgreementAccumulator(len(read.models[0].prepared.outputs),
