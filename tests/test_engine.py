@@ -22,6 +22,7 @@ from models import (
 from torch import nn
 
 import sensaudit
+from sensaudit import engine
 from sensaudit.engine import STRATEGIES, check_row_independence, scores_and_jacobian
 from sensaudit.errors import ModelError
 
@@ -46,8 +47,6 @@ def test_strategies_are_the_documented_ones():
 
 
 def test_auto_tunes_a_multi_output_model_once_and_stays_exact(x):
-    from sensaudit import engine
-
     model = CLOSED_FORM["multi_output"]()
     # 11 rows in chunks of 1: chunk 0 runs the default, chunks 1-8 time the candidates twice.
     jac = sensaudit.input_jacobian(model, x, batch_size=1)
@@ -309,3 +308,44 @@ def test_bad_inputs_are_refused(x):
         sensaudit.input_jacobian(Linear(), x, strategy="backward")
     assert str(err.value) == ("strategy must be one of ('auto', 'reverse', 'reverse-vmap', "
                               "'forward', 'vmap-jacrev'), got 'backward'")
+
+
+class _TimedLinear(torch.nn.Module):
+    """y = x @ w (gradient w), whose every call advances a fake clock by ``cost(rows)``."""
+
+    def __init__(self, clock: list[float], cost):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+        self.clock, self.cost = clock, cost
+
+    def forward(self, x):
+        self.clock[0] += self.cost(x.shape[0])
+        return x @ self.w
+
+
+@pytest.mark.parametrize("cost,expected", [
+    (lambda rows: 1.0, 65_536),  # a fixed cost per call: the biggest chunks win
+    (lambda rows: rows * (1 + rows / 4096), 4_096),  # worse than linear: the default stays
+])
+def test_chunk_size_is_tuned_per_model_on_calls_that_count(monkeypatch, cost, expected):
+    clock = [0.0]
+    monkeypatch.setattr(engine, "_clock", lambda device: clock[0])
+    model = _TimedLinear(clock, cost)
+    x = torch.randn(70_000, 3, dtype=torch.float64)
+    steps = []
+    real = engine._chunk_jacobian
+
+    def spy(model, chunk, strategy, out=None):
+        steps.append(chunk.shape[0])
+        return real(model, chunk, strategy, out)
+
+    monkeypatch.setattr(engine, "_chunk_jacobian", spy)
+    for _ in range(4):  # default, then 16,384 and 65,536 rows as trials, then the choice
+        steps.clear()
+        jac = engine.input_jacobian(model, x)
+        torch.testing.assert_close(jac[:, 0], model.w.detach().expand(70_000, 3))
+    assert max(steps) == expected
+    # A pinned batch size is never tuned.
+    steps.clear()
+    engine.input_jacobian(model, x, batch_size=1000)
+    assert max(steps) == 1000
