@@ -529,3 +529,17 @@ def test_zero_share_proxy_is_never_flagged_by_rank():
 def test_all_zero_shares_do_not_rank_every_feature_first():
     assert rank_shares(pd.Series([0.0, 0.0, 0.0])).tolist() == [3, 3, 3]
     assert rank_shares(pd.Series([0.5, float("nan"), 0.0, 0.5])).tolist() == [1, 4, 3, 1]
+
+
+def test_finite_rows_fast_path_is_exact():
+    # The per-row sum clears finite rows in one reduction; rows whose sum is not finite are
+    # checked element by element, including finite values whose sum overflows.
+    values = torch.randn(10, 2, 3)
+    scores = torch.randn(10, 2)
+    values[1, 0, 0] = float("nan")
+    values[3, 1, 2] = float("inf")
+    scores[5, 1] = float("-inf")
+    values[7] = 3e38  # finite float32 values whose row sum overflows to inf
+    expected = torch.isfinite(values).flatten(1).all(1) & torch.isfinite(scores).all(1)
+    assert finite_rows(scores, values).tolist() == expected.tolist()
+    assert expected.tolist() == [True, False, True, False, True, False, True, True, True, True]
