@@ -81,10 +81,12 @@ def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
 
 def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings: AuditSettings,
               method: AttributionMethod, *, model_cfg: ModelConfig | None, source: object,
-              progress: Progress, on_chunk: ChunkHook | None = None) -> ReadPass:
+              progress: Progress, on_chunk: ChunkHook | None = None,
+              keep_rows: bool = True) -> ReadPass:
     """The one read of the data: moments, every model's attributions, sums and checks.
 
     Models are probed on the first chunk (input width, output shape, row independence).
+    ``keep_rows`` False: nothing needs per-row results afterwards, so none are spilled.
     """
     moments = FeatureMoments(len(table.features))
     spill = Spill()
@@ -115,8 +117,9 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
                 results.append(attributions)
             if on_chunk is not None:
                 on_chunk(chunk, results)
-            spill.append(chunk.rows, chunk.ids, chunk.labels,
-                         [(a.scores, a.values) for a in results])
+            if keep_rows:
+                spill.append(chunk.rows, chunk.ids, chunk.labels,
+                             [(a.scores, a.values) for a in results])
             progress("audit", moments.count + dropped, table.row_count)
     except BaseException:
         spill.close()
@@ -239,8 +242,12 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
     caller's context for the reports (how the input columns were matched)."""
     method = make_method(settings, source)
     build_checks(settings, source)  # option errors before any data is read
+    # Per-row results are kept only for what reads them after the pass: examples.csv, the
+    # report's examples, and compare's per-row agreement.
+    keep_rows = (example_sink is not None or settings.examples_in_report > 0
+                 or on_replay is not None)
     read = read_pass(models, chunks, table, settings, method, model_cfg=model_cfg,
-                     source=source, progress=progress, on_chunk=on_chunk)
+                     source=source, progress=progress, on_chunk=on_chunk, keep_rows=keep_rows)
     try:
         std = feature_std(read, table)
         finished = [finish_model(mp, table, std, method) for mp in read.models]

@@ -97,18 +97,19 @@ class AttributionSums:
         if finite is None:
             finite = finite_rows(scores, values)
         if not bool(finite.all()):
-            bad = (~finite).nonzero().flatten().tolist()
+            bad = (~finite).nonzero().flatten().cpu().tolist()
             self.nonfinite_rows += len(bad)
             self._keep_nonfinite((int(rows[i]), _item(_scalar(ids[i]))) for i in bad)
             values, scores = values[finite], scores[finite]
-        good = values.detach().cpu()
+        # Reduced where the values are (a GPU keeps its Jacobian; only the [outputs, features]
+        # sums travel), in float64 without a float64 copy where the values can stay as they
+        # are (abs is exact in any dtype); squares are formed in float64 so they lose nothing.
+        good = values.detach()
         self.rows += good.shape[0]
-        # Summed in float64 without a float64 copy where the values can stay as they are
-        # (abs is exact in any dtype); squares are formed in float64 so they lose nothing.
-        self.sum += good.sum(0, dtype=torch.float64)
-        self.sum_abs += good.abs().sum(0, dtype=torch.float64)
-        self.sum_sq += good.double().square().sum(0)
-        self.score_sum += scores.detach().cpu().sum(0, dtype=torch.float64)
+        self.sum += good.sum(0, dtype=torch.float64).cpu()
+        self.sum_abs += good.abs().sum(0, dtype=torch.float64).cpu()
+        self.sum_sq += good.double().square().sum(0).cpu()
+        self.score_sum += scores.detach().sum(0, dtype=torch.float64).cpu()
 
     def merge(self, other: AttributionSums) -> None:
         self.rows += other.rows

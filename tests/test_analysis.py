@@ -543,3 +543,23 @@ def test_finite_rows_fast_path_is_exact():
     expected = torch.isfinite(values).flatten(1).all(1) & torch.isfinite(scores).all(1)
     assert finite_rows(scores, values).tolist() == expected.tolist()
     assert expected.tolist() == [True, False, True, False, True, False, True, True, True, True]
+
+
+def test_nothing_per_row_asked_for_means_nothing_spilled_and_the_same_figures(monkeypatch):
+    # With no examples in the report and no examples.csv, the audit keeps no per-row results;
+    # its figures are the same as with them.
+    import sensaudit.spill as spill_module
+
+    appended = []
+    real_append = spill_module.Spill.append
+    monkeypatch.setattr(spill_module.Spill, "append",
+                        lambda self, *a: appended.append(1) or real_append(self, *a))
+    frame = _ad_frame()
+    model = _LengthOnlyMLP().eval()
+    full = sensaudit.audit_frame(model, frame, label="quality", id="ad_id")
+    assert appended and full.examples
+    appended.clear()
+    lean = sensaudit.audit_frame(model, frame, label="quality", id="ad_id",
+                                 settings=AuditSettings(examples_in_report=0))
+    assert appended == [] and lean.examples == []
+    pd.testing.assert_frame_equal(lean.table, full.table)
