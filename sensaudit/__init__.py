@@ -22,6 +22,13 @@ from .config import (
     load_config,
     parse_config,
 )
+from .config_checks import (
+    Expectation,
+    FeatureGroup,
+    LayerHealthSettings,
+    LinearitySettings,
+    RobustnessSettings,
+)
 from .engine import input_jacobian, scores_and_jacobian
 from .errors import (
     ConfigError,
@@ -41,12 +48,17 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataError",
+    "Expectation",
+    "FeatureGroup",
+    "LayerHealthSettings",
+    "LinearitySettings",
     "LoadedModel",
     "ModelConfig",
     "ModelError",
     "ModelLoadError",
     "ProxyLimit",
     "ReportError",
+    "RobustnessSettings",
     "SensauditError",
     "__version__",
     "audit",

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from .checks.names import check_check_names, group_names
 from .compare import ComparisonResult, compare_on_rows
 from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model
@@ -160,15 +161,20 @@ def check_proxies(settings: AuditSettings, features: tuple[str, ...], source: ob
     """Every declared proxy must be an audited feature, declared once: a typo must not
     disable a gate."""
     seen: set[str] = set()
+    check_check_names(settings, features, source)
+    groups = group_names(settings)  # a proxy limit may name a group (audit.groups)
     for i, proxy in enumerate(settings.proxies):
         if proxy.feature in seen:
             raise ConfigError(f"{source}: audit.proxies[{i}].feature '{proxy.feature}' "
                               "is declared twice")
         seen.add(proxy.feature)
-        if proxy.feature not in features:
+        if proxy.feature not in features and proxy.feature not in groups:
+            named = (*features, *groups)
             raise ConfigError(f"{source}: audit.proxies[{i}].feature '{proxy.feature}' "
-                              f"is not an audited feature{did_you_mean(proxy.feature, features)}"
-                              f" (features: {', '.join(features)})")
+                              f"is not an audited feature{' or group' if groups else ''}"
+                              f"{did_you_mean(proxy.feature, named)}"
+                              f" (features: {', '.join(features)}"
+                              f"{'; groups: ' + ', '.join(groups) if groups else ''})")
 
 
 def _notes(inputs: ModelInputs, features: tuple[str, ...]) -> list[str]:

@@ -226,10 +226,15 @@ def _print_audit(result: AuditResult, written: list[Path]) -> None:
             ("scaled sens.", "right"), ("mean grad", "right"), ("flag", "center")]
         for name, justify in columns:
             table.add_column(name, justify=justify)
-        for r in group.sort_values("rank").itertuples():
-            table.add_row(str(r.rank), escape(r.feature), f"{r.share:.1%}",
-                          f"{r.scaled_sensitivity:.4g}",
-                          f"{r.mean_gradient:.4g}", "[red]FLAG[/]" if r.flagged else "")
+        # audit.groups' rows (after the features', ranked among groups and ungrouped
+        # features) have no mean gradient: their members' are in other units.
+        grouped = "group" in group.columns
+        for r in (group if grouped else group.sort_values("rank")).itertuples():
+            is_group = grouped and r.group == r.feature
+            table.add_row(str(r.rank), escape(r.feature) + (" (group)" if is_group else ""),
+                          f"{r.share:.1%}", f"{r.scaled_sensitivity:.4g}",
+                          "" if is_group else f"{r.mean_gradient:.4g}",
+                          "[red]FLAG[/]" if r.flagged else "")
         stdout.print(table)
     for text in result.findings:
         _plain("- " + text.replace("**", ""))

@@ -16,6 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_checks import (
+    CHECK_KEYS,
+    Expectation,
+    FeatureGroup,
+    LayerHealthSettings,
+    LinearitySettings,
+    RobustnessSettings,
+    parse_check_keys,
+)
 from .errors import ConfigError, brief, describe, did_you_mean
 from .yaml_loader import load_yaml
 
@@ -93,6 +102,13 @@ class AuditSettings:
     # Options of checks registered without a key of their own, by check name (README,
     # "Extending"): each check validates its own options.
     checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The checks beyond the gradient ranking (sensaudit.config_checks; None: not asked for).
+    threshold: float | None = None  # decision threshold on the score
+    groups: tuple[FeatureGroup, ...] = ()
+    expect: tuple[Expectation, ...] = ()
+    robustness: RobustnessSettings | None = None
+    linearity: LinearitySettings | None = None
+    layer_health: LayerHealthSettings | None = None
 
     def __post_init__(self) -> None:
         # The YAML path checks these with file and key; this guards settings built in Python
@@ -113,6 +129,10 @@ class AuditSettings:
             raise bad("dominance_warning", "a number in [0, 1]")
         if self.method not in registered("methods"):
             raise bad("method", "one of " + ", ".join(registered("methods")))
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float))
+                                               and not isinstance(self.threshold, bool)
+                                               and math.isfinite(self.threshold)):
+            raise bad("threshold", "a finite number or None")
 
 
 def _is_int(value: object) -> bool:
@@ -241,7 +261,8 @@ def _data(v: _Validator, raw: Any) -> DataConfig:
 def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
     v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
-                                 "batch_size", "allow_nonfinite", "method", "checks"))
+                                 "batch_size", "allow_nonfinite", "method", "checks",
+                                 *CHECK_KEYS))
     proxies_raw = a.get("proxies")
     proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
     if not isinstance(proxies_raw, list):
@@ -265,6 +286,7 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         allow_nonfinite=v.boolean(a.get("allow_nonfinite", False), "audit.allow_nonfinite"),
         method=v.choice(a.get("method", "gradient"), "audit.method", registered("methods")),
         checks=_checks(v, a.get("checks", {})),
+        **parse_check_keys(v, a),
     )
 
 

@@ -3,10 +3,13 @@
 1. **Read** (the data's one read): every chunk's feature moments, each model's attributions
    (the configured method), their sums and each check's per-chunk state; the chunk's compact
    per-row results go to a :class:`~sensaudit.spill.Spill`.
-2. **Finish**: feature stds are now exact, so each model's sensitivity table is ranked and the
-   checks judge it.
+2. **Rank**: feature stds are now exact, so each model's sensitivity table is ranked (with the
+   rows of ``audit.groups``).
 3. **Replay** the spill: per-row contributions (attribution x std), examples.csv rows, the
-   strongest examples, and whatever else a caller (``compare``) needs per row.
+   strongest examples, the per-row work of checks that need the model and the final
+   statistics (``Check.replays``: an attack, a finite step), and whatever else a caller
+   (``compare``) needs per row.
+4. **Judge**: the checks finish on the ranked table and what they gathered.
 
 Everything here is a sum that merges (:mod:`sensaudit.stats`), so another engine can run the
 read pass over partitions and merge the partial :class:`ReadPass` results.
@@ -21,15 +24,25 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .checks import Check, CheckResult, Notice, Ranking, build_checks
+from .checks import (
+    Check,
+    CheckResult,
+    ModelContext,
+    Notice,
+    Ranking,
+    ReplayChunk,
+    build_checks,
+)
 from .config import AuditSettings, ModelConfig
 from .engine import Model, as_output_matrix, check_row_independence
 from .errors import ConfigError, DataError, ModelError, first_line
 from .examples import ExampleDrivers
+from .groups import add_group_rows, proxy_features
 from .inputs.models import LoadedModel
 from .inputs.tables import Chunk, Table
 from .methods import METHODS, AttributionMethod, Attributions
 from .results import AuditResult, sensitivity_table
+from .row_stats import FeatureRange
 from .spill import Spill, SpilledChunk
 from .stats import AttributionSums, FeatureMoments, finite_rows
 
@@ -49,6 +62,7 @@ class PreparedModel:
     loaded: LoadedModel
     module: Model
     outputs: list[str]
+    output_index: int | None = None  # the output of loaded.module that model.output selects
 
 
 @dataclass
@@ -69,6 +83,7 @@ class ReadPass:
     dropped: int
     models: list[ModelPass]
     spill: Spill
+    ranges: FeatureRange | None = None  # per-feature min..max, for checks that replay
 
 
 def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
@@ -89,6 +104,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
     ``keep_rows`` False: nothing needs per-row results afterwards, so none are spilled.
     """
     moments = FeatureMoments(len(table.features))
+    ranges = FeatureRange(len(table.features))
     spill = Spill()
     passes: list[ModelPass] = []
     dropped = 0
@@ -98,6 +114,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             if not len(chunk.x):
                 continue
             moments.update(chunk.x)
+            ranges.update(chunk.x)
             if not passes:
                 passes = [_start(m, chunk.x, table, settings, model_cfg, source) for m in models]
                 _check_same_outputs(passes)
@@ -119,7 +136,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
                 on_chunk(chunk, results)
             if keep_rows:
                 spill.append(chunk.rows, chunk.ids, chunk.labels,
-                             [(a.scores, a.values) for a in results])
+                             [(a.scores, a.values) for a in results], x=chunk.x)
             progress("audit", moments.count + dropped, table.row_count)
     except BaseException:
         spill.close()
@@ -128,7 +145,8 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
         spill.close()
         raise DataError(f"{table.path}: {moments.count} usable row(s); an audit needs at least 2 "
                         "to measure how much each feature varies")
-    return ReadPass(moments=moments, dropped=dropped, models=passes, spill=spill)
+    return ReadPass(moments=moments, dropped=dropped, models=passes, spill=spill,
+                    ranges=ranges)
 
 
 def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
@@ -153,6 +171,12 @@ def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
 def finish_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
                  method: AttributionMethod) -> tuple[pd.DataFrame, list[CheckResult]]:
     """Rank one model's merged sums and let its checks judge them."""
+    return judge_model(model_pass, rank_model(model_pass, table, std, method), std)
+
+
+def rank_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
+               method: AttributionMethod, settings: AuditSettings | None = None) -> Ranking:
+    """One model's merged sums as the ranked sensitivity table (with ``settings.groups``)."""
     sums, loaded = model_pass.sums, model_pass.prepared.loaded
     if sums.rows == 0 and sums.nonfinite_rows:
         # Even under audit.allow_nonfinite, 0 rows audited leaves nothing to rank.
@@ -171,10 +195,18 @@ def finish_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
             raise ModelError(f"{loaded.path}: output '{output}' responds only to features that "
                              "do not vary in the data (every share is 0), so nothing can be "
                              "ranked; audit rows where those features vary")
-    ranking = Ranking(table=ranked, features=features, outputs=outputs)
+    if settings is not None and settings.groups:
+        ranked = add_group_rows(ranked, settings.groups)
+    return Ranking(table=ranked, features=features, outputs=outputs)
+
+
+def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor
+                ) -> tuple[pd.DataFrame, list[CheckResult]]:
+    """Let one model's checks judge its ranking; mark the table's rows whose gate failed."""
+    ranked = ranking.table
     results = [check.finish(ranking) for check in model_pass.checks]
     if model_pass.seen is not None:
-        results.append(precision_warnings(features, std, model_pass.seen.std,
+        results.append(precision_warnings(ranking.features, std, model_pass.seen.std,
                                           model_pass.prepared.loaded.dtype))
     failed = {(g.output, g.subject) for r in results for g in r.failed}
     ranked["flagged"] = [(o, f) in failed for o, f in zip(ranked["output"], ranked["feature"])]
@@ -184,19 +216,23 @@ def finish_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
 def example_drivers(model_pass: ModelPass, table: Table, std: torch.Tensor,
                     settings: AuditSettings, method: AttributionMethod) -> ExampleDrivers:
     return ExampleDrivers(table.features, model_pass.prepared.outputs, top_k=settings.top_k,
-                          proxies=[p.feature for p in settings.proxies],
+                          proxies=proxy_features([p.feature for p in settings.proxies],
+                                                 settings.groups),
                           keep=settings.examples_in_report,
                           scale=std if method.per_unit else None)
 
 
 def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
            example_sink: ExampleSink | None = None,
-           on_chunk: Callable[[SpilledChunk], None] | None = None) -> None:
-    """Per-row work that needed the final stds: examples for each model, then ``on_chunk``.
+           on_chunk: Callable[[SpilledChunk], None] | None = None,
+           contexts: list[ModelContext] | None = None) -> None:
+    """Per-row work that needed the final stds: examples for each model, the checks that
+    replay (given each model's ``contexts``), then ``on_chunk``.
 
     ``example_sink`` receives the first model's examples rows.
     """
     done = 0
+    contexts = contexts or []
     try:
         for chunk in read.spill:
             for i, ((scores, values), model_drivers) in enumerate(zip(chunk.results, drivers)):
@@ -205,12 +241,43 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
                     finite_rows(scores, values), table=example_sink is not None and i == 0)
                 if rows_table is not None and example_sink is not None:
                     example_sink(rows_table)
+            for model_pass, context, (scores, values) in zip(read.models, contexts,
+                                                              chunk.results):
+                _replay_checks(model_pass, context, chunk, scores, values)
             if on_chunk is not None:
                 on_chunk(chunk)
             done += len(chunk.rows)
             progress("examples", done, read.moments.count)
     finally:
         read.spill.close()
+
+
+def model_context(model_pass: ModelPass, read: ReadPass, std: torch.Tensor,
+                  ranking: Ranking) -> ModelContext:
+    """What the checks that replay know of one model once the read and its ranking are
+    final."""
+    prepared = model_pass.prepared
+    ranges = read.ranges or FeatureRange(len(ranking.features))
+    return ModelContext(model=prepared.module, module=prepared.loaded.module,
+                        output_index=prepared.output_index, std=std,
+                        minimum=ranges.minimum, maximum=ranges.maximum,
+                        features=ranking.features, outputs=prepared.outputs,
+                        path=str(prepared.loaded.path), table=ranking.table)
+
+
+def _replay_checks(model_pass: ModelPass, context: ModelContext, chunk: SpilledChunk,
+                   scores: torch.Tensor, values: torch.Tensor) -> None:
+    replaying = [check for check in model_pass.checks if check.replays]
+    if not replaying or chunk.x is None:
+        return
+    loaded = model_pass.prepared.loaded
+    part = ReplayChunk(rows=chunk.rows, ids=chunk.ids, x=chunk.x.to(loaded.device, loaded.dtype),
+                       scores=scores, values=values, finite=finite_rows(scores, values))
+    for check in replaying:
+        try:
+            check.replay(part, context)
+        except ModelError as exc:  # the engine knows no files: name the model here
+            raise ModelError(f"{context.path}: {exc}") from None
 
 
 def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[CheckResult],
@@ -241,22 +308,24 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
     """Read, finish and replay for one or more models on the same rows. ``notes`` are the
     caller's context for the reports (how the input columns were matched)."""
     method = make_method(settings, source)
-    build_checks(settings, source)  # option errors before any data is read
+    checks = build_checks(settings, source)  # option errors before any data is read
     # Per-row results are kept only for what reads them after the pass: examples.csv, the
-    # report's examples, and compare's per-row agreement.
+    # report's examples, compare's per-row agreement, and checks that replay the rows.
     keep_rows = (example_sink is not None or settings.examples_in_report > 0
-                 or on_replay is not None)
+                 or on_replay is not None or any(check.replays for check in checks))
     read = read_pass(models, chunks, table, settings, method, model_cfg=model_cfg,
                      source=source, progress=progress, on_chunk=on_chunk, keep_rows=keep_rows)
     try:
         std = feature_std(read, table)
-        finished = [finish_model(mp, table, std, method) for mp in read.models]
+        rankings = [rank_model(mp, table, std, method, settings) for mp in read.models]
         drivers = [example_drivers(mp, table, std, settings, method) for mp in read.models]
     except BaseException:
         read.spill.close()
         raise
     replay(read, drivers, progress=progress, example_sink=example_sink,
-           on_chunk=on_replay(read, std) if on_replay else None)
+           on_chunk=on_replay(read, std) if on_replay else None,
+           contexts=[model_context(mp, read, std, r) for mp, r in zip(read.models, rankings)])
+    finished = [judge_model(mp, ranking, std) for mp, ranking in zip(read.models, rankings)]
     notes = [*(notes or []), *_skipped_note(table)]
     results = [audit_result(mp, ranked, checks, d, read, table, settings, method, notes)
                for mp, (ranked, checks), d in zip(read.models, finished, drivers)]
@@ -329,11 +398,13 @@ def prepare_model(loaded: LoadedModel, x: torch.Tensor, model_cfg: ModelConfig |
         inner = loaded.module
         module = lambda inp: inner(inp).reshape(inp.shape[0], -1)[:, index : index + 1]  # noqa: E731
         names = [names[index]]
+        selected = index
     try:
         check_row_independence(module, x)
     except ModelError as exc:
         raise ModelError(f"{loaded.path}: {exc}") from None
-    return PreparedModel(loaded=loaded, module=module, outputs=names)
+    return PreparedModel(loaded=loaded, module=module, outputs=names,
+                         output_index=selected if isinstance(selected, int) else None)
 
 
 def precision_warnings(features: list[str], data_std: torch.Tensor, seen_std: torch.Tensor,

@@ -29,6 +29,7 @@ class SpilledChunk:
     ids: pa.Array | np.ndarray
     labels: np.ndarray | None  # float64 [rows]
     results: list[tuple[torch.Tensor, torch.Tensor]]  # per model: scores, values
+    x: torch.Tensor | None = None  # [rows, features], the chunk's inputs as read
 
 
 class Spill:
@@ -41,13 +42,17 @@ class Spill:
         self._file: tempfile._TemporaryFileWrapper | None = None
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._dtypes: list[torch.dtype] = []
+        self._x_dtype: torch.dtype | None = None
 
     def append(self, rows: np.ndarray, ids: pa.Array | np.ndarray, labels: np.ndarray | None,
-               results: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """results: per model, scores [rows, outputs] and values [rows, outputs, features]."""
+               results: list[tuple[torch.Tensor, torch.Tensor]],
+               x: torch.Tensor | None = None) -> None:
+        """results: per model, scores [rows, outputs] and values [rows, outputs, features];
+        x: the inputs [rows, features]."""
         if not self._shapes:
             self._shapes = [(v.shape[1], v.shape[2]) for _, v in results]
             self._dtypes = [v.dtype for _, v in results]
+            self._x_dtype = None if x is None else x.dtype
         columns = {"row": pa.array(rows, type=pa.int64()),
                    "id": ids if isinstance(ids, pa.Array) else pa.array(ids)}
         if labels is not None:
@@ -56,6 +61,8 @@ class Spill:
             m, n = self._shapes[i]
             columns[f"scores_{i}"] = _fixed_list(scores, m)
             columns[f"values_{i}"] = _fixed_list(values, m * n)
+        if x is not None:
+            columns["x"] = _fixed_list(x, x.shape[1])
         batch = pa.RecordBatch.from_pydict(columns)
         if self._writer is None and self._bytes + batch.nbytes > self.memory_budget:
             self._to_file(batch.schema)
@@ -95,8 +102,12 @@ class Spill:
         names = batch.schema.names
         labels = (batch.column("label").to_numpy(zero_copy_only=False)
                   if "label" in names else None)
+        x = None
+        if "x" in names and self._x_dtype is not None:
+            x = _tensor(batch.column("x"), (rows, batch.column("x").type.list_size),
+                        self._x_dtype)
         return SpilledChunk(rows=batch.column("row").to_numpy(), ids=batch.column("id"),
-                            labels=labels, results=results)
+                            labels=labels, results=results, x=x)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -553,7 +553,7 @@ def test_nothing_per_row_asked_for_means_nothing_spilled_and_the_same_figures(mo
     appended = []
     real_append = spill_module.Spill.append
     monkeypatch.setattr(spill_module.Spill, "append",
-                        lambda self, *a: appended.append(1) or real_append(self, *a))
+                        lambda self, *a, **k: appended.append(1) or real_append(self, *a, **k))
     frame = _ad_frame()
     model = _LengthOnlyMLP().eval()
     full = sensaudit.audit_frame(model, frame, label="quality", id="ad_id")

@@ -43,6 +43,15 @@ def test_demo_path_runs_and_tells_the_story(tmp_path):
     v2 = json.loads((ROOT / "reports/scorer_v2/summary.json").read_text())
     assert v1["passed"] is False and [f["feature"] for f in v1["flags"]] == ["copy_length"]
     assert v2["passed"] is True
+    # The demo shows one expectation and the adversarial shift, passing in both.
+    for name, summary in (("scorer_v1", v1), ("scorer_v2", v2)):
+        (expectation,) = summary["monotonicity"]
+        assert (expectation["feature"], expectation["passed"]) == ("clarity", True)
+        (robustness,) = summary["robustness"]
+        assert robustness["passed"] is True and 0 < robustness["p95_shift"] < 0.15
+        report = (ROOT / "reports" / name / "report.md").read_text()
+        assert "## Adversarial shift" in report and "## Monotonicity expectations" in report
+    assert v1["robustness"][0]["p95_shift"] > v2["robustness"][0]["p95_shift"]
     comparison = json.loads((ROOT / "reports/compare/comparison.json").read_text())
     copy_length = next(f for f in comparison["features"] if f["feature"] == "copy_length")
     assert copy_length["delta_share"] < -0.2 and copy_length["significant"]

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 from ..config import AuditSettings
 from ..errors import ConfigError
-from .base import Check, CheckResult, Gate, Notice, Ranking
+from .base import Check, CheckResult, Gate, ModelContext, Notice, Ranking, ReplayChunk
 from .dominance import Dominance
+from .layer_health import LayerHealth
+from .linearity import Linearity
+from .monotonicity import Monotonicity
+from .one_hot import OneHotLevels
 from .proxies import ProxyLimits
+from .robustness import Robustness
 
 CHECKS: list[type[Check]] = [
     ProxyLimits,
     Dominance,
+    Monotonicity,
+    Robustness,
+    OneHotLevels,
+    Linearity,
+    LayerHealth,
 ]
 
 
@@ -23,6 +33,9 @@ def build_checks(settings: AuditSettings, source: object) -> list[Check]:
     with the config file (``source``) they came from."""
     built = []
     for cls in CHECKS:
+        if cls.config_key is not None and cls.name in settings.checks:
+            raise ConfigError(f"{source}: audit.checks.{cls.name}: this check is configured "
+                              f"with audit.{cls.config_key}, not in audit.checks")
         try:
             check = cls.from_settings(settings)
         except ConfigError as exc:
@@ -32,4 +45,5 @@ def build_checks(settings: AuditSettings, source: object) -> list[Check]:
     return built
 
 
-__all__ = ["CHECKS", "Check", "CheckResult", "Gate", "Notice", "Ranking", "build_checks"]
+__all__ = ["CHECKS", "Check", "CheckResult", "Gate", "ModelContext", "Notice", "Ranking",
+           "ReplayChunk", "build_checks"]

@@ -9,7 +9,14 @@ everything the report writers render, so a new check needs no edits in them:
 - gates: pass/fail tests against a limit (a failed gate fails the audit, exit 1);
 - warnings: things worth a look that do not fail the audit;
 - findings (problems, listed first) and notes (context, listed after every check's findings);
-- tables: extra CSV files to write, by file name.
+- tables: extra CSV files to write, by file name;
+- summary: entries for summary.json, by top-level key (``robustness``: [...]);
+- report_tables: small titled tables for report.md.
+
+A check that needs the model or the final feature statistics per row (an attack, a finite
+step) sets ``replays = True``: once every row is read and the stds are exact, the pipeline
+replays the spill and hands it each chunk again (:class:`ReplayChunk`) with the prepared
+model (:class:`ModelContext`); its ``finish`` then runs after the replay.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from ..config import AuditSettings
+from ..engine import Model
 from ..methods import Attributions
 
 
@@ -59,6 +68,8 @@ class CheckResult:
     findings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    report_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Gate]:
@@ -74,8 +85,41 @@ class Ranking:
     outputs: list[str]
 
 
+@dataclass
+class ModelContext:
+    """What replaying checks know of the model, once the feature statistics are final."""
+
+    model: Model  # x [rows, features] -> the audited outputs [rows, outputs]
+    module: object  # the model as loaded (module tree, exported graph, ...), to look inside
+    output_index: int | None  # the output model.output selected from module's, if any
+    std: torch.Tensor  # float64 [features], over every row read
+    minimum: torch.Tensor  # float64 [features], over every row read
+    maximum: torch.Tensor  # float64 [features]
+    features: list[str]
+    outputs: list[str]
+    path: str  # the model file, for messages
+    table: pd.DataFrame  # the ranked sensitivity table (results.SENSITIVITY_COLUMNS)
+
+
+@dataclass
+class ReplayChunk:
+    """One chunk of the replay: the rows' inputs and what the read pass found for them."""
+
+    rows: np.ndarray  # int64 [rows] row numbers
+    ids: pa.Array | np.ndarray  # [rows]
+    x: torch.Tensor  # [rows, features] on the model's device, in its dtype
+    scores: torch.Tensor  # [rows, outputs] (CPU, model dtype)
+    values: torch.Tensor  # [rows, outputs, features] attributions (CPU, model dtype)
+    finite: torch.Tensor  # bool [rows]: the rows the statistics use
+
+
 class Check(ABC):
     name: ClassVar[str]
+    # The check's own audit key (`audit.robustness`), if it has one: `audit.checks.<name>`
+    # would then be a second, silently ignored place to configure it.
+    config_key: ClassVar[str | None] = None
+    # True: the pipeline hands the check every chunk again in the replay (``replay``).
+    replays: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -86,6 +130,10 @@ class Check(ABC):
                attributions: Attributions) -> None:
         """One chunk: row numbers [rows], inputs [rows, features] and their attributions.
         Checks that only read the final ranking leave this as it is."""
+
+    def replay(self, chunk: ReplayChunk, context: ModelContext) -> None:  # noqa: B027
+        """One chunk again, after the read, with the model and final statistics (checks
+        with ``replays = True``)."""
 
     def merge(self, other: Check) -> None:  # noqa: B027 - optional hook
         """Fold in the same check run over other rows (another worker's partition)."""

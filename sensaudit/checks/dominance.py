@@ -9,6 +9,7 @@ from .base import Check, CheckResult, Notice, Ranking
 
 class Dominance(Check):
     name = "dominance"
+    config_key = "dominance_warning"
 
     def __init__(self, threshold: float, declared: set[str]):
         self.threshold = threshold
@@ -22,7 +23,9 @@ class Dominance(Check):
         result = CheckResult(self.name)
         multi = len(ranking.outputs) > 1
         for row in ranking.table.itertuples():
-            if row.feature in self.declared or not row.share > self.threshold:
+            # audit.groups' rows are declared by the user: not unknown proxies.
+            if (row.feature in self.declared or row.feature not in ranking.features
+                    or not row.share > self.threshold):
                 continue
             result.warnings.append(Notice(
                 check=self.name, subject=row.feature, output=row.output,

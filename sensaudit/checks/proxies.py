@@ -10,6 +10,7 @@ from .base import Check, CheckResult, Gate, Ranking
 
 class ProxyLimits(Check):
     name = "proxy_limits"
+    config_key = "proxies"
 
     def __init__(self, proxies: tuple[ProxyLimit, ...]):
         self.proxies = {p.feature: p for p in proxies}
@@ -43,7 +44,21 @@ class ProxyLimits(Check):
                 passed=not broken, limit=limit,
                 details={"share": share, "rank": rank, "max_share": proxy.max_share,
                          "max_rank": proxy.max_rank}))
-            if broken:
+            if broken and row.feature not in ranking.features:  # a group (audit.groups)
+                where = f" for output '{row.output}'" if multi else ""
+                members = table[(table["output"] == row.output)
+                                & (table["group"] == row.feature)
+                                & table["feature"].isin(ranking.features)]
+                parts = ", ".join(f"{m.feature} {m.share:.1%}" for m in members.itertuples())
+                result.findings.append(
+                    f"**{row.feature}** is a declared proxy group and its features together "
+                    f"drive {share:.1%} of the score's sensitivity{where} ({parts}; rank {rank} "
+                    f"counting the group as one feature), over its limit ({limit}). Split "
+                    "across correlated columns, a proxy can stay under a per-column limit "
+                    "while the model leans on it as a whole: remove the correlation from the "
+                    "training data and retrain."
+                    + (f" Why it must not matter: {proxy.reason}." if proxy.reason else ""))
+            elif broken:
                 where = f" for output '{row.output}'" if multi else ""
                 result.findings.append(
                     f"**{row.feature}** is a declared proxy and drives {share:.1%} of the "
@@ -56,7 +71,8 @@ class ProxyLimits(Check):
                     "and retrain, then run this audit again."
                     + (f" Why it must not matter: {proxy.reason}." if proxy.reason else ""))
         if not result.failed:
-            for output, group in table.groupby("output", sort=False):
+            features = table[table["feature"].isin(ranking.features)]  # not audit.groups'
+            for output, group in features.groupby("output", sort=False):
                 top = group.sort_values("rank").head(3)
                 names = ", ".join(f"{r.feature} ({r.share:.1%})" for r in top.itertuples())
                 where = f"Output '{output}': " if multi else ""

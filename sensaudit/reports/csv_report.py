@@ -52,9 +52,16 @@ class CsvReport(ReportWriter):
     def audit(self, result: AuditResult) -> None:
         self.out.guarded(lambda: result.table.to_csv(self.out.path("sensitivity.csv"),
                                                      index=False, float_format="%.8g"))
+        for check in result.checks:  # each check's own tables (robustness.csv, ...)
+            for name, frame in check.tables.items():
+                self._table(name, frame)
         if self._schema is None:  # no rows were streamed: still write the header
             self.examples(pd.DataFrame(columns=["id", "output", "score"]))
         self._close()
+
+    def _table(self, name: str, frame: pd.DataFrame) -> None:
+        self.out.guarded(lambda: frame.to_csv(self.out.path(name), index=False,
+                                              float_format="%.8g"))
 
     def comparison(self, result: ComparisonResult) -> None:
         self.out.guarded(lambda: result.table.to_csv(self.out.path("comparison.csv"),

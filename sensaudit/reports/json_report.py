@@ -42,7 +42,7 @@ def _dumps(value: Any) -> str:
 def audit_summary(result: AuditResult) -> dict[str, Any]:
     """The JSON summary CI jobs read: verdict, flags, counts and where the inputs came from."""
     table = result.table
-    return {
+    summary = {
         "sensaudit_version": __version__,
         "passed": result.passed,
         "flags": [gate_record(g) for g in result.gates.flags],
@@ -60,6 +60,14 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
                     .assign(share=lambda g: g["share"].map(_finite)).to_dict("records")
                     for output, group in table.groupby("output", sort=False)},
     }
+    # Each check's own sections (``robustness``: [...]), beside the core keys, never over them.
+    for check in result.checks:
+        for key, value in check.summary.items():
+            if key in summary:
+                raise ValueError(f"check {check.check} writes summary.json key '{key}', "
+                                 "which is taken")
+            summary[key] = value
+    return summary
 
 
 def comparison_summary(result: ComparisonResult) -> dict[str, Any]:

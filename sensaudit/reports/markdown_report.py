@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import pandas as pd
+
 from .._version import __version__
 from ..compare import ComparisonResult, gate_change
 from ..results import AuditResult
@@ -48,12 +53,18 @@ def audit_markdown(result: AuditResult) -> str:
         lines += ["| rank | feature | share | scaled sensitivity | mean gradient | "
                   "mean abs gradient | std | flagged |",
                   "|---:|---|---:|---:|---:|---:|---:|:---:|"]
-        for r in group.sort_values("rank").itertuples():
+        # Without audit.groups, by rank; with them, as ranked: the groups' rows after the
+        # features'.
+        for r in (group if "group" in group.columns else group.sort_values("rank")).itertuples():
             mark = "**yes**" if r.flagged else ""
-            lines.append(f"| {r.rank} | {r.feature} | {r.share:.1%} | {r.scaled_sensitivity:.4g} "
-                         f"| {r.mean_gradient:.4g} | {r.mean_abs_gradient:.4g} | {r.std:.4g} "
-                         f"| {mark} |")
+            name = f"{r.feature} (group)" if getattr(r, "group", None) == r.feature else r.feature
+            lines.append(f"| {r.rank} | {name} | {r.share:.1%} | {r.scaled_sensitivity:.4g} "
+                         f"| {_num(r.mean_gradient)} | {_num(r.mean_abs_gradient)} "
+                         f"| {_num(r.std)} | {mark} |")
         lines.append("")
+    for check in result.checks:  # each check's own small tables
+        for title, frame in check.report_tables.items():
+            lines += [f"## {title}", "", *frame_markdown(frame), ""]
     if result.examples:
         lines += ["## Examples to look at", "",
                   "The audited rows where " + ("the declared proxies move the score most"
@@ -70,6 +81,36 @@ def audit_markdown(result: AuditResult) -> str:
         lines.append("")
     lines.append(f"<sub>sensaudit {__version__}</sub>")
     return "\n".join(lines) + "\n"
+
+
+def frame_markdown(frame: pd.DataFrame) -> list[str]:
+    """A small table as markdown lines: numbers right-aligned to 4 significant digits, empty
+    cells for missing values."""
+    if frame.empty:
+        return ["(no rows)"]
+    numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(
+        frame[c]) for c in frame.columns]
+    lines = ["| " + " | ".join(str(c) for c in frame.columns) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return lines
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, (float, np.floating)):
+        return _num(float(value))
+    if value is None:
+        return ""
+    return str(value).replace("|", "\\|")
+
+
+def _num(value: float) -> str:
+    return "" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
 def comparison_markdown(result: ComparisonResult) -> str:
