@@ -52,7 +52,7 @@ class CsvReport(ReportWriter):
     def audit(self, result: AuditResult) -> None:
         self.out.guarded(lambda: result.table.to_csv(self.out.path("sensitivity.csv"),
                                                      index=False, float_format="%.8g"))
-        if self._schema is None:  # no rows were streamed: still write the header
+        if self._schema is None and self.writes_examples:  # no rows streamed: the header
             self.examples(pd.DataFrame(columns=["id", "output", "score"]))
         self._close()
 
