@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-0.1.0
 
-.PHONY: demo demo-run test lint bench sample-data clean
+.PHONY: demo demo-run docs-chart test lint bench sample-data clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ demo-run:
 	@$(SENSAUDIT) compare sample_data/scorer_v1.pt2 sample_data/scorer_v2.pt2 \
 	  --config configs/scorer_v2.yaml --out reports/compare
 	@echo "== demo OK: v1 flagged for copy_length (exit 1), v2 passed (exit 0); reports in reports/"
+	@echo "   charts and a self-contained page: reports/scorer_v1/report.html, reports/compare/comparison.html"
+
+# The chart the README shows, refreshed from the demo's reports (tests/test_readme.py checks
+# that the committed copy is what the demo draws).
+docs-chart: demo
+	cp reports/compare/chart-compare-shares.png docs/compare-shares.png
 
 # Lint and type checks first: a check nobody runs rots.
 test: $(STAMP)

@@ -11,9 +11,10 @@
     cmp = compare_models(load_config("configs/scorer_v2.yaml"), "old.pt2", "new.pt2")
 """
 
+import importlib as _importlib
+import typing as _typing
+
 from ._version import __version__
-from .api import audit, audit_frame, compare_models, run_audit, run_compare
-from .compare import ComparisonResult
 from .config import (
     AuditSettings,
     Config,
@@ -29,7 +30,6 @@ from .config_checks import (
     LinearitySettings,
     RobustnessSettings,
 )
-from .engine import input_jacobian, scores_and_jacobian
 from .errors import (
     ConfigError,
     DataError,
@@ -38,8 +38,39 @@ from .errors import (
     ReportError,
     SensauditError,
 )
-from .inputs.models import LoadedModel, load_model
-from .results import AuditResult
+
+if _typing.TYPE_CHECKING:
+    from .api import audit, audit_frame, compare_models, run_audit, run_compare
+    from .compare import ComparisonResult
+    from .engine import input_jacobian, scores_and_jacobian
+    from .inputs.models import LoadedModel, load_model
+    from .results import AuditResult
+
+# Names whose modules import torch (seconds): loaded on first use, so that `sensaudit --help`
+# and `--version`, which import this package, do not pay for torch.
+_LAZY = {
+    "audit": ".api", "audit_frame": ".api", "compare_models": ".api", "run_audit": ".api",
+    "run_compare": ".api", "ComparisonResult": ".compare", "input_jacobian": ".engine",
+    "scores_and_jacobian": ".engine", "LoadedModel": ".inputs.models",
+    "load_model": ".inputs.models", "AuditResult": ".results",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sensaudit' has no attribute '{name}'")
+    from .torch_support import require_supported_torch
+
+    require_supported_torch()
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AuditResult",

@@ -21,12 +21,17 @@ from .compare import ComparisonResult, compare_on_rows
 from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model
 from .errors import ConfigError, ModelLoadError, did_you_mean
+from .examples import records_table
 from .inputs import tables
 from .inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from .pipeline import ExampleSink, Progress, audit_models
 from .reports import ReportWriter, StagedReport, open_writers
 from .results import AuditResult
+from .torch_support import require_supported_torch
+
+# The loader's .pt2 safety checks need torch's current archive layout (torch_support).
+require_supported_torch()
 
 
 def run_audit(config: Config, *, progress: Progress | None = None,
@@ -35,7 +40,8 @@ def run_audit(config: Config, *, progress: Progress | None = None,
     """Audit as the config says and write its reports; return the result and files written."""
     with StagedReport(config.report.dir, config.report.formats, protect=(
             config.source, config.data.path, _model_path(config))) as staged:
-        writers = open_writers(staged, config.report.formats)
+        choice = config.report.examples
+        writers = open_writers(staged, config.report.formats, examples=choice != "none")
         # Only formats that write per-row files are fed the rows as they stream.
         sinks = [w for w in writers if type(w).examples is not ReportWriter.examples]
 
@@ -43,9 +49,16 @@ def run_audit(config: Config, *, progress: Progress | None = None,
             for writer in sinks:
                 writer.examples(rows)
 
+        # report.examples: every row streams, or the first N; top and none stream nothing.
+        sink: ExampleSink | None = None
+        if sinks and choice == "all":
+            sink = to_sinks
+        elif sinks and isinstance(choice, int):
+            sink = _first_rows(to_sinks, choice)
         result = audit(config, progress=progress, trust_model_code=trust_model_code,
-                       trust_pickle=trust_pickle,
-                       example_sink=to_sinks if sinks else None)
+                       trust_pickle=trust_pickle, example_sink=sink)
+        if sinks and choice == "top":  # the rows report.md lists, with all their drivers
+            to_sinks(records_table(result.examples, with_label=config.data.label is not None))
         for writer in writers:
             writer.audit(result)
         written = staged.commit()
@@ -148,13 +161,28 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     with StagedReport(target, config.report.formats, kind="compare", protect=(
             config.source, config.data.path, data_path, old_path, new_path,
             _model_path(config))) as staged:
+        writers = open_writers(staged, config.report.formats)  # format errors before the work
         result = compare_models(config, old_path, new_path, data_path=data_path,
                                 progress=progress, trust_model_code=trust_model_code,
                                 trust_pickle=trust_pickle)
-        for writer in open_writers(staged, config.report.formats):
+        for writer in writers:
             writer.comparison(result)
         written = staged.commit()
     return result, written
+
+
+def _first_rows(sink: ExampleSink, limit: int) -> ExampleSink:
+    """``report.examples: N``: the first N examples rows, in the order they are audited."""
+    left = limit
+
+    def take(rows: pa.Table) -> None:
+        nonlocal left
+        if left > 0:
+            part = rows.slice(0, left)
+            left -= part.num_rows
+            sink(part)
+
+    return take
 
 
 def check_proxies(settings: AuditSettings, features: tuple[str, ...], source: object) -> None:

@@ -7,10 +7,11 @@ bugs. ``--debug`` shows the traceback of expected errors too.
 
 from __future__ import annotations
 
+import os
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console, JustifyMethod
@@ -30,12 +31,17 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from . import github_actions
 from ._version import __version__
-from .api import run_audit, run_compare
-from .compare import ComparisonResult, gate_change
 from .config import load_config
 from .errors import SensauditError
-from .results import AuditResult
+from .overrides import with_overrides
+
+# torch, pandas and the pipeline load inside the commands that use them, so `--help` and
+# `--version` answer at once (tests/test_cli_start.py checks the import graph).
+if TYPE_CHECKING:
+    from .compare import ComparisonResult
+    from .results import AuditResult
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
 TRUST_HELP = ("Trust the model file(s) like code you run: unpickle whole pickled modules and "
@@ -46,15 +52,32 @@ app = typer.Typer(
     name="sensaudit",
     help="Audit trained PyTorch scorers by their input sensitivity: per-example Jacobians, "
          "feature rankings and spurious-proxy gates for CI.\n\n"
+         "Start with `sensaudit init MODEL DATA`, which writes a config to edit, then "
+         "`sensaudit run CONFIG`.\n\n"
          "Exit codes: 0 passed, 1 a gate failed, 2 bad input (config, data or model), "
          "3 an internal error (a bug; the traceback is printed).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
+    # Plain click help: flags show as flags (no `<bool>` that reads like a value to pass).
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
-stdout = Console()
-stderr = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Off a terminal (CI logs, pipes) nothing is wrapped: a log line split at 80 columns
+    breaks the paths and feature names people search it for. COLUMNS still sizes tables."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    width = os.environ.get("COLUMNS", "")
+    return Console(stderr=stderr, soft_wrap=True,
+                   width=int(width) if width.isdigit() else 10_000)
+
+
+stdout = _console()
+stderr = _console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -71,35 +94,59 @@ def main(
     """Audit trained PyTorch scorers by their input sensitivity."""
 
 
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table: each "
+                                     "failed gate on one line, then the verdict.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")]
+Formats = Annotated[list[str] | None, typer.Option(
+    "--format", "-f", metavar="FORMAT[,FORMAT]",
+    help="Report formats instead of report.formats: csv, markdown, json, junit, parquet, png, "
+         "html (repeat the flag or separate with commas).", show_default=False)]
+DataFile = Annotated[Path | None, typer.Option(
+    "--data", "-d", help="Audit these rows instead of the config's data.path.",
+    show_default=False)]
+
+
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="YAML audit config (see configs/).",
-                                           show_default=False)],
+    config: Annotated[Path, typer.Argument(help="YAML audit config (sensaudit init writes "
+                                           "one).", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Report folder instead of "
+                                             "report.dir.", show_default=False)] = None,
+    data: DataFile = None,
+    formats: Formats = None,
     trust_model_code: Annotated[bool, typer.Option(
         "--trust-model-code", help=TRUST_HELP)] = False,
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table; "
-                                                              "errors and verdict only.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
     """Audit one model as CONFIG says: rank features by how strongly they move the score, flag
-    declared proxies over their limits, and write the reports to `report.dir`.
+    declared proxies over their limits, and write the reports to report.dir.
 
     Example:
 
-        sensaudit run configs/scorer_v1.yaml
+        sensaudit run sensaudit.yaml --format junit,markdown --out reports/audit
 
-    Relative paths in the config resolve against the config file's folder.
+    Relative paths in the config resolve against the config file's folder; --out and --data
+    against the current folder. In GitHub Actions the report is appended to the job summary
+    and failed gates are annotated.
     """
     with _errors(debug):
-        cfg = load_config(config)
+        from .api import run_audit  # torch: checked for its version here
+        from .reports.markdown_report import audit_markdown
+
+        cfg = with_overrides(load_config(config), report_dir=out, data_path=data,
+                             formats=formats, where="--format")
         with _progress(quiet) as progress:
             result, written = run_audit(
                 cfg, progress=progress,
                 trust_model_code=True if trust_model_code or trust_pickle else None)
     if not quiet:
         _print_audit(result, written)
+    else:
+        _print_gates(result)
+    _to_github(audit_markdown(result), github_actions.audit_annotations(result, config))
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
     # Non-finite rows can fail an audit with 0 flags: the verdict says so, even with --quiet.
     allowed = " (allowed)" if result.nonfinite_allowed else ""
@@ -126,16 +173,14 @@ def compare(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for comparison.csv/"
                                              ".json/.md (default: the config's report.dir).",
                                              show_default=False)] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="Audit these rows instead of "
-                                              "the config's data.path.",
-                                              show_default=False)] = None,
+    data: DataFile = None,
+    formats: Formats = None,
     trust_model_code: Annotated[bool, typer.Option(
         "--trust-model-code", help=TRUST_HELP)] = False,
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table.")
-                     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
     """Compare how two versions of a model respond to their inputs, on the same rows: shares
     before and after with bootstrap intervals, rank correlation, per-row agreement, score
@@ -144,25 +189,93 @@ def compare(
 
     Example:
 
-        sensaudit compare sample_data/scorer_v1.pt2 sample_data/scorer_v2.pt2 \\
-            --config configs/scorer_v2.yaml --out reports/compare
+        sensaudit compare deployed.pt2 retrained.pt2 --config sensaudit.yaml --out reports/compare
 
     OLD, NEW, --out and --data are relative to the current folder; paths inside the config
     resolve against the config's folder.
     """
     with _errors(debug):
-        cfg = load_config(config)
+        from .api import run_compare
+        from .reports.markdown_report import comparison_markdown
+
+        cfg = with_overrides(load_config(config), formats=formats, where="--format")
         with _progress(quiet) as progress:
             result, written = run_compare(
                 cfg, old, new, out_dir=out, data_path=data, progress=progress,
                 trust_model_code=True if trust_model_code or trust_pickle else None)
     if not quiet:
         _print_comparison(result, written)
+    else:
+        _print_gates(result.new)
+        for inc in result.proxy_increases:
+            _plain(f"FAILED {inc['feature']}: share grew by {inc['delta_share']:.1%}; limit "
+                   f"{inc['margin']:.1%} (compare.max_proxy_share_increase)")
+    _to_github(comparison_markdown(result), github_actions.comparison_annotations(result,
+                                                                                  config))
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"
     stdout.print(f"Compare {verdict}: new model {len(result.new.gates.flags)} flag(s), "
                  f"{len(result.proxy_increases)} proxy increase(s) over margin, "
                  f"{result.new.rows:,} rows")
     raise typer.Exit(EXIT_PASSED if result.passed else EXIT_GATE_FAILED)
+
+
+@app.command()
+def init(
+    model: Annotated[Path, typer.Argument(help="The model file (.pt2, TorchScript, or a "
+                                          "state_dict with model.class added by hand).",
+                                          show_default=False)],
+    data: Annotated[Path, typer.Argument(help="The rows to audit: CSV or Parquet.",
+                                         show_default=False)],
+    config: Annotated[Path, typer.Option("--config", "-c", help="Where to write the config; "
+                                         "an existing file is never replaced.")
+                      ] = Path("sensaudit.yaml"),
+    label: Annotated[str | None, typer.Option("--label", help="The data's target column (not "
+                                              "a feature).", show_default=False)] = None,
+    id: Annotated[str | None, typer.Option("--id", help="The column naming the rows (default: "
+                                           "a column named id or *_id).",
+                                           show_default=False)] = None,
+    debug: Debug = False,
+) -> None:
+    """Write a commented starter config for MODEL audited on DATA: the features are the data's
+    numeric columns (less --id and --label), checked against the model's input width.
+
+    Example:
+
+        sensaudit init model.pt2 eval.csv --label quality && sensaudit run sensaudit.yaml
+    """
+    with _errors(debug):
+        from .starter import starter_config, write_new
+        from .torch_support import require_supported_torch
+
+        require_supported_torch()
+        starter = starter_config(model, data, config, label=label, id=id)
+        write_new(config, starter.text)
+    _plain(f"Wrote {config}: {len(starter.features)} features"
+           + (f", id {starter.id}" if starter.id else "")
+           + (f", label {starter.label}" if starter.label else "")
+           + f", {starter.outputs} output(s). Declare the proxies in audit.proxies, then run: "
+             f"sensaudit run {config}")
+
+
+def _to_github(markdown: str, annotations: list[str]) -> None:
+    """The job summary and annotations, when running in GitHub Actions (github_actions)."""
+    problem = github_actions.append_summary(os.environ, markdown)
+    if problem is not None:
+        stderr.print(f"warning: {problem}", markup=False, highlight=False)
+    if github_actions.in_actions(os.environ):
+        for line in annotations:
+            _plain(line)
+
+
+def _print_gates(result: AuditResult) -> None:
+    """--quiet: every failed gate and warning on one line each."""
+    from .gate_text import gate_line, notice_line
+
+    multi = len(result.outputs) > 1
+    for gate in result.gates.flags:
+        _plain(f"FAILED {gate_line(gate, multi)}")
+    for notice in result.gates.warnings:
+        _plain(f"WARNING {notice_line(notice, multi)}")
 
 
 @contextmanager
@@ -180,6 +293,8 @@ def _errors(debug: bool):
                           for c in str(exc))
         stderr.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False,
                      soft_wrap=True)
+        _to_github(f"# sensaudit: ERROR\n\n{message}\n",
+                   [github_actions.command("error", "sensaudit: bad input", message)])
         raise typer.Exit(exc.exit_code) from None
     except Exception:
         # A bug: keep its traceback, but exit with a code CI cannot take for a failed gate.
@@ -252,6 +367,8 @@ def _plain(text: str) -> None:
 
 
 def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
+    from .compare import gate_change
+
     for output, group in result.table.groupby("output", sort=False):
         title = "Before -> after" + (f" ({escape(output)})" if len(result.new.outputs) > 1
                                      else "")

@@ -31,6 +31,11 @@ from .yaml_loader import load_yaml
 DEVICES = ("auto", "cpu", "cuda")
 REPORT_FORMATS = ("csv", "markdown", "json")
 ON_MISSING = ("error", "drop")
+# model.transform: applied to the model's whole output row, before model.output selects one
+# (softmax needs every logit of the row; sigmoid is per output, so the order is moot for it).
+TRANSFORMS = ("none", "sigmoid", "softmax")
+# report.examples: which per-row rows examples.csv / examples.parquet hold (or a row limit).
+EXAMPLES = ("all", "top", "none")
 # Bootstrap memory grows with the replicate count: [samples, features] moments and
 # [samples, outputs, features] sums, all float64, and each chunk's [samples, chunk rows]
 # weights. A few thousand replicates settle a 95% interval; beyond 100000 only memory grows.
@@ -54,6 +59,7 @@ class ModelConfig:
     device: str = "auto"
     features: tuple[str, ...] | None = None  # the model's input columns, in its order
     class_file: Path | None = None
+    transform: str = "none"  # TRANSFORMS: audit probabilities instead of logits
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ class CompareSettings:
 class ReportConfig:
     dir: Path
     formats: tuple[str, ...] = REPORT_FORMATS
+    examples: str | int = "all"  # EXAMPLES, or at most this many rows (the first audited)
 
 
 @dataclass(frozen=True)
@@ -192,7 +199,7 @@ def parse_config(
     """
     v = _Validator(str(source), Path(base_dir))
     top = v.mapping(raw, "")
-    v.keys(top, "", required=("data", "report"), optional=("model", "audit", "compare"))
+    v.keys(top, "", required=("data",), optional=("report", "model", "audit", "compare"))
     if require_model and "model" not in top:
         raise ConfigError(f"{source}: missing required key 'model'")
     return Config(
@@ -200,7 +207,7 @@ def parse_config(
         data=_data(v, top["data"]),
         audit=_audit(v, top.get("audit", {})),
         compare=_compare(v, top.get("compare", {})),
-        report=_report(v, top["report"]),
+        report=_report(v, top.get("report", {}), _default_report_dir(source, Path(base_dir))),
         source=Path(source),
     )
 
@@ -209,7 +216,8 @@ def _model(v: _Validator, raw: Any) -> ModelConfig:
     m = v.mapping(raw, "model")
     v.keys(m, "model", required=("path",),
            optional=("class", "class_file", "kwargs", "trust_model_code", "output",
-                     "output_names", "device", "trust_pickle", "features"))
+                     "output_names", "device", "trust_pickle", "features",
+                     "transform"))
     output = m.get("output")
     if output is not None and not isinstance(output, str):
         output = v.integer(output, "model.output", minimum=0)
@@ -230,6 +238,7 @@ def _model(v: _Validator, raw: Any) -> ModelConfig:
         device=v.choice(m.get("device", "auto"), "model.device", DEVICES),
         features=(v.names(m["features"], "model.features") if m.get("features") is not None
                   else None),
+        transform=v.choice(m.get("transform", "none"), "model.transform", TRANSFORMS),
     )
 
 
@@ -355,16 +364,40 @@ def _compare(v: _Validator, raw: Any) -> CompareSettings:
     )
 
 
-def _report(v: _Validator, raw: Any) -> ReportConfig:
-    r = v.mapping(raw, "report")
-    v.keys(r, "report", required=("dir",), optional=("formats",))
+def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:
+    r = v.mapping(raw if raw is not None else {}, "report")
+    v.keys(r, "report", optional=("dir", "formats", "examples"))
     formats = r.get("formats", list(REPORT_FORMATS))
     known = registered("formats")
     if not isinstance(formats, list) or not formats:
         v.fail("report.formats", f"a non-empty list drawn from {list(known)}", formats)
     chosen = tuple(v.choice(f, f"report.formats[{i}]", known)
                    for i, f in enumerate(formats))
-    return ReportConfig(dir=v.path(r["dir"], "report.dir"), formats=tuple(dict.fromkeys(chosen)))
+    check_available(chosen, f"{v.source}: report.formats")
+    examples = r.get("examples", "all")
+    if not (examples in EXAMPLES or _is_int(examples) and examples >= 1):
+        v.fail("report.examples", "all, top, none or a row limit (an integer >= 1)", examples)
+    return ReportConfig(dir=v.path(r["dir"], "report.dir") if "dir" in r else default_dir,
+                        formats=tuple(dict.fromkeys(chosen)), examples=examples)
+
+
+def _default_report_dir(source: str | Path, base_dir: Path) -> Path:
+    """Without report.dir: reports/<config name> beside the config, so two configs in one
+    folder (scorer_v1.yaml, scorer_v2.yaml) keep their reports apart."""
+    name = Path(str(source)).name
+    stem = Path(name).stem if name.endswith((".yaml", ".yml")) else ""
+    return Path(os.path.normpath(base_dir / "reports" / stem))
+
+
+def check_available(formats: tuple[str, ...], where: str) -> None:
+    """A format whose optional packages are missing (png, html without matplotlib) is
+    refused before any data is read, with the command that installs them."""
+    from .reports import unavailable
+
+    for name in formats:
+        reason = unavailable(name)
+        if reason is not None:
+            raise ConfigError(f"{where}: '{name}' {reason}")
 
 
 class _Validator:

@@ -13,6 +13,7 @@ import pyarrow as pa
 import torch
 
 from .results import ExampleRecord
+from .row_sample import ContributionSample, RowSample
 from .stats import TopRows
 
 
@@ -32,6 +33,7 @@ class ExampleDrivers:
         self.proxy_index = [self.features.index(p) for p in proxies if p in self.features]
         self.scale = None if scale is None else scale.to(torch.float64)
         self.strongest: TopRows[ExampleRecord] = TopRows(keep)
+        self.sample = RowSample()  # every feature's contribution in a uniform sample of rows
         self._names = pa.array(self.features, type=pa.string())
         self._output_names = pa.array(self.outputs, type=pa.string())
 
@@ -57,6 +59,7 @@ class ExampleDrivers:
                    ).reshape(n_rows * m, k).numpy()
         if self.strongest.keep:
             self._offer(rows, ids, labels, scores, values, finite, index, gradient, contrib)
+        self._sample(rows, values, finite)
         if not table:
             return None
         repeat = np.repeat(np.arange(n_rows), m)
@@ -109,8 +112,22 @@ class ExampleDrivers:
 
             self.strongest.offer(value, int(rows[row]), output, record)
 
+    def _sample(self, rows: np.ndarray, values: torch.Tensor, finite: torch.Tensor) -> None:
+        """Offer the chunk's finite rows to the sample; only the rows it takes are widened
+        and scaled. values: [rows, outputs, features]."""
+        ok = finite.cpu().numpy()
+        take = np.flatnonzero(ok & self.sample.wanted(rows))
+        chosen = values[torch.from_numpy(take)].double()
+        if self.scale is not None:
+            chosen = chosen * self.scale
+        self.sample.update(rows[take], chosen.numpy(), offered=int(ok.sum()))
+
     def merge(self, other: ExampleDrivers) -> None:
         self.strongest.merge(other.strongest)
+        self.sample.merge(other.sample)
+
+    def contributions(self) -> ContributionSample:
+        return self.sample.result(self.features, self.outputs)
 
     def best_first(self) -> list[ExampleRecord]:
         return self.strongest.best_first()
@@ -121,3 +138,24 @@ def _plain(value: object) -> object:
     if isinstance(value, pa.Scalar):
         return value.as_py()
     return value.item() if isinstance(value, np.generic) else value
+
+
+def records_table(records: Sequence[ExampleRecord], *, with_label: bool) -> pa.Table:
+    """Examples rows, in the streamed rows' columns, for already selected rows (the strongest
+    examples, best first): what ``report.examples: top`` writes."""
+    k = max((len(r.drivers) for r in records), default=0)
+    columns: dict[str, pa.Array] = {
+        "id": pa.array([r.id for r in records]),
+        "output": pa.array([r.output for r in records], type=pa.string()),
+        "score": pa.array([r.score for r in records], type=pa.float64()),
+    }
+    if with_label:
+        columns["label"] = pa.array([r.label for r in records], type=pa.float64())
+    for j in range(k):
+        columns[f"driver_{j + 1}"] = pa.array([r.drivers[j][0] for r in records],
+                                              type=pa.string())
+        columns[f"gradient_{j + 1}"] = pa.array([r.drivers[j][1] for r in records],
+                                                type=pa.float64())
+        columns[f"contribution_{j + 1}"] = pa.array([r.drivers[j][2] for r in records],
+                                                    type=pa.float64())
+    return pa.table(columns)

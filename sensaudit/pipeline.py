@@ -45,6 +45,7 @@ from .results import AuditResult, sensitivity_table
 from .row_stats import FeatureRange
 from .spill import Spill, SpilledChunk
 from .stats import AttributionSums, FeatureMoments, finite_rows
+from .transforms import transformed
 
 # progress(stage, rows_done, rows_total): stage "audit" (the read pass: attributions) or
 # "examples" (the replay: per-row contributions); rows_total is None while unknown.
@@ -294,7 +295,7 @@ def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[Check
         data_path=str(table.path), proxies=[p.feature for p in settings.proxies],
         mean_scores={o: float(s) for o, s in zip(prepared.outputs,
                                                  sums.score_sum / max(sums.rows, 1))},
-        method=method.name, notes=notes)
+        method=method.name, notes=notes, contributions=drivers.contributions())
 
 
 def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
@@ -382,7 +383,8 @@ def prepare_model(loaded: LoadedModel, x: torch.Tensor, model_cfg: ModelConfig |
         raise ConfigError(f"{source}: model.output_names lists {len(names)} names but the "
                           f"model returns {n_outputs} output(s)")
     names = names or (["score"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)])
-    module: Model = loaded.module
+    module: Model = transformed(loaded.module, model_cfg.transform if model_cfg else "none",
+                                n_outputs, source)
     selected = model_cfg.output if model_cfg else None
     if selected is not None:
         if isinstance(selected, str):
@@ -395,7 +397,7 @@ def prepare_model(loaded: LoadedModel, x: torch.Tensor, model_cfg: ModelConfig |
             if index >= n_outputs:
                 raise ConfigError(f"{source}: model.output must be below {n_outputs} "
                                   f"(the model's output count) (got {index})")
-        inner = loaded.module
+        inner = module
         module = lambda inp: inner(inp).reshape(inp.shape[0], -1)[:, index : index + 1]  # noqa: E731
         names = [names[index]]
         selected = index

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from .checks import CheckResult, Gate, Notice
+from .row_sample import ContributionSample
 from .stats import AttributionSums
 
 SENSITIVITY_COLUMNS = ["output", "feature", "mean_gradient", "mean_abs_gradient", "rms_gradient",
@@ -109,6 +110,8 @@ class AuditResult:
     mean_scores: dict[str, float]
     method: str = "gradient"
     notes: list[str] = field(default_factory=list)  # the audit's own context notes
+    # Every feature's contribution in a uniform sample of rows (the charts' distributions).
+    contributions: ContributionSample | None = None
 
     @property
     def gates(self) -> Gates:

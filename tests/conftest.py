@@ -11,6 +11,15 @@ from models import N_FEATURES
 
 
 @pytest.fixture(autouse=True)
+def _outside_github_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This suite may itself run in GitHub Actions: the CLI must not append to that job's
+    summary or print annotations there, and tests asserting exact output expect neither.
+    Tests of that integration set these variables themselves."""
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _seeded() -> None:
     random.seed(0)
     np.random.seed(0)

@@ -893,7 +893,7 @@ def test_config_shape(tmp_path, text, expected):
      "method, checks, threshold, groups, expect, robustness, linearity, layer_health)"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
      "unknown key 'zzz' in model (allowed: path, class, class_file, kwargs, trust_model_code, "
-     "output, output_names, device, trust_pickle, features)"),
+     "output, output_names, device, trust_pickle, features, transform)"),
 ])
 def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected):
     cfg = write_config(tmp_path, {**config(tmp_path), **sections})
@@ -926,7 +926,8 @@ def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected)
     ({"data": {"path": "data.csv", "chunk_rows": 0}},
      "data.chunk_rows must be an integer >= 1 (got 0, an int)"),
     ({"report": {"dir": "r", "formats": ["pdf"]}},
-     "report.formats[0] must be one of csv, markdown, json (got 'pdf', a str)"),
+     "report.formats[0] must be one of csv, markdown, json, junit, parquet, png, html "
+     "(got 'pdf', a str)"),
     ({"report": "reports"}, "report must be a mapping (got 'reports', a str)"),
 ])
 def test_wrong_types(setup, tmp_path, sections, expected):

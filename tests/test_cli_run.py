@@ -290,9 +290,11 @@ def test_version():
 def test_run_help_shows_an_example():
     result = _run("run", "--help")
     assert result.exit_code == 0
-    assert "sensaudit run configs/scorer_v1.yaml" in result.stdout
+    # A pip user has no checkout: the example and the argument's help name no configs/.
+    assert "sensaudit run sensaudit.yaml" in result.stdout
+    assert "configs/" not in result.stdout
+    assert "--trust-pickle" in result.stdout
     assert "--trust-model-code" in result.stdout
-    assert "--trust-pickle" in result.stdout  # the deprecated name, still accepted
 
 
 def test_python_dash_m_reports_errors_without_traceback(tmp_path):

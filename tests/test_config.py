@@ -238,15 +238,18 @@ BAD = [
         "missing required key 'audit.proxies[0].feature'", id="proxy-without-feature"),
     pytest.param(
         MINIMAL + "  formats: [csv, pdf]\n",
-        "report.formats[1] must be one of csv, markdown, json (got 'pdf', a str)",
+        "report.formats[1] must be one of csv, markdown, json, junit, parquet, png, html "
+        "(got 'pdf', a str)",
         id="bad-report-format"),
     pytest.param(
         MINIMAL + "  formats: csv\n",
-        "report.formats must be a non-empty list drawn from ['csv', 'markdown', 'json'] "
+        "report.formats must be a non-empty list drawn from ['csv', 'markdown', 'json', "
+        "'junit', 'parquet', 'png', 'html'] "
         "(got 'csv', a str)", id="report-formats-not-a-list"),
     pytest.param(
         MINIMAL + "  formats: []\n",
-        "report.formats must be a non-empty list drawn from ['csv', 'markdown', 'json'] "
+        "report.formats must be a non-empty list drawn from ['csv', 'markdown', 'json', "
+        "'junit', 'parquet', 'png', 'html'] "
         "(got [], a list)", id="report-formats-empty"),
     pytest.param(
         MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  device: gpu"),

@@ -90,7 +90,7 @@ def test_an_internal_error_exits_3_with_its_traceback(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("sensaudit.cli.run_audit", broken)
+    monkeypatch.setattr("sensaudit.api.run_audit", broken)
     result = CliRunner().invoke(app, ["run", str(config)])
     assert result.exit_code == 3
     assert "RuntimeError: boom" in result.output

@@ -6,24 +6,60 @@ its own and register it here with one line.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 from .base import ReportWriter
 from .csv_report import CsvReport
+from .html_report import HtmlReport
 from .json_report import JsonReport
+from .junit_report import JunitReport
 from .markdown_report import MarkdownReport
+from .parquet_report import ParquetReport
+from .png_report import PngReport
 from .staging import StagedReport
 
 WRITERS: dict[str, type[ReportWriter]] = {
     CsvReport.format: CsvReport,
     MarkdownReport.format: MarkdownReport,
     JsonReport.format: JsonReport,
+    JunitReport.format: JunitReport,
+    ParquetReport.format: ParquetReport,
+    PngReport.format: PngReport,
+    HtmlReport.format: HtmlReport,
 }
 
 
-def open_writers(out: StagedReport, formats: Sequence[str]) -> list[ReportWriter]:
-    """One writer per requested format, in the registry's order."""
-    return [writer(out) for name, writer in WRITERS.items() if name in formats]
+def open_writers(out: StagedReport, formats: Sequence[str], *,
+                 examples: bool = True) -> list[ReportWriter]:
+    """One writer per requested format, in the registry's order. ``examples=False``
+    (report.examples: none): formats write no per-row file."""
+    writers = [writer(out) for name, writer in WRITERS.items() if name in formats]
+    for writer in writers:
+        writer.writes_examples = examples
+    return writers
 
 
-__all__ = ["WRITERS", "ReportWriter", "StagedReport", "open_writers"]
+def unavailable(name: str) -> str | None:
+    """Why a registered format cannot be written here (an optional package missing), with
+    the command that installs it; None when it can."""
+    writer = WRITERS.get(name)
+    if writer is None:
+        return None
+    missing = [package for package in writer.requires if not _installed(package)]
+    if not missing:
+        return None
+    install = (f"pip install 'sensaudit[{writer.extra}]'" if writer.extra
+               else "pip install " + " ".join(missing))
+    return (f"needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            f"installed; install {'it' if len(missing) == 1 else 'them'} with: {install}")
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a broken install
+        return False
+
+
+__all__ = ["WRITERS", "ReportWriter", "StagedReport", "open_writers", "unavailable"]

@@ -26,9 +26,16 @@ class ReportWriter:
     """
 
     format: ClassVar[str]
+    # Packages the format needs beyond sensaudit's own, and the extra that installs them
+    # (`pip install 'sensaudit[extra]'`): a config asking for the format without them is
+    # refused before any data is read.
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
 
     def __init__(self, out: StagedReport):
         self.out = out
+        # False when report.examples is none: a format with a per-row file writes none.
+        self.writes_examples = True
 
     def examples(self, rows: pa.Table) -> None:
         """One chunk of per-example rows (id, output, score, label, drivers)."""

@@ -55,7 +55,7 @@ class CsvReport(ReportWriter):
         for check in result.checks:  # each check's own tables (robustness.csv, ...)
             for name, frame in check.tables.items():
                 self._table(name, frame)
-        if self._schema is None:  # no rows were streamed: still write the header
+        if self._schema is None and self.writes_examples:  # no rows streamed: the header
             self.examples(pd.DataFrame(columns=["id", "output", "score"]))
         self._close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,20 +12,27 @@ from .._version import __version__
 from ..compare import ComparisonResult, gate_change
 from ..results import AuditResult
 from .base import ReportWriter
+from .charts import audit_plans, comparison_plans
 
 
 class MarkdownReport(ReportWriter):
     format = "markdown"
 
     def audit(self, result: AuditResult) -> None:
-        self.out.write_text("report.md", audit_markdown(result))
+        # With the png format the charts sit beside report.md: link them.
+        charts = ([(p.name, p.title) for p in audit_plans(result)]
+                  if "png" in self.out.formats else [])
+        self.out.write_text("report.md", audit_markdown(result, charts=charts))
 
     def comparison(self, result: ComparisonResult) -> None:
-        self.out.write_text("comparison.md", comparison_markdown(result))
+        charts = ([(p.name, p.title) for p in comparison_plans(result)]
+                  if "png" in self.out.formats else [])
+        self.out.write_text("comparison.md", comparison_markdown(result, charts=charts))
 
 
-def audit_markdown(result: AuditResult) -> str:
-    """A report fit to paste into a pull request or a CI job summary."""
+def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) -> str:
+    """A report fit to paste into a pull request or a CI job summary; ``charts`` (file name,
+    title) are linked as images beside it."""
     verdict = "PASSED" if result.passed else "FAILED"
     lines = [
         f"# sensaudit: {verdict}",
@@ -65,6 +73,7 @@ def audit_markdown(result: AuditResult) -> str:
     for check in result.checks:  # each check's own small tables
         for title, frame in check.report_tables.items():
             lines += [f"## {title}", "", *frame_markdown(frame), ""]
+    lines += _chart_links(charts)
     if result.examples:
         lines += ["## Examples to look at", "",
                   "The audited rows where " + ("the declared proxies move the score most"
@@ -113,7 +122,8 @@ def _num(value: float) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
-def comparison_markdown(result: ComparisonResult) -> str:
+def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, str]] = ()
+                        ) -> str:
     """A before/after report for a pull request: table, then plain-words findings."""
     verdict = "PASSED" if result.passed else "FAILED"
     ci = f"{result.settings['confidence']:.0%}"
@@ -158,5 +168,16 @@ def comparison_markdown(result: ComparisonResult) -> str:
             lines += [f"| {c['id']} | {c['score_old']:.4g} | {c['score_new']:.4g} | "
                       f"{c['cosine']:.3f} |" for c in rows]
             lines.append("")
+    lines += _chart_links(charts)
     lines.append(f"<sub>sensaudit {__version__}</sub>")
     return "\n".join(lines) + "\n"
+
+
+def _chart_links(charts: Sequence[tuple[str, str]]) -> list[str]:
+    if not charts:
+        return []
+    return ["## Charts", "", *[f"![{_alt(title)}]({name})\n" for name, title in charts]]
+
+
+def _alt(text: str) -> str:
+    return text.replace("[", "\\[").replace("]", "\\]")
