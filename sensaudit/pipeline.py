@@ -105,7 +105,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
                 model_pass.sums.update(chunk.rows, chunk.ids, attributions.scores,
                                        attributions.values, finite)
                 for check in model_pass.checks:
-                    check.update(chunk.rows, x, attributions)
+                    check.update_labelled(chunk.rows, x, attributions, chunk.labels)
                 results.append(attributions)
             if on_chunk is not None:
                 on_chunk(chunk, results)
@@ -151,7 +151,8 @@ def finish_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
                          " or a constant output?), so there is nothing to rank")
     features, outputs = list(table.features), model_pass.prepared.outputs
     ranked = sensitivity_table(sums, features, outputs, std, per_unit=method.per_unit)
-    ranking = Ranking(table=ranked, features=features, outputs=outputs)
+    ranking = Ranking(table=ranked, features=features, outputs=outputs,
+                      per_unit=method.per_unit)
     results = [check.finish(ranking) for check in model_pass.checks]
     failed = {(g.output, g.subject) for r in results for g in r.failed}
     ranked["flagged"] = [(o, f) in failed for o, f in zip(ranked["output"], ranked["feature"])]

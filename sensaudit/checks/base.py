@@ -9,7 +9,9 @@ everything the report writers render, so a new check needs no edits in them:
 - gates: pass/fail tests against a limit (a failed gate fails the audit, exit 1);
 - warnings: things worth a look that do not fail the audit;
 - findings (problems, listed first) and notes (context, listed after every check's findings);
-- tables: extra CSV files to write, by file name.
+- tables: extra CSV files to write, by file name;
+- sections: extra titled sections for report.md (title -> markdown lines), and summary: extra
+  keys for summary.json, for a check whose result is more than a list of sentences.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class CheckResult:
     findings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Gate]:
@@ -72,6 +76,9 @@ class Ranking:
     table: pd.DataFrame  # results.SENSITIVITY_COLUMNS, one row per (output, feature)
     features: list[str]
     outputs: list[str]
+    # The attributions are per unit of the feature (gradients: scaled by the feature's std
+    # into the shares) or already in score units (methods/base.py).
+    per_unit: bool = True
 
 
 class Check(ABC):
@@ -86,6 +93,14 @@ class Check(ABC):
                attributions: Attributions) -> None:
         """One chunk: row numbers [rows], inputs [rows, features] and their attributions.
         Checks that only read the final ranking leave this as it is."""
+
+    def update_labelled(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
+                        labels: np.ndarray | None) -> None:
+        """What the pipeline calls per chunk: :meth:`update`'s arguments and the chunk's labels,
+        float64 [rows] (NaN where a label is missing), or None when the audit has no
+        ``data.label``. Checks that judge the model against the label override this; the
+        default hands the chunk to :meth:`update`."""
+        self.update(rows, x, attributions)
 
     def merge(self, other: Check) -> None:  # noqa: B027 - optional hook
         """Fold in the same check run over other rows (another worker's partition)."""

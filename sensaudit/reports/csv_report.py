@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -52,6 +54,10 @@ class CsvReport(ReportWriter):
     def audit(self, result: AuditResult) -> None:
         self.out.guarded(lambda: result.table.to_csv(self.out.path("sensitivity.csv"),
                                                      index=False, float_format="%.8g"))
+        for check in result.checks:  # a check's own tables (e.g. suspects.csv)
+            for name, frame in check.tables.items():
+                self.out.guarded(functools.partial(frame.to_csv, self.out.path(name),
+                                                   index=False, float_format="%.8g"))
         if self._schema is None:  # no rows were streamed: still write the header
             self.examples(pd.DataFrame(columns=["id", "output", "score"]))
         self._close()

@@ -59,6 +59,8 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
         "ranking": {output: group.sort_values("rank")[["feature", "share", "rank"]]
                     .assign(share=lambda g: g["share"].map(_finite)).to_dict("records")
                     for output, group in table.groupby("output", sort=False)},
+        # Keys a check adds of its own (e.g. `suspects`).
+        **{key: value for check in result.checks for key, value in check.summary.items()},
     }
 
 

@@ -39,6 +39,9 @@ def audit_markdown(result: AuditResult) -> str:
             "this fails the audit (set audit.allow_nonfinite: true to accept)")
         lines.append(f"- {result.nonfinite_rows:,} rows gave non-finite scores or gradients "
                      f"and were left out of the statistics ({allowed}); first ids: {ids}.")
+    for check in result.checks:
+        for title, section in check.sections.items():
+            lines += ["", f"## {title}", "", *section]
     lines += ["", "## Feature sensitivity", "",
               "`share` is each feature's part of the total scaled sensitivity (std x mean "
               "|gradient|: the typical score change for a one-standard-deviation change).", ""]
