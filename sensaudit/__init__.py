@@ -17,6 +17,7 @@ from .compare import ComparisonResult
 from .config import (
     AuditSettings,
     Config,
+    MisscoredRule,
     ModelConfig,
     ProxyLimit,
     load_config,
@@ -42,6 +43,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "LoadedModel",
+    "MisscoredRule",
     "ModelConfig",
     "ModelError",
     "ModelLoadError",

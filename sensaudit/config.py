@@ -73,6 +73,39 @@ class ProxyLimit:
                               f"(got {describe(self.max_rank)})")
 
 
+# audit.misscored: which rule says a row was scored wrong (needs data.label).
+MISSCORED_RULES = ("abs_error_above", "top_error_quantile", "threshold")
+
+
+@dataclass(frozen=True)
+class MisscoredRule:
+    """A row is misscored when |score - label| > value (``abs_error_above``), when its
+    |score - label| is among the top ``value`` fraction of rows (``top_error_quantile``), or
+    when score and label fall on different sides of ``value`` (``threshold``)."""
+
+    kind: str = "top_error_quantile"
+    value: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in MISSCORED_RULES:
+            raise ConfigError(f"MisscoredRule: kind must be one of {', '.join(MISSCORED_RULES)} "
+                              f"(got {describe(self.kind)})")
+        ok = isinstance(self.value, (int, float)) and not isinstance(self.value, bool) and (
+            math.isfinite(self.value))
+        if ok and self.kind == "top_error_quantile":
+            ok = 0 < self.value < 1
+        elif ok and self.kind == "abs_error_above":
+            ok = self.value >= 0
+        if not ok:
+            raise ConfigError(f"MisscoredRule: {self.kind} must be {_RULE_RANGE[self.kind]} "
+                              f"(got {describe(self.value)})")
+
+
+_RULE_RANGE = {"abs_error_above": "a number >= 0",
+               "top_error_quantile": "a number strictly between 0 and 1",
+               "threshold": "a finite number"}
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     proxies: tuple[ProxyLimit, ...] = ()
@@ -85,6 +118,10 @@ class AuditSettings:
     # Options of checks registered without a key of their own, by check name (README,
     # "Extending"): each check validates its own options.
     checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The suspected-proxies check (checks/suspects.py): its rule for misscored rows (None: the
+    # default rule), and whether a suspect fails the audit.
+    misscored: MisscoredRule | None = None
+    fail_on_suspects: bool = False
 
     def __post_init__(self) -> None:
         # The YAML path checks these with file and key; this guards settings built in Python
@@ -214,7 +251,8 @@ def _data(v: _Validator, raw: Any) -> DataConfig:
 def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
     v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
-                                 "batch_size", "allow_nonfinite", "method", "checks"))
+                                 "batch_size", "allow_nonfinite", "method", "checks", "misscored",
+                                 "fail_on_suspects"))
     proxies_raw = a.get("proxies")
     proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
     if not isinstance(proxies_raw, list):
@@ -238,7 +276,23 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         allow_nonfinite=v.boolean(a.get("allow_nonfinite", False), "audit.allow_nonfinite"),
         method=v.choice(a.get("method", "gradient"), "audit.method", registered("methods")),
         checks=_checks(v, a.get("checks", {})),
+        misscored=_misscored(v, a["misscored"]) if a.get("misscored") is not None else None,
+        fail_on_suspects=v.boolean(a.get("fail_on_suspects", False), "audit.fail_on_suspects"),
     )
+
+
+def _misscored(v: _Validator, raw: Any) -> MisscoredRule:
+    m = v.mapping(raw, "audit.misscored")
+    v.keys(m, "audit.misscored", optional=MISSCORED_RULES)
+    if len(m) != 1:
+        v.fail("audit.misscored", "a mapping with exactly one of " + ", ".join(MISSCORED_RULES),
+               dict(m))
+    (kind, value), = m.items()
+    try:
+        MisscoredRule(kind, value)  # the one place its range is checked
+    except ConfigError:
+        v.fail(f"audit.misscored.{kind}", _RULE_RANGE[kind], value)
+    return MisscoredRule(kind, float(value))
 
 
 def _checks(v: _Validator, raw: Any) -> dict[str, Mapping[str, Any]]:

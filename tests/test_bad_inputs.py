@@ -878,7 +878,7 @@ def test_config_shape(tmp_path, text, expected):
     ({"audit": {"allow_nonfinit": True}},
      "unknown key 'allow_nonfinit' in audit; did you mean 'allow_nonfinite'? (allowed: "
      "proxies, dominance_warning, top_k, examples_in_report, batch_size, allow_nonfinite, "
-     "method, checks)"),
+     "method, checks, misscored, fail_on_suspects)"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
      "unknown key 'zzz' in model (allowed: path, class, kwargs, trust_pickle, output, "
      "output_names, device)"),

@@ -11,10 +11,12 @@ from ..errors import ConfigError
 from .base import Check, CheckResult, Gate, Notice, Ranking
 from .dominance import Dominance
 from .proxies import ProxyLimits
+from .suspects import SuspectedProxies
 
 CHECKS: list[type[Check]] = [
     ProxyLimits,
     Dominance,
+    SuspectedProxies,
 ]
 
 
