@@ -9,6 +9,7 @@ never prints; pass ``progress`` to follow long runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,10 +101,14 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
 
 
 def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *,
+                   old_replicas: Sequence[str | Path] = (),
+                   new_replicas: Sequence[str | Path] = (),
                    data_path: str | Path | None = None, progress: Progress | None = None,
                    trust_pickle: bool | None = None) -> ComparisonResult:
     """Audit two models on the same rows and measure how their sensitivities moved.
 
+    ``old_replicas`` / ``new_replicas``: the same models retrained with other seeds; their
+    spread on these rows (retraining noise) widens the change's interval.
     The config's data, proxies and compare settings apply; its ``model`` section, if any,
     only lends both models its class/kwargs/output/device settings: its ``trust_pickle``
     does not carry over to the files named here (pass ``trust_pickle=True`` for that).
@@ -114,15 +119,18 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     check_proxies(config.audit, table.features, config.source)
     base = config.model or ModelConfig(path=Path(old_path))
     models = [load_model(replace(base, path=Path(p), trust_pickle=False),
-                         trust_pickle=trust_pickle) for p in (old_path, new_path)]
+                         trust_pickle=trust_pickle)
+              for p in (old_path, new_path, *old_replicas, *new_replicas)]
     # Both models see the same float64 rows, each converted to its own dtype.
     return compare_on_rows(models, lambda: tables.iter_chunks(table, config.data,
                                                               _narrowest(models)),
                            table, config.audit, config.compare, model_cfg=config.model,
-                           source=config.source, progress=progress or _no_progress)
+                           source=config.source, progress=progress or _no_progress,
+                           replicas=(len(old_replicas), len(new_replicas)))
 
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
+                old_replicas: Sequence[str | Path] = (), new_replicas: Sequence[str | Path] = (),
                 out_dir: str | Path | None = None, data_path: str | Path | None = None,
                 progress: Progress | None = None, trust_pickle: bool | None = None
                 ) -> tuple[ComparisonResult, list[Path]]:
@@ -130,9 +138,10 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     (default: the config's report.dir)."""
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats, kind="compare", protect=(
-            config.source, config.data.path, data_path, old_path, new_path,
-            _model_path(config))) as staged:
-        result = compare_models(config, old_path, new_path, data_path=data_path,
+            config.source, config.data.path, data_path, old_path, new_path, *old_replicas,
+            *new_replicas, _model_path(config))) as staged:
+        result = compare_models(config, old_path, new_path, old_replicas=old_replicas,
+                                new_replicas=new_replicas, data_path=data_path,
                                 progress=progress, trust_pickle=trust_pickle)
         for writer in open_writers(staged, config.report.formats):
             writer.comparison(result)

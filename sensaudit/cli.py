@@ -7,6 +7,7 @@ bugs. ``--debug`` shows the traceback of expected errors too.
 
 from __future__ import annotations
 
+import glob
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,9 +33,9 @@ from rich.text import Text
 
 from ._version import __version__
 from .api import run_audit, run_compare
-from .compare import ComparisonResult, gate_change
+from .compare import ComparisonResult, gate_change, noise_name
 from .config import load_config
-from .errors import SensauditError
+from .errors import ModelLoadError, SensauditError
 from .results import AuditResult
 
 EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
@@ -124,6 +125,13 @@ def compare(
     data: Annotated[Path | None, typer.Option("--data", help="Audit these rows instead of "
                                               "the config's data.path.",
                                               show_default=False)] = None,
+    old_replica: Annotated[list[str] | None, typer.Option(
+        "--old-replica", help="OLD retrained with another seed (repeat the option, or give a "
+                              "quoted glob): measures retraining noise.",
+        show_default=False)] = None,
+    new_replica: Annotated[list[str] | None, typer.Option(
+        "--new-replica", help="NEW retrained with another seed (repeat, or a quoted glob).",
+        show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Allow loading whole pickled modules (runs code from the "
                                "files).")] = False,
@@ -132,23 +140,33 @@ def compare(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Compare how two versions of a model respond to their inputs, on the same rows: shares
-    before and after with bootstrap intervals, rank correlation, per-row agreement, score
-    moves. Exits 0 when NEW passes every gate in the config, 1 when it fails one (or a proxy's
-    share grew by more than compare.max_proxy_share_increase), 2 on bad input.
+    before and after, their change in share points with an interval, rank correlation,
+    per-row agreement, score moves. The interval is row-sampling noise unless retrained copies
+    of either model are given (--old-replica / --new-replica), whose spread adds retraining
+    noise; a change is marked only when it is outside its interval and at least
+    compare.min_change points. Exits 0 when NEW passes every gate in the config, 1 when it
+    fails one (or a proxy's share grew by more than compare.max_proxy_share_increase), 2 on
+    bad input.
 
     Example:
 
         sensaudit compare sample_data/scorer_v1.pt2 sample_data/scorer_v2.pt2 \\
             --config configs/scorer_v2.yaml --out reports/compare
 
-    OLD, NEW, --out and --data are relative to the current folder; paths inside the config
-    resolve against the config's folder.
+        sensaudit compare old.pt2 new.pt2 --config audit.yaml \\
+            --old-replica 'old_seed*.pt2' --new-replica 'new_seed*.pt2'
+
+    OLD, NEW, the replicas, --out and --data are relative to the current folder; paths inside
+    the config resolve against the config's folder.
     """
     with _errors(debug):
+        old_replicas = _expand(old_replica or [], "--old-replica")
+        new_replicas = _expand(new_replica or [], "--new-replica")
         cfg = load_config(config)
         with _progress(quiet) as progress:
-            result, written = run_compare(cfg, old, new, out_dir=out, data_path=data,
-                                          progress=progress,
+            result, written = run_compare(cfg, old, new, old_replicas=old_replicas,
+                                          new_replicas=new_replicas, out_dir=out,
+                                          data_path=data, progress=progress,
                                           trust_pickle=True if trust_pickle else None)
     if not quiet:
         _print_comparison(result, written)
@@ -157,6 +175,21 @@ def compare(
                  f"{len(result.proxy_increases)} proxy increase(s) over margin, "
                  f"{result.new.rows:,} rows")
     raise typer.Exit(EXIT_PASSED if result.passed else EXIT_GATE_FAILED)
+
+
+def _expand(patterns: list[str], option: str) -> list[Path]:
+    """Each value as it is when it names a file or has no wildcard, else the files its glob
+    matches (sorted); a pattern matching nothing is bad input."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        if Path(pattern).exists() or not any(c in pattern for c in "*?["):
+            paths.append(Path(pattern))
+            continue
+        matches = [Path(p) for p in sorted(glob.glob(pattern))]
+        if not matches:
+            raise ModelLoadError(f"{pattern}: no model file matches this pattern ({option})")
+        paths.extend(matches)
+    return paths
 
 
 @contextmanager
@@ -248,14 +281,20 @@ def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
         for name in ("feature", "share old", "share new", "change", "rank", "gate"):
             table.add_column(name, justify="left" if name in ("feature", "gate") else "right")
         for r in group.itertuples():
-            change = f"{r.delta_share:+.1%}" + ("*" if r.significant else "")
+            change = f"{r.delta_share * 100:+.1f}" + ("*" if r.changed else "")
             gate = gate_change(r.flagged_old, r.flagged_new)
             gate = f"[{'green' if gate == 'cleared' else 'red'}]{gate}[/]" if gate else ""
             table.add_row(escape(r.feature), f"{r.share_old:.1%}", f"{r.share_new:.1%}", change,
                           f"{r.rank_old} -> {r.rank_new}", gate)
         stdout.print(table)
-    if result.settings.get("bootstrap_samples"):
-        _plain("* the change is larger than its bootstrap noise")
+    _plain("change: new share - old share, in share points")
+    if "delta_share_low" in result.table.columns:
+        _plain(f"* outside its {result.settings['confidence']:.0%} interval "
+               f"({noise_name(result.settings)}) and at least "
+               f"{result.settings['min_change']:g} points (compare.min_change)")
+        if result.settings.get("noise") == "rows":
+            _plain("  Retraining noise is not measured: two trainings of the same model differ "
+                   "by more; pass --old-replica/--new-replica.")
     for text in result.findings:
         _plain("- " + text)
     for path in written:
