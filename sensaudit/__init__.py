@@ -9,6 +9,9 @@
 
     from sensaudit import compare_models
     cmp = compare_models(load_config("configs/scorer_v2.yaml"), "old.pt2", "new.pt2")
+
+    from sensaudit import resample_file
+    resample_file("train.csv", "resampled.csv", proxy="copy_length", label="quality")
 """
 
 from ._version import __version__
@@ -33,6 +36,7 @@ from .errors import (
     SensauditError,
 )
 from .inputs.models import LoadedModel, load_model
+from .resample import decorrelate, resample_file
 from .results import AuditResult
 
 __all__ = [
@@ -54,10 +58,12 @@ __all__ = [
     "audit",
     "audit_frame",
     "compare_models",
+    "decorrelate",
     "input_jacobian",
     "load_config",
     "load_model",
     "parse_config",
+    "resample_file",
     "run_audit",
     "run_compare",
     "scores_and_jacobian",

@@ -25,6 +25,7 @@ from .inputs import tables
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from .pipeline import ExampleSink, Progress, audit_models
 from .reports import ReportWriter, StagedReport, open_writers
+from .resample import resample_file
 from .results import AuditResult
 
 
@@ -147,6 +148,10 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
             writer.comparison(result)
         written = staged.commit()
     return result, written
+
+
+__all__ = ["audit", "audit_frame", "check_proxies", "compare_models", "resample_file",
+           "run_audit", "run_compare"]
 
 
 def check_proxies(settings: AuditSettings, features: tuple[str, ...], source: object) -> None:

@@ -32,7 +32,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._version import __version__
-from .api import run_audit, run_compare
+from .api import resample_file, run_audit, run_compare
 from .compare import ComparisonResult, gate_change, noise_name
 from .config import load_config
 from .errors import ModelLoadError, SensauditError
@@ -175,6 +175,49 @@ def compare(
                  f"{len(result.proxy_increases)} proxy increase(s) over margin, "
                  f"{result.new.rows:,} rows")
     raise typer.Exit(EXIT_PASSED if result.passed else EXIT_GATE_FAILED)
+
+
+@app.command()
+def resample(
+    train: Annotated[Path, typer.Argument(help="Training data, CSV or Parquet.",
+                                          show_default=False)],
+    proxy: Annotated[str, typer.Option("--proxy", help="The column that must stop tracking "
+                                       "the label.", show_default=False)],
+    label: Annotated[str, typer.Option("--label", help="The label column.",
+                                       show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (CSV, or Parquet "
+                                      "by its suffix); must not exist.", show_default=False)],
+    weights: Annotated[bool, typer.Option(
+        "--weights", help="Keep every row and add a weight column instead of resampling.")
+    ] = False,
+    weight_column: Annotated[str, typer.Option("--weight-column",
+                                               help="Name of the weight column.")] = "weight",
+    bins: Annotated[int, typer.Option("--bins", help="Quantile bins of the proxy (and of a "
+                                      "continuous label).")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the row draw.")] = 0,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Write training data in which PROXY no longer tracks the label: rows resampled (or
+    weighted, --weights) so every proxy bin holds the label's overall mix, keeping what the
+    other features say about the label. Prints the proxy-label dependence before and after.
+    Retrain on the result, then `sensaudit compare` the old and new model.
+
+    Example:
+
+        sensaudit resample sample_data/ad_copy_train.csv --proxy copy_length \\
+            --label quality --out reports/ad_copy_train_resampled.csv
+    """
+    with _errors(debug):
+        result = resample_file(train, out, proxy=proxy, label=label, bins=bins, seed=seed,
+                               weights=weights, weight_column=weight_column)
+    before, after = result.before, result.after
+    _plain(f"{proxy} vs {label}: correlation {before.correlation:+.3f} -> "
+           f"{after.correlation:+.3f}; mutual information of {result.proxy_bins} proxy bins x "
+           f"{result.label_classes} label classes {before.mutual_information:.4f} -> "
+           f"{after.mutual_information:.4f} bits")
+    kind = (f"weights in column '{weight_column}'" if weights else
+            f"{result.output_rows:,} of {result.input_rows:,} rows")
+    _plain(f"wrote {out}: {kind}")
 
 
 def _expand(patterns: list[str], option: str) -> list[Path]:
