@@ -118,9 +118,11 @@ class SuspectedProxies(Check):
         known = np.isfinite(labels)
         self.missing_labels += int((~known).sum())
         keep = finite_rows(attributions.scores, attributions.values).cpu().numpy() & known
+        # Indexed where each tensor lives (the model's device), then brought to the CPU.
         index = torch.from_numpy(np.flatnonzero(keep))
-        scores = attributions.scores[index, 0].detach().to("cpu", torch.float64)
-        values = attributions.values[index, 0].detach().to("cpu", torch.float64)
+        on_model = index.to(attributions.scores.device)
+        scores = attributions.scores[on_model, 0].detach().to("cpu", torch.float64)
+        values = attributions.values[on_model, 0].detach().to("cpu", torch.float64)
         xs = x[index.to(x.device)].detach().to("cpu", torch.float64)
         y = labels[keep]
         keys = misscored_keys(scores.numpy(), y, self.rule)
