@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
-#   make demo   set up, then audit the two sample scorers (v1 must fail its gate, v2 pass)
+#   make demo   set up, then walk the sample loop: v1's suspect found (exit 1), resample, v2 passes
 #   make test   set up, then run the test suite (what CI runs, via .ci/run)
 PYTHON ?= python3
 VENV := .venv
@@ -19,15 +19,19 @@ demo: $(STAMP)
 # The demo itself, on whatever sensaudit is given (tests run it with `python -m sensaudit`).
 SENSAUDIT ?= $(BIN)/sensaudit
 demo-run:
-	@echo "== scorer_v1: trained on the extract where long ads happened to be the good ones"
+	@echo "== scorer_v1: trained on the extract where long ads happened to be the good ones; no proxy declared"
 	@$(SENSAUDIT) run configs/scorer_v1.yaml; code=$$?; \
-	  if [ $$code -ne 1 ]; then echo "demo: expected scorer_v1 to fail its copy_length gate (exit 1), got $$code"; exit 1; fi
-	@echo "== scorer_v2: retrained on data resampled to remove the length-quality correlation"
+	  if [ $$code -ne 1 ]; then echo "demo: expected scorer_v1 to fail on its suspected proxy copy_length (exit 1), got $$code"; exit 1; fi
+	@echo "== the fix: resample the training extract so copy_length no longer tracks quality (scorer_v2 was trained on this)"
+	@rm -f reports/ad_copy_train_resampled.csv
+	@$(SENSAUDIT) resample sample_data/ad_copy_train.csv --proxy copy_length --label quality \
+	  --out reports/ad_copy_train_resampled.csv
+	@echo "== scorer_v2: retrained on the resampled extract; copy_length now declared as a proxy"
 	@$(SENSAUDIT) run configs/scorer_v2.yaml
 	@echo "== compare v1 -> v2 on the same rows: what the retrain changed"
 	@$(SENSAUDIT) compare sample_data/scorer_v1.pt2 sample_data/scorer_v2.pt2 \
 	  --config configs/scorer_v2.yaml --out reports/compare
-	@echo "== demo OK: v1 flagged for copy_length (exit 1), v2 passed (exit 0); reports in reports/"
+	@echo "== demo OK: v1's suspected proxy copy_length found (exit 1), data resampled, v2 passed (exit 0); reports in reports/"
 	@echo "   charts and a self-contained page: reports/scorer_v1/report.html, reports/compare/comparison.html"
 
 # The chart the README shows, refreshed from the demo's reports (tests/test_readme.py checks

@@ -6,8 +6,8 @@ Story
 Historically the best ads went through more revision cycles. A hidden "revision effort"
 variable raised both an ad's quality *and* its length, so in the training extract
 ``copy_length`` is predictive of quality. ``scorer_v1`` is trained on that extract and
-learns length as a proxy. ``scorer_v2`` is retrained on a resample where quality is
-balanced within copy_length bins, so it has to rely on the real drivers
+learns length as a proxy. ``scorer_v2`` is retrained on the resample ``sensaudit resample``
+makes, where every copy_length bin has the same quality mix, so it has to rely on the real drivers
 (``sentence_structure``, ``clarity``, ...). The evaluation extract comes from a campaign
 where every ad got the same single review pass, so there revision effort is constant and
 copy_length carries no information about quality: auditing the scorers on it exposes v1.
@@ -36,6 +36,10 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
+# The v2 training set is what `sensaudit resample` makes; run from a checkout without install.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sensaudit.resample import decorrelate  # noqa: E402
 
 # Column order is part of the model contract: the scorers take raw values in this order.
 FEATURES = [
@@ -164,29 +168,21 @@ def with_ids(df: pd.DataFrame, prefix: str) -> pd.DataFrame:
     return pd.concat([pd.Series(ids, name="ad_id"), df], axis=1)
 
 
-def decorrelate_length(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """Resample so quality is balanced (50/50) inside every copy_length quantile bin.
+def decorrelate_length(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows ``sensaudit resample ad_copy_train.csv --proxy copy_length --label quality``
+    keeps (the demo runs that command): every copy_length decile gets the extract's overall
+    quality mix, each bin as large as its scarcer class allows.
 
-    Within each bin the majority class is downsampled (without replacement) to the size
-    of the minority class, so P(quality | length bin) is flat. Because the features are
-    drawn given quality, this also makes copy_length (nearly) independent of (features,
-    quality) jointly, not just of quality; only the within-bin spread and the
-    sentence-length cap leave a trace. Plain rebalancing would not be enough if features
-    and effort combined in one logistic model: the length effect conditional on the
-    features is steeper than the marginal one, and v2 would still lean on length.
+    Because the features are drawn given quality, this makes copy_length (nearly) independent
+    of (features, quality) jointly, not just of quality; only the within-bin spread and the
+    sentence-length cap leave a trace. Plain rebalancing would not be enough if features and
+    effort combined in one logistic model: the length effect conditional on the features is
+    steeper than the marginal one, and v2 would still lean on length.
     """
-    bins = pd.qcut(df["copy_length"], N_LENGTH_BINS, labels=False, duplicates="drop")
-    parts = []
-    for b in sorted(bins.unique()):
-        in_bin = df[bins == b]
-        pools = [in_bin.index[in_bin[LABEL] == cls].to_numpy() for cls in (0, 1)]
-        per_class = min(len(p) for p in pools)
-        if per_class < 20:
-            raise SystemExit(f"length bin {b} has only {per_class} rows of its minority class")
-        for pool in pools:
-            parts.append(rng.choice(pool, size=per_class, replace=False))
-    # Sort the picked row ids so the resample keeps the extract's original order.
-    return df.loc[np.sort(np.concatenate(parts))].reset_index(drop=True)
+    picked = decorrelate(df["copy_length"].to_numpy(dtype=float),
+                         df[LABEL].to_numpy(dtype=float), bins=N_LENGTH_BINS)
+    assert picked.rows is not None
+    return df.iloc[picked.rows].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -362,8 +358,9 @@ differ. The script ends with an acceptance audit and exits non-zero if it fails.
 - `scorer_v1.pt2`: MLP 9-32-16-1 (tanh) trained on the training extract; leans on
   `copy_length`.
 - `scorer_v2.pt2`: same architecture retrained on a {n_balanced}-row resample of the
-  training extract in which quality is balanced (50/50) within each of {n_bins}
-  copy_length quantile bins; relies on `sentence_structure` and `clarity`.
+  training extract in which each of {n_bins} copy_length quantile bins has the extract's
+  overall quality mix (`sensaudit resample ad_copy_train.csv --proxy copy_length --label
+  quality`, as the demo runs it); relies on `sentence_structure` and `clarity`.
 
 Both scorers are `torch.export` programs: `torch.export.load(path).module()` takes a
 float32 tensor `[rows, 9]` of RAW feature values in the column order below (`rows` is
@@ -426,10 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
-    # Draw order matters for reproducibility: train extract, eval extract, resample.
+    # Draw order matters for reproducibility: train extract, then eval extract.
     train_text, train_df = csv_roundtrip(with_ids(generate_extract(rng, N_TRAIN, True), "tr"))
     eval_text, eval_df = csv_roundtrip(with_ids(generate_extract(rng, N_EVAL, False), "ad"))
-    balanced_df = decorrelate_length(train_df, rng)
+    balanced_df = decorrelate_length(train_df)
 
     files = {"ad_copy_eval.csv": eval_text}
     train_path = out / "ad_copy_train.csv"

@@ -9,6 +9,9 @@
 
     from sensaudit import compare_models
     cmp = compare_models(load_config("configs/scorer_v2.yaml"), "old.pt2", "new.pt2")
+
+    from sensaudit import resample_file
+    resample_file("train.csv", "resampled.csv", proxy="copy_length", label="quality")
 """
 
 import importlib as _importlib
@@ -18,6 +21,7 @@ from ._version import __version__
 from .config import (
     AuditSettings,
     Config,
+    MisscoredRule,
     ModelConfig,
     ProxyLimit,
     load_config,
@@ -44,6 +48,7 @@ if _typing.TYPE_CHECKING:
     from .compare import ComparisonResult
     from .engine import input_jacobian, scores_and_jacobian
     from .inputs.models import LoadedModel, load_model
+    from .resample import decorrelate, resample_file
     from .results import AuditResult
 
 # Names whose modules import torch (seconds): loaded on first use, so that `sensaudit --help`
@@ -53,6 +58,7 @@ _LAZY = {
     "run_compare": ".api", "ComparisonResult": ".compare", "input_jacobian": ".engine",
     "scores_and_jacobian": ".engine", "LoadedModel": ".inputs.models",
     "load_model": ".inputs.models", "AuditResult": ".results",
+    "decorrelate": ".resample", "resample_file": ".resample",
 }
 
 
@@ -84,6 +90,7 @@ __all__ = [
     "LayerHealthSettings",
     "LinearitySettings",
     "LoadedModel",
+    "MisscoredRule",
     "ModelConfig",
     "ModelError",
     "ModelLoadError",
@@ -95,10 +102,12 @@ __all__ = [
     "audit",
     "audit_frame",
     "compare_models",
+    "decorrelate",
     "input_jacobian",
     "load_config",
     "load_model",
     "parse_config",
+    "resample_file",
     "run_audit",
     "run_compare",
     "scores_and_jacobian",

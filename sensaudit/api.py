@@ -9,6 +9,7 @@ never prints; pass ``progress`` to follow long runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,11 +124,15 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
 
 
 def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *,
+                   old_replicas: Sequence[str | Path] = (),
+                   new_replicas: Sequence[str | Path] = (),
                    data_path: str | Path | None = None, progress: Progress | None = None,
                    trust_model_code: bool | None = None,
                    trust_pickle: bool | None = None) -> ComparisonResult:
     """Audit two models on the same rows and measure how their sensitivities moved.
 
+    ``old_replicas`` / ``new_replicas``: the same models retrained with other seeds; their
+    spread on these rows (retraining noise) widens the change's interval.
     The config's data, proxies and compare settings apply; its ``model`` section, if any,
     only lends both models its class/kwargs/output/device settings: its ``trust_model_code``
     does not carry over to the files named here (pass ``trust_model_code=True`` for that;
@@ -137,21 +142,23 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
         config = replace(config, data=replace(config.data, path=Path(data_path)))
     base = config.model or ModelConfig(path=Path(old_path))
     configs = [replace(base, path=Path(p), trust_model_code=False)
-               for p in (old_path, new_path)]
-    inputs = _same_inputs([declared_inputs(c, config.data) for c in configs], configs)
+               for p in (old_path, new_path, *old_replicas, *new_replicas)]
+    inputs = _same_inputs([declared_inputs(c, config.data) for c in configs[:2]], configs[:2])
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     models = [load_model(c, trust_model_code=trust_model_code, trust_pickle=trust_pickle)
               for c in configs]
-    # Both models see the same rows, each converted to its own dtype.
+    # Every model sees the same rows, each converted to its own dtype.
     return compare_on_rows(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
                            table, config.audit, config.compare, model_cfg=config.model,
                            source=config.source, progress=progress or _no_progress,
-                           notes=_notes(inputs, table.features))
+                           notes=_notes(inputs, table.features),
+                           replicas=(len(old_replicas), len(new_replicas)))
 
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
+                old_replicas: Sequence[str | Path] = (), new_replicas: Sequence[str | Path] = (),
                 out_dir: str | Path | None = None, data_path: str | Path | None = None,
                 progress: Progress | None = None, trust_model_code: bool | None = None,
                 trust_pickle: bool | None = None) -> tuple[ComparisonResult, list[Path]]:
@@ -159,10 +166,11 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     (default: the config's report.dir)."""
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats, kind="compare", protect=(
-            config.source, config.data.path, data_path, old_path, new_path,
-            _model_path(config))) as staged:
+            config.source, config.data.path, data_path, old_path, new_path, *old_replicas,
+            *new_replicas, _model_path(config))) as staged:
         writers = open_writers(staged, config.report.formats)  # format errors before the work
-        result = compare_models(config, old_path, new_path, data_path=data_path,
+        result = compare_models(config, old_path, new_path, old_replicas=old_replicas,
+                                new_replicas=new_replicas, data_path=data_path,
                                 progress=progress, trust_model_code=trust_model_code,
                                 trust_pickle=trust_pickle)
         for writer in writers:

@@ -7,6 +7,7 @@ bugs. ``--debug`` shows the traceback of expected errors too.
 
 from __future__ import annotations
 
+import glob
 import os
 import traceback
 from contextlib import contextmanager
@@ -34,7 +35,7 @@ from rich.text import Text
 from . import github_actions
 from ._version import __version__
 from .config import load_config
-from .errors import SensauditError
+from .errors import ModelLoadError, SensauditError
 from .overrides import with_overrides
 
 # torch, pandas and the pipeline load inside the commands that use them, so `--help` and
@@ -177,31 +178,48 @@ def compare(
     formats: Formats = None,
     trust_model_code: Annotated[bool, typer.Option(
         "--trust-model-code", help=TRUST_HELP)] = False,
+    old_replica: Annotated[list[str] | None, typer.Option(
+        "--old-replica", help="OLD retrained with another seed (repeat the option, or give a "
+                              "quoted glob): measures retraining noise.",
+        show_default=False)] = None,
+    new_replica: Annotated[list[str] | None, typer.Option(
+        "--new-replica", help="NEW retrained with another seed (repeat, or a quoted glob).",
+        show_default=False)] = None,
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Compare how two versions of a model respond to their inputs, on the same rows: shares
-    before and after with bootstrap intervals, rank correlation, per-row agreement, score
-    moves. Exits 0 when NEW passes every gate in the config, 1 when it fails one (or a proxy's
-    share grew by more than compare.max_proxy_share_increase), 2 on bad input.
+    before and after, their change in share points with an interval, rank correlation,
+    per-row agreement, score moves. The interval is row-sampling noise unless retrained copies
+    of either model are given (--old-replica / --new-replica), whose spread adds retraining
+    noise; a change is marked only when it is outside its interval and at least
+    compare.min_change points. Exits 0 when NEW passes every gate in the config, 1 when it
+    fails one (or a proxy's share grew by more than compare.max_proxy_share_increase), 2 on
+    bad input.
 
     Example:
 
         sensaudit compare deployed.pt2 retrained.pt2 --config sensaudit.yaml --out reports/compare
 
-    OLD, NEW, --out and --data are relative to the current folder; paths inside the config
-    resolve against the config's folder.
+        sensaudit compare old.pt2 new.pt2 --config audit.yaml \\
+            --old-replica 'old_seed*.pt2' --new-replica 'new_seed*.pt2'
+
+    OLD, NEW, the replicas, --out and --data are relative to the current folder; paths inside
+    the config resolve against the config's folder.
     """
     with _errors(debug):
         from .api import run_compare
         from .reports.markdown_report import comparison_markdown
 
+        old_replicas = _expand(old_replica or [], "--old-replica")
+        new_replicas = _expand(new_replica or [], "--new-replica")
         cfg = with_overrides(load_config(config), formats=formats, where="--format")
         with _progress(quiet) as progress:
             result, written = run_compare(
-                cfg, old, new, out_dir=out, data_path=data, progress=progress,
+                cfg, old, new, old_replicas=old_replicas, new_replicas=new_replicas,
+                out_dir=out, data_path=data, progress=progress,
                 trust_model_code=True if trust_model_code or trust_pickle else None)
     if not quiet:
         _print_comparison(result, written)
@@ -276,6 +294,66 @@ def _print_gates(result: AuditResult) -> None:
         _plain(f"FAILED {gate_line(gate, multi)}")
     for notice in result.gates.warnings:
         _plain(f"WARNING {notice_line(notice, multi)}")
+
+
+@app.command()
+def resample(
+    train: Annotated[Path, typer.Argument(help="Training data, CSV or Parquet.",
+                                          show_default=False)],
+    proxy: Annotated[str, typer.Option("--proxy", help="The column that must stop tracking "
+                                       "the label.", show_default=False)],
+    label: Annotated[str, typer.Option("--label", help="The label column.",
+                                       show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (CSV, or Parquet "
+                                      "by its suffix); must not exist.", show_default=False)],
+    weights: Annotated[bool, typer.Option(
+        "--weights", help="Keep every row and add a weight column instead of resampling.")
+    ] = False,
+    weight_column: Annotated[str, typer.Option("--weight-column",
+                                               help="Name of the weight column.")] = "weight",
+    bins: Annotated[int, typer.Option("--bins", help="Quantile bins of the proxy (and of a "
+                                      "continuous label).")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the row draw.")] = 0,
+    debug: Debug = False,
+) -> None:
+    """Write training data in which PROXY no longer tracks the label: rows resampled (or
+    weighted, --weights) so every proxy bin holds the label's overall mix, keeping what the
+    other features say about the label. Prints the proxy-label dependence before and after.
+    Retrain on the result, then `sensaudit compare` the old and new model.
+
+    Example:
+
+        sensaudit resample sample_data/ad_copy_train.csv --proxy copy_length \\
+            --label quality --out reports/ad_copy_train_resampled.csv
+    """
+    with _errors(debug):
+        from .resample import resample_file
+
+        result = resample_file(train, out, proxy=proxy, label=label, bins=bins, seed=seed,
+                               weights=weights, weight_column=weight_column)
+    before, after = result.before, result.after
+    _plain(f"{proxy} vs {label}: correlation {before.correlation:+.3f} -> "
+           f"{after.correlation:+.3f}; mutual information of {result.proxy_bins} proxy bins x "
+           f"{result.label_classes} label classes {before.mutual_information:.4f} -> "
+           f"{after.mutual_information:.4f} bits")
+    kind = (f"weights in column '{weight_column}'" if weights else
+            f"{result.output_rows:,} of {result.input_rows:,} rows")
+    _plain(f"wrote {out}: {kind}")
+
+
+def _expand(patterns: list[str], option: str) -> list[Path]:
+    """Each value as it is when it names a file or has no wildcard, else the files its glob
+    matches (sorted); a pattern matching nothing is bad input."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        if Path(pattern).exists() or not any(c in pattern for c in "*?["):
+            paths.append(Path(pattern))
+            continue
+        matches = [Path(p) for p in sorted(glob.glob(pattern))]
+        if not matches:
+            raise ModelLoadError(f"{pattern}: no model file matches this pattern ({option})")
+        paths.extend(matches)
+    return paths
 
 
 @contextmanager
@@ -367,7 +445,7 @@ def _plain(text: str) -> None:
 
 
 def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
-    from .compare import gate_change
+    from .compare import gate_change, noise_name
 
     for output, group in result.table.groupby("output", sort=False):
         title = "Before -> after" + (f" ({escape(output)})" if len(result.new.outputs) > 1
@@ -376,14 +454,20 @@ def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
         for name in ("feature", "share old", "share new", "change", "rank", "gate"):
             table.add_column(name, justify="left" if name in ("feature", "gate") else "right")
         for r in group.itertuples():
-            change = f"{r.delta_share:+.1%}" + ("*" if r.significant else "")
+            change = f"{r.delta_share * 100:+.1f}" + ("*" if r.changed else "")
             gate = gate_change(r.flagged_old, r.flagged_new)
             gate = f"[{'green' if gate == 'cleared' else 'red'}]{gate}[/]" if gate else ""
             table.add_row(escape(r.feature), f"{r.share_old:.1%}", f"{r.share_new:.1%}", change,
                           f"{r.rank_old} -> {r.rank_new}", gate)
         stdout.print(table)
-    if result.settings.get("bootstrap_samples"):
-        _plain("* the change is larger than its bootstrap noise")
+    _plain("change: new share - old share, in share points")
+    if "delta_share_low" in result.table.columns:
+        _plain(f"* outside its {result.settings['confidence']:.0%} interval "
+               f"({noise_name(result.settings)}) and at least "
+               f"{result.settings['min_change']:g} points (compare.min_change)")
+        if result.settings.get("noise") == "rows":
+            _plain("  Retraining noise is not measured: two trainings of the same model differ "
+                   "by more; pass --old-replica/--new-replica.")
     for text in result.findings:
         _plain("- " + text)
     for path in written:

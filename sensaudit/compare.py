@@ -17,6 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .compare_noise import (
+    RetrainingNoise,
+    change_interval,
+    retraining_noise,
+)
 from .config import AuditSettings, CompareSettings, ModelConfig
 from .inputs.models import LoadedModel
 from .inputs.tables import Chunk, Table
@@ -40,12 +45,18 @@ WEIGHT_ELEMENTS = 2**24
 def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
                     settings: AuditSettings, cmp: CompareSettings, *,
                     model_cfg: ModelConfig | None, source: object,
-                    progress: Progress, notes: list[str] | None = None) -> ComparisonResult:
+                    progress: Progress, notes: list[str] | None = None,
+                    replicas: tuple[int, int] = (0, 0)) -> ComparisonResult:
     """Audit the old and new model on the same chunks (one read of the data) and measure how
-    their sensitivities moved, with paired bootstrap intervals and per-row agreement."""
+    their sensitivities moved, with paired bootstrap intervals and per-row agreement.
+
+    ``models``: old, new, then ``replicas[0]`` retrained copies of old and ``replicas[1]`` of
+    new (the same training, other seeds): their spread is the retraining noise the change's
+    interval adds to the rows' (:func:`retraining_noise`).
+    """
     bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
     boot_moments = BootstrapMoments(bootstrap, len(table.features))
-    boots = [BootstrapSensitivity(bootstrap) for _ in models]
+    boots = [BootstrapSensitivity(bootstrap) for _ in models[:2]]
     per_unit = make_method(settings, source).per_unit
     agreements: list[AgreementAccumulator] = []
 
@@ -67,7 +78,7 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
         agreements.append(agreement)
 
         def each(chunk: SpilledChunk) -> None:
-            (s_old, v_old), (s_new, v_new) = chunk.results
+            (s_old, v_old), (s_new, v_new) = chunk.results[:2]
             finite = finite_rows(s_old, v_old) & finite_rows(s_new, v_new)
             scale = std if per_unit else 1.0
             agreement.update(chunk.rows, chunk.ids, s_old, s_new, v_old * scale,
@@ -75,12 +86,15 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
 
         return each
 
-    (old, new), _, _ = audit_models(models, chunks, table, settings, model_cfg=model_cfg,
-                                    source=source, progress=progress, on_chunk=resample,
-                                    on_replay=agree, notes=notes)
+    audits, _, _ = audit_models(models, chunks, table, settings, model_cfg=model_cfg,
+                                source=source, progress=progress, on_chunk=resample,
+                                on_replay=agree, notes=notes)
+    old, new = audits[:2]
     boot_std = boot_moments.std if per_unit else None
+    noise = retraining_noise([old, *audits[2 : 2 + replicas[0]]],
+                             [new, *audits[2 + replicas[0] :]])
     table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
-                                 cmp.confidence)
+                                 cmp.confidence, min_change=cmp.min_change / 100, noise=noise)
     overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
                         **agreements[0].summary(i, output)}
                for i, output in enumerate(new.outputs)}
@@ -95,7 +109,12 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
         table=table_cmp, overall=overall, old=old, new=new, proxy_increases=increases,
         settings={"bootstrap_samples": cmp.bootstrap_samples, "confidence": cmp.confidence,
                   "seed": cmp.seed, "top_k": cmp.top_k,
-                  "max_proxy_share_increase": cmp.max_proxy_share_increase})
+                  "max_proxy_share_increase": cmp.max_proxy_share_increase,
+                  "min_change": cmp.min_change,
+                  "noise": "rows and retraining" if noise is not None else "rows",
+                  "old_replicas": [a.model_path for a in audits[2 : 2 + replicas[0]]],
+                  "new_replicas": [a.model_path for a in audits[2 + replicas[0] :]],
+                  "retraining_dof": noise.dof if noise is not None else None})
     result.findings = comparison_findings(result, [p.feature for p in settings.proxies])
     return result
 
@@ -146,10 +165,13 @@ class ComparisonResult:
 
 
 def comparison_table(old: AuditResult, new: AuditResult, shares_old: torch.Tensor,
-                     shares_new: torch.Tensor, confidence: float) -> pd.DataFrame:
+                     shares_new: torch.Tensor, confidence: float, *, min_change: float = 0.0,
+                     noise: RetrainingNoise | None = None) -> pd.DataFrame:
     """Per (output, feature) before/after figures with bootstrap intervals.
 
     shares_*: [samples, outputs, features] bootstrap replicates (samples may be 0).
+    ``min_change`` (a share, 0.02 = 2 points): a smaller change is never marked ``changed``.
+    ``noise``: the retraining noise the change's interval adds to row sampling.
     """
     lo_q, hi_q = (1 - confidence) / 2, (1 + confidence) / 2
     frames = []
@@ -161,19 +183,30 @@ def comparison_table(old: AuditResult, new: AuditResult, shares_old: torch.Tenso
         frame["share_old"] = a.loc[features, "share"].to_numpy()
         frame["share_new"] = b.loc[features, "share"].to_numpy()
         frame["delta_share"] = frame["share_new"] - frame["share_old"]
+        low = high = None
         if shares_old.shape[0]:
             delta = (shares_new[:, i, :] - shares_old[:, i, :]).numpy()
             frame["share_old_low"] = np.quantile(shares_old[:, i, :].numpy(), lo_q, axis=0)
             frame["share_old_high"] = np.quantile(shares_old[:, i, :].numpy(), hi_q, axis=0)
             frame["share_new_low"] = np.quantile(shares_new[:, i, :].numpy(), lo_q, axis=0)
             frame["share_new_high"] = np.quantile(shares_new[:, i, :].numpy(), hi_q, axis=0)
-            frame["delta_share_low"] = np.quantile(delta, lo_q, axis=0)
-            frame["delta_share_high"] = np.quantile(delta, hi_q, axis=0)
-            # Called out only when the interval excludes zero: larger than its noise.
+            low, high = bootstrap_interval(delta, confidence)
+        sd = noise.sd[output] if noise is not None else None
+        interval = change_interval(frame["delta_share"].to_numpy(), low, high, sd,
+                                   noise.dof if noise is not None else 0, confidence)
+        if sd is not None:
+            frame["retraining_sd"] = sd
+        if interval is not None:
+            frame["delta_share_low"], frame["delta_share_high"] = interval
+            # Outside its noise: the change's interval excludes zero.
             frame["significant"] = (frame["delta_share_low"] > 0) | (frame["delta_share_high"] < 0)
         else:
             # No bootstrap, no measure of noise: no change is called larger than it.
             frame["significant"] = False
+        # Marked as a change only when it is outside its noise and large enough to matter.
+        frame["changed"] = frame["significant"] & (frame["delta_share"].abs() >= min_change)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frame["relative_change"] = frame["delta_share"] / frame["share_old"]
         frame["scaled_sensitivity_old"] = a.loc[features, "scaled_sensitivity"].to_numpy()
         frame["scaled_sensitivity_new"] = b.loc[features, "scaled_sensitivity"].to_numpy()
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -186,6 +219,13 @@ def comparison_table(old: AuditResult, new: AuditResult, shares_old: torch.Tenso
         frame["gate_changed"] = frame["flagged_old"] != frame["flagged_new"]
         frames.append(frame.sort_values(["rank_new", "feature"], kind="stable"))
     return pd.concat(frames, ignore_index=True)
+
+
+def bootstrap_interval(replicates: np.ndarray, confidence: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of replicates [samples, ...] over the first axis."""
+    return (np.quantile(replicates, (1 - confidence) / 2, axis=0),
+            np.quantile(replicates, (1 + confidence) / 2, axis=0))
 
 
 def gate_change(flagged_old: bool, flagged_new: bool) -> str:
@@ -203,51 +243,75 @@ def rank_agreement(table: pd.DataFrame, output: str, k: int) -> dict:
 
 
 def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[str]:
-    """Plain-words sentences: what fell, what rose, what gates changed, how scores moved."""
+    """Plain-words sentences: what fell, what rose, what gates changed, how scores moved.
+    With several outputs every sentence names its output."""
     lines: list[str] = []
     multi = len(result.new.outputs) > 1
     table = result.table
     has_intervals = "delta_share_low" in table.columns
+    noise = noise_name(result.settings)
+
+    def where(output: str) -> str:
+        return f"Output '{output}': " if multi else ""
+
     for output in result.new.outputs:
         group = table[table["output"] == output]
-        where = f"Output '{output}': " if multi else ""
         for r in group.itertuples():
-            noteworthy = abs(r.delta_share) >= 0.05 and (r.significant or not has_intervals)
+            noteworthy = abs(r.delta_share) >= 0.05 and (r.changed or not has_intervals)
             if r.feature in proxies or noteworthy:
-                lines.append(where + _movement(r, has_intervals))
+                lines.append(where(output) + _movement(r, has_intervals, noise))
         leader_new = group.sort_values("rank_new").iloc[0]
         leader_old = group.sort_values("rank_old").iloc[0]
         if leader_new["feature"] != leader_old["feature"]:
-            lines.append(f"{where}{leader_new['feature']} is now the strongest driver "
+            lines.append(f"{where(output)}{leader_new['feature']} is now the strongest driver "
                          f"({leader_new['share_new']:.0%}), replacing {leader_old['feature']}.")
         agreement = result.overall[output]
         lines.append(
-            f"{where}Rankings agree with Spearman {_fmt(agreement['spearman'])} and Kendall tau "
-            f"{_fmt(agreement['kendall_tau'])}; {agreement['top_k_overlap']:.0%} of the old "
-            f"top {agreement['top_k']} remain. Per row, the two models' contribution vectors "
-            f"have median cosine {_fmt(agreement['cosine']['median'])}. Scores moved by "
+            f"{where(output)}Rankings agree with Spearman {_fmt(agreement['spearman'])} and "
+            f"Kendall tau {_fmt(agreement['kendall_tau'])}; {agreement['top_k_overlap']:.0%} of "
+            f"the old top {agreement['top_k']} remain. Per row, the two models' contribution "
+            f"vectors have median cosine {_fmt(agreement['cosine']['median'])}. Scores moved by "
             f"{agreement['score_change']['mean_abs']:.3g} on average (largest "
             f"{agreement['score_change']['max_abs']:.3g}).")
     for r in table[table["gate_changed"]].itertuples():
         state = ("passed its gate in the old model and fails it in the new one"
                  if r.flagged_new else
                  "was flagged by the old model and passes its gate in the new one")
-        lines.append(f"{r.feature} {state}.")
+        lines.append(f"{where(r.output)}{r.feature} {state}.")
     for inc in result.proxy_increases:
-        lines.append(f"{inc['feature']}'s share grew by {inc['delta_share']:.1%}, more than "
-                     f"the allowed {inc['margin']:.1%} (compare.max_proxy_share_increase).")
+        lines.append(f"{where(inc['output'])}{inc['feature']}'s share grew by "
+                     f"{_points(inc['delta_share'])}, more than the allowed "
+                     f"{_points(inc['margin'], sign=False)} (compare.max_proxy_share_increase).")
     return lines
 
 
-def _movement(r, has_intervals: bool) -> str:
+def noise_name(settings: dict) -> str:
+    """What the change's interval measures, in words."""
+    if settings.get("noise") == "rows and retraining":
+        replicas = len(settings.get("old_replicas", [])) + len(settings.get("new_replicas", []))
+        rows = " and row sampling" if settings.get("bootstrap_samples") else ""
+        return f"retraining noise ({replicas} retrained cop{'y' if replicas == 1 else 'ies'}){rows}"
+    return "row-sampling noise only"
+
+
+def _movement(r, has_intervals: bool, noise: str) -> str:
     verb = "fell" if r.delta_share < 0 else "rose"
     ci = ""
     if has_intervals:
-        ci = (f" (change {r.delta_share:+.1%}, interval {r.delta_share_low:+.1%} to "
-              f"{r.delta_share_high:+.1%})")
-    noise = "; within noise" if has_intervals and not r.significant else ""
+        ci = (f" (change {_points(r.delta_share)}, interval {r.delta_share_low * 100:+.1f} to "
+              f"{_points(r.delta_share_high)}; {noise})")
+    caveat = ""
+    if has_intervals and not r.significant:
+        caveat = "; within its noise"
+    elif has_intervals and not r.changed:
+        caveat = "; below compare.min_change"
     return (f"{r.feature}'s share {verb} from {r.share_old:.0%} to {r.share_new:.0%}{ci}, rank "
-            f"{r.rank_old} -> {r.rank_new}{noise}.")
+            f"{r.rank_old} -> {r.rank_new}{caveat}.")
+
+
+def _points(share: float, sign: bool = True) -> str:
+    """A share difference in points: 0.136 -> '+13.6 points'."""
+    return f"{share * 100:{'+' if sign else ''}.1f} points"
 
 
 def _fmt(value: float) -> str:

@@ -96,6 +96,39 @@ class ProxyLimit:
                               f"(got {describe(self.max_rank)})")
 
 
+# audit.misscored: which rule says a row was scored wrong (needs data.label).
+MISSCORED_RULES = ("abs_error_above", "top_error_quantile", "threshold")
+
+
+@dataclass(frozen=True)
+class MisscoredRule:
+    """A row is misscored when |score - label| > value (``abs_error_above``), when its
+    |score - label| is among the top ``value`` fraction of rows (``top_error_quantile``), or
+    when score and label fall on different sides of ``value`` (``threshold``)."""
+
+    kind: str = "top_error_quantile"
+    value: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.kind not in MISSCORED_RULES:
+            raise ConfigError(f"MisscoredRule: kind must be one of {', '.join(MISSCORED_RULES)} "
+                              f"(got {describe(self.kind)})")
+        ok = isinstance(self.value, (int, float)) and not isinstance(self.value, bool) and (
+            math.isfinite(self.value))
+        if ok and self.kind == "top_error_quantile":
+            ok = 0 < self.value < 1
+        elif ok and self.kind == "abs_error_above":
+            ok = self.value >= 0
+        if not ok:
+            raise ConfigError(f"MisscoredRule: {self.kind} must be {_RULE_RANGE[self.kind]} "
+                              f"(got {describe(self.value)})")
+
+
+_RULE_RANGE = {"abs_error_above": "a number >= 0",
+               "top_error_quantile": "a number strictly between 0 and 1",
+               "threshold": "a finite number"}
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     proxies: tuple[ProxyLimit, ...] = ()
@@ -115,6 +148,10 @@ class AuditSettings:
     robustness: RobustnessSettings | None = None
     linearity: LinearitySettings | None = None
     layer_health: LayerHealthSettings | None = None
+    # The suspected-proxies check (checks/suspects.py): its rule for misscored rows (None: the
+    # default rule), and whether a suspect fails the audit.
+    misscored: MisscoredRule | None = None
+    fail_on_suspects: bool = False
 
     def __post_init__(self) -> None:
         # The YAML path checks these with file and key; this guards settings built in Python
@@ -148,10 +185,13 @@ def _is_int(value: object) -> bool:
 @dataclass(frozen=True)
 class CompareSettings:
     max_proxy_share_increase: float | None = None  # fail when a proxy's share grows by more
-    bootstrap_samples: int = 200
+    # 1000: with 200 the 95% interval's tails rest on 5 replicates each, and it covered only
+    # 93-94% in simulations (tests/test_compare_noise.py).
+    bootstrap_samples: int = 1000
     confidence: float = 0.95
     seed: int = 0
     top_k: int = 3
+    min_change: float = 2.0  # share points: a smaller change is never marked, whatever its noise
 
 
 @dataclass(frozen=True)
@@ -270,8 +310,8 @@ def _data(v: _Validator, raw: Any) -> DataConfig:
 def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
     v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
-                                 "batch_size", "allow_nonfinite", "method", "checks",
-                                 *CHECK_KEYS))
+                                 "batch_size", "allow_nonfinite", "method", "checks", "misscored",
+                                 "fail_on_suspects", *CHECK_KEYS))
     proxies_raw = a.get("proxies")
     proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
     if not isinstance(proxies_raw, list):
@@ -296,7 +336,23 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         method=v.choice(a.get("method", "gradient"), "audit.method", registered("methods")),
         checks=_checks(v, a.get("checks", {})),
         **parse_check_keys(v, a),
+        misscored=_misscored(v, a["misscored"]) if a.get("misscored") is not None else None,
+        fail_on_suspects=v.boolean(a.get("fail_on_suspects", False), "audit.fail_on_suspects"),
     )
+
+
+def _misscored(v: _Validator, raw: Any) -> MisscoredRule:
+    m = v.mapping(raw, "audit.misscored")
+    v.keys(m, "audit.misscored", optional=MISSCORED_RULES)
+    if len(m) != 1:
+        v.fail("audit.misscored", "a mapping with exactly one of " + ", ".join(MISSCORED_RULES),
+               dict(m))
+    (kind, value), = m.items()
+    try:
+        MisscoredRule(kind, value)  # the one place its range is checked
+    except ConfigError:
+        v.fail(f"audit.misscored.{kind}", _RULE_RANGE[kind], value)
+    return MisscoredRule(kind, float(value))
 
 
 def _checks(v: _Validator, raw: Any) -> dict[str, Mapping[str, Any]]:
@@ -347,7 +403,7 @@ def _proxy(v: _Validator, raw: Any, key: str) -> ProxyLimit:
 def _compare(v: _Validator, raw: Any) -> CompareSettings:
     c = v.mapping(raw if raw is not None else {}, "compare")
     v.keys(c, "compare", optional=("max_proxy_share_increase", "bootstrap_samples", "confidence",
-                                   "seed", "top_k"))
+                                   "seed", "top_k", "min_change"))
     margin = c.get("max_proxy_share_increase")
     confidence = v.fraction(c.get("confidence", 0.95), "compare.confidence")
     if not 0 < confidence < 1:
@@ -355,12 +411,13 @@ def _compare(v: _Validator, raw: Any) -> CompareSettings:
     return CompareSettings(
         max_proxy_share_increase=(v.fraction(margin, "compare.max_proxy_share_increase")
                                   if margin is not None else None),
-        bootstrap_samples=v.integer(c.get("bootstrap_samples", 200), "compare.bootstrap_samples",
+        bootstrap_samples=v.integer(c.get("bootstrap_samples", 1000), "compare.bootstrap_samples",
                                     minimum=0, maximum=MAX_BOOTSTRAP_SAMPLES),
         confidence=confidence,
         seed=v.integer(c.get("seed", 0), "compare.seed", minimum=0, maximum=MAX_SEED,
                        maximum_text="2**64 - 1"),
         top_k=v.integer(c.get("top_k", 3), "compare.top_k", minimum=1),
+        min_change=v.number(c.get("min_change", 2.0), "compare.min_change", 0, 100),
     )
 
 
@@ -468,6 +525,13 @@ class _Validator:
               and math.isfinite(value) and 0 <= value <= 1)
         if not ok:
             self.fail(key, "a number in [0, 1]", value)
+        return float(value)
+
+    def number(self, value: Any, key: str, low: float, high: float) -> float:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value) and low <= value <= high)
+        if not ok:
+            self.fail(key, f"a number from {low:g} to {high:g}", value)
         return float(value)
 
     def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:

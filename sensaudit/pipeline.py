@@ -131,7 +131,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
                 model_pass.sums.update(chunk.rows, chunk.ids, attributions.scores,
                                        attributions.values, finite)
                 for check in model_pass.checks:
-                    check.update(chunk.rows, x, attributions)
+                    check.update_labelled(chunk.rows, x, attributions, chunk.labels)
                 results.append(attributions)
             if on_chunk is not None:
                 on_chunk(chunk, results)
@@ -198,7 +198,8 @@ def rank_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
                              "ranked; audit rows where those features vary")
     if settings is not None and settings.groups:
         ranked = add_group_rows(ranked, settings.groups)
-    return Ranking(table=ranked, features=features, outputs=outputs)
+    return Ranking(table=ranked, features=features, outputs=outputs,
+                   per_unit=method.per_unit)
 
 
 def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor

@@ -13,7 +13,7 @@ from helpers_bad import ROWS, Fn, Scorer, cli, cli_error, config, export, write_
 from sensaudit import load_config, run_audit
 from sensaudit.errors import ReportError
 
-REPORT_FILES = ["examples.csv", "report.md", "sensitivity.csv", "summary.json"]
+REPORT_FILES = ["examples.csv", "report.md", "sensitivity.csv", "summary.json", "suspects.csv"]
 # sensaudit's own entries beside the reports (sorted before them).
 BOOKKEEPING = [".sensaudit-manifest.json", ".sensaudit.lock"]
 

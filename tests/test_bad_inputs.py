@@ -890,7 +890,8 @@ def test_config_shape(tmp_path, text, expected):
     ({"audit": {"allow_nonfinit": True}},
      "unknown key 'allow_nonfinit' in audit; did you mean 'allow_nonfinite'? (allowed: "
      "proxies, dominance_warning, top_k, examples_in_report, batch_size, allow_nonfinite, "
-     "method, checks, threshold, groups, expect, robustness, linearity, layer_health)"),
+     "method, checks, misscored, fail_on_suspects, threshold, groups, expect, robustness, "
+     "linearity, layer_health)"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
      "unknown key 'zzz' in model (allowed: path, class, class_file, kwargs, trust_model_code, "
      "output, output_names, device, trust_pickle, features, transform)"),

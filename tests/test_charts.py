@@ -129,7 +129,7 @@ def test_a_checks_table_gets_a_chart(tmp_path, assets, monkeypatch):
     config = write_config(tmp_path / "audit.yaml", assets,
                           report="report:\n  dir: out\n  formats: [png, markdown]\n")
     result, written = run_audit(load_config(config))
-    plan = next(p for p in audit_plans(result) if p.kind == "table")
+    plan = next(p for p in audit_plans(result) if p.kind == "table" and "table_check" in p.name)
     assert plan.name == "chart-table_check-points.png"
     assert [b.get_width() for b in _bars(plan)] == pytest.approx(
         (result.table["share"] * 100).tolist())

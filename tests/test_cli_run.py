@@ -191,7 +191,7 @@ def test_reports_written(tmp_path, assets):
     reports = tmp_path / "reports"
     assert sorted(p.name for p in reports.iterdir()) == [
         ".sensaudit-manifest.json", ".sensaudit.lock",  # sensaudit's own, hidden
-        "examples.csv", "report.md", "sensitivity.csv", "summary.json"]
+        "examples.csv", "report.md", "sensitivity.csv", "summary.json", "suspects.csv"]
 
     sensitivity = pd.read_csv(reports / "sensitivity.csv")
     assert list(sensitivity.columns) == [

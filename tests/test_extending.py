@@ -148,7 +148,8 @@ def test_a_report_format_is_one_file_and_one_registration_line(monkeypatch, tmp_
         "audit:\n  proxies:\n    - {feature: b, max_share: 0.5}\n"
         "report:\n  dir: out\n  formats: [csv, text]\n")
     result, written = sensaudit.run_audit(sensaudit.load_config(tmp_path / "audit.yaml"))
-    assert sorted(p.name for p in written) == ["examples.csv", "ranking.txt", "sensitivity.csv"]
+    assert sorted(p.name for p in written) == ["examples.csv", "ranking.txt", "sensitivity.csv",
+                                               "suspects.csv"]
     text = (tmp_path / "out" / "ranking.txt").read_text().splitlines()
     assert text[0].startswith("FAILED: ")
     assert text[1].startswith("  1. b ") and text[1].endswith("FLAGGED")

@@ -60,7 +60,8 @@ def test_examples_top_keeps_the_rows_the_report_lists(tmp_path, assets):
 def test_examples_none_writes_sensitivity_alone(tmp_path, assets):
     _, written = _audit(tmp_path, assets,
                         "report:\n  dir: out\n  formats: [csv, parquet]\n  examples: none\n")
-    assert sorted(p.name for p in written) == ["sensitivity.csv", "sensitivity.parquet"]
+    assert sorted(p.name for p in written) == ["sensitivity.csv", "sensitivity.parquet",
+                                               "suspects.csv"]  # a check's own table
 
 
 def test_examples_row_limit_keeps_the_first_rows(tmp_path, assets):

@@ -1,5 +1,6 @@
 """The README's promises, checked: its two set-up commands exist and the demo path they run
-works (v1 fails its copy_length gate, v2 passes, compare shows the move)."""
+works (v1's audit finds copy_length as a suspect, the training data is resampled, v2 passes,
+compare shows the move)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,13 @@ def test_demo_path_runs_and_tells_the_story(tmp_path):
     v1 = json.loads((ROOT / "reports/scorer_v1/summary.json").read_text())
     v2 = json.loads((ROOT / "reports/scorer_v2/summary.json").read_text())
     assert v1["passed"] is False and [f["feature"] for f in v1["flags"]] == ["copy_length"]
-    assert v2["passed"] is True
+    # Nobody declared it: the suspects check found it, with its reasons.
+    assert [s["feature"] for s in v1["suspects"]] == ["copy_length"]
+    assert v1["suspects"][0]["reasons"][0].startswith("relied on beyond its evidence")
+    assert v2["passed"] is True and v2["suspects"] == []
+    resampled = (ROOT / "reports/ad_copy_train_resampled.csv").read_text().splitlines()
+    assert len(resampled) - 1 == 3084
+    assert "copy_length vs quality: correlation +0.547 -> +0.015" in done.stdout
     # The demo shows one expectation and the adversarial shift, passing in both.
     for name, summary in (("scorer_v1", v1), ("scorer_v2", v2)):
         (expectation,) = summary["monotonicity"]
@@ -56,7 +63,7 @@ def test_demo_path_runs_and_tells_the_story(tmp_path):
     assert v1["robustness"][0]["p95_shift"] > v2["robustness"][0]["p95_shift"]
     comparison = json.loads((ROOT / "reports/compare/comparison.json").read_text())
     copy_length = next(f for f in comparison["features"] if f["feature"] == "copy_length")
-    assert copy_length["delta_share"] < -0.2 and copy_length["significant"]
+    assert copy_length["delta_share"] < -0.2 and copy_length["changed"]
 
 
 def test_every_cli_command_is_documented_with_an_example():
@@ -65,7 +72,7 @@ def test_every_cli_command_is_documented_with_an_example():
     from sensaudit.cli import app
 
     readme = (ROOT / "README.md").read_text()
-    for command in ("run", "compare"):
+    for command in ("run", "compare", "resample"):
         help_text = CliRunner().invoke(app, [command, "--help"]).output
         assert "Example:" in help_text and f"sensaudit {command}" in help_text
         assert f"sensaudit {command}" in readme
@@ -146,7 +153,9 @@ def test_usage_lists_every_command_and_option():
     assert usage is not None
     group = typer.main.get_command(app)
     for name, command in group.commands.items():  # type: ignore[attr-defined]
-        line = next(li for li in usage.group(1).splitlines() if li.startswith(f"sensaudit {name} "))
+        # A long command continues on indented lines.
+        lines = re.sub(r"\n {4}", " ", usage.group(1)).splitlines()
+        line = next(li for li in lines if li.startswith(f"sensaudit {name} "))
         for param in command.params:
             if (getattr(param, "help", None) or "").startswith("Deprecated"):
                 continue  # old names stay accepted; the README names them in the text

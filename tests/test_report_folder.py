@@ -23,7 +23,7 @@ from sensaudit.errors import ReportError
 from sensaudit.reports.staging import LOCK_NAME, MANIFEST_NAME, STAGING_PREFIX, StagedReport
 
 ROOT = Path(__file__).resolve().parents[1]
-AUDIT_FILES = ["examples.csv", "report.md", "sensitivity.csv", "summary.json"]
+AUDIT_FILES = ["examples.csv", "report.md", "sensitivity.csv", "summary.json", "suspects.csv"]
 
 
 def names(folder: Path) -> list[str]:

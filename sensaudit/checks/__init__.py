@@ -16,6 +16,7 @@ from .monotonicity import Monotonicity
 from .one_hot import OneHotLevels
 from .proxies import ProxyLimits
 from .robustness import Robustness
+from .suspects import SuspectedProxies
 
 CHECKS: list[type[Check]] = [
     ProxyLimits,
@@ -25,6 +26,7 @@ CHECKS: list[type[Check]] = [
     OneHotLevels,
     Linearity,
     LayerHealth,
+    SuspectedProxies,
 ]
 
 

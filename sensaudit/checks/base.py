@@ -11,7 +11,8 @@ everything the report writers render, so a new check needs no edits in them:
 - findings (problems, listed first) and notes (context, listed after every check's findings);
 - tables: extra CSV files to write, by file name;
 - summary: entries for summary.json, by top-level key (``robustness``: [...]);
-- report_tables: small titled tables for report.md.
+- report_tables: small titled tables for report.md; sections: titled markdown
+  sections for report.md (title -> lines), for results that are more than a table.
 
 A check that needs the model or the final feature statistics per row (an attack, a finite
 step) sets ``replays = True``: once every row is read and the stds are exact, the pipeline
@@ -70,6 +71,7 @@ class CheckResult:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     report_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    sections: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Gate]:
@@ -83,6 +85,9 @@ class Ranking:
     table: pd.DataFrame  # results.SENSITIVITY_COLUMNS, one row per (output, feature)
     features: list[str]
     outputs: list[str]
+    # The attributions are per unit of the feature (gradients: scaled by the feature's std
+    # into the shares) or already in score units (methods/base.py).
+    per_unit: bool = True
 
 
 @dataclass
@@ -134,6 +139,14 @@ class Check(ABC):
     def replay(self, chunk: ReplayChunk, context: ModelContext) -> None:  # noqa: B027
         """One chunk again, after the read, with the model and final statistics (checks
         with ``replays = True``)."""
+
+    def update_labelled(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
+                        labels: np.ndarray | None) -> None:
+        """What the pipeline calls per chunk: :meth:`update`'s arguments and the chunk's labels,
+        float64 [rows] (NaN where a label is missing), or None when the audit has no
+        ``data.label``. Checks that judge the model against the label override this; the
+        default hands the chunk to :meth:`update`."""
+        self.update(rows, x, attributions)
 
     def merge(self, other: Check) -> None:  # noqa: B027 - optional hook
         """Fold in the same check run over other rows (another worker's partition)."""

@@ -60,7 +60,8 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
                     .assign(share=lambda g: g["share"].map(_finite)).to_dict("records")
                     for output, group in table.groupby("output", sort=False)},
     }
-    # Each check's own sections (``robustness``: [...]), beside the core keys, never over them.
+    # Each check's own keys (``robustness``: [...], ``suspects``), beside the core keys, never
+    # over them.
     for check in result.checks:
         for key, value in check.summary.items():
             if key in summary:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._version import __version__
-from ..compare import ComparisonResult, gate_change
+from ..compare import ComparisonResult, gate_change, noise_name
 from ..results import AuditResult
 from .base import ReportWriter
 from .charts import audit_plans, comparison_plans
@@ -52,6 +52,9 @@ def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) 
             "this fails the audit (set audit.allow_nonfinite: true to accept)")
         lines.append(f"- {result.nonfinite_rows:,} rows gave non-finite scores or gradients "
                      f"and were left out of the statistics ({allowed}); first ids: {ids}.")
+    for check in result.checks:
+        for title, section in check.sections.items():
+            lines += ["", f"## {title}", "", *section]
     lines += ["", "## Feature sensitivity", "",
               "`share` is each feature's part of the total scaled sensitivity (std x mean "
               "|gradient|: the typical score change for a one-standard-deviation change).", ""]
@@ -140,21 +143,30 @@ def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, st
     ]
     lines += [f"- {text}" for text in result.findings]
     lines += ["", "## Before and after", ""]
+    settings = result.settings
     if has_ci:
-        lines += [f"Intervals: {ci} paired bootstrap over rows "
-                  f"({result.settings['bootstrap_samples']} replicates, seed "
-                  f"{result.settings['seed']}); a change is marked only when its interval "
-                  "excludes zero.", ""]
+        lines += [f"Changes are in share points. Intervals ({ci}): {noise_name(settings)}"
+                  + (f", from a paired bootstrap over rows ({settings['bootstrap_samples']} "
+                     f"replicates, seed {settings['seed']})" if settings["bootstrap_samples"]
+                     else "")
+                  + (f", and the spread of {len(settings['old_replicas'])} + "
+                     f"{len(settings['new_replicas'])} retrained copies of the old and new "
+                     "model" if settings.get("noise") == "rows and retraining" else "")
+                  + f". A change is marked (*) only when its interval excludes zero and it is "
+                  f"at least {settings['min_change']:g} points (compare.min_change)."
+                  + (" Retraining noise is not measured: two trainings of the same model "
+                     "differ by more than this; compare with retrained copies "
+                     "(--old-replica / --new-replica) to include it."
+                     if settings.get("noise") == "rows" else ""), ""]
     for output, group in result.table.groupby("output", sort=False):
         if len(result.new.outputs) > 1:
             lines += [f"### Output `{output}`", ""]
-        lines += ["| feature | share old | share new | change | " + (f"{ci} interval | "
-                                                                     if has_ci else "")
-                  + "rank old -> new | gate |",
+        lines += ["| feature | share old | share new | change (points) | "
+                  + (f"{ci} interval | " if has_ci else "") + "rank old -> new | gate |",
                   "|---|---:|---:|---:|" + ("---:|" if has_ci else "") + "---|---|"]
         for r in group.itertuples():
-            change = f"{r.delta_share:+.1%}" + (" *" if r.significant else "")
-            interval = (f"{r.delta_share_low:+.1%} to {r.delta_share_high:+.1%} | "
+            change = f"{r.delta_share * 100:+.1f}" + (" *" if r.changed else "")
+            interval = (f"{r.delta_share_low * 100:+.1f} to {r.delta_share_high * 100:+.1f} | "
                         if has_ci else "")
             gate = gate_change(r.flagged_old, r.flagged_new)
             lines.append(f"| {r.feature} | {r.share_old:.1%} | {r.share_new:.1%} | {change} | "

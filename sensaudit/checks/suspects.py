@@ -1,0 +1,351 @@
+"""Suspected proxies: features the model leans on that nobody declared and the data do not
+justify. Three signals, per undeclared feature:
+
+- **reliance vs evidence**: the model's share against the label's support for the feature on
+  the audit rows (its share in an additive ridge fit of the label on every standardized
+  feature and its square, :mod:`sensaudit.checks.evidence`). Relied on beyond even the upper
+  end of its support by ``min_gap`` is the strongest sign of a proxy: it helped in training
+  and does not help here.
+- **misscored-row contrast**: the feature's share computed on the misscored rows alone
+  (``audit.misscored``) against its share on the rest, with a Poisson bootstrap interval. A
+  proxy takes a larger part of the rows it gets wrong.
+- **dominance**: it holds more share than ``audit.dominance_warning``.
+
+A feature is suspected when it is relied on beyond its evidence, or when its misscored-row
+contrast is positive beyond noise and it is dominant or relied on beyond its evidence's point
+estimate. Without labels only dominance can run, and a dominant feature is then the suspect.
+The two label-based signals need one audited output (the label scores one output).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import AuditSettings, MisscoredRule
+from ..errors import ConfigError, describe, did_you_mean
+from ..methods import Attributions
+from ..stats import PoissonBootstrap, finite_rows
+from .base import Check, CheckResult, Gate, Notice, Ranking
+from .evidence import (
+    MISSCORED,
+    REST,
+    Evidence,
+    GroupedMoments,
+    LabelGram,
+    additive_evidence,
+    misscored_keys,
+    shares,
+    top_bins,
+)
+
+DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
+LIMIT = "not a suspected proxy (audit.fail_on_suspects)"
+
+
+@dataclass(frozen=True)
+class Options:
+    """``audit.checks.suspects``: every field optional. Shares are fractions (0.1 = 10
+    points)."""
+
+    min_gap: float = 0.10  # share relied on beyond the evidence's upper end
+    min_contrast: float = 0.05  # share gained on the misscored rows
+    min_misscored_rows: int = 20  # fewer: too few to compare
+    bootstrap_samples: int = 200
+    confidence: float = 0.95
+    seed: int = 0
+    ridge: float = 0.01  # the evidence fit's penalty, on standardized columns
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Options:
+        checks = {"min_gap": (0.0, 1.0), "min_contrast": (0.0, 1.0),
+                  "min_misscored_rows": (2, 10**9), "bootstrap_samples": (0, 10_000),
+                  "confidence": (0.5, 0.999), "seed": (0, 2**63 - 1), "ridge": (0.0, 1e6)}
+        for key, value in raw.items():
+            if key not in checks:
+                raise ConfigError(f"unknown key '{key}' in audit.checks.suspects"
+                                  f"{did_you_mean(key, checks)} (allowed: {', '.join(checks)})")
+            low, high = checks[key]
+            integer = isinstance(low, int)
+            ok = (isinstance(value, int if integer else (int, float))
+                  and not isinstance(value, bool) and math.isfinite(value)
+                  and low <= value <= high)
+            if not ok:
+                kind = "an integer" if integer else "a number"
+                raise ConfigError(f"audit.checks.suspects.{key} must be {kind} from {low:g} to "
+                                  f"{high:g} (got {describe(value)})")
+        return cls(**raw)
+
+
+class SuspectedProxies(Check):
+    name = "suspects"
+
+    def __init__(self, settings: AuditSettings, options: Options):
+        self.rule = settings.misscored or DEFAULT_RULE
+        self.rule_is_default = settings.misscored is None
+        self.fail = settings.fail_on_suspects
+        self.dominance = settings.dominance_warning
+        self.declared = {p.feature for p in settings.proxies}
+        self.options = options
+        self.bootstrap = PoissonBootstrap(options.bootstrap_samples, options.seed)
+        self.labelled = False  # the audit has a label column
+        self.outputs = 0
+        self.missing_labels = 0
+        self.contrast: GroupedMoments | None = None
+        self.gram: LabelGram | None = None
+
+    @classmethod
+    def from_settings(cls, settings: AuditSettings) -> SuspectedProxies:
+        # Always built: an audit must look for proxies nobody declared.
+        return cls(settings, Options.parse(dict(settings.checks.get(cls.name) or {})))
+
+    def update_labelled(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
+                        labels: np.ndarray | None) -> None:
+        self.outputs = attributions.scores.shape[1]
+        if labels is None:
+            return
+        self.labelled = True
+        if self.outputs != 1:
+            return  # one label, several outputs: which one it scores is not known
+        if self.contrast is None or self.gram is None:
+            self.contrast = GroupedMoments(self.bootstrap, x.shape[1])
+            self.gram = LabelGram(x.shape[1])
+        known = np.isfinite(labels)
+        self.missing_labels += int((~known).sum())
+        keep = finite_rows(attributions.scores, attributions.values).cpu().numpy() & known
+        # Indexed where each tensor lives (the model's device), then brought to the CPU.
+        index = torch.from_numpy(np.flatnonzero(keep))
+        on_model = index.to(attributions.scores.device)
+        scores = attributions.scores[on_model, 0].detach().to("cpu", torch.float64)
+        values = attributions.values[on_model, 0].detach().to("cpu", torch.float64)
+        xs = x[index.to(x.device)].detach().to("cpu", torch.float64)
+        y = labels[keep]
+        keys = misscored_keys(scores.numpy(), y, self.rule)
+        self.contrast.update(rows[keep], keys, xs, values.abs())
+        self.gram.update(xs, torch.from_numpy(y))
+
+    def merge(self, other: Check) -> None:
+        assert isinstance(other, SuspectedProxies)
+        self.labelled = self.labelled or other.labelled
+        self.outputs = max(self.outputs, other.outputs)
+        self.missing_labels += other.missing_labels
+        if other.contrast is not None and other.gram is not None:
+            if self.contrast is None or self.gram is None:
+                self.contrast = GroupedMoments(self.bootstrap, other.gram.n_features)
+                self.gram = LabelGram(other.gram.n_features)
+            self.contrast.merge(other.contrast)
+            self.gram.merge(other.gram)
+
+    def finish(self, ranking: Ranking) -> CheckResult:
+        status: dict[str, str] = {"dominance": "ran"}
+        evidence, contrast = None, None
+        if not self.labelled:
+            why = "not run: the audit has no label (set data.label)"
+            status["reliance_vs_evidence"] = status["misscored_contrast"] = why
+        elif len(ranking.outputs) != 1:
+            why = (f"not run: the model has {len(ranking.outputs)} outputs and the label scores "
+                   "one of them (select it with model.output)")
+            status["reliance_vs_evidence"] = status["misscored_contrast"] = why
+        else:
+            evidence, status["reliance_vs_evidence"] = self._evidence()
+            contrast, status["misscored_contrast"] = self._contrast(ranking.per_unit)
+        figures = self._figures(ranking, evidence, contrast)
+        return self._result(ranking, figures, status, contrast)
+
+    # --- the three signals ------------------------------------------------------------------
+
+    def _evidence(self) -> tuple[Evidence | None, str]:
+        if self.gram is None or self.gram.rows == 0:
+            return None, "not run: no row has a label"
+        found = additive_evidence(self.gram, self.options.ridge)
+        if found is None:
+            return None, (f"not run: {self.gram.rows:,} labelled rows give no fit (the label "
+                          "does not vary, or there are fewer rows than 2 x features + 3)")
+        return found, f"ran on {found.rows:,} labelled rows"
+
+    def _contrast(self, per_unit: bool) -> tuple[dict | None, str]:
+        moments = self.contrast
+        if moments is None or not moments.groups:
+            return None, "not run: no row has a label"
+        counts = moments.counts()
+        if self.rule.kind == "top_error_quantile":
+            top = top_bins(counts, self.rule.value)
+            if top is None:
+                return None, "not run: every row has the same error"
+            misscored, fraction = top
+        else:
+            misscored = {MISSCORED}
+            fraction = counts.get(MISSCORED, 0.0) / sum(counts.values())
+        rest = set(counts) - misscored
+        n_mis = sum(counts[k] for k in misscored if k in counts)
+        n_rest = sum(counts[k] for k in rest)
+        least = self.options.min_misscored_rows
+        if n_mis < least or n_rest < least:
+            return None, (f"not run: {int(n_mis):,} misscored and {int(n_rest):,} other rows "
+                          f"(each needs at least {least}; audit.misscored)")
+        _, mis_scaled = moments.scaled(misscored, per_unit)
+        _, rest_scaled = moments.scaled(rest if rest else {REST}, per_unit)
+        share_mis, share_rest = shares(mis_scaled), shares(rest_scaled)
+        diff = (share_mis - share_rest).numpy()
+        level = self.options.confidence
+        low = high = np.full(diff.shape[1], np.nan)
+        if diff.shape[0] > 1:
+            low = np.quantile(diff[1:], (1 - level) / 2, axis=0)
+            high = np.quantile(diff[1:], (1 + level) / 2, axis=0)
+        found = {"share_misscored": share_mis[0].numpy(), "share_rest": share_rest[0].numpy(),
+                 "contrast": diff[0], "low": low, "high": high, "misscored_rows": int(n_mis),
+                 "rest_rows": int(n_rest), "fraction": fraction}
+        return found, (f"ran: {int(n_mis):,} misscored rows ({fraction:.1%}, "
+                       f"{describe_rule(self.rule)}) against {int(n_rest):,} others")
+
+    # --- judging ----------------------------------------------------------------------------
+
+    def _figures(self, ranking: Ranking, evidence: Evidence | None,
+                 contrast: dict | None) -> pd.DataFrame:
+        z = _normal_quantile((1 + self.options.confidence) / 2)
+        frames = []
+        for output, group in ranking.table.groupby("output", sort=False):
+            order = group.set_index("feature").loc[ranking.features]
+            frame = pd.DataFrame({"output": output, "feature": ranking.features,
+                                  "share": order["share"].to_numpy(dtype=float)})
+            nan = np.full(len(frame), np.nan)
+            if evidence is not None:
+                frame["evidence_share"] = evidence.share
+                frame["evidence_high"] = evidence.share_high(z)
+            else:
+                frame["evidence_share"] = frame["evidence_high"] = nan
+            frame["reliance_gap"] = frame["share"] - frame["evidence_share"]
+            for column, key in (("share_misscored", "share_misscored"),
+                                ("share_rest", "share_rest"), ("contrast", "contrast"),
+                                ("contrast_low", "low"), ("contrast_high", "high")):
+                frame[column] = contrast[key] if contrast is not None else nan
+            frame["declared"] = frame["feature"].isin(self.declared)
+            frames.append(frame)
+        table = pd.concat(frames, ignore_index=True)
+        opts = self.options
+        beyond = (table["share"] - table["evidence_high"]) >= opts.min_gap
+        above_point = table["reliance_gap"] >= opts.min_gap / 2
+        contrasted = (table["contrast_low"] > 0) & (table["contrast"] >= opts.min_contrast)
+        dominant = table["share"] > self.dominance
+        if evidence is None and contrast is None:
+            suspect = dominant
+        else:
+            suspect = beyond | (contrasted & (dominant | above_point))
+        table["dominant"] = dominant
+        table["suspect"] = suspect & ~table["declared"] & (table["share"] > 0)
+        # Declared proxies are judged by their limits; their signs are still shown.
+        table["declared_with_signs"] = suspect & table["declared"] & (table["share"] > 0)
+        table["score"] = (np.fmax(table["share"] - table["evidence_high"], 0).fillna(0)
+                          + np.fmax(table["contrast"], 0).fillna(0)
+                          + np.fmax(table["share"] - self.dominance, 0))
+        table["reasons"] = [self._reasons(r, contrast)
+                            if r.suspect or r.declared_with_signs else []
+                            for r in table.itertuples()]
+        table = table.sort_values(["suspect", "score", "share"], ascending=False, kind="stable")
+        return table.reset_index(drop=True)
+
+    def _reasons(self, r: Any, contrast: dict | None) -> list[str]:
+        reasons = []
+        if r.share - r.evidence_high >= self.options.min_gap:
+            reasons.append(f"relied on beyond its evidence: {r.share:.1%} of the model's "
+                           f"sensitivity against {r.evidence_share:.1%} of the label's fit on "
+                           f"these rows (at most {r.evidence_high:.1%})")
+        elif r.reliance_gap >= self.options.min_gap / 2:
+            reasons.append(f"relied on more than its evidence: {r.share:.1%} of the "
+                           f"sensitivity against {r.evidence_share:.1%} of the label's fit "
+                           f"({_points(r.reliance_gap)})")
+        if contrast is not None and r.contrast_low > 0 and r.contrast >= self.options.min_contrast:
+            reasons.append(f"larger on misscored rows: {r.share_misscored:.1%} of the "
+                           f"sensitivity on the {contrast['misscored_rows']:,} misscored rows "
+                           f"against {r.share_rest:.1%} on the rest ({_points(r.contrast)}, "
+                           f"interval {r.contrast_low * 100:+.1f} to {_points(r.contrast_high)})")
+        if r.dominant:
+            reasons.append(f"dominant: {r.share:.1%} of the sensitivity, over "
+                           f"audit.dominance_warning ({self.dominance:.0%})")
+        return reasons
+
+    def _result(self, ranking: Ranking, table: pd.DataFrame, status: dict[str, str],
+                contrast: dict | None) -> CheckResult:
+        result = CheckResult(self.name)
+        multi = len(ranking.outputs) > 1
+        suspects = table[table["suspect"]]
+        for r in suspects.itertuples():
+            details = _record(r)
+            if self.fail:
+                result.gates.append(Gate(check=self.name, subject=r.feature, output=r.output,
+                                         passed=False, limit=LIMIT, details=details))
+            else:
+                result.warnings.append(Notice(check=self.name, subject=r.feature,
+                                              output=r.output, details=details))
+            where = f" for output '{r.output}'" if multi else ""
+            result.findings.append(
+                f"**{r.feature}** is a suspected proxy{where}: " + "; ".join(r.reasons) + ". "
+                "Nobody declared it. If it should not decide the score, declare it in "
+                "audit.proxies and remove its tie to the label from the training data "
+                f"(`sensaudit resample TRAIN.csv --proxy {r.feature} --label LABEL --out "
+                "resampled.csv`), retrain, and compare.")
+        not_run = {k: v for k, v in status.items() if not v.startswith("ran")}
+        if not_run:
+            result.notes.append("Suspected proxies: " + "; ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in not_run.items()) + ".")
+        result.tables["suspects.csv"] = table.assign(
+            reasons=table["reasons"].map(" | ".join))
+        result.summary["suspects"] = [_record(r) for r in suspects.itertuples()]
+        result.summary["suspect_signals"] = status
+        result.sections["Suspected proxies"] = self._section(
+            suspects, table[table["declared_with_signs"]], status)
+        return result
+
+    def _section(self, suspects: pd.DataFrame, declared: pd.DataFrame,
+                 status: dict[str, str]) -> list[str]:
+        lines = ["Features nobody declared that the model leans on more than the data justify "
+                 "(README, \"Finding undeclared proxies\").", ""]
+        lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in status.items()]
+        lines += [f"- {r.feature} is a declared proxy, judged by its limits; it shows the same "
+                  f"signs: {'; '.join(r.reasons)}." for r in declared.itertuples()]
+        lines.append("")
+        if suspects.empty:
+            lines.append("No undeclared feature is suspected.")
+            return lines
+        lines += ["| feature | output | share | label's support | misscored / rest | reasons |",
+                  "|---|---|---:|---:|---:|---|"]
+        for r in suspects.itertuples():
+            support = "" if np.isnan(r.evidence_share) else f"{r.evidence_share:.1%}"
+            split = ("" if np.isnan(r.contrast)
+                     else f"{r.share_misscored:.1%} / {r.share_rest:.1%}")
+            lines.append(f"| {r.feature} | {r.output} | {r.share:.1%} | {support} | {split} | "
+                         + "; ".join(r.reasons) + " |")
+        return lines
+
+
+def describe_rule(rule: MisscoredRule) -> str:
+    if rule.kind == "abs_error_above":
+        return f"|score - label| > {rule.value:g}"
+    if rule.kind == "threshold":
+        return f"score and label on different sides of {rule.value:g}"
+    return f"the top {rule.value:.0%} of |score - label|"
+
+
+def _record(r: Any) -> dict[str, Any]:
+    """A suspect as summary.json lists it: feature, reasons, then the figures."""
+    record: dict[str, Any] = {"feature": r.feature, "output": r.output,
+                              "reasons": list(r.reasons)}
+    for key in ("share", "evidence_share", "evidence_high", "reliance_gap", "share_misscored",
+                "share_rest", "contrast", "contrast_low", "contrast_high", "score"):
+        value = float(getattr(r, key))
+        record[key] = value if math.isfinite(value) else None
+    record["dominant"] = bool(r.dominant)
+    return record
+
+
+def _points(fraction: float) -> str:
+    return f"{fraction * 100:+.1f} points"
+
+
+def _normal_quantile(p: float) -> float:
+    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
