@@ -4,15 +4,16 @@
     result, files = run_audit(load_config("configs/scorer_v1.yaml"))
     result.passed, result.table  # verdict, per-feature sensitivity
 
-    from sensaudit import input_jacobian
+    from sensaudit import input_jacobian, attribute
     jac = input_jacobian(model, x)  # float [rows, outputs, features]
+    ig = attribute(model, x, method="integrated_gradients", baseline="mean")  # same shape
 
     from sensaudit import compare_models
     cmp = compare_models(load_config("configs/scorer_v2.yaml"), "old.pt2", "new.pt2")
 """
 
 from ._version import __version__
-from .api import audit, audit_frame, compare_models, run_audit, run_compare
+from .api import attribute, audit, audit_frame, compare_models, run_audit, run_compare
 from .compare import ComparisonResult
 from .config import (
     AuditSettings,
@@ -49,6 +50,7 @@ __all__ = [
     "ReportError",
     "SensauditError",
     "__version__",
+    "attribute",
     "audit",
     "audit_frame",
     "compare_models",

@@ -1,12 +1,15 @@
 """The audit's passes over the data, feeding the method, the statistics and the checks.
 
-1. **Read** (the data's one read): every chunk's feature moments, each model's attributions
-   (the configured method), their sums and each check's per-chunk state; the chunk's compact
-   per-row results go to a :class:`~sensaudit.spill.Spill`.
+0. **Statistics**, only for a method that needs them before its first row (a data-derived
+   baseline, SmoothGrad's noise scale; :mod:`sensaudit.baselines`): a pre-pass measuring the
+   feature means, standard deviations and (for a median baseline) medians.
+1. **Read** (the data's one read otherwise): every chunk's feature moments, each model's
+   attributions (the configured method), their sums and each check's per-chunk state; the
+   chunk's compact per-row results and feature values go to a :class:`~sensaudit.spill.Spill`.
 2. **Finish**: feature stds are now exact, so each model's sensitivity table is ranked and the
    checks judge it.
-3. **Replay** the spill: per-row contributions (attribution x std), examples.csv rows, the
-   strongest examples, and whatever else a caller (``compare``) needs per row.
+3. **Replay** the spill: per-row contributions (measured from the baseline), examples.csv
+   rows, the examples worth reading, and whatever else a caller (``compare``) needs per row.
 
 Everything here is a sum that merges (:mod:`sensaudit.stats`), so another engine can run the
 read pass over partitions and merge the partial :class:`ReadPass` results.
@@ -17,10 +20,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
 
+from .baselines import (
+    FeatureSummary,
+    Reference,
+    baseline_labels,
+    baseline_vector,
+    check_baseline,
+    describe_baseline,
+    needs_data,
+)
 from .checks import Check, CheckResult, Ranking, build_checks
 from .config import AuditSettings, ModelConfig
 from .engine import Model, as_output_matrix, check_row_independence
@@ -33,8 +46,9 @@ from .results import AuditResult, sensitivity_table
 from .spill import Spill, SpilledChunk
 from .stats import AttributionSums, FeatureMoments, finite_rows
 
-# progress(stage, rows_done, rows_total): stage "audit" (the read pass: attributions) or
-# "examples" (the replay: per-row contributions); rows_total is None while unknown.
+# progress(stage, rows_done, rows_total): stage "statistics" (the pre-pass some methods need),
+# "audit" (the read pass: attributions) or "examples" (the replay: per-row contributions);
+# rows_total is None while unknown.
 Progress = Callable[[str, int, "int | None"], None]
 ExampleSink = Callable[[pa.Table], None]
 Chunks = Callable[[], Iterator[Chunk]]
@@ -66,6 +80,7 @@ class ReadPass:
     dropped: int
     models: list[ModelPass]
     spill: Spill
+    summary: FeatureSummary | None = None  # the read's feature statistics (moments, medians)
 
 
 def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
@@ -73,17 +88,41 @@ def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
     if cls is None:
         raise ConfigError(f"{source}: audit.method must be one of {', '.join(METHODS)} "
                           f"(got '{settings.method}')")
-    return cls(batch_size=settings.batch_size)
+    return cls.from_settings(settings)
+
+
+def needs_prepass(method: AttributionMethod, settings: AuditSettings,
+                  features: tuple[str, ...]) -> bool:
+    """Whether the method needs feature statistics before its first row: its noise scale,
+    or a baseline measured from the data."""
+    return "std" in method.needs or ("baseline" in method.needs
+                                     and needs_data(settings.baseline, features))
+
+
+def statistics_pass(chunks: Chunks, table: Table, settings: AuditSettings, *,
+                    progress: Progress) -> Reference:
+    """The pre-pass: exact means and stds, and medians when the baseline is the median."""
+    summary = FeatureSummary(len(table.features), median=settings.baseline == "median")
+    dropped = 0
+    for chunk in chunks():
+        dropped += chunk.dropped
+        summary.update(chunk.rows, chunk.x)
+        progress("statistics", summary.moments.count + dropped, table.row_count)
+    _check_rows(summary.moments, table)
+    return summary.reference(_checked_std(summary.moments.std, table))
 
 
 def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings: AuditSettings,
               method: AttributionMethod, *, model_cfg: ModelConfig | None, source: object,
-              progress: Progress, on_chunk: ChunkHook | None = None) -> ReadPass:
-    """The one read of the data: moments, every model's attributions, sums and checks.
+              progress: Progress, on_chunk: ChunkHook | None = None,
+              medians: bool = False) -> ReadPass:
+    """The one read of the data: moments, every model's attributions, sums and checks;
+    ``medians``: also the median sample (a median baseline without a pre-pass).
 
     Models are probed on the first chunk (input width, output shape, row independence).
     """
-    moments = FeatureMoments(len(table.features))
+    summary = FeatureSummary(len(table.features), median=medians)
+    moments = summary.moments
     spill = Spill()
     passes: list[ModelPass] = []
     dropped = 0
@@ -92,7 +131,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             dropped += chunk.dropped
             if not len(chunk.x):
                 continue
-            moments.update(chunk.x)
+            summary.update(chunk.rows, chunk.x)
             if not passes:
                 passes = [_start(m, chunk.x, table, settings, model_cfg, source) for m in models]
                 _check_same_outputs(passes)
@@ -100,7 +139,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             for model_pass in passes:
                 loaded = model_pass.prepared.loaded
                 x = chunk.x.to(loaded.device, loaded.dtype)
-                attributions = _attribute(method, model_pass.prepared, x)
+                attributions = _attribute(method, model_pass.prepared, x, chunk.rows)
                 finite = finite_rows(attributions.scores, attributions.values)
                 model_pass.sums.update(chunk.rows, chunk.ids, attributions.scores,
                                        attributions.values, finite)
@@ -110,21 +149,32 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             if on_chunk is not None:
                 on_chunk(chunk, results)
             spill.append(chunk.rows, chunk.ids, chunk.labels,
-                         [(a.scores, a.values) for a in results])
+                         [(a.scores, a.values) for a in results], x=chunk.x)
             progress("audit", moments.count + dropped, table.row_count)
     except BaseException:
         spill.close()
         raise
-    if moments.count < 2:
+    try:
+        _check_rows(moments, table)
+    except DataError:
         spill.close()
+        raise
+    return ReadPass(moments=moments, dropped=dropped, models=passes, spill=spill,
+                    summary=summary)
+
+
+def _check_rows(moments: FeatureMoments, table: Table) -> None:
+    if moments.count < 2:
         raise DataError(f"{table.path}: {moments.count} usable row(s); an audit needs at least 2 "
                         "to measure how much each feature varies")
-    return ReadPass(moments=moments, dropped=dropped, models=passes, spill=spill)
 
 
 def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
     """The features' standard deviations over every row read, checked usable."""
-    std = read.moments.std
+    return _checked_std(read.moments.std, table)
+
+
+def _checked_std(std: torch.Tensor, table: Table) -> torch.Tensor:
     # Values near float64's limit (1e154 and up) overflow the variance, and an infinite std
     # would make every share NaN.
     overflow = (~torch.isfinite(std)).nonzero().flatten().tolist()
@@ -158,12 +208,12 @@ def finish_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
     return ranked, results
 
 
-def example_drivers(model_pass: ModelPass, table: Table, std: torch.Tensor,
+def example_drivers(model_pass: ModelPass, table: Table, baseline: torch.Tensor,
                     settings: AuditSettings, method: AttributionMethod) -> ExampleDrivers:
     return ExampleDrivers(table.features, model_pass.prepared.outputs, top_k=settings.top_k,
                           proxies=[p.feature for p in settings.proxies],
-                          keep=settings.examples_in_report,
-                          scale=std if method.per_unit else None)
+                          keep=settings.examples_in_report, baseline=baseline,
+                          per_unit=method.per_unit)
 
 
 def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
@@ -177,9 +227,11 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
     try:
         for chunk in read.spill:
             for i, ((scores, values), model_drivers) in enumerate(zip(chunk.results, drivers)):
+                assert chunk.x is not None  # the read pass spills every chunk's x
                 rows_table = model_drivers.add(
                     chunk.rows, chunk.ids, chunk.labels, scores, values,
-                    finite_rows(scores, values), table=example_sink is not None and i == 0)
+                    finite_rows(scores, values), chunk.x,
+                    table=example_sink is not None and i == 0)
                 if rows_table is not None and example_sink is not None:
                     example_sink(rows_table)
             if on_chunk is not None:
@@ -192,10 +244,14 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
 
 def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[CheckResult],
                  drivers: ExampleDrivers, read: ReadPass, table: Table,
-                 settings: AuditSettings, method: AttributionMethod) -> AuditResult:
+                 settings: AuditSettings, method: AttributionMethod,
+                 method_details: dict | None = None) -> AuditResult:
     sums, prepared = model_pass.sums, model_pass.prepared
+    # The report shows the examples of the outputs with a failed gate first.
+    failed = {gate.output for check in checks for gate in check.failed}
+    outputs = sorted(prepared.outputs, key=lambda o: o not in failed)
     return AuditResult(
-        table=ranked, checks=checks, examples=drivers.best_first(),
+        table=ranked, checks=checks, examples=drivers.best_first(outputs),
         features=list(table.features), outputs=prepared.outputs, rows=sums.rows,
         rows_dropped=read.dropped, nonfinite_rows=sums.nonfinite_rows,
         nonfinite_ids=sums.nonfinite_ids, nonfinite_allowed=settings.allow_nonfinite,
@@ -203,7 +259,7 @@ def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[Check
         data_path=str(table.path), proxies=[p.feature for p in settings.proxies],
         mean_scores={o: float(s) for o, s in zip(prepared.outputs,
                                                  sums.score_sum / max(sums.rows, 1))},
-        method=method.name)
+        method=method.name, method_details=method_details or {})
 
 
 def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
@@ -216,20 +272,45 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
     """Read, finish and replay for one or more models on the same rows."""
     method = make_method(settings, source)
     build_checks(settings, source)  # option errors before any data is read
+    check_baseline(settings.baseline, table.features, source)
+    reference = None
+    if needs_prepass(method, settings, table.features):
+        reference = statistics_pass(chunks, table, settings, progress=progress)
+        method.prepare(baseline_vector(settings.baseline, reference, table.features),
+                       reference.std)
     read = read_pass(models, chunks, table, settings, method, model_cfg=model_cfg,
-                     source=source, progress=progress, on_chunk=on_chunk)
+                     source=source, progress=progress, on_chunk=on_chunk,
+                     medians=reference is None and settings.baseline == "median")
     try:
         std = feature_std(read, table)
+        if reference is None:
+            assert read.summary is not None
+            reference = read.summary.reference(std)
+        baseline = baseline_vector(settings.baseline, reference, table.features)
+        details = method_details(method, settings, baseline, reference, table.features)
         finished = [finish_model(mp, table, std, method) for mp in read.models]
-        drivers = [example_drivers(mp, table, std, settings, method) for mp in read.models]
+        drivers = [example_drivers(mp, table, baseline, settings, method)
+                   for mp in read.models]
     except BaseException:
         read.spill.close()
         raise
     replay(read, drivers, progress=progress, example_sink=example_sink,
            on_chunk=on_replay(read, std) if on_replay else None)
-    results = [audit_result(mp, ranked, checks, d, read, table, settings, method)
+    results = [audit_result(mp, ranked, checks, d, read, table, settings, method, details)
                for mp, (ranked, checks), d in zip(read.models, finished, drivers)]
     return results, read, std
+
+
+def method_details(method: AttributionMethod, settings: AuditSettings, baseline: torch.Tensor,
+                   reference: Reference, features: tuple[str, ...]) -> dict:
+    """What summary.json and report.md say about the method: its name, what it measures,
+    its units, the baseline (with the words each feature's baseline is called) and its
+    parameters."""
+    return {"name": method.name, "measures": method.description, "per_unit": method.per_unit,
+            "baseline": describe_baseline(settings.baseline, baseline, features, reference),
+            "baseline_labels": dict(zip(features, baseline_labels(settings.baseline,
+                                                                   features))),
+            "parameters": method.parameters()}
 
 
 def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSettings,
@@ -240,11 +321,11 @@ def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSe
                      checks=build_checks(settings, source))
 
 
-def _attribute(method: AttributionMethod, prepared: PreparedModel,
-               x: torch.Tensor) -> Attributions:
+def _attribute(method: AttributionMethod, prepared: PreparedModel, x: torch.Tensor,
+               rows: np.ndarray) -> Attributions:
     # The engine knows no files: its errors (no gradient path, ...) get the model's path here.
     try:
-        return method.attribute(prepared.module, x)
+        return method.attribute_rows(prepared.module, x, rows)
     except ModelError as exc:
         raise ModelError(f"{prepared.loaded.path}: {exc}") from None
 

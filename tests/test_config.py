@@ -185,7 +185,8 @@ BAD = [
     pytest.param(
         MINIMAL.replace("report:", "audit:\n  zzz: 1\nreport:"),
         "unknown key 'zzz' in audit (allowed: proxies, dominance_warning, top_k, "
-        "examples_in_report, batch_size, allow_nonfinite, method, checks)",
+        "examples_in_report, batch_size, allow_nonfinite, method, checks, baseline, "
+        "samples, noise, seed, steps)",
         id="unknown-key-no-suggestion"),
     pytest.param(
         "model:\n  path: m.pt2\nreport:\n  dir: out\n",

@@ -9,12 +9,14 @@ from __future__ import annotations
 from ..config import AuditSettings
 from ..errors import ConfigError
 from .base import Check, CheckResult, Gate, Notice, Ranking
+from .completeness import Completeness
 from .dominance import Dominance
 from .proxies import ProxyLimits
 
 CHECKS: list[type[Check]] = [
     ProxyLimits,
     Dominance,
+    Completeness,
 ]
 
 

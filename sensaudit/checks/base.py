@@ -9,7 +9,8 @@ everything the report writers render, so a new check needs no edits in them:
 - gates: pass/fail tests against a limit (a failed gate fails the audit, exit 1);
 - warnings: things worth a look that do not fail the audit;
 - findings (problems, listed first) and notes (context, listed after every check's findings);
-- tables: extra CSV files to write, by file name.
+- tables: extra CSV files to write, by file name;
+- summary: the check's figures, which summary.json records whatever the verdict.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class CheckResult:
     findings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Gate]:
