@@ -276,8 +276,11 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
     reference = None
     if needs_prepass(method, settings, table.features):
         reference = statistics_pass(chunks, table, settings, progress=progress)
+    if method.needs:  # without a pre-pass, a baseline that needs no data (zero, all given)
         method.prepare(baseline_vector(settings.baseline, reference, table.features),
-                       reference.std)
+                       reference.std if reference is not None
+                       else torch.full((len(table.features),), float("nan"),
+                                       dtype=torch.float64))
     read = read_pass(models, chunks, table, settings, method, model_cfg=model_cfg,
                      source=source, progress=progress, on_chunk=on_chunk,
                      medians=reference is None and settings.baseline == "median")

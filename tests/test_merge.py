@@ -9,7 +9,10 @@ import pyarrow as pa
 import pytest
 import torch
 
+from sensaudit.baselines import FeatureSummary
+from sensaudit.checks.completeness import CompletenessGap
 from sensaudit.examples import ExampleDrivers
+from sensaudit.methods import Attributions
 from sensaudit.stats import (
     AgreementAccumulator,
     AttributionSums,
@@ -186,3 +189,42 @@ def test_agreement_merge(k, seed):
                                    list(b["score_change"].values()), **TOL)
     assert np.array_equal(single.histogram, merged.histogram)
     assert merged.rows == single.rows == ROWS - 2
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+@pytest.mark.parametrize("keep", [ROWS + 10, 50])  # every row kept (exact), or a sample
+def test_feature_summary_merge(k, seed, keep):
+    def feed(acc, d):
+        acc.update(d["rows"], d["x"])
+
+    single, merged = _single_and_merged(lambda: FeatureSummary(FEATURES, median=True,
+                                                               keep=keep), feed, k, seed)
+    a, b = single.reference(), merged.reference()
+    # The same rows are sampled whatever the partition: the medians agree bit for bit.
+    assert np.array_equal(merged.sample.rows, single.sample.rows)
+    assert torch.equal(a.median, b.median)
+    assert a.median_exact == b.median_exact == (keep > ROWS)
+    torch.testing.assert_close(b.mean, a.mean, **TOL)
+    torch.testing.assert_close(b.std, a.std, **TOL)
+    if keep > ROWS:
+        np.testing.assert_array_equal(a.median.numpy(), np.median(_rows()["x"].numpy(), 0))
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_completeness_gap_merge(k, seed):
+    baseline_scores = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def feed(acc, d):
+        acc.update(Attributions(scores=d["scores"], values=d["values"],
+                                baseline_scores=baseline_scores))
+
+    single, merged = _single_and_merged(lambda: CompletenessGap(OUTPUTS), feed, k, seed)
+    assert merged.rows == single.rows == ROWS - 2
+    for output in range(OUTPUTS):
+        np.testing.assert_allclose(list(merged.figures(output).values()),
+                                   list(single.figures(output).values()), **TOL)
+    data = _rows()
+    finite = finite_rows(data["scores"], data["values"])
+    gap = (data["values"][finite].sum(2) - (data["scores"][finite] - baseline_scores)).abs()
+    torch.testing.assert_close(single.max_abs_gap, gap.amax(0), rtol=0, atol=0)
+    torch.testing.assert_close(single.sum_abs_gap, gap.sum(0), **TOL)
