@@ -122,7 +122,7 @@ def attribute(model: torch.nn.Module | Model, x: torch.Tensor, *, method: str = 
     settings = AuditSettings(method=method, baseline=named, samples=samples, noise=noise,
                              seed=seed, steps=steps, batch_size=batch_size)
     chosen = METHODS[method].from_settings(settings)
-    reference = reference_of(x)
+    reference = reference_of(x, median=baseline == "median")
     if isinstance(baseline, str):
         vector = baseline_vector(baseline, reference, [str(j) for j in range(x.shape[1])])
     else:

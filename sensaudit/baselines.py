@@ -127,13 +127,14 @@ class FeatureSummary:
                          median_exact=sample is None or sample.exact)
 
 
-def reference_of(x: torch.Tensor) -> Reference:
+def reference_of(x: torch.Tensor, *, median: bool = True) -> Reference:
     """Exact statistics of in-memory rows x: float [rows, features] (the Python API)."""
     values = x.detach().to("cpu", torch.float64)
     std = (values.std(0) if values.shape[0] > 1
            else torch.full((values.shape[1],), float("nan"), dtype=torch.float64))
     return Reference(mean=values.mean(0), std=std,
-                     median=torch.from_numpy(np.median(values.numpy(), axis=0)))
+                     median=torch.from_numpy(np.median(values.numpy(), axis=0)) if median
+                     else None)
 
 
 def needs_data(spec: BaselineSpec, features: Sequence[str]) -> bool:

@@ -23,8 +23,8 @@ class ExampleDrivers:
     """Streams chunks of per-row attributions into examples rows and bounded, mergeable
     selections of the rows worth reading, per output:
 
-    - ``proxies``: rows where the declared proxies' contributions are largest (|sum| over the
-      proxies of |contribution|), when proxies are declared;
+    - ``proxies``: rows where the declared proxies contribute most (the sum over the proxies
+      of |contribution|), when proxies are declared;
     - ``misscored``: rows whose score is furthest from their label, when labels are given;
     - ``strongest``: without proxies, rows whose single strongest contribution is largest.
 

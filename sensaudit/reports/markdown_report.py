@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._version import __version__
 from ..compare import ComparisonResult, gate_change
-from ..results import AuditResult
+from ..results import AuditResult, Driver
 from .base import ReportWriter
 
 
@@ -122,11 +122,10 @@ def examples_markdown(result: AuditResult) -> list[str]:
     section = None
     for ex in result.examples:
         if (ex.reason, ex.output) != section:
-            section = (ex.reason, ex.output)
             where = f" (output `{ex.output}`)" if len(result.outputs) > 1 else ""
-            if len(lines) > 4:
-                lines.append("")
-            lines += [f"### {SECTION_TITLES.get(ex.reason, ex.reason)}{where}", ""]
+            lines += ([] if section is None else [""]) + [
+                f"### {SECTION_TITLES.get(ex.reason, ex.reason)}{where}", ""]
+            section = (ex.reason, ex.output)
         label = ""
         if ex.label is not None:
             label = f", label {ex.label:g}"
@@ -138,7 +137,7 @@ def examples_markdown(result: AuditResult) -> list[str]:
     return lines
 
 
-def _driver_words(driver, called: str) -> str:
+def _driver_words(driver: Driver, called: str) -> str:
     """'copy_length = 412 (mean 180) adds +0.21 to the score'."""
     effect = (f"adds {driver.contribution:+.2g} to the score" if driver.contribution >= 0
               else f"takes {-driver.contribution:.2g} off the score")
