@@ -72,7 +72,7 @@ class ExampleDrivers:
                            value=x[:, None, :].expand(n_rows, m, n).gather(2, top)
                            .reshape(n_rows * m, k).numpy())
         if any(s.keep for selection in self.selections.values() for s in selection):
-            self._offer(rows, ids, labels, scores, values, diff, finite, drivers)
+            self._offer(rows, ids, labels, scores, values, x, finite, drivers)
         if not table:
             return None
         repeat = np.repeat(np.arange(n_rows), m)
@@ -93,9 +93,10 @@ class ExampleDrivers:
         return pa.table(columns)
 
     def _offer(self, rows: np.ndarray, ids: pa.Array | np.ndarray, labels: np.ndarray | None,
-               scores: torch.Tensor, values: torch.Tensor, diff: torch.Tensor,
+               scores: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
                finite: torch.Tensor, drivers: _Drivers) -> None:
         m = values.shape[1]
+        diff = x - self.baseline
         keys: dict[str, torch.Tensor] = {}  # per reason: [rows, outputs], NaN = not a candidate
         if self.proxy_index:  # in float64: few columns, and near-ties must order exactly
             proxies = values[:, :, self.proxy_index].double()
@@ -125,13 +126,21 @@ class ExampleDrivers:
                     if kept.would_keep(value):
                         kept.offer(value, int(rows[row]), output,
                                    self._record(reason, row, output, value, ids, labels,
-                                                scores, drivers))
+                                                scores, values, x, drivers))
 
     def _record(self, reason: str, row: int, output: int, value: float,
                 ids: pa.Array | np.ndarray, labels: np.ndarray | None, scores: torch.Tensor,
+                values: torch.Tensor, x: torch.Tensor,
                 drivers: _Drivers) -> Callable[[], ExampleRecord]:
         m = scores.shape[1]
         i = row * m + output
+
+        def driver(j: int) -> Driver:
+            """Feature j's part in this row's score, computed in float64."""
+            value, baseline = float(x[row, j]), float(self.baseline[j])
+            attribution = float(values[row, output, j])
+            return Driver(self.features[j], value, baseline, attribution,
+                          attribution * (value - baseline) if self.per_unit else attribution)
 
         def record() -> ExampleRecord:
             label = None if labels is None else float(labels[row])
@@ -143,7 +152,11 @@ class ExampleDrivers:
                                 float(drivers.attribution[i, j]),
                                 float(drivers.contribution[i, j]))
                          for j in range(self.top_k)],
-                rank_value=value, reason=reason)
+                rank_value=value, reason=reason,
+                # The declared proxies not among the top drivers, so that a row shown for its
+                # proxies says what each proxy adds.
+                proxies=[driver(j) for j in self.proxy_index
+                         if j not in drivers.index[i].tolist()])
 
         return record
 

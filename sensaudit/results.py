@@ -90,6 +90,7 @@ class ExampleRecord:
     drivers: list[Driver]  # the top_k by |contribution|, largest first
     rank_value: float  # the value the examples are ranked by
     reason: str = "strongest"  # one of EXAMPLE_REASONS
+    proxies: list[Driver] = field(default_factory=list)  # declared proxies not in drivers
 
 
 @dataclass

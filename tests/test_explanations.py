@@ -316,6 +316,31 @@ def test_report_shows_proxy_rows_and_misscored_rows_in_words(tmp_path):
     assert f"label {frame['label'][top]:g} (off by {off[top]:.3g})" in report
 
 
+def test_a_proxy_outside_the_top_drivers_is_still_shown_with_its_contribution():
+    frame = _frame()
+    result = sensaudit.audit_frame(Linear(), frame, id="id", features=["a", "b", "c"],
+                                   proxies=[ProxyLimit("c", max_share=0.9)],
+                                   settings=AuditSettings(top_k=1, examples_in_report=3))
+    mean = frame[["a", "b", "c"]].mean().to_numpy()
+    contribution = _contribution(frame, mean)
+    for example in result.examples:
+        row = frame["id"].tolist().index(example.id)
+        [driver] = example.drivers
+        if driver.feature == "c":
+            assert example.proxies == []
+        else:
+            [proxy] = example.proxies
+            assert proxy.feature == "c" and proxy.value == frame["c"][row]
+            assert proxy.baseline == pytest.approx(mean[2], rel=1e-15)
+            assert proxy.attribution == pytest.approx(W[2], rel=1e-15)
+            assert proxy.contribution == pytest.approx(contribution[row, 2], rel=1e-12)
+    assert any(e.proxies for e in result.examples)
+    from sensaudit.reports.markdown_report import audit_markdown
+
+    assert re.search(r"; declared proxy: c = \d+ \(mean [\d.]+\) (adds|takes) ",
+                     audit_markdown(result))
+
+
 def test_without_proxies_or_labels_the_strongest_rows_are_shown():
     frame = _frame().drop(columns=["label"])
     result = sensaudit.audit_frame(Linear(), frame, id="id",

@@ -132,6 +132,9 @@ def examples_markdown(result: AuditResult) -> list[str]:
             if ex.reason == "misscored":
                 label += f" (off by {abs(ex.score - ex.label):.3g})"
         why = "; ".join(_driver_words(d, labels.get(d.feature, "baseline")) for d in ex.drivers)
+        if ex.proxies:
+            why += ("; declared prox" + ("y: " if len(ex.proxies) == 1 else "ies: ") + "; ".join(
+                _driver_words(d, labels.get(d.feature, "baseline")) for d in ex.proxies))
         lines.append(f"- `{ex.id}`: score {ex.score:.4g}{label}. {why}.")
     lines.append("")
     return lines
