@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/end_to_end.py
+	$(BIN)/python benchmarks/methods.py
 
 sample-data: $(STAMP)
 	$(BIN)/python scripts/make_sample_data.py --out sample_data

@@ -4,8 +4,9 @@
     result, files = run_audit(load_config("configs/scorer_v1.yaml"))
     result.passed, result.table  # verdict, per-feature sensitivity
 
-    from sensaudit import input_jacobian
+    from sensaudit import input_jacobian, attribute
     jac = input_jacobian(model, x)  # float [rows, outputs, features]
+    ig = attribute(model, x, method="integrated_gradients", baseline="mean")  # same shape
 
     from sensaudit import compare_models
     cmp = compare_models(load_config("configs/scorer_v2.yaml"), "old.pt2", "new.pt2")
@@ -44,7 +45,7 @@ from .errors import (
 )
 
 if _typing.TYPE_CHECKING:
-    from .api import audit, audit_frame, compare_models, run_audit, run_compare
+    from .api import attribute, audit, audit_frame, compare_models, run_audit, run_compare
     from .compare import ComparisonResult
     from .engine import input_jacobian, scores_and_jacobian
     from .inputs.models import LoadedModel, load_model
@@ -54,7 +55,8 @@ if _typing.TYPE_CHECKING:
 # Names whose modules import torch (seconds): loaded on first use, so that `sensaudit --help`
 # and `--version`, which import this package, do not pay for torch.
 _LAZY = {
-    "audit": ".api", "audit_frame": ".api", "compare_models": ".api", "run_audit": ".api",
+    "attribute": ".api", "audit": ".api", "audit_frame": ".api", "compare_models": ".api",
+    "run_audit": ".api",
     "run_compare": ".api", "ComparisonResult": ".compare", "input_jacobian": ".engine",
     "scores_and_jacobian": ".engine", "LoadedModel": ".inputs.models",
     "load_model": ".inputs.models", "AuditResult": ".results",
@@ -99,6 +101,7 @@ __all__ = [
     "RobustnessSettings",
     "SensauditError",
     "__version__",
+    "attribute",
     "audit",
     "audit_frame",
     "compare_models",

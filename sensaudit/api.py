@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from .baselines import baseline_vector, reference_of
 from .checks.names import check_check_names, group_names
 from .compare import ComparisonResult, compare_on_rows
 from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
@@ -26,6 +27,7 @@ from .examples import records_table
 from .inputs import tables
 from .inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
+from .methods import METHODS
 from .pipeline import ExampleSink, Progress, audit_models
 from .reports import ReportWriter, StagedReport, open_writers
 from .results import AuditResult
@@ -59,7 +61,8 @@ def run_audit(config: Config, *, progress: Progress | None = None,
         result = audit(config, progress=progress, trust_model_code=trust_model_code,
                        trust_pickle=trust_pickle, example_sink=sink)
         if sinks and choice == "top":  # the rows report.md lists, with all their drivers
-            to_sinks(records_table(result.examples, with_label=config.data.label is not None))
+            to_sinks(records_table(result.examples, with_label=config.data.label is not None,
+                                   per_unit=result.per_unit))
         for writer in writers:
             writer.audit(result)
         written = staged.commit()
@@ -121,6 +124,42 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
     finally:
         if module is not None and was_training:
             module.train()
+
+
+def attribute(model: torch.nn.Module | Model, x: torch.Tensor, *, method: str = "gradient",
+              baseline: str | torch.Tensor | list[float] = "mean", samples: int = 50,
+              noise: float = 0.2, seed: int = 0, steps: int = 50,
+              batch_size: int | None = None) -> torch.Tensor:
+    """Per-row attributions of ``model`` at the rows x: float [rows, features] -> [rows,
+    outputs, features], on x's device and dtype, batched and chunked as in an audit.
+
+    method: gradient (d output / d feature), gradient_x_input, smoothgrad (``samples`` noisy
+    copies, noise ``noise`` x each feature's std over x, seeded by ``seed``; row r of x is row
+    number r + 1) or integrated_gradients (``steps`` Gauss-Legendre points). baseline: mean,
+    zero or median (of x's rows), or a tensor / list of one value per feature. The model is
+    used as it is (put it in eval mode first).
+    """
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
+        raise ConfigError("x must be a float tensor shaped [rows, features]")
+    named = baseline if isinstance(baseline, str) else "zero"
+    settings = AuditSettings(method=method, baseline=named, samples=samples, noise=noise,
+                             seed=seed, steps=steps, batch_size=batch_size)
+    chosen = METHODS[method].from_settings(settings)
+    reference = reference_of(x, median=baseline == "median")
+    if isinstance(baseline, str):
+        vector = baseline_vector(baseline, reference, [str(j) for j in range(x.shape[1])])
+    else:
+        vector = torch.as_tensor(baseline, dtype=torch.float64).detach().cpu().reshape(-1)
+        if vector.shape[0] != x.shape[1]:
+            raise ConfigError(f"baseline has {vector.shape[0]} values; x has {x.shape[1]} "
+                              "features")
+    if "std" in chosen.needs and x.shape[0] < 2:
+        raise ConfigError(f"method {method} scales its noise by the features' std over x, "
+                          "which needs at least 2 rows")
+    chosen.prepare(vector, reference.std)
+    return chosen.attribute(model, x.detach()).values
 
 
 def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *,

@@ -399,7 +399,8 @@ def _progress(quiet: bool):
     show = not quiet and stderr.is_terminal
     with Progress(*columns, console=stderr, disable=not show, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
-        labels = {"audit": "Computing attributions", "examples": "Writing examples"}
+        labels = {"audit": "Computing attributions", "examples": "Writing examples",
+                  "statistics": "Measuring features"}
 
         def update(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:
@@ -414,9 +415,12 @@ def _print_audit(result: AuditResult, written: list[Path]) -> None:
         title = "Feature sensitivity" + (f" ({escape(output)})" if len(result.outputs) > 1
                                          else "")
         table = Table(title=title, title_justify="left")
+        # Attribution methods (score units) show their mean |attribution| and mean attribution.
+        size, mean = (("scaled sens.", "mean grad") if result.per_unit
+                      else ("mean |attr.|", "mean attr."))
         columns: list[tuple[str, JustifyMethod]] = [
             ("rank", "right"), ("feature", "left"), ("share", "right"),
-            ("scaled sens.", "right"), ("mean grad", "right"), ("flag", "center")]
+            (size, "right"), (mean, "right"), ("flag", "center")]
         for name, justify in columns:
             table.add_column(name, justify=justify)
         # audit.groups' rows (after the features', ranked among groups and ungrouped
@@ -424,9 +428,10 @@ def _print_audit(result: AuditResult, written: list[Path]) -> None:
         grouped = "group" in group.columns
         for r in (group if grouped else group.sort_values("rank")).itertuples():
             is_group = grouped and r.group == r.feature
+            mean = r.mean_gradient if result.per_unit else r.mean_attribution
             table.add_row(str(r.rank), escape(r.feature) + (" (group)" if is_group else ""),
                           f"{r.share:.1%}", f"{r.scaled_sensitivity:.4g}",
-                          "" if is_group else f"{r.mean_gradient:.4g}",
+                          "" if is_group else f"{mean:.4g}",
                           "[red]FLAG[/]" if r.flagged else "")
         stdout.print(table)
     for text in result.findings:

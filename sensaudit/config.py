@@ -42,6 +42,10 @@ EXAMPLES = ("all", "top", "none")
 MAX_BOOTSTRAP_SAMPLES = 100_000
 # The bootstrap hashes the seed as a uint64 (compare.PoissonBootstrap).
 MAX_SEED = 2**64 - 1
+# audit.baseline: a kind, or a mapping feature -> value (sensaudit.baselines).
+BASELINE_KINDS = ("mean", "zero", "median")
+# audit.samples / audit.steps: each row costs that many gradients; beyond this only time grows.
+MAX_SAMPLES = MAX_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,13 @@ class AuditSettings:
     batch_size: int | None = None  # None: chosen from the model's size
     allow_nonfinite: bool = False
     method: str = "gradient"  # an attribution method named in sensaudit.methods.METHODS
+    # The reference point of per-row explanations: mean, zero, median or {feature: value}
+    # (features not named take their mean).
+    baseline: str | Mapping[str, float] = "mean"
+    samples: int = 50  # smoothgrad: noisy copies per row
+    noise: float = 0.2  # smoothgrad: noise scale, in feature standard deviations
+    seed: int = 0  # smoothgrad: the noise is a function of (seed, row number, sample)
+    steps: int = 50  # integrated_gradients: Gauss-Legendre points along the path
     # Options of checks registered without a key of their own, by check name (README,
     # "Extending"): each check validates its own options.
     checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -176,6 +187,31 @@ class AuditSettings:
                                                and not isinstance(self.threshold, bool)
                                                and math.isfinite(self.threshold)):
             raise bad("threshold", "a finite number or None")
+        if not _baseline_ok(self.baseline):
+            raise bad("baseline", BASELINE_EXPECTED)
+        if not _is_int(self.samples) or not 1 <= self.samples <= MAX_SAMPLES:
+            raise bad("samples", f"an integer from 1 to {MAX_SAMPLES}")
+        if not (_is_number(self.noise) and self.noise > 0):
+            raise bad("noise", "a finite number > 0")
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", "an integer from 0 to 2**64 - 1")
+        if not _is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
+            raise bad("steps", f"an integer from 1 to {MAX_STEPS}")
+
+
+BASELINE_EXPECTED = "one of mean, zero, median, or a mapping feature -> number"
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _baseline_ok(value: object) -> bool:
+    if isinstance(value, Mapping):
+        return bool(value) and all(isinstance(k, str) and _is_number(v)
+                                   for k, v in value.items())
+    return value in BASELINE_KINDS
 
 
 def _is_int(value: object) -> bool:
@@ -310,7 +346,8 @@ def _data(v: _Validator, raw: Any) -> DataConfig:
 def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
     v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
-                                 "batch_size", "allow_nonfinite", "method", "checks", "misscored",
+                                 "batch_size", "allow_nonfinite", "method", "checks",
+                                 "baseline", "samples", "noise", "seed", "steps", "misscored",
                                  "fail_on_suspects", *CHECK_KEYS))
     proxies_raw = a.get("proxies")
     proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
@@ -324,6 +361,8 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
                               "is declared twice")
         seen.add(proxy.feature)
     batch_size = a.get("batch_size")
+    method = v.choice(a.get("method", "gradient"), "audit.method", registered("methods"))
+    _method_keys(v, a, method)
     return AuditSettings(
         proxies=proxies,
         dominance_warning=v.fraction(a.get("dominance_warning", 0.5), "audit.dominance_warning"),
@@ -333,11 +372,18 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         batch_size=(v.integer(batch_size, "audit.batch_size", minimum=1)
                     if batch_size is not None else None),
         allow_nonfinite=v.boolean(a.get("allow_nonfinite", False), "audit.allow_nonfinite"),
-        method=v.choice(a.get("method", "gradient"), "audit.method", registered("methods")),
+        method=method,
         checks=_checks(v, a.get("checks", {})),
         **parse_check_keys(v, a),
         misscored=_misscored(v, a["misscored"]) if a.get("misscored") is not None else None,
         fail_on_suspects=v.boolean(a.get("fail_on_suspects", False), "audit.fail_on_suspects"),
+        baseline=_baseline(v, a.get("baseline", "mean")),
+        samples=v.integer(a.get("samples", 50), "audit.samples", minimum=1,
+                          maximum=MAX_SAMPLES),
+        noise=v.positive(a.get("noise", 0.2), "audit.noise"),
+        seed=v.integer(a.get("seed", 0), "audit.seed", minimum=0, maximum=MAX_SEED,
+                       maximum_text="2**64 - 1"),
+        steps=v.integer(a.get("steps", 50), "audit.steps", minimum=1, maximum=MAX_STEPS),
     )
 
 
@@ -353,6 +399,31 @@ def _misscored(v: _Validator, raw: Any) -> MisscoredRule:
     except ConfigError:
         v.fail(f"audit.misscored.{kind}", _RULE_RANGE[kind], value)
     return MisscoredRule(kind, float(value))
+
+
+def _baseline(v: _Validator, raw: Any) -> str | dict[str, float]:
+    if isinstance(raw, Mapping):
+        v.mapping(raw, "audit.baseline")
+        if not raw:
+            v.fail("audit.baseline", BASELINE_EXPECTED, raw)
+        return {name: v.finite(value, f"audit.baseline.{name}")
+                for name, value in raw.items()}
+    if not isinstance(raw, str) or raw not in BASELINE_KINDS:
+        v.fail("audit.baseline", BASELINE_EXPECTED, raw)
+    return raw
+
+
+def _method_keys(v: _Validator, a: Mapping[str, Any], method: str) -> None:
+    """A setting of another method (audit.steps under smoothgrad) would be silently
+    ignored: refuse it, as an unknown key is refused."""
+    from .methods import METHODS
+
+    for key in ("samples", "noise", "seed", "steps"):
+        if key not in a or key in METHODS[method].settings_keys:
+            continue
+        users = [name for name, cls in METHODS.items() if key in cls.settings_keys]
+        raise ConfigError(f"{v.source}: audit.{key} is a setting of audit.method "
+                          f"{' or '.join(users)}, not of '{method}'")
 
 
 def _checks(v: _Validator, raw: Any) -> dict[str, Mapping[str, Any]]:
@@ -525,6 +596,16 @@ class _Validator:
               and math.isfinite(value) and 0 <= value <= 1)
         if not ok:
             self.fail(key, "a number in [0, 1]", value)
+        return float(value)
+
+    def finite(self, value: Any, key: str) -> float:
+        if not _is_number(value):
+            self.fail(key, "a finite number", value)
+        return float(value)
+
+    def positive(self, value: Any, key: str) -> float:
+        if not (_is_number(value) and value > 0):
+            self.fail(key, "a finite number > 0", value)
         return float(value)
 
     def number(self, value: Any, key: str, low: float, high: float) -> float:

@@ -1,5 +1,8 @@
 """The audit's passes over the data, feeding the method, the statistics and the checks.
 
+0. **Statistics**, only for a method that needs them before its first row (a data-derived
+   baseline, SmoothGrad's noise scale; :mod:`sensaudit.baselines`): a pre-pass measuring the
+   feature means, standard deviations and (for a median baseline) medians.
 1. **Read** (the data's one read): every chunk's feature moments, each model's attributions
    (the configured method), their sums and each check's per-chunk state; the chunk's compact
    per-row results go to a :class:`~sensaudit.spill.Spill`.
@@ -20,10 +23,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
 
+from .baselines import (
+    FeatureSummary,
+    Reference,
+    baseline_labels,
+    baseline_vector,
+    check_baseline,
+    describe_baseline,
+    needs_data,
+)
 from .checks import (
     Check,
     CheckResult,
@@ -47,8 +60,9 @@ from .spill import Spill, SpilledChunk
 from .stats import AttributionSums, FeatureMoments, finite_rows
 from .transforms import transformed
 
-# progress(stage, rows_done, rows_total): stage "audit" (the read pass: attributions) or
-# "examples" (the replay: per-row contributions); rows_total is None while unknown.
+# progress(stage, rows_done, rows_total): stage "statistics" (the pre-pass some methods need),
+# "audit" (the read pass: attributions) or "examples" (the replay: per-row contributions);
+# rows_total is None while unknown.
 Progress = Callable[[str, int, "int | None"], None]
 ExampleSink = Callable[[pa.Table], None]
 Chunks = Callable[[], Iterator[Chunk]]
@@ -85,6 +99,7 @@ class ReadPass:
     models: list[ModelPass]
     spill: Spill
     ranges: FeatureRange | None = None  # per-feature min..max, for checks that replay
+    summary: FeatureSummary | None = None  # the read's feature statistics (moments, medians)
 
 
 def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
@@ -92,19 +107,42 @@ def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
     if cls is None:
         raise ConfigError(f"{source}: audit.method must be one of {', '.join(METHODS)} "
                           f"(got '{settings.method}')")
-    return cls(batch_size=settings.batch_size)
+    return cls.from_settings(settings)
+
+
+def needs_prepass(method: AttributionMethod, settings: AuditSettings,
+                  features: tuple[str, ...]) -> bool:
+    """Whether the method needs feature statistics before its first row: its noise scale,
+    or a baseline measured from the data."""
+    return "std" in method.needs or ("baseline" in method.needs
+                                     and needs_data(settings.baseline, features))
+
+
+def statistics_pass(chunks: Chunks, table: Table, settings: AuditSettings, *,
+                    progress: Progress) -> Reference:
+    """The pre-pass: exact means and stds, and medians when the baseline is the median."""
+    summary = FeatureSummary(len(table.features), median=settings.baseline == "median")
+    dropped = 0
+    for chunk in chunks():
+        dropped += chunk.dropped
+        summary.update(chunk.rows, chunk.x)
+        progress("statistics", summary.moments.count + dropped, table.row_count)
+    _check_rows(summary.moments, table)
+    return summary.reference(_checked_std(summary.moments.std, table))
 
 
 def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings: AuditSettings,
               method: AttributionMethod, *, model_cfg: ModelConfig | None, source: object,
               progress: Progress, on_chunk: ChunkHook | None = None,
-              keep_rows: bool = True) -> ReadPass:
-    """The one read of the data: moments, every model's attributions, sums and checks.
+              keep_rows: bool = True, medians: bool = False) -> ReadPass:
+    """The one read of the data: moments, every model's attributions, sums and checks;
+    ``medians``: also the median sample (a median baseline without a pre-pass).
 
     Models are probed on the first chunk (input width, output shape, row independence).
     ``keep_rows`` False: nothing needs per-row results afterwards, so none are spilled.
     """
-    moments = FeatureMoments(len(table.features))
+    summary = FeatureSummary(len(table.features), median=medians)
+    moments = summary.moments
     ranges = FeatureRange(len(table.features))
     spill = Spill()
     passes: list[ModelPass] = []
@@ -114,7 +152,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             dropped += chunk.dropped
             if not len(chunk.x):
                 continue
-            moments.update(chunk.x)
+            summary.update(chunk.rows, chunk.x)
             ranges.update(chunk.x)
             if not passes:
                 passes = [_start(m, chunk.x, table, settings, model_cfg, source) for m in models]
@@ -126,7 +164,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
                 if x.dtype != chunk.x.dtype and _narrower(x.dtype, chunk.x.dtype):
                     model_pass.seen = model_pass.seen or FeatureMoments(x.shape[1])
                     model_pass.seen.update(x)
-                attributions = _attribute(method, model_pass.prepared, x)
+                attributions = _attribute(method, model_pass.prepared, x, chunk.rows)
                 finite = finite_rows(attributions.scores, attributions.values)
                 model_pass.sums.update(chunk.rows, chunk.ids, attributions.scores,
                                        attributions.values, finite)
@@ -142,12 +180,19 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
     except BaseException:
         spill.close()
         raise
-    if moments.count < 2:
+    try:
+        _check_rows(moments, table)
+    except DataError:
         spill.close()
+        raise
+    return ReadPass(moments=moments, dropped=dropped, models=passes, spill=spill,
+                    summary=summary, ranges=ranges)
+
+
+def _check_rows(moments: FeatureMoments, table: Table) -> None:
+    if moments.count < 2:
         raise DataError(f"{table.path}: {moments.count} usable row(s); an audit needs at least 2 "
                         "to measure how much each feature varies")
-    return ReadPass(moments=moments, dropped=dropped, models=passes, spill=spill,
-                    ranges=ranges)
 
 
 def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
@@ -159,6 +204,10 @@ def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
         raise DataError(f"{table.path}: every feature is constant over the "
                         f"{read.moments.count:,} rows read, so no feature can be ranked by how "
                         "much it moves the score; audit rows where the features vary")
+    return _checked_std(std, table)
+
+
+def _checked_std(std: torch.Tensor, table: Table) -> torch.Tensor:
     # Values near float64's limit (1e154 and up) overflow the variance, and an infinite std
     # would make every share NaN.
     overflow = (~torch.isfinite(std)).nonzero().flatten().tolist()
@@ -215,12 +264,14 @@ def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor
     return ranked, results
 
 
-def example_drivers(model_pass: ModelPass, table: Table, std: torch.Tensor,
-                    settings: AuditSettings, method: AttributionMethod) -> ExampleDrivers:
+def example_drivers(model_pass: ModelPass, table: Table, baseline: torch.Tensor,
+                    settings: AuditSettings, method: AttributionMethod,
+                    std: torch.Tensor | None = None) -> ExampleDrivers:
     return ExampleDrivers(table.features, model_pass.prepared.outputs, top_k=settings.top_k,
                           proxies=proxy_features([p.feature for p in settings.proxies],
                                                  settings.groups),
-                          keep=settings.examples_in_report,
+                          keep=settings.examples_in_report, baseline=baseline,
+                          per_unit=method.per_unit,
                           scale=std if method.per_unit else None)
 
 
@@ -238,9 +289,11 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
     try:
         for chunk in read.spill:
             for i, ((scores, values), model_drivers) in enumerate(zip(chunk.results, drivers)):
+                assert chunk.x is not None  # the read pass spills every chunk's x
                 rows_table = model_drivers.add(
                     chunk.rows, chunk.ids, chunk.labels, scores, values,
-                    finite_rows(scores, values), table=example_sink is not None and i == 0)
+                    finite_rows(scores, values), chunk.x,
+                    table=example_sink is not None and i == 0)
                 if rows_table is not None and example_sink is not None:
                     example_sink(rows_table)
             for model_pass, context, (scores, values) in zip(read.models, contexts,
@@ -285,10 +338,13 @@ def _replay_checks(model_pass: ModelPass, context: ModelContext, chunk: SpilledC
 def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[CheckResult],
                  drivers: ExampleDrivers, read: ReadPass, table: Table,
                  settings: AuditSettings, method: AttributionMethod,
-                 notes: list[str]) -> AuditResult:
+                 notes: list[str], method_details: dict | None = None) -> AuditResult:
     sums, prepared = model_pass.sums, model_pass.prepared
+    # The report shows the examples of the outputs with a failed gate first.
+    failed = {gate.output for check in checks for gate in check.failed}
+    outputs = sorted(prepared.outputs, key=lambda o: o not in failed)
     return AuditResult(
-        table=ranked, checks=checks, examples=drivers.best_first(),
+        table=ranked, checks=checks, examples=drivers.best_first(outputs),
         features=list(table.features), outputs=prepared.outputs, rows=sums.rows,
         rows_dropped=read.dropped, nonfinite_rows=sums.nonfinite_rows,
         nonfinite_ids=sums.nonfinite_ids, nonfinite_allowed=settings.allow_nonfinite,
@@ -296,7 +352,8 @@ def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[Check
         data_path=str(table.path), proxies=[p.feature for p in settings.proxies],
         mean_scores={o: float(s) for o, s in zip(prepared.outputs,
                                                  sums.score_sum / max(sums.rows, 1))},
-        method=method.name, notes=notes, contributions=drivers.contributions())
+        method=method.name, notes=notes, contributions=drivers.contributions(),
+        method_details=method_details or {})
 
 
 def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
@@ -311,16 +368,33 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
     caller's context for the reports (how the input columns were matched)."""
     method = make_method(settings, source)
     checks = build_checks(settings, source)  # option errors before any data is read
+    check_baseline(settings.baseline, table.features, source)
+    reference = None
+    if needs_prepass(method, settings, table.features):
+        reference = statistics_pass(chunks, table, settings, progress=progress)
+    if method.needs:  # without a pre-pass, a baseline that needs no data (zero, all given)
+        method.prepare(baseline_vector(settings.baseline, reference, table.features),
+                       reference.std if reference is not None
+                       else torch.full((len(table.features),), float("nan"),
+                                       dtype=torch.float64))
     # Per-row results are kept only for what reads them after the pass: examples.csv, the
     # report's examples, compare's per-row agreement, and checks that replay the rows.
     keep_rows = (example_sink is not None or settings.examples_in_report > 0
                  or on_replay is not None or any(check.replays for check in checks))
     read = read_pass(models, chunks, table, settings, method, model_cfg=model_cfg,
-                     source=source, progress=progress, on_chunk=on_chunk, keep_rows=keep_rows)
+                     source=source, progress=progress, on_chunk=on_chunk, keep_rows=keep_rows,
+                     medians=reference is None and settings.baseline == "median")
     try:
         std = feature_std(read, table)
+        if reference is None:
+            if read.summary is None:  # read_pass always measures one; a guard for the types
+                raise RuntimeError("the read pass measured no feature statistics")
+            reference = read.summary.reference(std)
+        baseline = baseline_vector(settings.baseline, reference, table.features)
+        details = method_details(method, settings, baseline, reference, table.features)
         rankings = [rank_model(mp, table, std, method, settings) for mp in read.models]
-        drivers = [example_drivers(mp, table, std, settings, method) for mp in read.models]
+        drivers = [example_drivers(mp, table, baseline, settings, method, std)
+                   for mp in read.models]
     except BaseException:
         read.spill.close()
         raise
@@ -329,9 +403,22 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
            contexts=[model_context(mp, read, std, r) for mp, r in zip(read.models, rankings)])
     finished = [judge_model(mp, ranking, std) for mp, ranking in zip(read.models, rankings)]
     notes = [*(notes or []), *_skipped_note(table)]
-    results = [audit_result(mp, ranked, checks, d, read, table, settings, method, notes)
+    results = [audit_result(mp, ranked, checks, d, read, table, settings, method, notes,
+                            details)
                for mp, (ranked, checks), d in zip(read.models, finished, drivers)]
     return results, read, std
+
+
+def method_details(method: AttributionMethod, settings: AuditSettings, baseline: torch.Tensor,
+                   reference: Reference, features: tuple[str, ...]) -> dict:
+    """What summary.json and report.md say about the method: its name, what it measures,
+    its units, the baseline (with the words each feature's baseline is called) and its
+    parameters."""
+    return {"name": method.name, "measures": method.description, "per_unit": method.per_unit,
+            "baseline": describe_baseline(settings.baseline, baseline, features, reference),
+            "baseline_labels": dict(zip(features, baseline_labels(settings.baseline,
+                                                                   features))),
+            "parameters": method.parameters()}
 
 
 def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSettings,
@@ -343,11 +430,11 @@ def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSe
                      checks=build_checks(settings, source))
 
 
-def _attribute(method: AttributionMethod, prepared: PreparedModel,
-               x: torch.Tensor) -> Attributions:
+def _attribute(method: AttributionMethod, prepared: PreparedModel, x: torch.Tensor,
+               rows: np.ndarray) -> Attributions:
     # The engine knows no files: its errors (no gradient path, ...) get the model's path here.
     try:
-        return method.attribute(prepared.module, x)
+        return method.attribute_rows(prepared.module, x, rows)
     except ModelError as exc:
         raise ModelError(f"{prepared.loaded.path}: {exc}") from None
     except Exception as exc:

@@ -7,6 +7,7 @@ and report reads; :class:`AuditResult` gathers it with the check results for the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -17,14 +18,19 @@ from .stats import AttributionSums
 
 SENSITIVITY_COLUMNS = ["output", "feature", "mean_gradient", "mean_abs_gradient", "rms_gradient",
                        "std", "scaled_sensitivity", "share", "rank", "flagged"]
+# For methods whose attributions are in score units already (per_unit False): share and rank
+# come from mean_abs_attribution; scaled_sensitivity repeats it, so every reader of the table
+# (checks, compare) finds the typical score change under the same name for every method.
+ATTRIBUTION_COLUMNS = ["output", "feature", "mean_attribution", "mean_abs_attribution",
+                       "rms_attribution", "std", "scaled_sensitivity", "share", "rank", "flagged"]
 
 
 def sensitivity_table(sums: AttributionSums, features: list[str], outputs: list[str],
                       std: torch.Tensor, per_unit: bool = True) -> pd.DataFrame:
     """Per (output, feature) statistics, ranked within each output (``flagged`` left False).
 
-    per_unit: the attributions are gradients, scaled by the feature's std into score units;
-    otherwise they are in score units already.
+    per_unit: the attributions are gradients, scaled by the feature's std into score units
+    (SENSITIVITY_COLUMNS); otherwise they are in score units already (ATTRIBUTION_COLUMNS).
     """
     rows = max(sums.rows, 1)
     mean = sums.sum / rows
@@ -34,17 +40,19 @@ def sensitivity_table(sums: AttributionSums, features: list[str], outputs: list[
     total = scaled.sum(1, keepdim=True)
     share = torch.where(total > 0, scaled / total, torch.zeros_like(scaled))
     frames = []
+    kind = "gradient" if per_unit else "attribution"
     for i, output in enumerate(outputs):
         frame = pd.DataFrame({
             "output": output, "feature": features,
-            "mean_gradient": mean[i].numpy(), "mean_abs_gradient": mean_abs[i].numpy(),
-            "rms_gradient": rms[i].numpy(), "std": std.numpy(),
+            f"mean_{kind}": mean[i].numpy(), f"mean_abs_{kind}": mean_abs[i].numpy(),
+            f"rms_{kind}": rms[i].numpy(), "std": std.numpy(),
             "scaled_sensitivity": scaled[i].numpy(), "share": share[i].numpy(),
         })
         frame["rank"] = rank_shares(frame["share"])
         frame["flagged"] = False
         frames.append(frame.sort_values(["rank", "feature"], kind="stable"))
-    return pd.concat(frames, ignore_index=True)[SENSITIVITY_COLUMNS]
+    return pd.concat(frames, ignore_index=True)[SENSITIVITY_COLUMNS if per_unit
+                                                 else ATTRIBUTION_COLUMNS]
 
 
 def rank_shares(share: pd.Series) -> pd.Series:
@@ -57,6 +65,21 @@ def rank_shares(share: pd.Series) -> pd.Series:
     return rank.astype(int)
 
 
+class Driver(NamedTuple):
+    """One feature's part in one row's score."""
+
+    feature: str
+    value: float  # the row's value of the feature
+    baseline: float  # the value it is compared with (audit.baseline)
+    attribution: float  # the method's value (a gradient for per-unit methods)
+    contribution: float  # in score units: attribution x (value - baseline) for gradients
+
+
+# Why a row is shown in report.md: a declared proxy moves its score most, its score is
+# furthest from its label, or (no proxies declared) one feature moves its score most.
+EXAMPLE_REASONS = ("proxies", "misscored", "strongest")
+
+
 @dataclass
 class ExampleRecord:
     """One audited row kept for the report: its score and strongest drivers."""
@@ -65,8 +88,10 @@ class ExampleRecord:
     output: str
     score: float
     label: float | None
-    drivers: list[tuple[str, float, float]]  # (feature, attribution, contribution)
-    proxy_contribution: float  # the value the examples are ranked by
+    drivers: list[Driver]  # the top_k by |contribution|, largest first
+    rank_value: float  # the value the examples are ranked by
+    reason: str = "strongest"  # one of EXAMPLE_REASONS
+    proxies: list[Driver] = field(default_factory=list)  # declared proxies not in drivers
 
 
 @dataclass
@@ -112,6 +137,14 @@ class AuditResult:
     notes: list[str] = field(default_factory=list)  # the audit's own context notes
     # Every feature's contribution in a uniform sample of rows (the charts' distributions).
     contributions: ContributionSample | None = None
+    # summary.json's "method": name, what it measures, per_unit, baseline, parameters.
+    method_details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def per_unit(self) -> bool:
+        """True when the table holds gradients (SENSITIVITY_COLUMNS), False for attributions
+        in score units (ATTRIBUTION_COLUMNS)."""
+        return "mean_gradient" in self.table.columns
 
     @property
     def gates(self) -> Gates:

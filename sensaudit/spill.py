@@ -1,10 +1,11 @@
 """Per-row results kept from the audit's one read of the data until the feature statistics
 are final.
 
-Per-example contributions (attribution x the feature's std) need the std of the whole file,
-which is only known once every row has been read. Rather than parse the data a second time,
-each chunk's compact results (row numbers, ids, labels, scores and attributions in the model's
-dtype) are kept here and replayed: in memory while small, in a temporary Arrow IPC file beyond
+Per-example contributions (attribution x the row's distance from the baseline, the features'
+means by default) need statistics of the whole file, which are only known once every row has
+been read. Rather than parse the data a second time, each chunk's compact results (row numbers,
+ids, labels, the rows' feature values as read, scores and attributions in the model's dtype)
+are kept here and replayed: in memory while small, in a temporary Arrow IPC file beyond
 ``memory_budget`` bytes. The file is read back one batch at a time, so memory stays flat.
 """
 
@@ -29,7 +30,7 @@ class SpilledChunk:
     ids: pa.Array | np.ndarray
     labels: np.ndarray | None  # float64 [rows]
     results: list[tuple[torch.Tensor, torch.Tensor]]  # per model: scores, values
-    x: torch.Tensor | None = None  # [rows, features], the chunk's inputs as read
+    x: torch.Tensor | None = None  # [rows, features] feature values, in the dtype appended
 
 
 class Spill:
@@ -42,17 +43,18 @@ class Spill:
         self._file: tempfile._TemporaryFileWrapper | None = None
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._dtypes: list[torch.dtype] = []
-        self._x_dtype: torch.dtype | None = None
+        self._x: tuple[int, torch.dtype] | None = None  # (features, dtype) of the rows' x
 
     def append(self, rows: np.ndarray, ids: pa.Array | np.ndarray, labels: np.ndarray | None,
                results: list[tuple[torch.Tensor, torch.Tensor]],
                x: torch.Tensor | None = None) -> None:
         """results: per model, scores [rows, outputs] and values [rows, outputs, features];
-        x: the inputs [rows, features]."""
+        x: the rows' feature values [rows, features], kept in their own dtype (give it on
+        every chunk or on none)."""
         if not self._shapes:
             self._shapes = [(v.shape[1], v.shape[2]) for _, v in results]
             self._dtypes = [v.dtype for _, v in results]
-            self._x_dtype = None if x is None else x.dtype
+            self._x = None if x is None else (x.shape[1], x.dtype)
         columns = {"row": pa.array(rows, type=pa.int64()),
                    "id": ids if isinstance(ids, pa.Array) else pa.array(ids)}
         if labels is not None:
@@ -61,8 +63,8 @@ class Spill:
             m, n = self._shapes[i]
             columns[f"scores_{i}"] = _fixed_list(scores, m)
             columns[f"values_{i}"] = _fixed_list(values, m * n)
-        if x is not None:
-            columns["x"] = _fixed_list(x, x.shape[1])
+        if self._x is not None and x is not None:
+            columns["x"] = _fixed_list(x.to(self._x[1]), self._x[0])
         batch = pa.RecordBatch.from_pydict(columns)
         if self._writer is None and self._bytes + batch.nbytes > self.memory_budget:
             self._to_file(batch.schema)
@@ -102,10 +104,8 @@ class Spill:
         names = batch.schema.names
         labels = (batch.column("label").to_numpy(zero_copy_only=False)
                   if "label" in names else None)
-        x = None
-        if "x" in names and self._x_dtype is not None:
-            x = _tensor(batch.column("x"), (rows, batch.column("x").type.list_size),
-                        self._x_dtype)
+        x = (_tensor(batch.column("x"), (rows, self._x[0]), self._x[1])
+             if self._x is not None and "x" in names else None)
         return SpilledChunk(rows=batch.column("row").to_numpy(), ids=batch.column("id"),
                             labels=labels, results=results, x=x)
 

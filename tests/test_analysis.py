@@ -28,19 +28,21 @@ class GradientAccumulator:
     """The pipeline's per-model pieces in one object, as the tests drive them: attribution sums
     (stats), per-example drivers (examples) and the ranked table (results)."""
 
-    def __init__(self, features, outputs, std, *, top_k=3, proxies=(), keep_examples=10):
+    def __init__(self, features, outputs, std, *, top_k=3, proxies=(), keep_examples=10,
+                 baseline=None):
         self.features, self.outputs, self.std = list(features), list(outputs), std
         self.sums = AttributionSums(len(outputs), len(features))
+        baseline = torch.zeros(len(features), dtype=torch.float64) if baseline is None else baseline
         self.drivers = ExampleDrivers(features, outputs, top_k=top_k, proxies=proxies,
-                                      keep=keep_examples, scale=std)
+                                      keep=keep_examples, baseline=baseline, per_unit=True)
         self._next_row = 1
 
-    def update(self, ids, scores, jac, labels=None):
+    def update(self, ids, scores, jac, x, labels=None):
         rows = np.arange(self._next_row, self._next_row + len(ids), dtype=np.int64)
         self._next_row += len(ids)
         ids = pa.array(list(ids))
         self.sums.update(rows, ids, scores, jac)
-        table = self.drivers.add(rows, ids, labels, scores, jac, finite_rows(scores, jac),
+        table = self.drivers.add(rows, ids, labels, scores, jac, finite_rows(scores, jac), x,
                                  table=True)
         return table.to_pandas()
 
@@ -136,7 +138,7 @@ def _accumulate(model, x, std, sizes, **kwargs):
         scores, jac = sensaudit.scores_and_jacobian(model, chunk) if len(chunk) else (
             torch.zeros(0, len(acc.outputs), dtype=torch.float64),
             torch.zeros(0, len(acc.outputs), 4, dtype=torch.float64))
-        frame = acc.update(ids, scores, jac)
+        frame = acc.update(ids, scores, jac, chunk)
         if len(frame):  # an empty frame would only change the concatenated dtypes
             frames.append(frame)
     return acc, pd.concat(frames, ignore_index=True)
@@ -237,29 +239,39 @@ def test_chunked_updates_equal_one_update(sizes):
 # --- per-example drivers ----------------------------------------------------------------------
 
 
-def test_examples_list_drivers_by_gradient_times_std():
-    # By |gradient| the order would be a, d, b; by |gradient x std| it is b, d, a.
+def test_examples_list_drivers_by_gradient_times_distance_from_the_baseline():
+    # y = w.x: contribution_j = w_j (x_j - b_j), a different order in every row.
     w = torch.tensor([2.0, -0.5, 0.0, 1.5], dtype=torch.float64)
     std = torch.tensor([0.1, 10.0, 1.0, 1.0], dtype=torch.float64)
-    x = _data(rows=3)
-    acc = GradientAccumulator(FEATURES, ["score"], std, top_k=3)
+    baseline = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    x = torch.tensor([[1.5, 2.0, 9.0, 4.0],     # a +1.0, b 0, c 0, d 0
+                      [1.0, 12.0, 3.0, 2.0],    # b -5.0, d -3.0, a 0
+                      [0.0, 0.0, 0.0, 5.0]], dtype=torch.float64)  # a -2.0, d +1.5, b +1.0
+    acc = GradientAccumulator(FEATURES, ["score"], std, top_k=3, baseline=baseline)
     scores, jac = sensaudit.scores_and_jacobian(Linear(w), x)
-    frame = acc.update(["r1", "r2", "r3"], scores, jac, labels=np.array([1.0, 0.0, np.nan]))
+    frame = acc.update(["r1", "r2", "r3"], scores, jac, x, labels=np.array([1.0, 0.0, np.nan]))
 
     assert list(frame.columns) == [
         "id", "output", "score", "label",
-        "driver_1", "gradient_1", "contribution_1",
-        "driver_2", "gradient_2", "contribution_2",
-        "driver_3", "gradient_3", "contribution_3"]
+        "driver_1", "value_1", "gradient_1", "contribution_1",
+        "driver_2", "value_2", "gradient_2", "contribution_2",
+        "driver_3", "value_3", "gradient_3", "contribution_3"]
     assert frame["id"].tolist() == ["r1", "r2", "r3"]
     assert frame["output"].tolist() == ["score"] * 3
     np.testing.assert_allclose(frame["score"], (x @ w).numpy(), rtol=1e-15)
     np.testing.assert_array_equal(frame["label"], [1.0, 0.0, np.nan])
-    assert frame[["driver_1", "driver_2", "driver_3"]].values.tolist() == [["b", "d", "a"]] * 3
-    assert frame[["gradient_1", "gradient_2", "gradient_3"]].values.tolist() == [
-        [-0.5, 1.5, 2.0]] * 3
-    np.testing.assert_allclose(frame[["contribution_1", "contribution_2", "contribution_3"]],
-                               [[-5.0, 1.5, 0.2]] * 3, rtol=1e-15)
+    assert frame["driver_1"].tolist() == ["a", "b", "a"]
+    assert frame.loc[1, ["driver_1", "driver_2"]].tolist() == ["b", "d"]
+    assert frame.loc[2, ["driver_1", "driver_2", "driver_3"]].tolist() == ["a", "d", "b"]
+    np.testing.assert_allclose(frame.loc[2, ["contribution_1", "contribution_2",
+                                             "contribution_3"]].astype(float),
+                               [-2.0, 1.5, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(frame.loc[2, ["value_1", "value_2", "value_3"]].astype(float),
+                               [0.0, 5.0, 0.0], rtol=1e-15)
+    np.testing.assert_allclose(frame.loc[2, ["gradient_1", "gradient_2", "gradient_3"]]
+                               .astype(float), [2.0, 1.5, -0.5], rtol=1e-15)
+    np.testing.assert_allclose(frame.loc[:1, ["contribution_1", "contribution_2"]]
+                               .astype(float), [[1.0, 0.0], [-5.0, -3.0]], rtol=1e-15)
 
 
 def test_strongest_examples_are_those_the_proxy_moves_most():
@@ -267,15 +279,17 @@ def test_strongest_examples_are_those_the_proxy_moves_most():
     x = _standard()
     std = torch.tensor(x.numpy().std(0, ddof=1))
     acc, _ = _accumulate(model, x, std, [10, 27], top_k=2, proxies=["c"], keep_examples=4)
-    contribution = np.abs(model.expected_jacobian(x)[:, 0, 2].numpy() * std[2].item())
+    # The baseline is zero here: the proxy's contribution is its gradient x its value.
+    contribution = np.abs(model.expected_jacobian(x)[:, 0, 2].numpy() * x[:, 2].numpy())
     expected_ids = (np.argsort(-contribution, kind="stable")[:4] + 1).tolist()
 
     examples = acc.strongest_examples()
 
     assert [e.id for e in examples] == expected_ids
-    np.testing.assert_allclose([e.proxy_contribution for e in examples],
+    np.testing.assert_allclose([e.rank_value for e in examples],
                                np.sort(contribution)[::-1][:4], rtol=1e-12)
-    assert all(len(e.drivers) == 2 and e.label is None for e in examples)
+    assert all(len(e.drivers) == 2 and e.label is None and e.reason == "proxies"
+               for e in examples)
 
 
 def test_nonfinite_rows_are_counted_and_left_out():
@@ -286,7 +300,7 @@ def test_nonfinite_rows_are_counted_and_left_out():
     jac[3, 0, 0] = float("inf")
     scores = torch.zeros(4, 1, dtype=torch.float64)
     scores[2, 0] = float("nan")
-    acc.update(["w", "x", "y", "z"], scores, jac)
+    acc.update(["w", "x", "y", "z"], scores, jac, torch.ones(4, 4, dtype=torch.float64))
     assert acc.rows == 1
     assert acc.nonfinite_rows == 3
     assert acc.nonfinite_ids == ["x", "y", "z"]
@@ -507,7 +521,7 @@ def test_planted_proxy_found_through_the_engine_and_accumulator():
     model = _LengthOnlyMLP().eval()
     for chunk, ids in ((x[:128], range(128)), (x[128:], range(128, 300))):
         scores, jac = sensaudit.scores_and_jacobian(model, chunk, batch_size=50)
-        acc.update(list(ids), scores, jac)
+        acc.update(list(ids), scores, jac, chunk)
     table = acc.sensitivity()
     gates = evaluate_gates(table, [ProxyLimit("copy_length", max_share=0.15)], 0.5)
     assert [f.subject for f in gates.flags] == ["copy_length"]

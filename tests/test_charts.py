@@ -76,10 +76,13 @@ def test_contribution_boxes_are_the_rows_contributions(tmp_path, assets):
         for column in ("whisker_low", "q1", "median", "mean", "q3", "whisker_high"):
             assert getattr(row, column) == pytest.approx(expected[row.feature], rel=1e-6)
         assert row.rows == len(data)
-    # examples.csv's contributions are the same numbers.
+    # examples.csv's per-row contributions are measured from the baseline (the mean):
+    # w_j x (x_j - mean_j) for y = w.x.
     examples = pd.read_csv(tmp_path / "out" / "examples.csv")
     first = examples.loc[0]
-    assert first["contribution_1"] == pytest.approx(expected[first["driver_1"]], rel=1e-7)
+    weight = dict(zip(FEATURES, WEIGHTS))[first["driver_1"]]
+    assert first["contribution_1"] == pytest.approx(
+        weight * (first["value_1"] - data[first["driver_1"]].mean()), rel=1e-6)
 
 
 def test_compare_bars_and_intervals_are_comparison_csv(tmp_path, assets):

@@ -204,8 +204,9 @@ def test_reports_written(tmp_path, assets):
 
     examples = pd.read_csv(reports / "examples.csv")
     assert list(examples.columns) == [
-        "id", "output", "score", "label", "driver_1", "gradient_1", "contribution_1",
-        "driver_2", "gradient_2", "contribution_2", "driver_3", "gradient_3", "contribution_3"]
+        "id", "output", "score", "label", "driver_1", "value_1", "gradient_1", "contribution_1",
+        "driver_2", "value_2", "gradient_2", "contribution_2", "driver_3", "value_3",
+        "gradient_3", "contribution_3"]
     assert examples["id"].tolist() == [f"ad{i:03d}" for i in range(ROWS)]
     assert set(examples["output"]) == {"score"}
 

@@ -187,8 +187,9 @@ BAD = [
     pytest.param(
         MINIMAL.replace("report:", "audit:\n  zzz: 1\nreport:"),
         "unknown key 'zzz' in audit (allowed: proxies, dominance_warning, top_k, "
-        "examples_in_report, batch_size, allow_nonfinite, method, checks, misscored, "
-        "fail_on_suspects, threshold, groups, expect, robustness, linearity, layer_health)",
+        "examples_in_report, batch_size, allow_nonfinite, method, checks, baseline, samples, "
+        "noise, seed, steps, misscored, fail_on_suspects, threshold, groups, expect, robustness, "
+        "linearity, layer_health)",
         id="unknown-key-no-suggestion"),
     pytest.param(
         "model:\n  path: m.pt2\nreport:\n  dir: out\n",

@@ -9,7 +9,10 @@ import pyarrow as pa
 import pytest
 import torch
 
+from sensaudit.baselines import FeatureSummary
+from sensaudit.checks.completeness import CompletenessGap
 from sensaudit.examples import ExampleDrivers
+from sensaudit.methods import Attributions
 from sensaudit.stats import (
     AgreementAccumulator,
     AttributionSums,
@@ -38,7 +41,12 @@ def _rows() -> dict:
                                             dtype=torch.float64)
     rows = np.arange(1, ROWS + 1, dtype=np.int64) * 3  # row numbers need not be contiguous
     ids = pa.array([f"r{r}" for r in rows])
-    return dict(x=x, values=values, new_values=new_values, scores=scores, rows=rows, ids=ids)
+    labels = (scores[:, 0] > 0).double().numpy()
+    labels[::5] = np.nan  # rows without a label are never "misscored"
+    labels[[60, 61, 62]] = 5.0  # and exact ties: the same |score - label|, as with scores
+    scores[[60, 61, 62]] = 0.5
+    return dict(x=x, values=values, new_values=new_values, scores=scores, rows=rows, ids=ids,
+                labels=labels)
 
 
 def _partitions(k: int, seed: int) -> list[np.ndarray]:
@@ -51,7 +59,8 @@ def _take(data: dict, index: np.ndarray) -> dict:
     t = torch.from_numpy(index)
     return dict(x=data["x"][t], values=data["values"][t], new_values=data["new_values"][t],
                 scores=data["scores"][t], rows=data["rows"][index],
-                ids=data["ids"].take(pa.array(index, type=pa.int64())))
+                ids=data["ids"].take(pa.array(index, type=pa.int64())),
+                labels=data["labels"][index])
 
 
 SPLITS = [(2, 0), (3, 1), (7, 2), (12, 3)]
@@ -110,20 +119,24 @@ def test_top_rows_merge_keeps_the_same_items_whatever_the_order():
 
 @pytest.mark.parametrize("k,seed", SPLITS)
 @pytest.mark.parametrize("proxies", [[], ["c"]])
-def test_example_drivers_merge(k, seed, proxies):
-    std = torch.tensor([0.5, 2.0, 1.0, 3.0, 0.1], dtype=torch.float64)
+@pytest.mark.parametrize("per_unit", [True, False])
+def test_example_drivers_merge(k, seed, proxies, per_unit):
+    baseline = torch.tensor([10.0, 9.0, 11.0, 10.5, 8.0], dtype=torch.float64)
 
     def build():
         return ExampleDrivers(list("abcde"), ["p", "q"], top_k=2, proxies=proxies, keep=6,
-                              scale=std)
+                              baseline=baseline, per_unit=per_unit)
 
     def feed(acc, d):
-        acc.add(d["rows"], d["ids"], None, d["scores"], d["values"],
-                finite_rows(d["scores"], d["values"]), table=False)
+        acc.add(d["rows"], d["ids"], d["labels"], d["scores"], d["values"],
+                finite_rows(d["scores"], d["values"]), d["x"], table=False)
 
     single, merged = _single_and_merged(build, feed, k, seed)
     assert [vars(e) for e in merged.best_first()] == [vars(e) for e in single.best_first()]
-    assert len(single.best_first()) == 6
+    # Per output: 6 rows for the proxies (or strongest), 6 scored furthest from their label.
+    assert len(single.best_first()) == 24
+    assert {e.reason for e in single.best_first()} == {
+        "proxies" if proxies else "strongest", "misscored"}
 
 
 def test_bootstrap_weights_are_a_function_of_the_row_alone():
@@ -176,3 +189,42 @@ def test_agreement_merge(k, seed):
                                    list(b["score_change"].values()), **TOL)
     assert np.array_equal(single.histogram, merged.histogram)
     assert merged.rows == single.rows == ROWS - 2
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+@pytest.mark.parametrize("keep", [ROWS + 10, 50])  # every row kept (exact), or a sample
+def test_feature_summary_merge(k, seed, keep):
+    def feed(acc, d):
+        acc.update(d["rows"], d["x"])
+
+    single, merged = _single_and_merged(lambda: FeatureSummary(FEATURES, median=True,
+                                                               keep=keep), feed, k, seed)
+    a, b = single.reference(), merged.reference()
+    # The same rows are sampled whatever the partition: the medians agree bit for bit.
+    assert np.array_equal(merged.sample.rows, single.sample.rows)
+    assert torch.equal(a.median, b.median)
+    assert a.median_exact == b.median_exact == (keep > ROWS)
+    torch.testing.assert_close(b.mean, a.mean, **TOL)
+    torch.testing.assert_close(b.std, a.std, **TOL)
+    if keep > ROWS:
+        np.testing.assert_array_equal(a.median.numpy(), np.median(_rows()["x"].numpy(), 0))
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_completeness_gap_merge(k, seed):
+    baseline_scores = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def feed(acc, d):
+        acc.update(Attributions(scores=d["scores"], values=d["values"],
+                                baseline_scores=baseline_scores))
+
+    single, merged = _single_and_merged(lambda: CompletenessGap(OUTPUTS), feed, k, seed)
+    assert merged.rows == single.rows == ROWS - 2
+    for output in range(OUTPUTS):
+        np.testing.assert_allclose(list(merged.figures(output).values()),
+                                   list(single.figures(output).values()), **TOL)
+    data = _rows()
+    finite = finite_rows(data["scores"], data["values"])
+    gap = (data["values"][finite].sum(2) - (data["scores"][finite] - baseline_scores)).abs()
+    torch.testing.assert_close(single.max_abs_gap, gap.amax(0), rtol=0, atol=0)
+    torch.testing.assert_close(single.sum_abs_gap, gap.sum(0), **TOL)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,19 @@ def test_demo_path_runs_and_tells_the_story(tmp_path):
     comparison = json.loads((ROOT / "reports/compare/comparison.json").read_text())
     copy_length = next(f for f in comparison["features"] if f["feature"] == "copy_length")
     assert copy_length["delta_share"] < -0.2 and copy_length["changed"]
+    # report.md explains v1's score with the rows one feature moves most (no proxy is declared
+    # in v1's config): copy_length, each row's own copy_length next to the mean it is measured
+    # from.
+    report = (ROOT / "reports/scorer_v1/report.md").read_text()
+    section = report.split("### Rows where one feature moves the score most\n")[1]
+    rows = re.findall(r"^- `(ad-\d+)`: score [\d.]+, label \d\. (\w+) = ([\d.]+) \(mean "
+                      r"([\d.]+)\) (adds \+|takes )[\d.]+ ", section.split("###")[0], re.M)
+    assert len(rows) == 10
+    data = pd.read_csv(ROOT / "sample_data/ad_copy_eval.csv").set_index("ad_id")
+    for ad, feature, value, mean, _ in rows:
+        assert feature == "copy_length"
+        assert float(value) == data.loc[ad, "copy_length"]
+        assert float(mean) == round(data["copy_length"].mean(), 1)
 
 
 def test_every_cli_command_is_documented_with_an_example():

@@ -33,6 +33,7 @@ def _partitions(k: int, seed: int) -> list[np.ndarray]:
 
 def _drivers(keep: int) -> ExampleDrivers:
     drivers = ExampleDrivers(list("abcd"), ["p", "q"], top_k=2, proxies=[], keep=0,
+                             baseline=torch.zeros(4, dtype=torch.float64), per_unit=True,
                              scale=torch.tensor([1.0, 2.0, 0.5, 3.0], dtype=torch.float64))
     drivers.sample = RowSample(keep)
     return drivers
@@ -41,7 +42,8 @@ def _drivers(keep: int) -> ExampleDrivers:
 def _feed(drivers: ExampleDrivers, rows, scores, values, index: np.ndarray) -> None:
     t = torch.from_numpy(index)
     drivers.add(rows[index], pa.array([f"r{r}" for r in rows[index]]), None, scores[t],
-                values[t], finite_rows(scores[t], values[t]), table=False)
+                values[t], finite_rows(scores[t], values[t]),
+                torch.zeros(len(index), 4, dtype=values.dtype), table=False)
 
 
 @pytest.mark.parametrize("k,seed", SPLITS)

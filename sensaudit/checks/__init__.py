@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..config import AuditSettings
 from ..errors import ConfigError
 from .base import Check, CheckResult, Gate, ModelContext, Notice, Ranking, ReplayChunk
+from .completeness import Completeness
 from .dominance import Dominance
 from .layer_health import LayerHealth
 from .linearity import Linearity
@@ -27,6 +28,7 @@ CHECKS: list[type[Check]] = [
     Linearity,
     LayerHealth,
     SuspectedProxies,
+    Completeness,
 ]
 
 

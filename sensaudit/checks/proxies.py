@@ -63,9 +63,8 @@ class ProxyLimits(Check):
                 result.findings.append(
                     f"**{row.feature}** is a declared proxy and drives {share:.1%} of the "
                     f"score's sensitivity{where} (rank {rank} of {len(ranking.features)}), over "
-                    f"its limit ({limit}). A one-standard-deviation change in {row.feature} "
-                    f"({_num(row.std)}) moves the score by {_num(row.scaled_sensitivity)} on "
-                    "average. The model leans on a feature that should not decide the score: "
+                    f"its limit ({limit}). " + _typical_effect(row) + " The model leans on a "
+                    "feature that should not decide the score: "
                     "it has likely learned it as a stand-in for what actually matters. Remove "
                     "the correlation from the training data (resample, or add it as a control) "
                     "and retrain, then run this audit again."
@@ -79,6 +78,15 @@ class ProxyLimits(Check):
                 result.notes.append(f"{where}No declared proxy is over its limit. The strongest "
                                     f"drivers are {names}.")
         return result
+
+
+def _typical_effect(row) -> str:
+    """The proxy's typical effect on the score, in the units of the audit's method."""
+    if hasattr(row, "mean_abs_attribution"):  # an attribution method: score units already
+        return (f"On average it accounts for {_num(row.mean_abs_attribution)} of a row's "
+                "score change from the baseline.")
+    return (f"A one-standard-deviation change in {row.feature} ({_num(row.std)}) moves the "
+            f"score by {_num(row.scaled_sensitivity)} on average.")
 
 
 def _limits(proxy: ProxyLimit) -> str:

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from .base import AttributionMethod, Attributions
 from .gradient import Gradient
+from .gradient_x_input import GradientXInput
+from .integrated_gradients import IntegratedGradients
+from .smoothgrad import SmoothGrad
 
 METHODS: dict[str, type[AttributionMethod]] = {
     Gradient.name: Gradient,
+    GradientXInput.name: GradientXInput,
+    SmoothGrad.name: SmoothGrad,
+    IntegratedGradients.name: IntegratedGradients,
 }
 
-__all__ = ["METHODS", "AttributionMethod", "Attributions", "Gradient"]
+__all__ = ["METHODS", "AttributionMethod", "Attributions", "Gradient", "GradientXInput",
+           "IntegratedGradients", "SmoothGrad"]

@@ -10,22 +10,29 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..engine import Model
+
+if TYPE_CHECKING:
+    from ..config import AuditSettings
 
 
 @dataclass
 class Attributions:
     """One chunk's results, on the model's device and dtype.
 
-    scores: [rows, outputs]; values: [rows, outputs, features].
+    scores: [rows, outputs]; values: [rows, outputs, features]; baseline_scores: [outputs],
+    the model's scores at the baseline, for methods whose attributions sum to
+    scores - baseline_scores (``AttributionMethod.complete``), else None.
     """
 
     scores: torch.Tensor
     values: torch.Tensor
+    baseline_scores: torch.Tensor | None = None
 
 
 class AttributionMethod(ABC):
@@ -33,18 +40,57 @@ class AttributionMethod(ABC):
 
     ``per_unit`` says what unit the values are in. True (gradients): score change per unit
     of the feature, so the audit scales them by the feature's standard deviation to compare
-    features measured on different scales (a row's *contribution* is value x std). False:
-    already in score units (e.g. gradient x input), used as they are.
+    features measured on different scales, and a row's *contribution* is value x (x -
+    baseline). False: already in score units (e.g. gradient x input), used as they are.
+
+    ``needs`` names what the method uses before its first row, measured by the audit in a
+    pre-pass and handed to :meth:`prepare`: "baseline" (the reference point, audit.baseline)
+    and/or "std" (the features' standard deviations). ``complete``: the attributions of a row
+    sum to f(x) - f(baseline) (the completeness check measures how closely).
+    ``settings_keys``: the audit.* config keys only this kind of method reads.
     """
 
     name: ClassVar[str]
     per_unit: ClassVar[bool]
     description: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    complete: ClassVar[bool] = False
+    settings_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, batch_size: int | None = None):
         self.batch_size = batch_size
+        self.baseline: torch.Tensor | None = None  # float64 [features], set by prepare
+        self.std: torch.Tensor | None = None  # float64 [features], set by prepare
+
+    @classmethod
+    def from_settings(cls, settings: AuditSettings) -> AttributionMethod:
+        """The method as the audit settings configure it."""
+        return cls(batch_size=settings.batch_size)
+
+    def prepare(self, baseline: torch.Tensor, std: torch.Tensor) -> None:
+        """The features' baseline and standard deviations (float64 [features]), before the
+        first row is attributed."""
+        self.baseline, self.std = baseline, std
+
+    def parameters(self) -> dict[str, Any]:
+        """The method's settings, as summary.json records them."""
+        return {}
 
     @abstractmethod
     def attribute(self, model: Model, x: torch.Tensor) -> Attributions:
         """x: float [rows, features] -> scores and attributions for every row, batched (no
         Python loop over rows). Raise ModelError for a model that cannot be attributed."""
+
+    def attribute_rows(self, model: Model, x: torch.Tensor, rows: np.ndarray) -> Attributions:
+        """Like :meth:`attribute`, told the rows' numbers in the data (int64 [rows]): a
+        method that draws random numbers draws them from the row numbers, so its results do
+        not depend on how the rows were chunked."""
+        return self.attribute(model, x)
+
+    def _prepared(self, x: torch.Tensor, what: str) -> torch.Tensor:
+        """The baseline or std, on x's device and dtype; an error if prepare was not called."""
+        value = self.baseline if what == "baseline" else self.std
+        if value is None:
+            raise RuntimeError(f"{self.name}: call prepare(baseline, std) before attribute "
+                               "(sensaudit.attribute does this for you)")
+        return value.to(x.device, x.dtype)

@@ -11,7 +11,9 @@ from .base import AttributionMethod, Attributions
 class Gradient(AttributionMethod):
     name = "gradient"
     per_unit = True
-    description = "per-row input gradients (the Jacobian), scaled by each feature's std"
+    description = ("how much each output changes per unit of each feature at the row (the "
+                   "input gradient), scaled by each feature's std so that features measured on "
+                   "different scales compare")
 
     def attribute(self, model: Model, x: torch.Tensor) -> Attributions:
         scores, jacobian = scores_and_jacobian(model, x, batch_size=self.batch_size)

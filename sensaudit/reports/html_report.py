@@ -79,7 +79,7 @@ def audit_html(result: AuditResult) -> str:
              _frame(result.table, failed=result.table["flagged"].tolist())]
     if result.examples:
         rows = [[str(e.id), e.output, _num(e.score), "" if e.label is None else _num(e.label),
-                 ", ".join(f"{n} ({c:+.3g})" for n, _, c in e.drivers)]
+                 ", ".join(f"{d.feature} ({d.contribution:+.3g})" for d in e.drivers)]
                 for e in result.examples]
         body += ["<h2>Examples to look at</h2>",
                  _table(["id", "output", "score", "label", "top drivers (contribution)"], rows,

@@ -56,6 +56,9 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
         "features": result.features,
         "outputs": result.outputs,
         "mean_score": {k: _finite(v) for k, v in result.mean_scores.items()},
+        "method": {key: result.method_details[key] for key in
+                   ("name", "measures", "per_unit", "baseline", "parameters")
+                   if key in result.method_details},
         "ranking": {output: group.sort_values("rank")[["feature", "share", "rank"]]
                     .assign(share=lambda g: g["share"].map(_finite)).to_dict("records")
                     for output, group in table.groupby("output", sort=False)},

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .._version import __version__
 from ..compare import ComparisonResult, gate_change, noise_name
-from ..results import AuditResult
+from ..results import AuditResult, Driver
 from .base import ReportWriter
 from .charts import audit_plans, comparison_plans
 
@@ -41,6 +41,7 @@ def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) 
         f"- Data: `{result.data_path}`, {result.rows:,} rows audited"
         + (f", {result.rows_dropped:,} dropped for missing values" if result.rows_dropped else ""),
         f"- Features: {len(result.features)}; outputs: {', '.join(result.outputs)}",
+        *_method_line(result),
         "",
         "## Findings",
         "",
@@ -55,42 +56,44 @@ def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) 
     for check in result.checks:
         for title, section in check.sections.items():
             lines += ["", f"## {title}", "", *section]
-    lines += ["", "## Feature sensitivity", "",
-              "`share` is each feature's part of the total scaled sensitivity (std x mean "
-              "|gradient|: the typical score change for a one-standard-deviation change).", ""]
+    lines += ["", "## Feature sensitivity", ""]
+    if result.per_unit:
+        lines += ["`share` is each feature's part of the total scaled sensitivity (std x mean "
+                  "|gradient|: the typical score change for a one-standard-deviation change).",
+                  ""]
+    else:
+        lines += ["`share` is each feature's part of the total mean |attribution| (the typical "
+                  "part of the score's change from the baseline the feature accounts for, in "
+                  "score units).", ""]
     for output, group in result.table.groupby("output", sort=False):
         if len(result.outputs) > 1:
             lines += [f"### Output `{output}`", ""]
-        lines += ["| rank | feature | share | scaled sensitivity | mean gradient | "
-                  "mean abs gradient | std | flagged |",
-                  "|---:|---|---:|---:|---:|---:|---:|:---:|"]
+        if result.per_unit:
+            lines += ["| rank | feature | share | scaled sensitivity | mean gradient | "
+                      "mean abs gradient | std | flagged |",
+                      "|---:|---|---:|---:|---:|---:|---:|:---:|"]
+        else:
+            lines += ["| rank | feature | share | mean abs attribution | mean attribution | "
+                      "std | flagged |", "|---:|---|---:|---:|---:|---:|:---:|"]
         # Without audit.groups, by rank; with them, as ranked: the groups' rows after the
         # features'.
         for r in (group if "group" in group.columns else group.sort_values("rank")).itertuples():
             mark = "**yes**" if r.flagged else ""
             name = f"{r.feature} (group)" if getattr(r, "group", None) == r.feature else r.feature
-            lines.append(f"| {r.rank} | {name} | {r.share:.1%} | {r.scaled_sensitivity:.4g} "
-                         f"| {_num(r.mean_gradient)} | {_num(r.mean_abs_gradient)} "
-                         f"| {_num(r.std)} | {mark} |")
+            if result.per_unit:
+                lines.append(f"| {r.rank} | {name} | {r.share:.1%} | {r.scaled_sensitivity:.4g} "
+                             f"| {_num(r.mean_gradient)} | {_num(r.mean_abs_gradient)} "
+                             f"| {_num(r.std)} | {mark} |")
+            else:
+                lines.append(f"| {r.rank} | {name} | {r.share:.1%} | "
+                             f"{_num(r.mean_abs_attribution)} | {_num(r.mean_attribution)} | "
+                             f"{_num(r.std)} | {mark} |")
         lines.append("")
     for check in result.checks:  # each check's own small tables
         for title, frame in check.report_tables.items():
             lines += [f"## {title}", "", *frame_markdown(frame), ""]
     lines += _chart_links(charts)
-    if result.examples:
-        lines += ["## Examples to look at", "",
-                  "The audited rows where " + ("the declared proxies move the score most"
-                                               if result.proxies
-                                               else "one feature moves the score most")
-                  + " (contribution: gradient x the feature's std).", "",
-                  "| id | output | score | label | top drivers (contribution) |",
-                  "|---|---|---:|---:|---|"]
-        for ex in result.examples:
-            drivers = ", ".join(f"{name} ({contribution:+.3g})"
-                                for name, _, contribution in ex.drivers)
-            label = "" if ex.label is None else f"{ex.label:g}"
-            lines.append(f"| {ex.id} | {ex.output} | {ex.score:.4g} | {label} | {drivers} |")
-        lines.append("")
+    lines += examples_markdown(result)
     lines.append(f"<sub>sensaudit {__version__}</sub>")
     return "\n".join(lines) + "\n"
 
@@ -123,6 +126,78 @@ def _cell(value: object) -> str:
 
 def _num(value: float) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.4g}"
+
+
+def _method_line(result: AuditResult) -> list[str]:
+    """One sentence: the method, its settings and baseline, and what it measures."""
+    details = result.method_details
+    if not details:
+        return []
+    settings = ", ".join(f"{k} {v}" for k, v in details.get("parameters", {}).items())
+    return [f"- Method: `{details['name']}`" + (f" ({settings})" if settings else "")
+            + f", baseline {_baseline_words(details['baseline'])}: {details['measures']}."]
+
+
+def _baseline_words(baseline: dict) -> str:
+    kind = baseline["kind"]
+    if kind == "mapping":
+        return "as given for " + ", ".join(baseline["given"]) + ", the mean for the others"
+    if kind == "median":
+        return "the features' medians" + ("" if baseline.get("exact", True)
+                                          else " (from a uniform sample of the rows)")
+    return {"mean": "the features' means", "zero": "zero"}.get(kind, kind)
+
+
+SECTION_TITLES = {
+    "proxies": "Rows where the declared proxies move the score most",
+    "misscored": "Rows scored furthest from their label",
+    "strongest": "Rows where one feature moves the score most",
+}
+
+
+def examples_markdown(result: AuditResult) -> list[str]:
+    """The rows worth reading, each with its feature values next to what they add to the
+    score, in words."""
+    if not result.examples:
+        return []
+    if result.per_unit:
+        meaning = ("gradient x (value - baseline): the score change the feature accounts for at "
+                   "this row, to first order; where the score saturates this understates it, "
+                   "and audit.method: integrated_gradients accounts for the whole change from "
+                   "the baseline")
+    else:
+        meaning = (f"the {result.method} attribution: the part of the score's change from the "
+                   "baseline the feature accounts for")
+    lines = ["## Examples to look at", "",
+             f"Each row's strongest drivers, with the row's value and the baseline it is measured "
+             f"from (contribution: {meaning}). All rows are in examples.csv.", ""]
+    labels = result.method_details.get("baseline_labels", {})
+    section = None
+    for ex in result.examples:
+        if (ex.reason, ex.output) != section:
+            where = f" (output `{ex.output}`)" if len(result.outputs) > 1 else ""
+            lines += ([] if section is None else [""]) + [
+                f"### {SECTION_TITLES.get(ex.reason, ex.reason)}{where}", ""]
+            section = (ex.reason, ex.output)
+        label = ""
+        if ex.label is not None:
+            label = f", label {ex.label:g}"
+            if ex.reason == "misscored":
+                label += f" (off by {abs(ex.score - ex.label):.3g})"
+        why = "; ".join(_driver_words(d, labels.get(d.feature, "baseline")) for d in ex.drivers)
+        if ex.proxies:
+            why += ("; declared prox" + ("y: " if len(ex.proxies) == 1 else "ies: ") + "; ".join(
+                _driver_words(d, labels.get(d.feature, "baseline")) for d in ex.proxies))
+        lines.append(f"- `{ex.id}`: score {ex.score:.4g}{label}. {why}.")
+    lines.append("")
+    return lines
+
+
+def _driver_words(driver: Driver, called: str) -> str:
+    """'copy_length = 412 (mean 180) adds +0.21 to the score'."""
+    effect = (f"adds {driver.contribution:+.2g} to the score" if driver.contribution >= 0
+              else f"takes {-driver.contribution:.2g} off the score")
+    return f"{driver.feature} = {driver.value:.4g} ({called} {driver.baseline:.4g}) {effect}"
 
 
 def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, str]] = ()
