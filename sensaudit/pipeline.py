@@ -289,7 +289,8 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
     try:
         for chunk in read.spill:
             for i, ((scores, values), model_drivers) in enumerate(zip(chunk.results, drivers)):
-                assert chunk.x is not None  # the read pass spills every chunk's x
+                if chunk.x is None:  # the read pass spills every chunk's x
+                    raise RuntimeError("the spill holds no feature values")
                 rows_table = model_drivers.add(
                     chunk.rows, chunk.ids, chunk.labels, scores, values,
                     finite_rows(scores, values), chunk.x,

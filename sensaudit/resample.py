@@ -166,8 +166,7 @@ def resample_file(path: str | Path, out: str | Path, *, proxy: str, label: str,
         raise DataError(f"{path}: {exc} (--bins {bins})") from None
     if result.weights is not None:
         table = table.append_column(weight_column, pa.array(result.weights))
-    else:
-        assert result.rows is not None
+    elif result.rows is not None:  # decorrelate returns weights or rows
         table = table.take(pa.array(result.rows))
     _write_new(table, out)
     return result

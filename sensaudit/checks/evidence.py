@@ -183,7 +183,8 @@ class LabelGram:
     def centred(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The Gram matrix moved to centre on the exact means (so the fit does not depend on
         which chunk came first), and the means [F + 1]."""
-        assert self.shift is not None
+        if self.shift is None:  # set by the first update
+            raise RuntimeError("evidence: no rows were accumulated")
         n = self.gram[0, 0]
         f = self.n_features
         first = self.gram[0, 1:] / n  # means of (x - c), (x - c)^2, y - c_y

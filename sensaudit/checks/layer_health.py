@@ -66,7 +66,8 @@ class LayerHealth(Check):
             self.layers[name][1].update(finite)
 
     def merge(self, other: Check) -> None:
-        assert isinstance(other, LayerHealth)
+        if not isinstance(other, LayerHealth):
+            raise TypeError(f"cannot merge a {type(other).__name__} into LayerHealth")
         self.reachable = self.reachable and other.reachable
         for name, (kind, histogram) in other.layers.items():
             if name in self.layers:
@@ -180,7 +181,8 @@ def layer_jacobian_norms(module: object, model: Any, x: torch.Tensor,
         x = x.detach().requires_grad_(True)
         graph_layers = _graph_layers(module)
         if graph_layers:
-            assert isinstance(module, torch.fx.GraphModule)
+            if not isinstance(module, torch.fx.GraphModule):  # _graph_layers found a graph
+                raise TypeError(f"expected a graph module, got {type(module).__name__}")
             out = _Tap(module, graph_layers, keep).run(x)
             y = as_output_matrix(out, rows)
             if output_index is not None:

@@ -80,7 +80,8 @@ class Linearity(Check):
         self.sums["relative_error"] += worst.sum(0).double().cpu().numpy()
 
     def merge(self, other: Check) -> None:
-        assert isinstance(other, Linearity)
+        if not isinstance(other, Linearity):
+            raise TypeError(f"cannot merge a {type(other).__name__} into Linearity")
         if not self.sums:
             self.sums = {k: v.copy() for k, v in other.sums.items()}
             return

@@ -57,7 +57,8 @@ class Monotonicity(Check):
     def replay(self, chunk: ReplayChunk, context: ModelContext) -> None:
         if self.rows is None:
             self._start(context)
-        assert self.rows is not None and self.violations is not None
+        if self.rows is None or self.violations is None:  # _start sets both
+            raise RuntimeError("monotonicity: its counts were not started")
         kept = chunk.finite.nonzero().flatten().numpy()
         # [rows, outputs, expectations]: each gradient times its expected sign; < 0 is wrong.
         signs = np.array([x.sign for x in self.expectations], dtype=np.float64)
@@ -78,14 +79,16 @@ class Monotonicity(Check):
                                        lambda v=violation: v)
 
     def merge(self, other: Check) -> None:
-        assert isinstance(other, Monotonicity)
+        if not isinstance(other, Monotonicity):
+            raise TypeError(f"cannot merge a {type(other).__name__} into Monotonicity")
         if other.rows is None or other.violations is None:
             return
         if self.rows is None:
             self.rows, self.violations = other.rows.copy(), other.violations.copy()
             self.worst, self.index = other.worst, other.index
             return
-        assert self.violations is not None and other.violations is not None
+        if self.violations is None or other.violations is None:
+            raise RuntimeError("monotonicity: its counts were not started")
         self.rows += other.rows
         self.violations += other.violations
         for mine, theirs in zip(self.worst, other.worst):

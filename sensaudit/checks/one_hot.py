@@ -64,7 +64,8 @@ class OneHotLevels(Check):
             self.counts[g] += np.bincount(current.numpy(), minlength=levels + 1)
 
     def merge(self, other: Check) -> None:
-        assert isinstance(other, OneHotLevels)
+        if not isinstance(other, OneHotLevels):
+            raise TypeError(f"cannot merge a {type(other).__name__} into OneHotLevels")
         if not self.sums:
             self.sums = [s.copy() for s in other.sums]
             self.counts = [c.copy() for c in other.counts]

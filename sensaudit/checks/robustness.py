@@ -69,8 +69,8 @@ class Robustness(Check):
             self.moved_sum = np.zeros((m, f))
             self.moved_rows = np.zeros((m, f), dtype=np.int64)
             self.effect_sum = np.zeros((m, f))
-        assert (self.moved_sum is not None and self.moved_rows is not None
-                and self.effect_sum is not None)
+        if self.moved_sum is None or self.moved_rows is None or self.effect_sum is None:
+            raise RuntimeError("robustness: its sums were not started")
         kept = chunk.finite.nonzero().flatten()
         if not len(kept):
             return
@@ -102,14 +102,16 @@ class Robustness(Check):
         self.effect_sum += effect.double().sum(0).cpu().numpy()
 
     def merge(self, other: Check) -> None:
-        assert isinstance(other, Robustness)
+        if not isinstance(other, Robustness):
+            raise TypeError(f"cannot merge a {type(other).__name__} into Robustness")
         if other.per_row is not None:
             if self.per_row is None:
                 self.per_row, self.moved_sum, self.moved_rows, self.effect_sum = (
                     other.per_row, other.moved_sum, other.moved_rows, other.effect_sum)
             else:
-                assert (self.moved_sum is not None and self.moved_rows is not None
-                        and self.effect_sum is not None)
+                if (self.moved_sum is None or self.moved_rows is None
+                        or self.effect_sum is None):
+                    raise RuntimeError("robustness: its sums were not started")
                 self.per_row.merge(other.per_row)
                 self.moved_sum += other.moved_sum
                 self.moved_rows += other.moved_rows

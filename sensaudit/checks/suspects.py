@@ -130,7 +130,8 @@ class SuspectedProxies(Check):
         self.gram.update(xs, torch.from_numpy(y))
 
     def merge(self, other: Check) -> None:
-        assert isinstance(other, SuspectedProxies)
+        if not isinstance(other, SuspectedProxies):
+            raise TypeError(f"cannot merge a {type(other).__name__} into SuspectedProxies")
         self.labelled = self.labelled or other.labelled
         self.outputs = max(self.outputs, other.outputs)
         self.missing_labels += other.missing_labels
