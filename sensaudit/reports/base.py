@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     from .staging import StagedReport
 
 
+def nulls_as_text(schema: pa.Schema) -> pa.Schema:
+    """A per-row file's schema with null-typed columns as strings: a first chunk whose ids or
+    labels are all missing types such a column as null, and later chunks' values could not be
+    cast to it."""
+    import pyarrow as pa  # runtime import: this module stays free of it for --help
+
+    return pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f
+                      for f in schema])
+
+
 class ReportWriter:
     """Writes one format's files into a staged report folder.
 

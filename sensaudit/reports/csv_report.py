@@ -8,7 +8,7 @@ import pyarrow.csv as pa_csv
 
 from ..compare import ComparisonResult
 from ..results import AuditResult
-from .base import ReportWriter
+from .base import ReportWriter, nulls_as_text
 from .staging import StagedReport
 
 
@@ -29,11 +29,7 @@ class CsvReport(ReportWriter):
             table = (rows if isinstance(rows, pa.Table)
                      else pa.Table.from_pandas(rows, preserve_index=False, schema=self._schema))
             if self._examples is None:
-                # A first chunk whose ids (or labels) are all missing types the column as
-                # null, and the next chunk's values could not be cast to that: use string.
-                nullable = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type)
-                                      else f for f in table.schema])
-                table = table.cast(nullable)
+                table = table.cast(nulls_as_text(table.schema))
                 self._schema = table.schema
                 self._examples = pa_csv.CSVWriter(
                     str(self.out.path("examples.csv")), table.schema,

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from ..compare import ComparisonResult
 from ..results import AuditResult
-from .base import ReportWriter
+from .base import ReportWriter, nulls_as_text
 from .staging import StagedReport
 
 
@@ -28,12 +28,8 @@ class ParquetReport(ReportWriter):
         def write() -> None:
             table = rows
             if self._examples is None:
-                # A first chunk whose ids or labels are all missing types the column as null;
-                # later chunks' values could not be cast to it: use string, as examples.csv.
-                schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type)
-                                    else f for f in table.schema])
                 self._examples = pq.ParquetWriter(str(self.out.path("examples.parquet")),
-                                                  schema)
+                                                  nulls_as_text(table.schema))
             if table.schema != self._examples.schema:
                 table = table.cast(self._examples.schema)
             self._examples.write_table(table)
