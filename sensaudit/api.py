@@ -20,7 +20,7 @@ import torch
 from .baselines import baseline_vector, reference_of
 from .checks.names import check_check_names, group_names
 from .compare import ComparisonResult, compare_on_rows
-from .config import AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
+from .config import AUTO_EXAMPLE_ROWS, AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model
 from .errors import ConfigError, ModelLoadError, did_you_mean
 from .examples import records_table
@@ -52,15 +52,26 @@ def run_audit(config: Config, *, progress: Progress | None = None,
             for writer in sinks:
                 writer.examples(rows)
 
-        # report.examples: every row streams, or the first N; top and none stream nothing.
+        # report.examples: every row streams, or the first N, or (auto) every row of an audit
+        # of at most AUTO_EXAMPLE_ROWS rows; top and none stream nothing.
         sink: ExampleSink | None = None
-        if sinks and choice == "all":
+        limit: int | None = None
+        if sinks and choice in ("all", "auto"):
             sink = to_sinks
+            limit = AUTO_EXAMPLE_ROWS if choice == "auto" else None
         elif sinks and isinstance(choice, int):
-            sink = _first_rows(to_sinks, choice)
+            sink, limit = _first_rows(to_sinks, choice), choice
         result = audit(config, progress=progress, trust_model_code=trust_model_code,
-                       trust_pickle=trust_pickle, example_sink=sink)
-        if sinks and choice == "top":  # the rows report.md lists, with all their drivers
+                       trust_pickle=trust_pickle, example_sink=sink, sink_limit=limit,
+                       sink_all_or_none=choice == "auto")
+        if sinks and not result.examples_streamed:
+            result.notes = [*result.notes, (
+                f"The per-row file holds the rows this report lists: the audit has "
+                f"{result.rows + result.nonfinite_rows:,} rows, more than report.examples: auto "
+                f"writes one by one ({AUTO_EXAMPLE_ROWS:,}); report.examples: all writes every "
+                "row.")]
+        if sinks and (choice == "top" or not result.examples_streamed):
+            # The rows report.md lists, with all their drivers.
             to_sinks(records_table(result.examples, with_label=config.data.label is not None,
                                    per_unit=result.per_unit))
         for writer in writers:
@@ -71,8 +82,11 @@ def run_audit(config: Config, *, progress: Progress | None = None,
 
 def audit(config: Config, *, progress: Progress | None = None,
           trust_model_code: bool | None = None, trust_pickle: bool | None = None,
-          example_sink: ExampleSink | None = None) -> AuditResult:
-    """Load the config's model and data, compute every row's attributions, rank, and check."""
+          example_sink: ExampleSink | None = None, sink_limit: int | None = None,
+          sink_all_or_none: bool = False) -> AuditResult:
+    """Load the config's model and data, compute every row's attributions, rank, and check.
+    ``example_sink`` receives the per-row examples rows (see pipeline.audit_models for
+    ``sink_limit`` and ``sink_all_or_none``)."""
     if config.model is None:
         raise ConfigError(f"{config.source}: missing required key 'model'")
     inputs = declared_inputs(config.model, config.data)
@@ -85,7 +99,8 @@ def audit(config: Config, *, progress: Progress | None = None,
         [loaded], lambda: tables.iter_chunks(table, data, loaded.dtype), table,
         config.audit, model_cfg=config.model, source=config.source,
         progress=progress or _no_progress, example_sink=example_sink,
-        notes=_notes(inputs, table.features))
+        notes=_notes(inputs, table.features), sink_limit=sink_limit,
+        sink_all_or_none=sink_all_or_none)
     return result
 
 

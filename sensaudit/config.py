@@ -35,7 +35,11 @@ ON_MISSING = ("error", "drop")
 # (softmax needs every logit of the row; sigmoid is per output, so the order is moot for it).
 TRANSFORMS = ("none", "sigmoid", "softmax")
 # report.examples: which per-row rows examples.csv / examples.parquet hold (or a row limit).
-EXAMPLES = ("all", "top", "none")
+# auto: every row up to AUTO_EXAMPLE_ROWS audited rows, beyond that the rows report.md lists
+# (a multi-gigabyte CSV of every row is rarely what a large audit wants, and writing it is
+# most of such an audit's cost; `all` still asks for it).
+EXAMPLES = ("auto", "all", "top", "none")
+AUTO_EXAMPLE_ROWS = 100_000
 # Bootstrap memory grows with the replicate count: [samples, features] moments and
 # [samples, outputs, features] sums, all float64, and each chunk's [samples, chunk rows]
 # weights. A few thousand replicates settle a 95% interval; beyond 100000 only memory grows.
@@ -234,7 +238,7 @@ class CompareSettings:
 class ReportConfig:
     dir: Path
     formats: tuple[str, ...] = REPORT_FORMATS
-    examples: str | int = "all"  # EXAMPLES, or at most this many rows (the first audited)
+    examples: str | int = "auto"  # EXAMPLES, or at most this many rows (the first audited)
 
 
 @dataclass(frozen=True)
@@ -502,9 +506,10 @@ def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:
     chosen = tuple(v.choice(f, f"report.formats[{i}]", known)
                    for i, f in enumerate(formats))
     check_available(chosen, f"{v.source}: report.formats")
-    examples = r.get("examples", "all")
+    examples = r.get("examples", "auto")
     if not (examples in EXAMPLES or _is_int(examples) and examples >= 1):
-        v.fail("report.examples", "all, top, none or a row limit (an integer >= 1)", examples)
+        v.fail("report.examples", "auto, all, top, none or a row limit (an integer >= 1)",
+               examples)
     return ReportConfig(dir=v.path(r["dir"], "report.dir") if "dir" in r else default_dir,
                         formats=tuple(dict.fromkeys(chosen)), examples=examples)
 

@@ -53,10 +53,11 @@ class ExampleDrivers:
 
     def add(self, rows: np.ndarray, ids: pa.Array | np.ndarray, labels: np.ndarray | None,
             scores: torch.Tensor, values: torch.Tensor, finite: torch.Tensor, x: torch.Tensor,
-            *, table: bool) -> pa.Table | None:
+            *, table: bool, sample: bool = True) -> pa.Table | None:
         """One chunk: scores [rows, outputs], values [rows, outputs, features], finite [rows],
         x [rows, features] the rows' feature values. Returns its examples rows (one per row
-        and output) when ``table`` is True."""
+        and output) when ``table`` is True; ``sample`` False: the rows are not offered to the
+        charts' row sample (candidates chosen elsewhere, see example_candidates)."""
         n_rows, m, n = values.shape
         values = values.detach().cpu()
         scores = scores.detach().to("cpu", torch.float64)
@@ -79,7 +80,8 @@ class ExampleDrivers:
                            .reshape(n_rows * m, k).numpy())
         if any(s.keep for selection in self.selections.values() for s in selection):
             self._offer(rows, ids, labels, scores, values, x, finite, drivers)
-        self._sample(rows, values, finite)
+        if sample:
+            self._sample(rows, values, finite)
         if not table:
             return None
         repeat = np.repeat(np.arange(n_rows), m)
@@ -113,7 +115,7 @@ class ExampleDrivers:
         else:  # the strongest driver's magnitude, chosen above
             keys["strongest"] = torch.from_numpy(np.abs(drivers.contribution[:, 0])).reshape(-1, m)
         if labels is not None:
-            keys["misscored"] = (scores - torch.from_numpy(np.asarray(labels, np.float64))[:, None]
+            keys["misscored"] = (scores - torch.from_numpy(np.array(labels, np.float64))[:, None]
                                  ).abs()
         # Rows left out of the statistics as non-finite are not examples of what drives the
         # score: an infinite gradient would otherwise head the list.

@@ -20,7 +20,7 @@ read pass over partitions and merge the partial :class:`ReadPass` results.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,7 @@ from .checks import (
 from .config import AuditSettings, ModelConfig
 from .engine import Model, as_output_matrix, check_row_independence
 from .errors import ConfigError, DataError, ModelError, first_line
+from .example_candidates import ExampleCandidates
 from .examples import ExampleDrivers
 from .groups import add_group_rows, proxy_features
 from .inputs.models import LoadedModel
@@ -68,6 +69,9 @@ ExampleSink = Callable[[pa.Table], None]
 Chunks = Callable[[], Iterator[Chunk]]
 # on_chunk(chunk, [attributions per model]) sees every chunk of the read pass.
 ChunkHook = Callable[[Chunk, list[Attributions]], None]
+# The baseline as it stands after a chunk of the read pass (float64 [features]), given the
+# statistics read so far: what the example candidates are ranked against.
+ProvisionalBaseline = Callable[[FeatureSummary], torch.Tensor]
 
 
 @dataclass
@@ -90,6 +94,8 @@ class ModelPass:
     # Moments of the inputs as the model sees them, kept only when its dtype is narrower than
     # the data's (float64 CSV values into a float32 model): see precision_warnings.
     seen: FeatureMoments | None = None
+    # The report's example rows chosen during the read (when no replay of every row follows).
+    candidates: ExampleCandidates | None = None
 
 
 @dataclass
@@ -100,6 +106,8 @@ class ReadPass:
     spill: Spill
     ranges: FeatureRange | None = None  # per-feature min..max, for checks that replay
     summary: FeatureSummary | None = None  # the read's feature statistics (moments, medians)
+    # False when the spill was dropped for passing its row limit (see read_pass).
+    spilled: bool = True
 
 
 def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
@@ -134,17 +142,27 @@ def statistics_pass(chunks: Chunks, table: Table, settings: AuditSettings, *,
 def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings: AuditSettings,
               method: AttributionMethod, *, model_cfg: ModelConfig | None, source: object,
               progress: Progress, on_chunk: ChunkHook | None = None,
-              keep_rows: bool = True, medians: bool = False) -> ReadPass:
+              keep_rows: bool = True, medians: bool = False, spill_limit: int | None = None,
+              spill_all_or_none: bool = False,
+              provisional: ProvisionalBaseline | None = None) -> ReadPass:
     """The one read of the data: moments, every model's attributions, sums and checks;
     ``medians``: also the median sample (a median baseline without a pre-pass).
 
     Models are probed on the first chunk (input width, output shape, row independence).
-    ``keep_rows`` False: nothing needs per-row results afterwards, so none are spilled.
+    ``keep_rows`` False: nothing needs per-row results afterwards, so none are spilled;
+    ``spill_limit``: per-row results are kept for the first rows only, at least this many
+    (whole chunks); with ``spill_all_or_none``, for every row while the rows read are at most
+    this many, and beyond that for none (the spill is dropped and ``ReadPass.spilled`` is
+    False). ``provisional``: choose
+    the report's example rows during the read (:mod:`sensaudit.example_candidates`), ranked
+    against this baseline.
     """
     summary = FeatureSummary(len(table.features), median=medians)
     moments = summary.moments
     ranges = FeatureRange(len(table.features))
     spill = Spill()
+    spilled = keep_rows
+    spill_rows = 0
     passes: list[ModelPass] = []
     dropped = 0
     try:
@@ -155,8 +173,11 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             summary.update(chunk.rows, chunk.x)
             ranges.update(chunk.x)
             if not passes:
-                passes = [_start(m, chunk.x, table, settings, model_cfg, source) for m in models]
+                passes = [_start(m, chunk.x, table, settings, model_cfg, source,
+                                 per_unit=method.per_unit if provisional else None)
+                          for m in models]
                 _check_same_outputs(passes)
+            baseline = provisional(summary) if provisional is not None else None
             results = []
             for model_pass in passes:
                 loaded = model_pass.prepared.loaded
@@ -170,12 +191,21 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
                                        attributions.values, finite)
                 for check in model_pass.checks:
                     check.update_labelled(chunk.rows, x, attributions, chunk.labels)
+                if model_pass.candidates is not None and baseline is not None:
+                    model_pass.candidates.update(chunk.rows, chunk.ids, chunk.labels,
+                                                 attributions.scores, attributions.values,
+                                                 finite, chunk.x, baseline)
                 results.append(attributions)
             if on_chunk is not None:
                 on_chunk(chunk, results)
-            if keep_rows:
+            if spilled and spill_limit is not None and moments.count > spill_limit \
+                    and spill_all_or_none:
+                spill.close()  # past the limit: the rows are not wanted one by one after all
+                spilled = False
+            if spilled and (spill_limit is None or spill_rows < spill_limit):
                 spill.append(chunk.rows, chunk.ids, chunk.labels,
                              [(a.scores, a.values) for a in results], x=chunk.x)
+                spill_rows += len(chunk.rows)
             progress("audit", moments.count + dropped, table.row_count)
     except BaseException:
         spill.close()
@@ -186,7 +216,7 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
         spill.close()
         raise
     return ReadPass(moments=moments, dropped=dropped, models=passes, spill=spill,
-                    summary=summary, ranges=ranges)
+                    summary=summary, ranges=ranges, spilled=spilled)
 
 
 def _check_rows(moments: FeatureMoments, table: Table) -> None:
@@ -278,16 +308,18 @@ def example_drivers(model_pass: ModelPass, table: Table, baseline: torch.Tensor,
 def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
            example_sink: ExampleSink | None = None,
            on_chunk: Callable[[SpilledChunk], None] | None = None,
-           contexts: list[ModelContext] | None = None) -> None:
+           contexts: list[ModelContext] | None = None,
+           source: Iterable[SpilledChunk] | None = None) -> None:
     """Per-row work that needed the final stds: examples for each model, the checks that
     replay (given each model's ``contexts``), then ``on_chunk``.
 
-    ``example_sink`` receives the first model's examples rows.
+    ``example_sink`` receives the first model's examples rows. ``source``: the per-row
+    results to replay, the spill by default (:func:`recomputed` when there is none).
     """
     done = 0
     contexts = contexts or []
     try:
-        for chunk in read.spill:
+        for chunk in read.spill if source is None else source:
             for i, ((scores, values), model_drivers) in enumerate(zip(chunk.results, drivers)):
                 if chunk.x is None:  # the read pass spills every chunk's x
                     raise RuntimeError("the spill holds no feature values")
@@ -339,7 +371,8 @@ def _replay_checks(model_pass: ModelPass, context: ModelContext, chunk: SpilledC
 def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[CheckResult],
                  drivers: ExampleDrivers, read: ReadPass, table: Table,
                  settings: AuditSettings, method: AttributionMethod,
-                 notes: list[str], method_details: dict | None = None) -> AuditResult:
+                 notes: list[str], method_details: dict | None = None, *,
+                 examples_streamed: bool = True) -> AuditResult:
     sums, prepared = model_pass.sums, model_pass.prepared
     # The report shows the examples of the outputs with a failed gate first.
     failed = {gate.output for check in checks for gate in check.failed}
@@ -354,7 +387,7 @@ def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[Check
         mean_scores={o: float(s) for o, s in zip(prepared.outputs,
                                                  sums.score_sum / max(sums.rows, 1))},
         method=method.name, notes=notes, contributions=drivers.contributions(),
-        method_details=method_details or {})
+        method_details=method_details or {}, examples_streamed=examples_streamed)
 
 
 def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
@@ -363,10 +396,15 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
                  on_chunk: ChunkHook | None = None,
                  on_replay: Callable[[ReadPass, torch.Tensor],
                                      Callable[[SpilledChunk], None]] | None = None,
-                 notes: list[str] | None = None
+                 notes: list[str] | None = None, sink_limit: int | None = None,
+                 sink_all_or_none: bool = False
                  ) -> tuple[list[AuditResult], ReadPass, torch.Tensor]:
     """Read, finish and replay for one or more models on the same rows. ``notes`` are the
-    caller's context for the reports (how the input columns were matched)."""
+    caller's context for the reports (how the input columns were matched).
+
+    ``sink_limit``: ``example_sink`` is given at least the first this many rows (and may stop
+    taking them there), and with ``sink_all_or_none`` every row when at most this many are
+    audited and none beyond (the results then say ``examples_streamed`` False)."""
     method = make_method(settings, source)
     checks = build_checks(settings, source)  # option errors before any data is read
     check_baseline(settings.baseline, table.features, source)
@@ -378,13 +416,19 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
                        reference.std if reference is not None
                        else torch.full((len(table.features),), float("nan"),
                                        dtype=torch.float64))
-    # Per-row results are kept only for what reads them after the pass: examples.csv, the
-    # report's examples, compare's per-row agreement, and checks that replay the rows.
-    keep_rows = (example_sink is not None or settings.examples_in_report > 0
-                 or on_replay is not None or any(check.replays for check in checks))
+    # Per-row results are kept only for what reads every row after the pass: examples.csv,
+    # compare's per-row agreement, and checks that replay the rows. The report's example rows
+    # are otherwise chosen during the read (example_candidates), with no spill at all.
+    replay_all = (on_replay is not None or any(check.replays for check in checks)
+                  or (example_sink is not None and sink_limit is None))
+    keep_rows = replay_all or example_sink is not None
     read = read_pass(models, chunks, table, settings, method, model_cfg=model_cfg,
                      source=source, progress=progress, on_chunk=on_chunk, keep_rows=keep_rows,
-                     medians=reference is None and settings.baseline == "median")
+                     medians=reference is None and settings.baseline == "median",
+                     spill_limit=None if replay_all else sink_limit,
+                     spill_all_or_none=sink_all_or_none,
+                     provisional=None if replay_all else _provisional(settings, reference,
+                                                                      table.features))
     try:
         std = feature_std(read, table)
         if reference is None:
@@ -399,15 +443,57 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
     except BaseException:
         read.spill.close()
         raise
-    replay(read, drivers, progress=progress, example_sink=example_sink,
-           on_chunk=on_replay(read, std) if on_replay else None,
-           contexts=[model_context(mp, read, std, r) for mp, r in zip(read.models, rankings)])
+    def fresh() -> list[ExampleDrivers]:
+        return [example_drivers(mp, table, baseline, settings, method, std)
+                for mp in read.models]
+
+    streamed = example_sink is None or read.spilled or not sink_all_or_none
+    if replay_all:
+        replay(read, drivers, progress=progress, example_sink=example_sink,
+               on_chunk=on_replay(read, std) if on_replay else None,
+               contexts=[model_context(mp, read, std, r)
+                         for mp, r in zip(read.models, rankings)])
+    else:
+        if example_sink is not None and streamed:
+            # The rows kept for the per-row file (the first sink_limit or more); the report's
+            # examples come from the candidates below, chosen over every row.
+            replay(read, fresh(), progress=progress, example_sink=example_sink)
+        read.spill.close()
+        drivers = _settle_examples(read, drivers, chunks, method, progress, fresh,
+                                   std if method.per_unit else None)
     finished = [judge_model(mp, ranking, std) for mp, ranking in zip(read.models, rankings)]
     notes = [*(notes or []), *_skipped_note(table)]
     results = [audit_result(mp, ranked, checks, d, read, table, settings, method, notes,
-                            details)
+                            details, examples_streamed=streamed)
                for mp, (ranked, checks), d in zip(read.models, finished, drivers)]
     return results, read, std
+
+
+def _provisional(settings: AuditSettings, reference: Reference | None,
+                 features: tuple[str, ...]) -> ProvisionalBaseline:
+    """The baseline the example candidates are ranked against during the read: the final one
+    when it is already known (a pre-pass, or a baseline that needs no data), else the one the
+    rows read so far give (their means, their medians)."""
+    if reference is not None or not needs_data(settings.baseline, features):
+        known = baseline_vector(settings.baseline, reference, features)
+        return lambda summary: known
+    return lambda summary: baseline_vector(settings.baseline,
+                                           summary.reference(summary.moments.std), features)
+
+
+def _settle_examples(read: ReadPass, drivers: list[ExampleDrivers], chunks: Chunks,
+                     method: AttributionMethod, progress: Progress,
+                     fresh: Callable[[], list[ExampleDrivers]],
+                     scale: torch.Tensor | None) -> list[ExampleDrivers]:
+    """The report's example rows from the read pass's candidates; when their selection
+    cannot be certified exact, from a second pass over the data instead."""
+    certified = [mp.candidates.settle(d, scale) if mp.candidates is not None else False
+                 for mp, d in zip(read.models, drivers)]
+    if all(certified):
+        return drivers
+    drivers = fresh()
+    replay(read, drivers, progress=progress, source=recomputed(read, chunks, method))
+    return drivers
 
 
 def method_details(method: AttributionMethod, settings: AuditSettings, baseline: torch.Tensor,
@@ -423,12 +509,39 @@ def method_details(method: AttributionMethod, settings: AuditSettings, baseline:
 
 
 def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSettings,
-           model_cfg: ModelConfig | None, source: object) -> ModelPass:
+           model_cfg: ModelConfig | None, source: object, *,
+           per_unit: bool | None = None) -> ModelPass:
+    """Probe one model and start its accumulators; ``per_unit`` given: also choose the
+    example candidates during the read, for a method of that kind."""
     prepared = prepare_model(loaded, x.to(loaded.device, loaded.dtype), model_cfg, source,
                              table)
+    candidates = None
+    if per_unit is not None:
+        proxies = proxy_features([p.feature for p in settings.proxies], settings.groups)
+        candidates = ExampleCandidates(
+            len(prepared.outputs), [table.features.index(p) for p in proxies
+                                    if p in table.features],
+            keep=settings.examples_in_report, per_unit=per_unit)
     return ModelPass(prepared=prepared,
                      sums=AttributionSums(len(prepared.outputs), len(table.features)),
-                     checks=build_checks(settings, source))
+                     checks=build_checks(settings, source), candidates=candidates)
+
+
+def recomputed(read: ReadPass, chunks: Chunks, method: AttributionMethod
+               ) -> Iterator[SpilledChunk]:
+    """The read pass's per-row results computed again from the data (a second read), for
+    when none were spilled but a pass over every row turns out to be needed."""
+    for chunk in chunks():
+        if not len(chunk.x):
+            continue
+        results = []
+        for model_pass in read.models:
+            loaded = model_pass.prepared.loaded
+            x = chunk.x.to(loaded.device, loaded.dtype)
+            attributions = _attribute(method, model_pass.prepared, x, chunk.rows)
+            results.append((attributions.scores, attributions.values))
+        yield SpilledChunk(rows=chunk.rows, ids=chunk.ids, labels=chunk.labels,
+                           results=results, x=chunk.x)
 
 
 def _attribute(method: AttributionMethod, prepared: PreparedModel, x: torch.Tensor,

@@ -139,6 +139,9 @@ class AuditResult:
     contributions: ContributionSample | None = None
     # summary.json's "method": name, what it measures, per_unit, baseline, parameters.
     method_details: dict[str, Any] = field(default_factory=dict)
+    # False when report.examples (auto) found more rows than it writes one by one: the
+    # per-row file then holds the rows the report lists.
+    examples_streamed: bool = True
 
     @property
     def per_unit(self) -> bool:

@@ -202,7 +202,7 @@ def test_report_section_is_optional(tmp_path):
                           base_dir=tmp_path)
     assert config.report.dir == tmp_path / "reports" / "v1"
     assert config.report.formats == ("csv", "markdown", "json")
-    assert config.report.examples == "all"
+    assert config.report.examples == "auto"
 
 
 def test_run_out_data_and_format_override_the_config(tmp_path, assets, monkeypatch):

@@ -77,8 +77,9 @@ def test_bad_examples_setting_is_named(tmp_path, assets, value):
                           report=f"report:\n  examples: {value}\n")
     with pytest.raises(ConfigError) as caught:
         load_config(config)
-    assert str(caught.value).startswith(f"{config}: report.examples must be all, top, none or a "
-                                        "row limit (an integer >= 1) (got ")
+    assert str(caught.value).startswith(
+        f"{config}: report.examples must be auto, all, top, none or a row limit (an integer "
+        ">= 1) (got ")
 
 
 def test_parquet_holds_the_csv_tables(tmp_path, assets):
