@@ -1,7 +1,8 @@
 """The ``audit:`` keys of the checks beyond the gradient ranking: their settings and YAML schema.
 
-Kept beside :mod:`sensaudit.config` (which calls the parsers here) so that file stays the map of
-the whole schema. Each settings class checks its own values when built in Python; the YAML
+Kept beside :mod:`sensaudit.config` (its audit section parser, in
+:mod:`sensaudit.config_sections`, calls the parsers here) so that file stays the map of the whole
+schema. Each settings class checks its own values when built in Python; the YAML
 parsers check them with the file and the dotted key first, so a message names where to look.
 
 - ``audit.threshold``: the decision threshold on the score (robustness: rows pushed across it).
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, describe
 
 if TYPE_CHECKING:
-    from .config import _Validator
+    from .config_validate import _Validator
 
 GROUP_KINDS = ("plain", "one_hot")
 DIRECTIONS = ("increasing", "decreasing")

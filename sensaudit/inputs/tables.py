@@ -5,24 +5,41 @@ chunk is checked: columns present, numbers only, no NaN or infinity unless ``dat
 drop`` says to skip them. Row numbers in messages count data rows from 1 (the CSV header is not
 a row). Parquet batches go straight from Arrow to one array per chunk; ids stay Arrow arrays
 until they are written, so no per-row Python objects are made.
+
+This module decides which columns play which part (:class:`Table`) and runs the chunk loop;
+the reading sits beside it:
+
+- :mod:`sensaudit.inputs.table_files`: the file's header, and its rows as Arrow record batches
+  (Parquet) or parsed DataFrames (CSV), with read errors turned into messages.
+- :mod:`sensaudit.inputs.table_chunks`: one block of rows -> a validated :class:`Chunk`
+  (numbers only, missing values tallied, values too large for the model's dtype named).
 """
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
 
 from ..config import DataConfig
-from ..errors import DataError, first_line
+from ..errors import DataError
+from .table_chunks import (
+    _MISSING_TEXT,
+    Chunk,
+    _batch_chunk,
+    _frame_chunk,
+    _MissingValues,
+    _numeric,
+    _numeric_column,
+)
+from .table_files import PARQUET_SUFFIXES, _check_duplicates, _header, _read_blocks, _read_frames
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
+__all__ = ["PARQUET_SUFFIXES", "Chunk", "Table", "frame_table", "iter_chunks", "iter_frame_chunks",
+           "open_table"]
 
 
 @dataclass(frozen=True)
@@ -41,19 +58,6 @@ class Table:
     def columns(self) -> list[str]:
         extra = [c for c in (self.id, self.label) if c is not None and c not in self.features]
         return list(self.features) + extra
-
-
-@dataclass
-class Chunk:
-    """One validated block of rows. x: float [rows, features], float32 when every feature
-    column is stored as float32, else float64 (the model's dtype is applied later)."""
-
-    first_row: int  # 1-based data-row number of the first row read into this chunk
-    x: torch.Tensor
-    ids: pa.Array  # row ids (the id column, else the 1-based row numbers)
-    rows: np.ndarray  # int64 1-based data-row numbers of the kept rows: the rows' identity
-    labels: np.ndarray | None
-    dropped: int  # rows skipped for missing values in this chunk
 
 
 def open_table(cfg: DataConfig) -> Table:
@@ -150,85 +154,6 @@ def _raise_text_error(cfg: DataConfig, table: Table) -> None:
         first_row += len(frame)
 
 
-def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame, int | None]:
-    """Column names (checked for duplicates), a small sample to infer numeric columns, and
-    the row count where the file records it (Parquet)."""
-    path = cfg.path
-    if not path.exists():
-        raise DataError(f"{path}: data file not found (data.path)")
-    if path.is_dir():
-        raise DataError(f"{path}: data.path is a directory, not a CSV or Parquet file")
-    if not path.is_file():
-        # A FIFO or device would block the read forever (or never end).
-        raise DataError(f"{path}: data.path is not a regular file (a pipe or device?); write "
-                        "the extract to a CSV or Parquet file")
-    row_count = None
-    try:
-        if _is_parquet(path):
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(path)
-            columns = list(pf.schema_arrow.names)
-            _check_duplicates(path, columns)
-            row_count = pf.metadata.num_rows
-            batch = next(pf.iter_batches(batch_size=1000), None)
-            sample = batch.to_pandas() if batch is not None else pd.DataFrame(columns=columns)
-        else:
-            columns = _csv_columns(path)
-            # skipinitialspace as _read_frames uses, so a header "a, b" gives the stripped
-            # names the columns list holds.
-            sample = pd.read_csv(path, nrows=1000, skipinitialspace=True, encoding="utf-8-sig")
-            # A first row with more fields than the header makes pandas read its first
-            # column(s) as the index, shifting every value one column over: refuse it.
-            if not isinstance(sample.index, pd.RangeIndex) or len(sample.columns) != len(columns):
-                raise DataError(f"{path}: malformed CSV: row 1 has more fields than the "
-                                f"header's {len(columns)} column names")
-            sample.columns = columns
-    except DataError:
-        raise
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: {_malformed(exc)}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text CSV file (is it Parquet? name it .parquet)"
-                        ) from None
-    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
-    return columns, sample, row_count
-
-
-def _csv_columns(path: Path) -> list[str]:
-    """The CSV header's column names, stripped (and without a UTF-8 byte-order mark)."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        header = next(csv.reader(handle), None)
-    if not header:
-        raise DataError(f"{path}: the file is empty; expected a CSV header row")
-    columns = [c.strip() for c in header]
-    for i, name in enumerate(columns):
-        if not name:
-            raise DataError(f"{path}: column {i + 1} of the header has no name")
-    _check_duplicates(path, columns)
-    return columns
-
-
-def _malformed(exc: Exception) -> str:
-    """pandas' tokenizer error, e.g. 'Expected 5 fields in line 21, saw 7', for a message."""
-    detail = first_line(exc).replace("Error tokenizing data. C error: ", "")
-    if detail[1:2].islower():  # "Expected ..." reads on after a colon; "EOF ..." stays
-        detail = detail[:1].lower() + detail[1:]
-    # pandas' "line N" counts file lines (the header is line 1); its "row N" counts data rows
-    # from 1, as sensaudit's messages do.
-    where = " (line 1 is the header)" if " line " in detail else ""
-    return f"malformed CSV: {detail}{where}"
-
-
-def _check_duplicates(path: Path, columns: list[str]) -> None:
-    seen: set[str] = set()
-    for name in columns:
-        if name in seen:
-            raise DataError(f"{path}: column '{name}' appears more than once in the header")
-        seen.add(name)
-
-
 def _check_columns(cfg: DataConfig, columns: list[str]) -> None:
     wanted = [("data.label", cfg.label), ("data.id", cfg.id)]
     if cfg.features_key == "the model file":
@@ -246,206 +171,3 @@ def _holds_numbers(series: pd.Series) -> bool:
     text = series.dropna().astype(str).str.strip()
     text = text[~text.isin(_MISSING_TEXT)]
     return bool(pd.to_numeric(text, errors="coerce").notna().any())
-
-
-def _numeric(series: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
-
-
-def _read_blocks(cfg: DataConfig, table: Table) -> Iterator[pa.RecordBatch | pd.DataFrame]:
-    """Parquet as Arrow record batches; CSV as parsed DataFrames."""
-    if _is_parquet(cfg.path):
-        yield from _parquet_batches(cfg, table)
-    else:
-        yield from _read_frames(cfg, table, as_text=False)
-
-
-def _parquet_batches(cfg: DataConfig, table: Table) -> Iterator[pa.RecordBatch]:
-    try:
-        import pyarrow.parquet as pq
-
-        # Buffered, unprefetched reads: a row group's pages are decoded as they stream in
-        # rather than the whole row group being fetched first (a third less peak memory).
-        parquet = pq.ParquetFile(cfg.path, buffer_size=1 << 20, pre_buffer=False)
-        yield from parquet.iter_batches(batch_size=cfg.chunk_rows, columns=table.columns)
-    except Exception as exc:  # pyarrow raises many types (some ValueErrors) for bad files
-        raise DataError(f"{cfg.path}: cannot read data ({first_line(exc)})") from None
-
-
-def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd.DataFrame]:
-    path = cfg.path
-    try:
-        if _is_parquet(path):
-            import pyarrow.parquet as pq
-
-            # Buffered, unprefetched reads: a row group's pages are decoded as they stream in
-            # rather than the whole row group being fetched first (a third less peak memory).
-            parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
-            for batch in parquet.iter_batches(batch_size=cfg.chunk_rows, columns=table.columns):
-                yield batch.to_pandas()
-            return
-    except Exception as exc:  # pyarrow raises many types (some ValueErrors) for bad files
-        raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
-    try:
-        kinds = {name: (str if as_text else "float64") for name in table.features}
-        if table.id is not None:
-            kinds[table.id] = str  # ids such as "00123" keep their leading zeros
-        # Every column is parsed, not only the used ones (usecols): with usecols pandas
-        # silently cuts a row with too many fields (an unquoted comma), shifting its values;
-        # without, such a row is a ParserError naming its line. names= gives the header names
-        # as _csv_columns cleaned them (BOM and spaces stripped).
-        reader = pd.read_csv(path, header=0, names=_csv_columns(path), chunksize=cfg.chunk_rows,
-                             dtype=kinds, skipinitialspace=True, keep_default_na=False,
-                             # One list of missing-value markers for both parsers, so the
-                             # fast path and the one naming a text cell agree on '#N/A'.
-                             na_values=[] if as_text else sorted(_MISSING_TEXT),
-                             encoding="utf-8-sig")
-        for frame in reader:
-            yield frame[table.columns]
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: {_malformed(exc)}") from None
-    except ValueError as exc:
-        if as_text:  # nothing is parsed as a number here: not a text cell, a broken file
-            raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
-        raise  # a float parse failure: iter_chunks names the offending row
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
-
-
-_MISSING_TEXT = {"", "nan", "NaN", "NA", "N/A", "null", "NULL", "None", "inf", "-inf", "+inf",
-                 "Infinity", "-Infinity", "infinity", "-infinity"}
-
-
-class _MissingValues:
-    """NaN/inf counts per feature over the whole file, so an error reports the file's total
-    (not one chunk's) and the first row where each column has one."""
-
-    def __init__(self, features: tuple[str, ...]):
-        self.features = features
-        self.count = np.zeros(len(features), dtype=np.int64)
-        self.first_row = np.zeros(len(features), dtype=np.int64)
-
-    def add(self, bad: np.ndarray, first_row: int) -> None:
-        """bad: bool [rows, features] for a chunk starting at data row ``first_row``."""
-        new = (self.count == 0) & bad.any(axis=0)
-        self.first_row[new] = first_row + np.argmax(bad[:, new], axis=0)
-        self.count += bad.sum(axis=0)
-
-    def check(self, cfg: DataConfig) -> None:
-        """With data.on_missing: error, refuse the file if any feature had a missing value."""
-        if cfg.on_missing != "error" or not self.count.any():
-            return
-        j = int(np.argmax(self.count > 0))
-        count = int(self.count[j])
-        others = int((self.count > 0).sum()) - 1
-        also = f"; {others} more column(s) have some too" if others else ""
-        raise DataError(f"{cfg.path}: column '{self.features[j]}' has {count} missing or "
-                        f"infinite value{'s' if count != 1 else ''} (first at row "
-                        f"{int(self.first_row[j])}){also}; fix the data or set "
-                        "data.on_missing: drop to skip such rows")
-
-
-def _frame_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: int,
-                 dtype: torch.dtype, missing: _MissingValues) -> Chunk:
-    """A parsed CSV block (or an in-memory DataFrame's slice) as a validated chunk."""
-    values = np.empty((len(frame), len(table.features)), dtype=np.float64)
-    for j, name in enumerate(table.features):
-        values[:, j] = _numeric_column(frame[name], name, cfg.path, first_row)
-    ids = _id_array(frame[table.id]) if table.id else None
-    labels = (pd.to_numeric(frame[table.label], errors="coerce").to_numpy(dtype=np.float64)
-              if table.label else None)
-    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing)
-
-
-def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row: int,
-                 dtype: torch.dtype, missing: _MissingValues) -> Chunk:
-    """A Parquet record batch as a validated chunk, without pandas: every numeric feature
-    column is copied once into a [rows, features] array."""
-    columns = [batch.column(name) for name in table.features]
-    if not all(_arrow_numeric(c.type) for c in columns):
-        # Text in a feature column: the pandas path names the cell.
-        return _frame_chunk(batch.to_pandas(), table, cfg, first_row, dtype, missing)
-    float32 = all(pa.types.is_float32(c.type) for c in columns)
-    values = np.empty((batch.num_rows, len(columns)), dtype=np.float32 if float32 else np.float64)
-    for j, column in enumerate(columns):
-        values[:, j] = column.to_numpy(zero_copy_only=False)
-    ids = batch.column(table.id) if table.id else None
-    labels = None
-    if table.label:
-        label = batch.column(table.label)
-        labels = (label.to_numpy(zero_copy_only=False).astype(np.float64)
-                  if _arrow_numeric(label.type)
-                  else pd.to_numeric(label.to_pandas(), errors="coerce").to_numpy(np.float64))
-    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing)
-
-
-def _id_array(column: pd.Series) -> pa.Array:
-    # from_pandas: a missing id (NaN) is a null, as the CSV writer expects.
-    try:
-        return pa.array(column.to_numpy(), from_pandas=True)
-    except (pa.ArrowException, TypeError, ValueError):  # mixed types: ids are text then
-        return pa.array(column.astype(str).to_numpy())
-
-
-def _arrow_numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-
-
-def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, table: Table,
-           cfg: DataConfig, first_row: int, dtype: torch.dtype,
-           missing: _MissingValues) -> Chunk:
-    """Validate one block of rows; rows with NaN/inf are dropped here and tallied in
-    ``missing``, whose check() at the end of the file decides whether that is an error."""
-    finite = np.isfinite(values)
-    row_numbers = np.arange(first_row, first_row + len(values), dtype=np.int64)
-    dropped = 0
-    if not finite.all():
-        bad = ~finite
-        missing.add(bad, first_row)
-        keep = ~bad.any(axis=1)
-        dropped = int((~keep).sum())
-        values, row_numbers = values[keep], row_numbers[keep]
-        ids = None if ids is None else ids.filter(pa.array(keep))
-        labels = None if labels is None else labels[keep]
-    if dtype.is_floating_point and values.dtype == np.float64 and dtype != torch.float64 \
-            and values.size:
-        # A float32 model would see such a value as infinity: name it rather than report
-        # "non-finite gradients" for a row whose data looked finite.
-        too_large = np.abs(values) > torch.finfo(dtype).max
-        if too_large.any():
-            row, j = np.argwhere(too_large)[0]
-            raise DataError(f"{cfg.path}: column '{table.features[j]}' has a value too large "
-                            f"for the model's {str(dtype).replace('torch.', '')} inputs (row "
-                            f"{row_numbers[row]}: {values[row, j]:g})")
-    return Chunk(first_row=first_row, x=torch.from_numpy(values),
-                 ids=pa.array(row_numbers) if ids is None else ids, rows=row_numbers,
-                 labels=labels, dropped=dropped)
-
-
-def _numeric_column(series: pd.Series, name: str, path: Path, first_row: int) -> np.ndarray:
-    if _numeric(series):
-        return series.to_numpy(dtype=np.float64)
-    if pd.api.types.is_bool_dtype(series):
-        return series.to_numpy(dtype=np.float64)
-    text = series.astype(str).str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    not_number = numbers.isna() & ~text.isin(_MISSING_TEXT)
-    if not_number.any():
-        pos = int(np.argmax(not_number.to_numpy()))
-        raise DataError(f"{path}: column '{name}' has text in row {first_row + pos} "
-                        f"({text.iloc[pos]!r}); expected numbers")
-    # copy: pandas may hand out a read-only view, and missing markers are written into it.
-    out = numbers.to_numpy(dtype=np.float64, copy=True)
-    out[text.isin(_MISSING_TEXT).to_numpy()] = np.nan
-    return out
-
-
-def _is_parquet(path: Path) -> bool:
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        return True
-    try:
-        with path.open("rb") as handle:
-            return handle.read(4) == b"PAR1"
-    except OSError:
-        return False
-
