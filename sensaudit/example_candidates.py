@@ -32,8 +32,9 @@ import torch
 from .examples import ExampleDrivers
 from .row_sample import RowSample
 
-# Float rounding of the provisional keys (computed in the model's dtype) is far below this.
-_RELATIVE_SLACK = 1e-5
+# Float rounding of a provisional key, relative, in units of its dtype's epsilon (the key is a
+# product and a maximum, a few roundings at most); never below 1e-5.
+_EPSILONS = 16
 
 
 def candidates_kept(keep: int) -> int:
@@ -118,6 +119,9 @@ class ExampleCandidates:
         self.left_out: dict[str, list[dict[int, tuple[float, float]]]] = {
             reason: [{} for _ in range(n_outputs)] for reason in self.buffers}
         self.baselines: list[torch.Tensor] = []  # the provisional baseline of each chunk
+        # Per chunk: how far the provisional keys may sit from exact arithmetic with that
+        # baseline (absolute, per unit of |gradient|), and relative.
+        self.rounding: list[tuple[float, float]] = []
         self.kept: dict[int, _Rows] = {}  # chunk -> its rows that are (or were) candidates
         self.sample = RowSample() if sample_keep is None else RowSample(sample_keep)
 
@@ -127,12 +131,12 @@ class ExampleCandidates:
         """One chunk: scores [rows, outputs], values [rows, outputs, features], finite [rows],
         x [rows, features] as read, baseline float64 [features] the provisional one."""
         chunk = len(self.baselines)
-        self.baselines.append(baseline.detach().to("cpu", torch.float64).clone())
         values = values.detach().cpu()
+        x = x.detach().cpu()
         ok = finite.cpu().numpy()
         self._sample(rows, values, ok)
         keys = self._keys(values, scores.detach().to("cpu", torch.float64), x, labels,
-                          self.baselines[-1])
+                          baseline.detach().to("cpu", torch.float64))
         taken: list[np.ndarray] = []
         for reason, (key, bound) in keys.items():
             key[~ok] = np.nan  # rows left out of the statistics are never examples
@@ -157,21 +161,34 @@ class ExampleCandidates:
               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per kind: the provisional key and its bound G, float64 [rows, outputs] each."""
         keys: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        diff = x.detach().to("cpu", torch.float64) - baseline
-        if self.primary == "proxies":  # as ExampleDrivers ranks them: in float64
+        if self.primary == "proxies":  # as ExampleDrivers ranks them: in float64 (few columns)
+            self.baselines.append(baseline.clone())
+            self.rounding.append((0.0, 1e-12))
             proxies = values[:, :, self.proxy_index].double()
             if self.per_unit:
-                key = (proxies * diff[:, None, self.proxy_index]).abs().sum(2)
+                diff = x[:, self.proxy_index].double() - baseline[self.proxy_index]
+                key = (proxies * diff[:, None, :]).abs().sum(2)
                 bound = proxies.abs().sum(2)
             else:
                 key, bound = proxies.abs().sum(2), torch.zeros(proxies.shape[:2])
-        else:  # the strongest contribution, chosen in the model's dtype as ExampleDrivers does
+        else:
+            # The strongest contribution in the values' own dtype (every feature of every row:
+            # the widest work here, so no widened copies); max |v| is one pass as an inf-norm.
+            # The baseline used is the one rounded to that dtype, and the rounding of x - b
+            # (at most eps * (|x| + |b|), twice over when x is narrowed) is added to the bound.
+            narrow = baseline.to(values.dtype)
+            self.baselines.append(narrow.double())
+            eps = torch.finfo(values.dtype).eps
+            reach = float(torch.linalg.vector_norm(x, ord=math.inf)) if len(x) else 0.0
+            self.rounding.append((eps * (2 * reach + float(narrow.double().abs().max())),
+                                  max(1e-5, _EPSILONS * eps)))
             if self.per_unit:
-                magnitude = (values * diff.to(values.dtype)[:, None, :]).abs()
-                bound = values.abs().amax(2).double()
+                diff = x.to(values.dtype) - narrow
+                key = torch.linalg.vector_norm(values * diff[:, None, :], ord=math.inf, dim=2)
+                bound = torch.linalg.vector_norm(values, ord=math.inf, dim=2)
             else:
-                magnitude, bound = values.abs(), torch.zeros(values.shape[:2])
-            key = magnitude.amax(2).double()
+                key = torch.linalg.vector_norm(values, ord=math.inf, dim=2)
+                bound = torch.zeros(values.shape[:2])
         keys[self.primary] = (key.double().numpy().copy(), bound.double().numpy())
         if labels is not None:
             misscored = (scores - torch.from_numpy(np.array(labels, np.float64))[:, None]).abs()
@@ -242,8 +259,10 @@ class ExampleCandidates:
         features = self.proxy_index if reason == "proxies" else slice(None)
         reach = -math.inf
         for chunk, (key, bound) in left_out.items():
+            rounding, relative = self.rounding[chunk]
             moved = 0.0
             if reason != "misscored" and self.per_unit:
                 moved = float((final[features] - self.baselines[chunk][features]).abs().max())
-            reach = max(reach, (key + bound * moved) * (1 + _RELATIVE_SLACK))
+                moved += rounding
+            reach = max(reach, (key + bound * moved) * (1 + relative))
         return reach + np.finfo(np.float32).tiny * 1e3

@@ -29,9 +29,11 @@ class _Scorer(torch.nn.Module):
     def __init__(self, n: int, outputs: int = 1):
         super().__init__()
         generator = torch.Generator().manual_seed(3)
-        self.w1 = torch.randn(n, 12, generator=generator, dtype=torch.float64)
-        self.b1 = torch.randn(12, generator=generator, dtype=torch.float64)
-        self.w2 = torch.randn(12, outputs, generator=generator, dtype=torch.float64)
+        self.w1 = torch.nn.Parameter(torch.randn(n, 12, generator=generator,
+                                                 dtype=torch.float64))
+        self.b1 = torch.nn.Parameter(torch.randn(12, generator=generator, dtype=torch.float64))
+        self.w2 = torch.nn.Parameter(torch.randn(12, outputs, generator=generator,
+                                                 dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x @ self.w1 + self.b1) @ self.w2
@@ -48,17 +50,17 @@ def _frame(rows: int, *, discrete: bool = False, seed: int = 0) -> pd.DataFrame:
 
 
 def _audit(frame: pd.DataFrame, settings: AuditSettings, *, chunk_rows: int,
-           replay_every_row: bool, outputs: int = 1):
+           replay_every_row: bool, outputs: int = 1, dtype: torch.dtype = torch.float64):
     """Audit through the pipeline; ``replay_every_row`` forces the spill-and-replay path
     (a per-row sink), the reference the candidates must match."""
     cfg = DataConfig(path=Path("<frame>"), features=tuple(f"f{j}" for j in range(5)),
                      label="label", id="id", chunk_rows=chunk_rows)
     table = tables.frame_table(frame, cfg)
-    loaded = LoadedModel(module=_Scorer(5, outputs).eval(), path=Path("<model>"),
-                         format="in-memory", device=torch.device("cpu"), dtype=torch.float64)
+    loaded = LoadedModel(module=_Scorer(5, outputs).to(dtype).eval(), path=Path("<model>"),
+                         format="in-memory", device=torch.device("cpu"), dtype=dtype)
     sink = (lambda rows: None) if replay_every_row else None
     (result,), _, _ = pipeline.audit_models(
-        [loaded], lambda: tables.iter_frame_chunks(frame, table, cfg, torch.float64), table,
+        [loaded], lambda: tables.iter_frame_chunks(frame, table, cfg, dtype), table,
         settings, model_cfg=None, source="<test>", progress=lambda *a: None,
         example_sink=sink)
     return result
@@ -93,6 +95,21 @@ def test_candidates_choose_the_rows_a_full_replay_chooses(settings, monkeypatch)
         _same_examples(chosen, reference)
     assert recomputed == []  # certified: no second pass was needed
     assert {e.reason for e in reference.examples} >= {"misscored"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_narrow_models_certify_too(dtype, monkeypatch):
+    # The provisional keys are computed in the model's dtype; their rounding is in the bound.
+    recomputed = []
+    real = pipeline.recomputed
+    monkeypatch.setattr(pipeline, "recomputed",
+                        lambda *a: recomputed.append(1) or real(*a))
+    frame = _frame(3_000, seed=6)
+    settings = AuditSettings(examples_in_report=5)
+    reference = _audit(frame, settings, chunk_rows=400, replay_every_row=True, dtype=dtype)
+    chosen = _audit(frame, settings, chunk_rows=400, replay_every_row=False, dtype=dtype)
+    _same_examples(chosen, reference)
+    assert recomputed == []
 
 
 def test_several_outputs(monkeypatch):
