@@ -3,15 +3,19 @@
 0. **Statistics**, only for a method that needs them before its first row (a data-derived
    baseline, SmoothGrad's noise scale; :mod:`sensaudit.baselines`): a pre-pass measuring the
    feature means, standard deviations and (for a median baseline) medians.
-1. **Read** (the data's one read): every chunk's feature moments, each model's attributions
-   (the configured method), their sums and each check's per-chunk state; the chunk's compact
+1. **Read** (the data's one read): every chunk's feature moments, each model
+   (:mod:`sensaudit.model_ready`) and its attributions (the configured method), their sums,
+   each check's per-chunk state and the candidates for the report's example rows
+   (:mod:`sensaudit.example_candidates`). Only when something reads every row again
+   (examples.csv, compare's per-row agreement, a check that replays) do the chunk's compact
    per-row results go to a :class:`~sensaudit.spill.Spill`.
 2. **Rank**: feature stds are now exact, so each model's sensitivity table is ranked (with the
-   rows of ``audit.groups``).
-3. **Replay** the spill: per-row contributions (attribution x std), examples.csv rows, the
-   strongest examples, the per-row work of checks that need the model and the final
-   statistics (``Check.replays``: an attack, a finite step), and whatever else a caller
-   (``compare``) needs per row.
+   rows of ``audit.groups``; :mod:`sensaudit.judging`).
+3. **Replay** the spill, when there is one: per-row contributions, examples.csv rows, the
+   per-row work of checks that need the model and the final statistics (``Check.replays``:
+   an attack, a finite step), and whatever else a caller (``compare``) needs per row.
+   Otherwise the example candidates are settled against the final baseline (and, when their
+   choice cannot be certified exact, chosen again in a second pass over the data).
 4. **Judge**: the checks finish on the ranked table and what they gathered.
 
 Everything here is a sum that merges (:mod:`sensaudit.stats`), so another engine can run the
@@ -23,43 +27,45 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 
 from .baselines import (
     FeatureSummary,
     Reference,
-    baseline_labels,
     baseline_vector,
     check_baseline,
-    describe_baseline,
     needs_data,
 )
 from .checks import (
     Check,
-    CheckResult,
     ModelContext,
-    Notice,
     Ranking,
     ReplayChunk,
     build_checks,
 )
 from .config import AuditSettings, ModelConfig
-from .engine import Model, as_output_matrix, check_row_independence
-from .errors import ConfigError, DataError, ModelError, first_line
+from .errors import ConfigError, DataError, ModelError
 from .example_candidates import ExampleCandidates
 from .examples import ExampleDrivers
-from .groups import add_group_rows, proxy_features
+from .groups import proxy_features
 from .inputs.models import LoadedModel
 from .inputs.tables import Chunk, Table
+from .judging import (
+    audit_result,
+    checked_std,
+    feature_std,
+    judge_model,
+    method_details,
+    rank_model,
+    skipped_note,
+)
 from .methods import METHODS, AttributionMethod, Attributions
-from .results import AuditResult, sensitivity_table
+from .model_ready import PreparedModel, attribute_chunk, narrower, prepare_model
+from .results import AuditResult
 from .row_stats import FeatureRange
 from .spill import Spill, SpilledChunk
 from .stats import AttributionSums, FeatureMoments, finite_rows
-from .transforms import transformed
 
 # progress(stage, rows_done, rows_total): stage "statistics" (the pre-pass some methods need),
 # "audit" (the read pass: attributions) or "examples" (the replay: per-row contributions);
@@ -72,16 +78,6 @@ ChunkHook = Callable[[Chunk, list[Attributions]], None]
 # The baseline as it stands after a chunk of the read pass (float64 [features]), given the
 # statistics read so far: what the example candidates are ranked against.
 ProvisionalBaseline = Callable[[FeatureSummary], torch.Tensor]
-
-
-@dataclass
-class PreparedModel:
-    """A scorer wrapped to return only the audited outputs, with their names."""
-
-    loaded: LoadedModel
-    module: Model
-    outputs: list[str]
-    output_index: int | None = None  # the output of loaded.module that model.output selects
 
 
 @dataclass
@@ -136,7 +132,7 @@ def statistics_pass(chunks: Chunks, table: Table, settings: AuditSettings, *,
         summary.update(chunk.rows, chunk.x)
         progress("statistics", summary.moments.count + dropped, table.row_count)
     _check_rows(summary.moments, table)
-    return summary.reference(_checked_std(summary.moments.std, table))
+    return summary.reference(checked_std(summary.moments.std, table))
 
 
 def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings: AuditSettings,
@@ -182,10 +178,10 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             for model_pass in passes:
                 loaded = model_pass.prepared.loaded
                 x = chunk.x.to(loaded.device, loaded.dtype)
-                if x.dtype != chunk.x.dtype and _narrower(x.dtype, chunk.x.dtype):
+                if x.dtype != chunk.x.dtype and narrower(x.dtype, chunk.x.dtype):
                     model_pass.seen = model_pass.seen or FeatureMoments(x.shape[1])
                     model_pass.seen.update(x)
-                attributions = _attribute(method, model_pass.prepared, x, chunk.rows)
+                attributions = attribute_chunk(method, model_pass.prepared, x, chunk.rows)
                 finite = finite_rows(attributions.scores, attributions.values)
                 model_pass.sums.update(chunk.rows, chunk.ids, attributions.scores,
                                        attributions.values, finite)
@@ -223,75 +219,6 @@ def _check_rows(moments: FeatureMoments, table: Table) -> None:
     if moments.count < 2:
         raise DataError(f"{table.path}: {moments.count} usable row(s); an audit needs at least 2 "
                         "to measure how much each feature varies")
-
-
-def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
-    """The features' standard deviations over every row read, checked usable."""
-    std = read.moments.std
-    if not bool((std > 0).any()):
-        # No verdict on nothing: with no feature varying, every share would be 0 and every
-        # feature rank alike, and a proxy limit would pass for lack of evidence.
-        raise DataError(f"{table.path}: every feature is constant over the "
-                        f"{read.moments.count:,} rows read, so no feature can be ranked by how "
-                        "much it moves the score; audit rows where the features vary")
-    return _checked_std(std, table)
-
-
-def _checked_std(std: torch.Tensor, table: Table) -> torch.Tensor:
-    # Values near float64's limit (1e154 and up) overflow the variance, and an infinite std
-    # would make every share NaN.
-    overflow = (~torch.isfinite(std)).nonzero().flatten().tolist()
-    if overflow:
-        raise DataError(f"{table.path}: column '{table.features[overflow[0]]}' has values too "
-                        "large to measure how much it varies (its variance overflows); rescale "
-                        "it")
-    return std
-
-
-def finish_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
-                 method: AttributionMethod) -> tuple[pd.DataFrame, list[CheckResult]]:
-    """Rank one model's merged sums and let its checks judge them."""
-    return judge_model(model_pass, rank_model(model_pass, table, std, method), std)
-
-
-def rank_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
-               method: AttributionMethod, settings: AuditSettings | None = None) -> Ranking:
-    """One model's merged sums as the ranked sensitivity table (with ``settings.groups``)."""
-    sums, loaded = model_pass.sums, model_pass.prepared.loaded
-    if sums.rows == 0 and sums.nonfinite_rows:
-        # Even under audit.allow_nonfinite, 0 rows audited leaves nothing to rank.
-        ids = ", ".join(map(str, sums.nonfinite_ids[:5]))
-        raise ModelError(f"{loaded.path}: the model gave non-finite scores or gradients on all "
-                         f"{sums.nonfinite_rows:,} rows (first ids: {ids}), so there is nothing "
-                         "to rank")
-    if sums.rows and not bool((sums.sum_abs > 0).any()):
-        raise ModelError(f"{loaded.path}: every gradient is exactly zero on all {sums.rows:,} rows:"
-                         " the score does not respond to any feature (a step function, rounding,"
-                         " or a constant output?), so there is nothing to rank")
-    features, outputs = list(table.features), model_pass.prepared.outputs
-    ranked = sensitivity_table(sums, features, outputs, std, per_unit=method.per_unit)
-    for output, group in ranked.groupby("output", sort=False):
-        if not bool((group["scaled_sensitivity"] > 0).any()):
-            raise ModelError(f"{loaded.path}: output '{output}' responds only to features that "
-                             "do not vary in the data (every share is 0), so nothing can be "
-                             "ranked; audit rows where those features vary")
-    if settings is not None and settings.groups:
-        ranked = add_group_rows(ranked, settings.groups)
-    return Ranking(table=ranked, features=features, outputs=outputs,
-                   per_unit=method.per_unit)
-
-
-def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor
-                ) -> tuple[pd.DataFrame, list[CheckResult]]:
-    """Let one model's checks judge its ranking; mark the table's rows whose gate failed."""
-    ranked = ranking.table
-    results = [check.finish(ranking) for check in model_pass.checks]
-    if model_pass.seen is not None:
-        results.append(precision_warnings(ranking.features, std, model_pass.seen.std,
-                                          model_pass.prepared.loaded.dtype))
-    failed = {(g.output, g.subject) for r in results for g in r.failed}
-    ranked["flagged"] = [(o, f) in failed for o, f in zip(ranked["output"], ranked["feature"])]
-    return ranked, results
 
 
 def example_drivers(model_pass: ModelPass, table: Table, baseline: torch.Tensor,
@@ -368,28 +295,6 @@ def _replay_checks(model_pass: ModelPass, context: ModelContext, chunk: SpilledC
             raise ModelError(f"{context.path}: {exc}") from None
 
 
-def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[CheckResult],
-                 drivers: ExampleDrivers, read: ReadPass, table: Table,
-                 settings: AuditSettings, method: AttributionMethod,
-                 notes: list[str], method_details: dict | None = None, *,
-                 examples_streamed: bool = True) -> AuditResult:
-    sums, prepared = model_pass.sums, model_pass.prepared
-    # The report shows the examples of the outputs with a failed gate first.
-    failed = {gate.output for check in checks for gate in check.failed}
-    outputs = sorted(prepared.outputs, key=lambda o: o not in failed)
-    return AuditResult(
-        table=ranked, checks=checks, examples=drivers.best_first(outputs),
-        features=list(table.features), outputs=prepared.outputs, rows=sums.rows,
-        rows_dropped=read.dropped, nonfinite_rows=sums.nonfinite_rows,
-        nonfinite_ids=sums.nonfinite_ids, nonfinite_allowed=settings.allow_nonfinite,
-        model_path=str(prepared.loaded.path), model_format=prepared.loaded.format,
-        data_path=str(table.path), proxies=[p.feature for p in settings.proxies],
-        mean_scores={o: float(s) for o, s in zip(prepared.outputs,
-                                                 sums.score_sum / max(sums.rows, 1))},
-        method=method.name, notes=notes, contributions=drivers.contributions(),
-        method_details=method_details or {}, examples_streamed=examples_streamed)
-
-
 def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
                  settings: AuditSettings, *, model_cfg: ModelConfig | None, source: object,
                  progress: Progress, example_sink: ExampleSink | None = None,
@@ -462,7 +367,7 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
         drivers = _settle_examples(read, drivers, chunks, method, progress, fresh,
                                    std if method.per_unit else None)
     finished = [judge_model(mp, ranking, std) for mp, ranking in zip(read.models, rankings)]
-    notes = [*(notes or []), *_skipped_note(table)]
+    notes = [*(notes or []), *skipped_note(table)]
     results = [audit_result(mp, ranked, checks, d, read, table, settings, method, notes,
                             details, examples_streamed=streamed)
                for mp, (ranked, checks), d in zip(read.models, finished, drivers)]
@@ -496,18 +401,6 @@ def _settle_examples(read: ReadPass, drivers: list[ExampleDrivers], chunks: Chun
     return drivers
 
 
-def method_details(method: AttributionMethod, settings: AuditSettings, baseline: torch.Tensor,
-                   reference: Reference, features: tuple[str, ...]) -> dict:
-    """What summary.json and report.md say about the method: its name, what it measures,
-    its units, the baseline (with the words each feature's baseline is called) and its
-    parameters."""
-    return {"name": method.name, "measures": method.description, "per_unit": method.per_unit,
-            "baseline": describe_baseline(settings.baseline, baseline, features, reference),
-            "baseline_labels": dict(zip(features, baseline_labels(settings.baseline,
-                                                                   features))),
-            "parameters": method.parameters()}
-
-
 def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSettings,
            model_cfg: ModelConfig | None, source: object, *,
            per_unit: bool | None = None) -> ModelPass:
@@ -538,109 +431,10 @@ def recomputed(read: ReadPass, chunks: Chunks, method: AttributionMethod
         for model_pass in read.models:
             loaded = model_pass.prepared.loaded
             x = chunk.x.to(loaded.device, loaded.dtype)
-            attributions = _attribute(method, model_pass.prepared, x, chunk.rows)
+            attributions = attribute_chunk(method, model_pass.prepared, x, chunk.rows)
             results.append((attributions.scores, attributions.values))
         yield SpilledChunk(rows=chunk.rows, ids=chunk.ids, labels=chunk.labels,
                            results=results, x=chunk.x)
-
-
-def _attribute(method: AttributionMethod, prepared: PreparedModel, x: torch.Tensor,
-               rows: np.ndarray) -> Attributions:
-    # The engine knows no files: its errors (no gradient path, ...) get the model's path here.
-    try:
-        return method.attribute_rows(prepared.module, x, rows)
-    except ModelError as exc:
-        raise ModelError(f"{prepared.loaded.path}: {exc}") from None
-    except Exception as exc:
-        # The model's own code raising (only on larger batches, only with gradients enabled)
-        # is a property of the input model, not a sensaudit bug; --debug shows the chain.
-        raise ModelError(f"{prepared.loaded.path}: the model raised while computing "
-                         f"attributions on a batch of {x.shape[0]:,} rows with gradients "
-                         f"enabled ({type(exc).__name__}: {first_line(exc)}); a scorer must "
-                         "accept any batch size and support autograd") from exc
-
-
-def prepare_model(loaded: LoadedModel, x: torch.Tensor, model_cfg: ModelConfig | None,
-                  source: object, table: Table | None = None) -> PreparedModel:
-    """Probe the model on a few rows: it must accept the features, return float scores per
-    row, and score rows independently. Then select ``model.output`` if the config asks."""
-    probe = x[: min(8, x.shape[0])]
-    try:
-        with torch.no_grad():
-            y = loaded.module(probe)
-    except Exception as exc:  # the model's own code may raise anything on a bad input
-        left_out = ""
-        if table is not None and table.skipped:
-            left_out = (f"; the data's text column(s) {', '.join(table.skipped[:5])} are not "
-                        "features unless data.features or model.features lists them")
-        raise ModelError(f"{loaded.path}: the model failed on a batch of {x.shape[1]} features "
-                         f"({first_line(exc)}); does its input width match the data's "
-                         f"features?{left_out}") from None
-    try:
-        n_outputs = as_output_matrix(y, probe.shape[0]).shape[1]
-    except ModelError as exc:
-        raise ModelError(f"{loaded.path}: {exc}") from None
-    names = list(model_cfg.output_names) if model_cfg and model_cfg.output_names else None
-    if names is not None and len(names) != n_outputs:
-        raise ConfigError(f"{source}: model.output_names lists {len(names)} names but the "
-                          f"model returns {n_outputs} output(s)")
-    names = names or (["score"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)])
-    module: Model = transformed(loaded.module, model_cfg.transform if model_cfg else "none",
-                                n_outputs, source)
-    selected = model_cfg.output if model_cfg else None
-    if selected is not None:
-        if isinstance(selected, str):
-            if selected not in names:
-                raise ConfigError(f"{source}: model.output '{selected}' is not one of "
-                                  f"model.output_names ({', '.join(names)})")
-            index = names.index(selected)
-        else:
-            index = selected
-            if index >= n_outputs:
-                raise ConfigError(f"{source}: model.output must be below {n_outputs} "
-                                  f"(the model's output count) (got {index})")
-        inner = module
-        module = lambda inp: inner(inp).reshape(inp.shape[0], -1)[:, index : index + 1]  # noqa: E731
-        names = [names[index]]
-        selected = index
-    try:
-        check_row_independence(module, x)
-    except ModelError as exc:
-        raise ModelError(f"{loaded.path}: {exc}") from None
-    return PreparedModel(loaded=loaded, module=module, outputs=names,
-                         output_index=selected if isinstance(selected, int) else None)
-
-
-def precision_warnings(features: list[str], data_std: torch.Tensor, seen_std: torch.Tensor,
-                       dtype: torch.dtype) -> CheckResult:
-    """Warn where the model's dtype cannot hold a feature's spread: values such as 1e6 plus
-    millimetre noise vary in the data but are (nearly) constant once rounded to float32, so the
-    audit's figures (computed on the data's std) describe a variation the model never saw."""
-    result = CheckResult("input_precision")
-    name = str(dtype).replace("torch.", "")
-    lost = (data_std > 0) & ((seen_std - data_std).abs() > 0.01 * data_std)
-    for j in lost.nonzero().flatten().tolist():
-        result.warnings.append(Notice(check="input_precision", subject=features[j],
-                                      output="", details={"std": float(data_std[j]),
-                                                          f"std_in_{name}": float(seen_std[j])}))
-        result.findings.append(
-            f"**{features[j]}** varies with std {data_std[j]:.4g} in the data but "
-            f"{seen_std[j]:.4g} once rounded to the model's {name} inputs: its values are too "
-            "large for their spread at that precision, so the model sees it (nearly) constant "
-            "and its figures here describe a variation the model never saw. Centre or rescale "
-            "the column before training and auditing.")
-    return result
-
-
-def _narrower(a: torch.dtype, b: torch.dtype) -> bool:
-    return a.is_floating_point and b.is_floating_point and torch.finfo(a).eps > torch.finfo(b).eps
-
-
-def _skipped_note(table: Table) -> list[str]:
-    if not table.skipped:
-        return []
-    return [f"Columns left out of the features as text: {', '.join(table.skipped)} (list "
-            "them in data.features or model.features if the model takes them)."]
 
 
 def _check_same_outputs(passes: list[ModelPass]) -> None:
