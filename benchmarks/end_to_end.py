@@ -2,7 +2,9 @@
 
 The plain process is the floor for any audit of the file: it imports torch, reads the Parquet
 file with pyarrow and runs one forward and one backward pass over every row, nothing else. The
-audit does that plus its statistics, checks and every report (examples.csv for every row).
+audit does that plus its statistics, checks and every report: with its defaults (examples.csv
+then holds the rows report.md lists, since the audit has over 100,000 rows), and with
+``report.examples: all`` (examples.csv for every row).
 Each command runs in a fresh process (so imports and peak memory count), taking turns, best of
 ``--repeats``; peak RSS is the process's VmHWM.
 
@@ -116,12 +118,18 @@ def main() -> None:
             config = root / f"audit_{rows}.yaml"
             config.write_text(f"model:\n  path: {model}\ndata:\n  path: {data}\n"
                               f"report:\n  dir: {root / f'reports_{rows}'}\n")
+            every_row = root / f"audit_{rows}_all.yaml"
+            every_row.write_text(f"model:\n  path: {model}\ndata:\n  path: {data}\n"
+                                 f"report:\n  dir: {root / f'reports_{rows}_all'}\n"
+                                 "  examples: all\n")
             commands = {
                 "plain: read + forward/backward per 131,072-row batch":
                     (PLAIN, str(model), str(data), threads, "0"),
                 "plain: same, in 4,096-row sub-batches":
                     (PLAIN, str(model), str(data), threads, "4096"),
                 "sensaudit run (csv, markdown, json reports)": (AUDIT, str(config), threads),
+                "sensaudit run, report.examples: all (examples.csv of every row)":
+                    (AUDIT, str(every_row), threads),
             }
             best: dict[str, dict] = {}
             for _ in range(args.repeats):
