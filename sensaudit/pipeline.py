@@ -348,6 +348,7 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
     except BaseException:
         read.spill.close()
         raise
+
     def fresh() -> list[ExampleDrivers]:
         return [example_drivers(mp, table, baseline, settings, method, std)
                 for mp in read.models]
