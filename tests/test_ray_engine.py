@@ -148,26 +148,27 @@ def test_planted_proxy_is_flagged_on_both_engines(ray_up, tmp_path):
 
 # --- a partitioned dataset -----------------------------------------------------------------------
 
-PART_ROWS = (500, 90, 0, 613)  # uneven files, one of them empty
+PART_ROWS = (260, 45, 0, 300)  # uneven files, one of them empty
+DROPPED = (7, 280, 500)  # row positions with a NaN: rows 8, 281 and 501 are dropped
 PART_NAMES = ("day=1/part-0.parquet", "day=2/part-1.parquet", "part-2.parquet",
               "part-3.parquet")  # sorted: the order rows are numbered in
 
 
 def _partitioned(folder: Path) -> tuple[Path, Path]:
-    """The same rows as one Parquet file and as a folder of four (row groups of 128 and 200
-    rows), with rows to drop (NaN) in two of them, and files the reader must skip."""
+    """The same rows as one Parquet file and as a folder of four (row groups of 32 to 100
+    rows), with rows to drop (NaN) in three of them, and files the reader must skip."""
     rng = np.random.default_rng(11)
     rows = sum(PART_ROWS)
     frame = pd.DataFrame({f"f{j}": rng.normal(j, 1.0 + j, rows) for j in range(5)})
     frame["label"] = (frame["f0"] + 0.3 * rng.normal(size=rows) > 0).astype(float)
-    frame.loc[[7, 555, 900], "f2"] = np.nan
+    frame.loc[list(DROPPED), "f2"] = np.nan
     folder.mkdir()
     whole = folder / "whole.parquet"
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), whole,
-                   row_group_size=300)
+                   row_group_size=128)
     parts = folder / "parts"
     start = 0
-    for name, count, groups in zip(PART_NAMES, PART_ROWS, (128, 64, 64, 200)):
+    for name, count, groups in zip(PART_NAMES, PART_ROWS, (64, 32, 32, 100)):
         (parts / name).parent.mkdir(parents=True, exist_ok=True)
         piece = frame.iloc[start : start + count]
         pq.write_table(pa.Table.from_pandas(piece, preserve_index=False), parts / name,
@@ -189,7 +190,7 @@ data:
   path: whole.parquet
   label: label
   on_missing: drop
-  chunk_rows: 150
+  chunk_rows: 70
 audit:
   method: {method}
   proxies:
@@ -201,13 +202,13 @@ audit:
     return config
 
 
-@pytest.mark.parametrize("method,pattern", [
-    ("gradient", None),
-    ("integrated_gradients", "parts/**/*.parquet"),
+@pytest.mark.parametrize("method,pattern,workers", [
+    ("gradient", None, 2),
+    ("integrated_gradients", "parts/**/*.parquet", 1),
 ])
-def test_partitioned_dataset_matches_one_file(ray_up, tmp_path, method, pattern):
+def test_partitioned_dataset_matches_one_file(ray_up, tmp_path, method, pattern, workers):
     """One file audited locally == the folder (or a glob) audited locally == on Ray, split
-    into units of row groups (rows_per_batch 150: 9 units over 2 workers). Rows are numbered
+    into units of row groups (rows_per_batch 100: 8 units, over 2 workers or 1). Rows are numbered
     across the files, so the examples' ids (row numbers) and every tie-break agree;
     integrated gradients needs the features' statistics first (the pre-pass). The driver
     reports each pass's progress as the local engine does: rows done of the total."""
@@ -217,8 +218,8 @@ def test_partitioned_dataset_matches_one_file(ray_up, tmp_path, method, pattern)
     single = _audit(config, tmp_path / "single", "local")
     folder = _audit(config, tmp_path / "folder", "local", data=data)
     progress: list = []
-    on_ray = _audit(config, tmp_path / "ray", "ray", data=data, progress=progress, workers=2,
-                    rows_per_batch=150)
+    on_ray = _audit(config, tmp_path / "ray", "ray", data=data, progress=progress,
+                    workers=workers, rows_per_batch=100)
     assert single.rows == folder.rows == on_ray.rows == sum(PART_ROWS) - 3
     assert single.rows_dropped == on_ray.rows_dropped == 3
     assert not single.passed and not on_ray.passed  # f0 drives the MLP beyond 10%
@@ -231,14 +232,15 @@ def test_partitioned_dataset_matches_one_file(ray_up, tmp_path, method, pattern)
     _same_json(*summaries)
     _same_reports(tmp_path / "folder", tmp_path / "ray", tables)
     ids = pd.read_csv(tmp_path / "ray" / "examples.csv")["id"]
-    assert ids.tolist() == [r for r in range(1, sum(PART_ROWS) + 1) if r not in (8, 556, 901)]
-    assert "9 work unit(s) over 2 worker(s)" in (tmp_path / "ray" / "report.md").read_text()
+    assert ids.tolist() == [r for r in range(1, sum(PART_ROWS) + 1) if r - 1 not in DROPPED]
+    note = f"8 work unit(s) over {workers} worker(s)"
+    assert note in (tmp_path / "ray" / "report.md").read_text()
     stages = {stage: [] for stage in ("statistics", "audit", "replay")}
     for stage, done, total in progress:
         assert total == sum(PART_ROWS)
         stages[stage].append(done)
     for updates in stages.values():  # one update per unit, rising to every row read
-        assert len(updates) == 9 and updates == sorted(updates) and updates[-1] == total
+        assert len(updates) == 8 and updates == sorted(updates) and updates[-1] == total
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -302,6 +304,7 @@ def test_a_worker_meets_bad_data_as_the_local_engine_does(ray_up, tmp_path):
     2, the same message as the local engine's."""
     whole, parts = _partitioned(tmp_path / "data")
     config = _partitioned_config(tmp_path / "data", "gradient")
+    config.write_text(config.read_text() + "ray:\n  workers: 1\n")
     bad = pq.read_table(parts / PART_NAMES[3]).to_pandas()
     bad["f3"] = bad["f3"].astype(str)
     bad.loc[10, "f3"] = "n/a?"
@@ -309,5 +312,5 @@ def test_a_worker_meets_bad_data_as_the_local_engine_does(ray_up, tmp_path):
     local = cli_error("run", str(config), "--data", str(parts), "--out", str(tmp_path / "a"))
     on_ray = cli_error("run", str(config), "--data", str(parts), "--out", str(tmp_path / "b"),
                        "--engine", "ray")
-    assert on_ray == local == (f"{parts}: column 'f3' has text in row {500 + 90 + 11} "
+    assert on_ray == local == (f"{parts}: column 'f3' has text in row {260 + 45 + 11} "
                                "('n/a?'); expected numbers")

@@ -81,7 +81,13 @@ def worker_pool(ray: Any, settings: RaySettings, job: Job, size: int) -> Iterato
                         max_restarts=RESTARTS, max_task_retries=RESTARTS)(AuditWorker)
     actors = [remote.remote(job) for _ in range(size)]
     try:
-        for info in ray.get([actor.info.remote() for actor in actors]):
+        try:
+            answers = ray.get([actor.info.remote() for actor in actors])
+        except ray.exceptions.RayActorError as exc:
+            raise ConfigError(f"{job.source}: a Ray worker could not start "
+                              f"({first_line(exc)}); every node needs sensaudit {__version__} "
+                              "and its dependencies installed") from None
+        for info in answers:
             _check_worker(unpack(info))
         yield actors
     finally:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import cast
@@ -163,7 +164,7 @@ def _run(config: Config, model_cfgs: tuple[ModelConfig, ...], data: DataConfig, 
     job = Job(models=model_cfgs, trust_model_code=trust[0], trust_pickle=trust[1],
               prepare_cfg=config.model, data=data, table=table, units=tuple(units),
               settings=settings, source=source, read_dtype=read_dtype, probe=probe,
-              threads=max(1, int(config.ray.cpus_per_worker)))
+              threads=max(1, int(config.ray.cpus_per_worker)), cwd=os.getcwd())
     merged = _Merged(passes=passes)
     with ray_session(config.ray, source) as ray:
         size = pool_size(ray, config.ray, len(units), source)

@@ -51,6 +51,7 @@ class Job:
     # models on the same rows the driver did (input width, outputs, row independence).
     probe: torch.Tensor
     threads: int  # torch threads per worker (its CPUs)
+    cwd: str  # the driver's working directory: relative paths mean the same on a worker
 
 
 @dataclass(frozen=True)

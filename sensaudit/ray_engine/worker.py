@@ -13,6 +13,7 @@ which the driver raises as it is: exit code 2 and the same one-line message as l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -77,6 +78,12 @@ class AuditWorker:
         self.models: list[PreparedModel] | None = None
         self._method: tuple[int, AttributionMethod] | None = None
         torch.set_num_threads(max(1, job.threads))
+        # Paths relative to the driver's folder (the config's, as given) then name the same
+        # files here, and messages name them as the local engine does. An actor is a process
+        # of its own, so this changes nothing else. Where that folder does not exist, paths
+        # must be absolute (README: every node sees the files at the same paths).
+        with contextlib.suppress(OSError):
+            os.chdir(job.cwd)
 
     def info(self) -> bytes:
         """Load the models (errors come back as a Failure) and say what runs here."""
