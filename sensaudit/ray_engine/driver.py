@@ -182,8 +182,10 @@ def _run(config: Config, model_cfgs: tuple[ModelConfig, ...], data: DataConfig, 
                 bootstrap = PoissonBootstrap(config.compare.bootstrap_samples, config.compare.seed)
                 merged.compared = _Compared(BootstrapMoments(bootstrap, len(table.features)),
                                             [BootstrapSensitivity(bootstrap) for _ in passes[:2]])
+            per_row = (example_sink is not None or settings.examples_in_report > 0 or compare
+                       or any(check.replays for check in passes[0].checks))
             plan = AuditPlan(token=next(_plans), method=inputs, std=std, baseline=baseline,
-                             examples_table=example_sink is not None,
+                             per_row=per_row, examples_table=example_sink is not None,
                              compare=config.compare if compare else None)
             _audit(ray, actors, plan, job, merged, progress, example_sink)
             rankings = [rank_model(mp, table, std, method, settings) for mp in passes]

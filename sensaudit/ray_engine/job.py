@@ -78,6 +78,9 @@ class AuditPlan:
     method: MethodInputs
     std: torch.Tensor  # float64 [features], over every row
     baseline: torch.Tensor  # float64 [features]: where each row's contributions start
+    # Per-row outputs are computed only where the local engine would keep the rows for its
+    # replay (pipeline.audit_models' keep_rows): examples, the charts' sample, agreement.
+    per_row: bool
     examples_table: bool  # build the first model's examples rows (examples.csv)
     compare: CompareSettings | None  # the paired bootstrap and agreement of `compare`
 

@@ -157,6 +157,8 @@ class AuditWorker:
             results = [self._read_chunk(method, mp, part, chunk) for mp, part in zip(passes, parts)]
             if unit.boot_moments is not None:
                 add_bootstrap(unit.boot_moments, unit.boots, chunk.rows, chunk.x, results)
+            if not plan.per_row:
+                continue
             # As the spill hands them to the replay: on the CPU, in the model's dtype.
             on_cpu = [(a.scores.detach().cpu(), a.values.detach().cpu()) for a in results]
             for i, (part, (scores, values)) in enumerate(zip(parts, on_cpu)):
