@@ -314,3 +314,83 @@ def test_a_worker_meets_bad_data_as_the_local_engine_does(ray_up, tmp_path):
                        "--engine", "ray")
     assert on_ray == local == (f"{parts}: column 'f3' has text in row {260 + 45 + 11} "
                                "('n/a?'); expected numbers")
+
+
+# --- the scheduler, without Ray ----------------------------------------------------------------
+
+
+class _Ref:
+    def __init__(self, unit: int, value: object):
+        self.unit, self.value = unit, value
+
+
+class _FakeRay:
+    """ray.put/wait/get over refs that finish in a random order."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(seed)
+        self.submitted: list[int] = []
+        self.fetched: list[int] = []
+
+    def put(self, value: object) -> object:
+        return value
+
+    def wait(self, refs: list, num_returns: int) -> tuple[list, list]:
+        pick = refs[int(self.rng.integers(len(refs)))]
+        return [pick], [r for r in refs if r is not pick]
+
+    def get(self, ref: _Ref) -> bytes:
+        import pickle
+
+        self.fetched.append(ref.unit)
+        return pickle.dumps(ref.value)
+
+
+class _FakeActor:
+    def __init__(self, ray: _FakeRay, fail_at: int | None):
+        self.ray, self.fail_at = ray, fail_at
+
+    @property
+    def audit(self):
+        actor = self
+
+        class Call:
+            @staticmethod
+            def remote(unit: int, plan: object) -> _Ref:
+                from sensaudit.ray_engine.job import Failure
+
+                actor.ray.submitted.append(unit)
+                value = (Failure(ConfigError(f"unit {unit}")) if unit == actor.fail_at
+                         else (unit, plan))
+                return _Ref(unit, value)
+
+        return Call()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_units_are_handed_on_in_order_whatever_finishes_first(seed):
+    from sensaudit.ray_engine.schedule import LOOKAHEAD, run_units
+
+    fake = _FakeRay(seed)
+    actors = [_FakeActor(fake, None) for _ in range(3)]
+    seen: list = []
+
+    def each(unit: int, result: object) -> None:
+        # Never more than the window submitted ahead of what is handed on.
+        assert len(fake.submitted) - unit <= LOOKAHEAD * len(actors)
+        seen.append((unit, result))
+
+    run_units(fake, actors, "audit", "plan", 40, each)
+    assert seen == [(u, (u, "plan")) for u in range(40)]
+    assert fake.fetched == list(range(40))  # fetched in turn: one result on the driver at a time
+
+
+def test_a_failure_is_raised_in_its_turn():
+    from sensaudit.ray_engine.schedule import run_units
+
+    fake = _FakeRay(0)
+    seen: list[int] = []
+    with pytest.raises(ConfigError, match="^unit 3$"):
+        run_units(fake, [_FakeActor(fake, 3)], "audit", None, 10,
+                  lambda unit, _: seen.append(unit))
+    assert seen == [0, 1, 2]

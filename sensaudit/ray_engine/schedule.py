@@ -2,10 +2,10 @@
 
 Each actor has up to :data:`PER_WORKER` units in flight (one running, one queued, so it never
 waits for the driver), and the driver runs at most :data:`LOOKAHEAD` units per worker ahead of
-the oldest unit not yet back: results that arrive early wait in a buffer that this bounds.
-Results are handed on in unit order, so the merges run in one order whatever the timing (the
-report is the same run after run) and examples rows stream to the report folder in the data's
-order, one unit at a time: nothing collects them on the driver.
+the oldest unit not yet handed on: results that arrive early wait in Ray's object store, which
+this bounds. Results are handed on in unit order, so the merges run in one order whatever the
+timing (the report is the same run after run) and examples rows stream to the report folder in
+the data's order, one unit at a time: nothing collects them on the driver.
 """
 
 from __future__ import annotations
@@ -25,11 +25,15 @@ def run_units(ray: Any, actors: Sequence[Any], call: str, plan: object, units: i
               on_result: Callable[[int, Any], None]) -> None:
     """Call ``actor.<call>(unit, plan)`` for units 0 .. units - 1 and give each result to
     ``on_result(unit, result)`` in unit order. A :class:`~.job.Failure` is raised as its
-    error (bad input met by a worker); the plan travels once, through the object store."""
+    error (bad input met by a worker); the plan travels once, through the object store.
+
+    A result is fetched only when its turn comes: one that finishes early waits in Ray's
+    object store (which spills to disk), so the driver holds one unit's result at a time.
+    """
     plan_ref = ray.put(plan)
     slots = deque(actor for _ in range(PER_WORKER) for actor in actors)
     pending: dict[Any, tuple[int, Any]] = {}
-    arrived: dict[int, Any] = {}
+    finished: dict[int, Any] = {}
     submitted = delivered = 0
     window = LOOKAHEAD * len(actors)
     while delivered < units:
@@ -37,13 +41,14 @@ def run_units(ray: Any, actors: Sequence[Any], call: str, plan: object, units: i
             actor = slots.popleft()
             pending[getattr(actor, call).remote(submitted, plan_ref)] = (submitted, actor)
             submitted += 1
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            unit, actor = pending.pop(ref)
-            arrived[unit] = unpack(ray.get(ref))
-            slots.append(actor)
-        while delivered in arrived:
-            result = arrived.pop(delivered)
+        if delivered not in finished:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                unit, actor = pending.pop(ref)
+                finished[unit] = ref
+                slots.append(actor)
+        while delivered in finished:
+            result = unpack(ray.get(finished.pop(delivered)))
             if isinstance(result, Failure):
                 raise result.error
             on_result(delivered, result)
