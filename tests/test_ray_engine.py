@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -43,8 +44,10 @@ def ray_up():
     """One small local Ray instance for every test that runs the engine."""
     ray = pytest.importorskip("ray", reason="the Ray engine's tests need Ray "
                                             "(pip install 'sensaudit[ray]')")
+    handler = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; later tests check it
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
+    signal.signal(signal.SIGTERM, handler)
     yield ray
     ray.shutdown()
 

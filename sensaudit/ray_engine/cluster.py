@@ -10,6 +10,8 @@ the config asks for and stops them at the end, also on error.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,6 +44,10 @@ def ray_session(settings: RaySettings, source: object) -> Iterator[Any]:
     ray = require_ray(source)
     started = not ray.is_initialized()
     if started:
+        # ray.init installs a SIGTERM handler of its own (sys.exit): the one in place (the
+        # report folder's, which removes a half-written report) is put back.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGTERM) if main else None
         try:
             # Workers' output stays in the cluster's logs: the CLI's stdout is the report.
             ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
@@ -50,6 +56,9 @@ def ray_session(settings: RaySettings, source: object) -> Iterator[Any]:
             where = f"ray.address '{settings.address}'" if settings.address else "Ray"
             raise ConfigError(f"{source}: cannot start or join {where} "
                               f"({first_line(exc)})") from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
     try:
         yield ray
     finally:
