@@ -93,6 +93,12 @@ def audit(config: Config, *, progress: Progress | None = None,
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
+    if config.engine == "ray":  # the same audit over a pool of Ray actors
+        from .ray_engine import audit_on_ray
+
+        return audit_on_ray(config, data, table, progress=progress or _no_progress,
+                            example_sink=example_sink, notes=_notes(inputs, table.features),
+                            trust_model_code=trust_model_code, trust_pickle=trust_pickle)
     loaded = load_model(config.model, trust_model_code=trust_model_code,
                         trust_pickle=trust_pickle)
     (result,), _, _ = audit_models(
@@ -201,6 +207,13 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
+    if config.engine == "ray":  # both models in the same Ray actors, on the same units
+        from .ray_engine import compare_on_ray
+
+        return compare_on_ray(config, configs, data, table, progress=progress or _no_progress,
+                              notes=_notes(inputs, table.features),
+                              replicas=(len(old_replicas), len(new_replicas)),
+                              trust_model_code=trust_model_code, trust_pickle=trust_pickle)
     models = [load_model(c, trust_model_code=trust_model_code, trust_pickle=trust_pickle)
               for c in configs]
     # Every model sees the same rows, each converted to its own dtype.

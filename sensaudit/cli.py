@@ -85,6 +85,10 @@ Formats = Annotated[list[str] | None, typer.Option(
 DataFile = Annotated[Path | None, typer.Option(
     "--data", "-d", help="Audit these rows instead of the config's data.path.",
     show_default=False)]
+Engine = Annotated[str | None, typer.Option(
+    "--engine", metavar="local|ray", help="Where to run instead of the config's engine: local "
+    "(this process) or ray (a pool of Ray actors, configured by the config's ray section).",
+    show_default=False)]
 
 
 @app.command()
@@ -95,6 +99,7 @@ def run(
                                              "report.dir.", show_default=False)] = None,
     data: DataFile = None,
     formats: Formats = None,
+    engine: Engine = None,
     trust_model_code: Annotated[bool, typer.Option(
         "--trust-model-code", help=TRUST_HELP)] = False,
     trust_pickle: Annotated[bool, typer.Option(
@@ -118,7 +123,7 @@ def run(
         from .reports.markdown_report import audit_markdown
 
         cfg = with_overrides(load_config(config), report_dir=out, data_path=data,
-                             formats=formats, where="--format")
+                             formats=formats, where="--format", engine=engine)
         with _progress(quiet) as progress:
             result, written = run_audit(
                 cfg, progress=progress,
@@ -156,6 +161,7 @@ def compare(
                                              show_default=False)] = None,
     data: DataFile = None,
     formats: Formats = None,
+    engine: Engine = None,
     trust_model_code: Annotated[bool, typer.Option(
         "--trust-model-code", help=TRUST_HELP)] = False,
     old_replica: Annotated[list[str] | None, typer.Option(
@@ -195,7 +201,8 @@ def compare(
 
         old_replicas = _expand(old_replica or [], "--old-replica")
         new_replicas = _expand(new_replica or [], "--new-replica")
-        cfg = with_overrides(load_config(config), formats=formats, where="--format")
+        cfg = with_overrides(load_config(config), formats=formats, where="--format",
+                             engine=engine)
         with _progress(quiet) as progress:
             result, written = run_compare(
                 cfg, old, new, old_replicas=old_replicas, new_replicas=new_replicas,

@@ -91,7 +91,7 @@ def _progress(quiet: bool):
     with Progress(*columns, console=stderr, disable=not show, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
         labels = {"audit": "Computing attributions", "examples": "Writing examples",
-                  "statistics": "Measuring features"}
+                  "statistics": "Measuring features", "replay": "Replaying checks"}
 
         def update(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:

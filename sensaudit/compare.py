@@ -60,17 +60,8 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
     per_unit = make_method(settings, source).per_unit
     agreements: list[AgreementAccumulator] = []
 
-    block = max(1, WEIGHT_ELEMENTS // max(cmp.bootstrap_samples, 1))
-
     def resample(chunk: Chunk, results: list[Attributions]) -> None:
-        for start in range(0, len(chunk.rows), block):
-            part = slice(start, start + block)
-            weights = bootstrap.weights(chunk.rows[part])
-            boot_moments.update(chunk.rows[part], chunk.x[part], weights)
-            # Each model's intervals use the rows its own statistics use.
-            for attributions, boot in zip(results, boots):
-                scores, values = attributions.scores[part], attributions.values[part]
-                boot.update(weights, values, finite_rows(scores, values))
+        add_bootstrap(boot_moments, boots, chunk.rows, chunk.x, results)
 
     def agree(read: ReadPass, std: torch.Tensor):
         agreement = AgreementAccumulator(len(read.models[0].prepared.outputs),
@@ -78,17 +69,50 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
         agreements.append(agreement)
 
         def each(chunk: SpilledChunk) -> None:
-            (s_old, v_old), (s_new, v_new) = chunk.results[:2]
-            finite = finite_rows(s_old, v_old) & finite_rows(s_new, v_new)
-            scale = std if per_unit else 1.0
-            agreement.update(chunk.rows, chunk.ids, s_old, s_new, v_old * scale,
-                             v_new * scale, finite)
+            add_agreement(agreement, chunk.rows, chunk.ids, chunk.results, std, per_unit)
 
         return each
 
     audits, _, _ = audit_models(models, chunks, table, settings, model_cfg=model_cfg,
                                 source=source, progress=progress, on_chunk=resample,
                                 on_replay=agree, notes=notes)
+    return comparison_result(audits, boot_moments, boots, agreements[0], settings, cmp,
+                             replicas=replicas, per_unit=per_unit)
+
+
+def add_bootstrap(boot_moments: BootstrapMoments, boots: list[BootstrapSensitivity],
+                  rows: np.ndarray, x: torch.Tensor, results: list[Attributions]) -> None:
+    """One chunk's rows into the paired bootstrap: the resampled feature moments and each
+    model's resampled sensitivities (the first two models: old and new)."""
+    bootstrap = boot_moments.bootstrap
+    block = max(1, WEIGHT_ELEMENTS // max(bootstrap.samples, 1))
+    for start in range(0, len(rows), block):
+        part = slice(start, start + block)
+        weights = bootstrap.weights(rows[part])
+        boot_moments.update(rows[part], x[part], weights)
+        # Each model's intervals use the rows its own statistics use.
+        for attributions, boot in zip(results, boots):
+            scores, values = attributions.scores[part], attributions.values[part]
+            boot.update(weights, values, finite_rows(scores, values))
+
+
+def add_agreement(agreement: AgreementAccumulator, rows: np.ndarray, ids: object,
+                  results: list[tuple[torch.Tensor, torch.Tensor]], std: torch.Tensor,
+                  per_unit: bool) -> None:
+    """One chunk's per-row agreement of the old and new model (``results``: each model's
+    scores and values, on the CPU), contributions in score units (x ``std`` when per unit)."""
+    (s_old, v_old), (s_new, v_new) = results[:2]
+    finite = finite_rows(s_old, v_old) & finite_rows(s_new, v_new)
+    scale = std if per_unit else 1.0
+    agreement.update(rows, ids, s_old, s_new, v_old * scale, v_new * scale, finite)
+
+
+def comparison_result(audits: list[AuditResult], boot_moments: BootstrapMoments,
+                      boots: list[BootstrapSensitivity], agreement: AgreementAccumulator,
+                      settings: AuditSettings, cmp: CompareSettings, *,
+                      replicas: tuple[int, int], per_unit: bool) -> ComparisonResult:
+    """The comparison from the audits of every model (old, new, then the replicas) and the
+    merged bootstrap and agreement accumulators."""
     old, new = audits[:2]
     boot_std = boot_moments.std if per_unit else None
     noise = retraining_noise([old, *audits[2 : 2 + replicas[0]]],
@@ -96,7 +120,7 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
     table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
                                  cmp.confidence, min_change=cmp.min_change / 100, noise=noise)
     overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
-                        **agreements[0].summary(i, output)}
+                        **agreement.summary(i, output)}
                for i, output in enumerate(new.outputs)}
     increases = []
     if cmp.max_proxy_share_increase is not None:

@@ -29,6 +29,7 @@ from .config_checks import (
     LinearitySettings,
     RobustnessSettings,
 )
+from .config_ray import RaySettings, parse_engine
 from .config_sections import (
     _audit,
     _compare,
@@ -108,6 +109,8 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     compare: CompareSettings = field(default_factory=CompareSettings)
     source: Path | None = None  # the YAML file, for messages
+    engine: str = "local"  # where the audit runs: local or ray (sensaudit.config_ray)
+    ray: RaySettings = field(default_factory=RaySettings)
 
 
 def load_config(path: str | Path, *, require_model: bool = False) -> Config:
@@ -138,9 +141,11 @@ def parse_config(
     """
     v = _Validator(str(source), Path(base_dir))
     top = v.mapping(raw, "")
-    v.keys(top, "", required=("data",), optional=("report", "model", "audit", "compare"))
+    v.keys(top, "", required=("data",), optional=("report", "model", "audit", "compare",
+                                                    "engine", "ray"))
     if require_model and "model" not in top:
         raise ConfigError(f"{source}: missing required key 'model'")
+    engine, ray = parse_engine(v, top)
     return Config(
         model=_model(v, top["model"]) if "model" in top else None,
         data=_data(v, top["data"]),
@@ -148,4 +153,6 @@ def parse_config(
         compare=_compare(v, top.get("compare", {})),
         report=_report(v, top.get("report", {}), _default_report_dir(source, Path(base_dir))),
         source=Path(source),
+        engine=engine,
+        ray=ray,
     )

@@ -1,4 +1,4 @@
-"""The command line's --out, --data and --format, applied over a loaded config."""
+"""The command line's --out, --data, --format and --engine, applied over a loaded config."""
 
 from __future__ import annotations
 
@@ -6,16 +6,17 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import Config, check_available, registered
+from .config_ray import check_engine
 from .errors import ConfigError, did_you_mean
 
 
 def with_overrides(config: Config, *, report_dir: str | Path | None = None,
                    data_path: str | Path | None = None,
                    formats: list[str] | tuple[str, ...] | None = None,
-                   where: str = "formats") -> Config:
-    """The config with its report folder, data file or report formats replaced (the CLI's
-    --out, --data and --format; their paths are relative to the current folder). ``where``
-    names the setting in messages."""
+                   where: str = "formats", engine: str | None = None) -> Config:
+    """The config with its report folder, data file, report formats or engine replaced (the
+    CLI's --out, --data, --format and --engine; their paths are relative to the current
+    folder). ``where`` names the format setting in messages."""
     if formats is not None:
         known = registered("formats")
         names = [f.strip() for item in formats for f in str(item).split(",") if f.strip()]
@@ -32,4 +33,6 @@ def with_overrides(config: Config, *, report_dir: str | Path | None = None,
         config = replace(config, report=replace(config.report, dir=Path(report_dir)))
     if data_path is not None:
         config = replace(config, data=replace(config.data, path=Path(data_path)))
+    if engine is not None:
+        config = replace(config, engine=check_engine(engine, "--engine"))
     return config

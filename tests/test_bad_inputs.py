@@ -115,7 +115,8 @@ def test_missing_data(setup, tmp_path):
 def test_data_is_a_directory(setup, tmp_path):
     (tmp_path / "rows").mkdir()
     message = cli_error("run", str(setup(data={"path": "rows"})))
-    assert message == f"{tmp_path / 'rows'}: data.path is a directory, not a CSV or Parquet file"
+    assert message == (f"{tmp_path / 'rows'}: data.path is a folder with no Parquet files in "
+                       "it; name a CSV or Parquet file, a folder of Parquet files or a glob")
 
 
 def _deny(monkeypatch, denied: Path) -> None:
@@ -885,7 +886,7 @@ def test_config_shape(tmp_path, text, expected):
 @pytest.mark.parametrize("sections, expected", [
     ({"reprot": {"dir": "r"}},
      "unknown key 'reprot'; did you mean 'report'? (allowed: data, report, model, audit, "
-     "compare)"),
+     "compare, engine, ray)"),
     ({"data": {"path": "data.csv", "chunk_row": 5}},
      "unknown key 'chunk_row' in data; did you mean 'chunk_rows'? (allowed: path, features, "
      "label, id, on_missing, chunk_rows)"),

@@ -183,7 +183,7 @@ BAD = [
     pytest.param(
         MINIMAL + "audits:\n  top_k: 2\n",
         "unknown key 'audits'; did you mean 'audit'? (allowed: data, report, model, audit, "
-        "compare)", id="unknown-top-level-key"),
+        "compare, engine, ray)", id="unknown-top-level-key"),
     pytest.param(
         MINIMAL.replace("report:", "audit:\n  zzz: 1\nreport:"),
         "unknown key 'zzz' in audit (allowed: proxies, dominance_warning, top_k, "

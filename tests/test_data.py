@@ -271,7 +271,8 @@ def test_missing_file_and_directory(tmp_path):
     assert _error(tmp_path / "nope.csv") == (
         f"{tmp_path / 'nope.csv'}: data file not found (data.path)")
     assert _error(tmp_path) == (
-        f"{tmp_path}: data.path is a directory, not a CSV or Parquet file")
+        f"{tmp_path}: data.path is a folder with no Parquet files in it; name a CSV or Parquet "
+        "file, a folder of Parquet files or a glob")
 
 
 def test_ragged_csv(tmp_path):

@@ -32,7 +32,9 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_test_one():
     # which the set-up installs with and the README names.
     assert '"torch>=' in (ROOT / "pyproject.toml").read_text()
     assert "torch==2.13.0" in (ROOT / "constraints.txt").read_text().splitlines()
-    assert re.search(r"-c constraints\.txt -e '\.\[dev\]'", makefile)
+    # CI installs the ray extra too, so the Ray engine's tests run there (pinned).
+    assert re.search(r"-c constraints\.txt -e '\.\[dev,ray\]'", makefile)
+    assert "ray==2.60.0" in (ROOT / "constraints.txt").read_text().splitlines()
     assert "torch==2.13.0" in (ROOT / "README.md").read_text()
 
 

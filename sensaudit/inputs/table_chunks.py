@@ -57,6 +57,12 @@ class _MissingValues:
         self.first_row[new] = first_row + np.argmax(bad[:, new], axis=0)
         self.count += bad.sum(axis=0)
 
+    def merge(self, other: _MissingValues) -> None:
+        seen = other.count > 0
+        earlier = seen & ((self.count == 0) | (other.first_row < self.first_row))
+        self.first_row[earlier] = other.first_row[earlier]
+        self.count += other.count
+
     def check(self, cfg: DataConfig) -> None:
         """With data.on_missing: error, refuse the file if any feature had a missing value."""
         if cfg.on_missing != "error" or not self.count.any():
@@ -69,6 +75,9 @@ class _MissingValues:
                         f"infinite value{'s' if count != 1 else ''} (first at row "
                         f"{int(self.first_row[j])}){also}; fix the data or set "
                         "data.on_missing: drop to skip such rows")
+
+
+MissingValues = _MissingValues  # the name other engines use (Ray workers tally per unit)
 
 
 def _frame_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: int,

@@ -18,7 +18,7 @@ the reading sits beside it:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -26,10 +26,13 @@ import pyarrow as pa
 import torch
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..errors import DataError, first_line
+from . import dataset
+from .dataset import WorkUnit
 from .table_chunks import (
     _MISSING_TEXT,
     Chunk,
+    MissingValues,
     _batch_chunk,
     _frame_chunk,
     _MissingValues,
@@ -38,8 +41,8 @@ from .table_chunks import (
 )
 from .table_files import PARQUET_SUFFIXES, _check_duplicates, _header, _read_blocks, _read_frames
 
-__all__ = ["PARQUET_SUFFIXES", "Chunk", "Table", "frame_table", "iter_chunks", "iter_frame_chunks",
-           "open_table"]
+__all__ = ["PARQUET_SUFFIXES", "Chunk", "MissingValues", "Table", "frame_table", "iter_chunks",
+           "iter_frame_chunks", "iter_unit_chunks", "open_table"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Table:
 
 def open_table(cfg: DataConfig) -> Table:
     """Read the extract's header and decide the feature columns (checked, not yet loaded)."""
+    if dataset.is_dataset(cfg.path):
+        return _open_dataset(cfg)
     columns, sample, row_count = _header(cfg)
     _check_columns(cfg, columns)
     features, skipped = _features(cfg, columns, sample)
@@ -122,8 +127,12 @@ def iter_chunks(table: Table, cfg: DataConfig, dtype: torch.dtype = torch.float3
     """Yield validated chunks of at most ``cfg.chunk_rows`` rows, in file order.
 
     ``dtype`` is the model's: values too large for it are named here, not reported later as
-    non-finite gradients.
+    non-finite gradients. A folder or glob of Parquet files is read file by file, in sorted
+    order, its rows numbered across the files (:mod:`.dataset`).
     """
+    if dataset.is_dataset(cfg.path):
+        yield from _dataset_chunks(table, cfg, dtype)
+        return
     first_row = 1
     missing = _MissingValues(table.features)
     try:
@@ -144,6 +153,62 @@ def iter_chunks(table: Table, cfg: DataConfig, dtype: torch.dtype = torch.float3
     if first_row == 1:
         raise DataError(f"{cfg.path}: the data has a header but no rows")
     missing.check(cfg)
+
+
+def _open_dataset(cfg: DataConfig) -> Table:
+    """A folder or glob of Parquet files (:mod:`.dataset`): every file must hold the columns
+    the audit reads; the features are decided from the first file with rows."""
+    parts = dataset.read_parts(dataset.dataset_files(cfg.path))
+    for part in parts:
+        _check_duplicates(part.path, list(part.columns))
+        _check_columns(replace(cfg, path=part.path), list(part.columns))
+    first = next((part for part in parts if part.rows), parts[0])
+    columns, sample, _ = _header(replace(cfg, path=first.path))
+    features, skipped = _features(cfg, columns, sample)
+    table = Table(path=cfg.path, features=features, label=cfg.label, id=cfg.id,
+                  row_count=sum(part.rows for part in parts), skipped=skipped)
+    for part in parts:
+        absent = [name for name in table.columns if name not in part.columns]
+        if absent:
+            raise DataError(f"{part.path}: column '{absent[0]}' is not in this file, but "
+                            f"{first.path.name} has it; every file of data.path must hold the "
+                            "audited columns")
+    return table
+
+
+def _dataset_chunks(table: Table, cfg: DataConfig, dtype: torch.dtype) -> Iterator[Chunk]:
+    missing = MissingValues(table.features)
+    units = dataset.work_units(cfg.path, rows_per_unit=1)  # row groups, in order
+    for unit in units:
+        yield from iter_unit_chunks(table, cfg, unit, dtype, missing)
+    if not sum(unit.rows or 0 for unit in units):
+        raise DataError(f"{cfg.path}: the data has a header but no rows")
+    missing.check(cfg)
+
+
+def iter_unit_chunks(table: Table, cfg: DataConfig, unit: WorkUnit, dtype: torch.dtype,
+                     missing: MissingValues) -> Iterator[Chunk]:
+    """The validated chunks of one work unit (row groups of one Parquet file), rows numbered
+    from ``unit.first_row``. Missing values are tallied in ``missing``, whose ``check`` the
+    caller runs once every unit is read (so an error reports the whole data's count)."""
+    if unit.row_groups is None:
+        raise ValueError("iter_unit_chunks reads Parquet row groups; read a CSV with iter_chunks")
+    first_row = unit.first_row
+    for batch in _unit_batches(unit, table, cfg.chunk_rows):
+        if batch.num_rows:
+            yield _batch_chunk(batch, table, cfg, first_row, dtype, missing)
+            first_row += batch.num_rows
+
+
+def _unit_batches(unit: WorkUnit, table: Table, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    try:
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(unit.path, buffer_size=1 << 20, pre_buffer=False)
+        yield from parquet.iter_batches(batch_size=chunk_rows, row_groups=unit.row_groups,
+                                        columns=table.columns)
+    except Exception as exc:  # pyarrow raises many types (some ValueErrors) for bad files
+        raise DataError(f"{unit.path}: cannot read data ({first_line(exc)})") from None
 
 
 def _raise_text_error(cfg: DataConfig, table: Table) -> None:
