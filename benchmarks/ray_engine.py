@@ -2,7 +2,7 @@
 
 Writes N rows of 64 float32 features as ``--files`` Parquet files (one row group each) and an
 MLP 64-64-64-1 (as benchmarks/end_to_end.py), then audits the folder with ``sensaudit``'s
-default reports (csv, markdown, json: examples.csv holds every row):
+reports (csv, markdown, json) and ``report.examples: all`` (examples.csv holds every row):
 
 - the local engine, in this process, with ``--threads`` torch threads;
 - the Ray engine on a local Ray instance of ``--cpus`` CPUs, for each ``--workers`` count
@@ -127,7 +127,8 @@ def main() -> None:
         pq.write_table(pq.read_table(root / "rows" / "part-0000.parquet").slice(0, 1000),
                        root / "tiny" / "part-0000.parquet")
         configs = {}
-        for name, data, extra in (("rows", "rows", ""), ("tiny", "tiny", ""),
+        for name, data, extra in (("rows", "rows", "  examples: all\n"),
+                                  ("tiny", "tiny", "  examples: all\n"),
                                   ("no_examples", "rows", "  examples: none\n")):
             configs[name] = root / f"{name}.yaml"
             configs[name].write_text(f"model:\n  path: {root / 'model.pt2'}\ndata:\n  path: "

@@ -96,9 +96,21 @@ def audit(config: Config, *, progress: Progress | None = None,
     if config.engine == "ray":  # the same audit over a pool of Ray actors
         from .ray_engine import audit_on_ray
 
-        return audit_on_ray(config, data, table, progress=progress or _no_progress,
-                            example_sink=example_sink, notes=_notes(inputs, table.features),
-                            trust_model_code=trust_model_code, trust_pickle=trust_pickle)
+        # The workers stream every row's examples; an all-or-none limit holds them back until
+        # the rows are known to be at most that many (Parquet footers tell before any is read).
+        held, wanted = None, example_sink is not None
+        if example_sink is not None and sink_all_or_none and sink_limit is not None:
+            if table.row_count is not None and table.row_count > sink_limit:
+                example_sink = None
+            elif table.row_count is None:  # a CSV: count as the rows come
+                held = _HeldRows(example_sink, sink_limit)
+                example_sink = held.take
+        result = audit_on_ray(config, data, table, progress=progress or _no_progress,
+                              example_sink=example_sink, notes=_notes(inputs, table.features),
+                              trust_model_code=trust_model_code, trust_pickle=trust_pickle)
+        streamed = not wanted or (example_sink is not None
+                                  and (held is None or held.release()))
+        return result if streamed else replace(result, examples_streamed=False)
     loaded = load_model(config.model, trust_model_code=trust_model_code,
                         trust_pickle=trust_pickle)
     (result,), _, _ = audit_models(
@@ -244,6 +256,30 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
             writer.comparison(result)
         written = staged.commit()
     return result, written
+
+
+class _HeldRows:
+    """An all-or-none row limit on a sink: rows are held until :meth:`release`, which passes
+    them on when there were at most ``limit`` (and drops them otherwise)."""
+
+    def __init__(self, sink: ExampleSink, limit: int):
+        self.sink, self.limit = sink, limit
+        self.rows: list[pa.Table] | None = []
+        self.count = 0
+
+    def take(self, rows: pa.Table) -> None:
+        self.count += rows.num_rows
+        if self.count > self.limit:
+            self.rows = None  # past the limit: none of them will be written
+        elif self.rows is not None:
+            self.rows.append(rows)
+
+    def release(self) -> bool:
+        if self.rows is None:
+            return False
+        for rows in self.rows:
+            self.sink(rows)
+        return True
 
 
 def _first_rows(sink: ExampleSink, limit: int) -> ExampleSink:

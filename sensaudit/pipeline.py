@@ -354,6 +354,10 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
                 for mp in read.models]
 
     streamed = example_sink is None or read.spilled or not sink_all_or_none
+    if replay_all and sink_all_or_none and sink_limit is not None \
+            and read.moments.count > sink_limit:
+        # Replayed for the checks or compare, but more rows than the sink takes one by one.
+        example_sink, streamed = None, example_sink is None
     if replay_all:
         replay(read, drivers, progress=progress, example_sink=example_sink,
                on_chunk=on_replay(read, std) if on_replay else None,

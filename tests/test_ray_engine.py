@@ -27,6 +27,7 @@ from audit_setup import write_assets, write_config
 from helpers_bad import cli, cli_error
 from models import MLP, save_exported
 
+import sensaudit.api as api_module
 from sensaudit import ConfigError, load_config, parse_config
 from sensaudit.api import run_audit, run_compare
 from sensaudit.config_ray import RaySettings
@@ -112,6 +113,34 @@ def test_sample_audit_matches_local(ray_up, tmp_path):
     assert local.passed and on_ray.passed
     _same_reports(tmp_path / "local", tmp_path / "ray",
                   ("robustness.csv", "monotonicity.csv", "suspects.csv"))
+
+
+def test_auto_examples_beyond_the_limit_match_local(ray_up, tmp_path, monkeypatch):
+    """report.examples: auto over more rows than it writes one by one: on both engines the
+    per-row file holds the rows report.md lists (the sample is a CSV, whose row count Ray
+    learns only as the rows come)."""
+    import sensaudit.api as api
+
+    monkeypatch.setattr(api, "AUTO_EXAMPLE_ROWS", 1_000)  # the sample has 1,500 rows
+    config = ROOT / "configs" / "scorer_v2.yaml"
+    local = _audit(config, tmp_path / "local", "local")
+    on_ray = _audit(config, tmp_path / "ray", "ray", workers=2)
+    assert not local.examples_streamed and not on_ray.examples_streamed
+    _same_reports(tmp_path / "local", tmp_path / "ray")
+    assert len(pd.read_csv(tmp_path / "ray" / "examples.csv")) < 1_000
+
+
+def test_held_rows_are_written_only_within_the_limit():
+    written: list[pa.Table] = []
+    held = api_module._HeldRows(written.append, limit=5)
+    held.take(pa.table({"id": [1, 2, 3]}))
+    held.take(pa.table({"id": [4, 5]}))
+    assert written == [] and held.release() and len(written) == 2
+    written.clear()
+    held = api_module._HeldRows(written.append, limit=4)
+    held.take(pa.table({"id": [1, 2, 3]}))
+    held.take(pa.table({"id": [4, 5]}))
+    assert not held.release() and written == []
 
 
 def test_sample_compare_matches_local(ray_up, tmp_path):
