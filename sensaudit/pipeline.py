@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import pyarrow as pa
 import torch
@@ -176,17 +177,8 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             baseline = provisional(summary) if provisional is not None else None
             results = []
             for model_pass in passes:
-                loaded = model_pass.prepared.loaded
-                x = chunk.x.to(loaded.device, loaded.dtype)
-                if x.dtype != chunk.x.dtype and narrower(x.dtype, chunk.x.dtype):
-                    model_pass.seen = model_pass.seen or FeatureMoments(x.shape[1])
-                    model_pass.seen.update(x)
-                attributions = attribute_chunk(method, model_pass.prepared, x, chunk.rows)
-                finite = finite_rows(attributions.scores, attributions.values)
-                model_pass.sums.update(chunk.rows, chunk.ids, attributions.scores,
-                                       attributions.values, finite)
-                for check in model_pass.checks:
-                    check.update_labelled(chunk.rows, x, attributions, chunk.labels)
+                attributions, finite = read_chunk(method, model_pass.prepared, model_pass,
+                                                  chunk)
                 if model_pass.candidates is not None and baseline is not None:
                     model_pass.candidates.update(chunk.rows, chunk.ids, chunk.labels,
                                                  attributions.scores, attributions.values,
@@ -213,6 +205,33 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
         raise
     return ReadPass(moments=moments, dropped=dropped, models=passes, spill=spill,
                     summary=summary, ranges=ranges, spilled=spilled)
+
+
+class ChunkState(Protocol):
+    """What one model accumulates over the chunks it reads (a :class:`ModelPass` here, a
+    work unit's partial on another engine)."""
+
+    sums: AttributionSums
+    checks: list[Check]
+    seen: FeatureMoments | None
+
+
+def read_chunk(method: AttributionMethod, prepared: PreparedModel, state: ChunkState,
+               chunk: Chunk) -> tuple[Attributions, torch.Tensor]:
+    """One model's work on one chunk of the read: its attributions, their sums, every
+    check's update, and the inputs' moments as the model sees them when its dtype is
+    narrower than the data's. Returns the attributions and the rows' finite mask."""
+    loaded = prepared.loaded
+    x = chunk.x.to(loaded.device, loaded.dtype)
+    if x.dtype != chunk.x.dtype and narrower(x.dtype, chunk.x.dtype):
+        state.seen = state.seen or FeatureMoments(x.shape[1])
+        state.seen.update(x)
+    attributions = attribute_chunk(method, prepared, x, chunk.rows)
+    finite = finite_rows(attributions.scores, attributions.values)
+    state.sums.update(chunk.rows, chunk.ids, attributions.scores, attributions.values, finite)
+    for check in state.checks:
+        check.update_labelled(chunk.rows, x, attributions, chunk.labels)
+    return attributions, finite
 
 
 def _check_rows(moments: FeatureMoments, table: Table) -> None:

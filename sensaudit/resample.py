@@ -34,8 +34,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from .errors import DataError, ReportError, did_you_mean
-
-PARQUET_SUFFIXES = (".parquet", ".pq")
+from .inputs.dataset import PARQUET_SUFFIXES
 
 
 @dataclass(frozen=True)

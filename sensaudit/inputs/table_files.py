@@ -18,12 +18,12 @@ import pyarrow as pa
 
 from ..config import DataConfig
 from ..errors import DataError, first_line
+from .dataset import is_parquet
 from .table_chunks import _MISSING_TEXT
 
 if TYPE_CHECKING:
     from .tables import Table
 
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame, int | None]:
@@ -40,7 +40,7 @@ def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame, int | None]:
                         "the extract to a CSV or Parquet file")
     row_count = None
     try:
-        if _is_parquet(path):
+        if is_parquet(path):
             import pyarrow.parquet as pq
 
             pf = pq.ParquetFile(path)
@@ -107,7 +107,7 @@ def _check_duplicates(path: Path, columns: list[str]) -> None:
 
 def _read_blocks(cfg: DataConfig, table: Table) -> Iterator[pa.RecordBatch | pd.DataFrame]:
     """Parquet as Arrow record batches; CSV as parsed DataFrames."""
-    if _is_parquet(cfg.path):
+    if is_parquet(cfg.path):
         yield from _parquet_batches(cfg, table)
     else:
         yield from _read_frames(cfg, table, as_text=False)
@@ -128,7 +128,7 @@ def _parquet_batches(cfg: DataConfig, table: Table) -> Iterator[pa.RecordBatch]:
 def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd.DataFrame]:
     path = cfg.path
     try:
-        if _is_parquet(path):
+        if is_parquet(path):
             import pyarrow.parquet as pq
 
             # Buffered, unprefetched reads: a row group's pages are decoded as they stream in
@@ -163,13 +163,3 @@ def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd
         raise  # a float parse failure: iter_chunks names the offending row
     except Exception as exc:
         raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
-
-
-def _is_parquet(path: Path) -> bool:
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        return True
-    try:
-        with path.open("rb") as handle:
-            return handle.read(4) == b"PAR1"
-    except OSError:
-        return False

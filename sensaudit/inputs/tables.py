@@ -28,7 +28,7 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError, first_line
 from . import dataset
-from .dataset import WorkUnit
+from .dataset import PARQUET_SUFFIXES, WorkUnit
 from .table_chunks import (
     _MISSING_TEXT,
     Chunk,
@@ -39,7 +39,7 @@ from .table_chunks import (
     _numeric,
     _numeric_column,
 )
-from .table_files import PARQUET_SUFFIXES, _check_duplicates, _header, _read_blocks, _read_frames
+from .table_files import _check_duplicates, _header, _read_blocks, _read_frames
 
 __all__ = ["PARQUET_SUFFIXES", "Chunk", "MissingValues", "Table", "frame_table", "iter_chunks",
            "iter_frame_chunks", "iter_unit_chunks", "open_table"]

@@ -39,8 +39,8 @@ from ..pipeline import (
     example_drivers,
     make_method,
     model_context,
-    narrower,
     prepare_model,
+    read_chunk,
 )
 from ..row_stats import FeatureRange
 from ..spill import Spill, SpilledChunk
@@ -176,18 +176,8 @@ class AuditWorker:
 
     def _read_chunk(self, method: AttributionMethod, model_pass: ModelPass, part: ModelPartial,
                     chunk: Chunk) -> Attributions:
-        """One model on one chunk, as pipeline.read_pass does it."""
-        loaded = model_pass.prepared.loaded
-        x = chunk.x.to(loaded.device, loaded.dtype)
-        if x.dtype != chunk.x.dtype and narrower(x.dtype, chunk.x.dtype):
-            part.seen = part.seen or FeatureMoments(x.shape[1])
-            part.seen.update(x)
-        attributions = attribute_chunk(method, model_pass.prepared, x, chunk.rows)
-        finite = finite_rows(attributions.scores, attributions.values)
-        part.sums.update(chunk.rows, chunk.ids, attributions.scores, attributions.values, finite)
-        for check in part.checks:
-            check.update_labelled(chunk.rows, x, attributions, chunk.labels)
-        return attributions
+        """One model on one chunk, as pipeline.read_pass does it (the same step)."""
+        return read_chunk(method, model_pass.prepared, part, chunk)[0]
 
     def _replay(self, index: int, plan: ReplayPlan) -> UnitReplay:
         """The replay of the checks that need the model and the final ranking, over one unit:
