@@ -18,6 +18,9 @@ pipeline recomputes the selection exactly over the data (a second pass): never a
 Misscored rows (|score - label|) do not depend on the baseline, so their selection is exact here.
 The charts' row sample (:class:`~sensaudit.row_sample.RowSample`) is chosen by row number, so it
 is taken here too, unscaled, and scaled by the final standard deviations at the end.
+
+Like every accumulator, candidates of several parts of the rows merge (:meth:`merge`) into the
+choice a single pass would settle on.
 """
 
 from __future__ import annotations
@@ -90,6 +93,21 @@ class _Buffer:
         self.rows, self.chunk = all_rows[kept], all_chunk[kept]
         return candidates[np.isin(rows[candidates], self.rows[self.chunk == chunk])]
 
+    def merge(self, other: _Buffer, offset: int,
+              left_out: dict[int, tuple[float, float]]) -> None:
+        """Take ``other``'s candidates (its chunks numbered from ``offset`` here); the ones
+        that no longer fit are left out as in :meth:`offer`."""
+        key = np.concatenate([self.key, other.key])
+        bound = np.concatenate([self.bound, other.bound])
+        rows = np.concatenate([self.rows, other.rows])
+        chunk = np.concatenate([self.chunk, other.chunk + offset])
+        order = np.lexsort((rows, -key))
+        kept, dropped = order[: self.size], order[self.size:]
+        for c in np.unique(chunk[dropped]):
+            _leave_out(left_out, int(c), key, bound, dropped[chunk[dropped] == c])
+        self.key, self.bound, self.rows, self.chunk = key[kept], bound[kept], rows[kept], \
+            chunk[kept]
+
 
 def _leave_out(left_out: dict[int, tuple[float, float]], chunk: int, key: np.ndarray,
                bound: np.ndarray, positions: np.ndarray) -> None:
@@ -154,6 +172,22 @@ class ExampleCandidates:
                 labels=None if labels is None else np.asarray(labels)[positions],
                 scores=scores.detach().cpu()[index].clone(), values=values[index].clone(),
                 x=x.detach().cpu()[index].clone())
+        self._forget()
+
+    def merge(self, other: ExampleCandidates) -> None:
+        """Combine the candidates of another part of the rows (another worker's): the result
+        settles as a single pass over both parts would (tests/test_example_candidates.py)."""
+        offset = len(self.baselines)
+        self.baselines += other.baselines
+        self.rounding += other.rounding
+        self.kept.update({chunk + offset: rows for chunk, rows in other.kept.items()})
+        for reason, buffers in self.buffers.items():
+            for output, buffer in enumerate(buffers):
+                left_out = self.left_out[reason][output]
+                for chunk, (key, bound) in other.left_out[reason][output].items():
+                    left_out[chunk + offset] = (key, bound)
+                buffer.merge(other.buffers[reason][output], offset, left_out)
+        self.sample.merge(other.sample)
         self._forget()
 
     def _keys(self, values: torch.Tensor, scores: torch.Tensor, x: torch.Tensor,

@@ -231,3 +231,45 @@ def test_a_row_limit_streams_the_first_rows_and_keeps_every_rows_examples(tmp_pa
     assert ids[:200] == [f"row-{i}" for i in range(200)] and len(ids) < 1_000
     full = _audit(frame, settings, chunk_rows=128, replay_every_row=True)
     assert limited.examples == full.examples
+
+
+def test_candidates_merge_to_the_single_pass_choice():
+    # Rows split into 3 random parts, each read in chunks against its own running means (any
+    # provisional baseline is valid), merged: the settled choice is the full replay's.
+    generator = np.random.default_rng(7)
+    n_rows, m, n = 3_000, 2, 6
+    x = torch.from_numpy(generator.standard_normal((n_rows, n)) * 2 + 1)
+    values = torch.from_numpy(generator.standard_normal((n_rows, m, n)))
+    scores = torch.from_numpy(generator.standard_normal((n_rows, m)))
+    labels = generator.standard_normal(n_rows)
+    rows = np.arange(1, n_rows + 1)
+    ids = pa.array([f"r{r}" for r in rows])
+    finite = torch.ones(n_rows, dtype=torch.bool)
+    baseline = x.mean(0)
+
+    def drivers() -> ExampleDrivers:
+        return ExampleDrivers([f"f{j}" for j in range(n)], ["a", "b"], top_k=2, proxies=[],
+                              keep=4, baseline=baseline, per_unit=True)
+
+    reference = drivers()
+    reference.add(rows, ids, labels, scores, values, finite, x, table=False)
+    parts = []
+    for part_rows in np.array_split(generator.permutation(n_rows), 3):
+        part_rows = np.sort(part_rows)
+        candidates = ExampleCandidates(m, [], keep=4, per_unit=True)
+        for start in range(0, len(part_rows), 150):
+            index = part_rows[start:start + 150]
+            seen = torch.from_numpy(part_rows[:start + 150])
+            candidates.update(rows[index], ids.take(pa.array(index)), labels[index],
+                              scores[index], values[index], finite[index], x[index],
+                              x[seen].mean(0))
+        parts.append(candidates)
+    merged = parts[0]
+    for part in parts[1:]:
+        merged.merge(part)
+    chosen = drivers()
+    assert merged.settle(chosen, None)
+    assert chosen.best_first() == reference.best_first()
+    np.testing.assert_array_equal(chosen.contributions().rows, reference.contributions().rows)
+    np.testing.assert_array_equal(chosen.contributions().values,
+                                  reference.contributions().values)
