@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from audit_setup import write_assets, write_config
-from helpers_bad import cli, cli_error
+from helpers_bad import cli, cli_error, payload_bytes
 from models import MLP, save_exported
 
 import sensaudit.api as api_module
@@ -346,6 +346,23 @@ def test_a_worker_meets_bad_data_as_the_local_engine_does(ray_up, tmp_path):
                        "--engine", "ray")
     assert on_ray == local == (f"{parts}: column 'f3' has text in row {260 + 45 + 11} "
                                "('n/a?'); expected numbers")
+
+
+def test_an_untrusted_pickled_model_never_runs_on_the_ray_engine(ray_up, tmp_path):
+    """A pickle whose unpickling runs a payload, audited with engine: ray: refused with the
+    local engine's message (exit 2) before any worker starts, and the payload never runs.
+    tests/test_bad_inputs.py::test_malicious_pickle_payload_is_real shows the file does run
+    its payload when trusted."""
+    _partitioned(tmp_path / "data")
+    config = _partitioned_config(tmp_path / "data", "gradient")
+    marker = tmp_path / "PAYLOAD_RAN"
+    (tmp_path / "data" / "evil.pt").write_bytes(payload_bytes(marker))
+    config.write_text(config.read_text().replace("path: mlp.pt2", "path: evil.pt"))
+    local = cli_error("run", str(config), "--out", str(tmp_path / "a"))
+    on_ray = cli_error("run", str(config), "--out", str(tmp_path / "b"), "--engine", "ray")
+    assert on_ray == local and on_ray.startswith(f"{tmp_path / 'data' / 'evil.pt'}: ")
+    assert "refusing to unpickle" in on_ray
+    assert not marker.exists()
 
 
 # --- the scheduler, without Ray ----------------------------------------------------------------
