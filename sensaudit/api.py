@@ -268,7 +268,9 @@ class _HeldRows:
         self.count = 0
 
     def take(self, rows: pa.Table) -> None:
-        self.count += rows.num_rows
+        # One examples row per data row and output: the limit counts data rows.
+        outputs = len(rows.column("output").unique()) if rows.num_rows else 1
+        self.count += rows.num_rows // outputs
         if self.count > self.limit:
             self.rows = None  # past the limit: none of them will be written
         elif self.rows is not None:

@@ -131,16 +131,23 @@ def test_auto_examples_beyond_the_limit_match_local(ray_up, tmp_path, monkeypatc
 
 
 def test_held_rows_are_written_only_within_the_limit():
+    def rows(ids: list[int], outputs: int = 1) -> pa.Table:
+        return pa.table({"id": [i for i in ids for _ in range(outputs)],
+                         "output": [f"o{k}" for _ in ids for k in range(outputs)]})
+
     written: list[pa.Table] = []
     held = api_module._HeldRows(written.append, limit=5)
-    held.take(pa.table({"id": [1, 2, 3]}))
-    held.take(pa.table({"id": [4, 5]}))
+    held.take(rows([1, 2, 3]))
+    held.take(rows([4, 5]))
     assert written == [] and held.release() and len(written) == 2
     written.clear()
     held = api_module._HeldRows(written.append, limit=4)
-    held.take(pa.table({"id": [1, 2, 3]}))
-    held.take(pa.table({"id": [4, 5]}))
+    held.take(rows([1, 2, 3]))
+    held.take(rows([4, 5]))
     assert not held.release() and written == []
+    held = api_module._HeldRows(written.append, limit=5)  # the limit counts data rows
+    held.take(rows([1, 2, 3, 4, 5], outputs=3))
+    assert held.release() and written[0].num_rows == 15
 
 
 def test_sample_compare_matches_local(ray_up, tmp_path):
