@@ -150,9 +150,8 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
     ``spill_limit``: per-row results are kept for the first rows only, at least this many
     (whole chunks); with ``spill_all_or_none``, for every row while the rows read are at most
     this many, and beyond that for none (the spill is dropped and ``ReadPass.spilled`` is
-    False). ``provisional``: choose
-    the report's example rows during the read (:mod:`sensaudit.example_candidates`), ranked
-    against this baseline.
+    False). ``provisional``: choose the report's example rows during the read
+    (:mod:`sensaudit.example_candidates`), ranked against this baseline.
     """
     summary = FeatureSummary(len(table.features), median=medians)
     moments = summary.moments
