@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_merge import FEATURES, OUTPUTS, SPLITS, TOL, _partitions, _rows, _take
+from test_merge import FEATURES, OUTPUTS, SPLITS, TOL, _rows, _single_and_merged
 
 from sensaudit.checks import ModelContext, Ranking, ReplayChunk
 from sensaudit.checks.layer_health import LayerHealth
@@ -29,18 +29,6 @@ from sensaudit.stats import finite_rows
 
 NAMES = list("abcde")
 OUTPUT_NAMES = ["p", "q"]
-
-
-def _single_and_merged(build, feed, k, seed):
-    data = _rows()
-    single = build()
-    feed(single, data)
-    merged = build()
-    for index in _partitions(k, seed):
-        part = build()
-        feed(part, _take(data, index))
-        merged.merge(part)
-    return single, merged
 
 
 @pytest.mark.parametrize("k,seed", SPLITS)
