@@ -11,7 +11,7 @@
    per-row results go to a :class:`~sensaudit.spill.Spill`.
 2. **Rank**: feature stds are now exact, so each model's sensitivity table is ranked (with the
    rows of ``audit.groups``; :mod:`sensaudit.judging`).
-3. **Replay** the spill, when there is one: per-row contributions, examples.csv rows, the
+3. **Replay** (:mod:`sensaudit.replay`) the spill, when there is one: per-row contributions, examples.csv rows, the
    per-row work of checks that need the model and the final statistics (``Check.replays``:
    an attack, a finite step), and whatever else a caller (``compare``) needs per row.
    Otherwise the example candidates are settled against the final baseline (and, when their
@@ -24,7 +24,7 @@ read pass over partitions and merge the partial :class:`ReadPass` results.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,9 +40,6 @@ from .baselines import (
 )
 from .checks import (
     Check,
-    ModelContext,
-    Ranking,
-    ReplayChunk,
     build_checks,
 )
 from .config import AuditSettings, ModelConfig
@@ -63,6 +60,7 @@ from .judging import (
 )
 from .methods import METHODS, AttributionMethod, Attributions
 from .model_ready import PreparedModel, attribute_chunk, narrower, prepare_model
+from .replay import example_drivers, model_context, replay, settle_examples
 from .results import AuditResult
 from .row_stats import FeatureRange
 from .spill import Spill, SpilledChunk
@@ -239,80 +237,6 @@ def _check_rows(moments: FeatureMoments, table: Table) -> None:
                         "to measure how much each feature varies")
 
 
-def example_drivers(model_pass: ModelPass, table: Table, baseline: torch.Tensor,
-                    settings: AuditSettings, method: AttributionMethod,
-                    std: torch.Tensor | None = None) -> ExampleDrivers:
-    return ExampleDrivers(table.features, model_pass.prepared.outputs, top_k=settings.top_k,
-                          proxies=proxy_features([p.feature for p in settings.proxies],
-                                                 settings.groups),
-                          keep=settings.examples_in_report, baseline=baseline,
-                          per_unit=method.per_unit,
-                          scale=std if method.per_unit else None)
-
-
-def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
-           example_sink: ExampleSink | None = None,
-           on_chunk: Callable[[SpilledChunk], None] | None = None,
-           contexts: list[ModelContext] | None = None,
-           source: Iterable[SpilledChunk] | None = None) -> None:
-    """Per-row work that needed the final stds: examples for each model, the checks that
-    replay (given each model's ``contexts``), then ``on_chunk``.
-
-    ``example_sink`` receives the first model's examples rows. ``source``: the per-row
-    results to replay, the spill by default (:func:`recomputed` when there is none).
-    """
-    done = 0
-    contexts = contexts or []
-    try:
-        for chunk in read.spill if source is None else source:
-            for i, ((scores, values), model_drivers) in enumerate(zip(chunk.results, drivers)):
-                if chunk.x is None:  # the read pass spills every chunk's x
-                    raise RuntimeError("the spill holds no feature values")
-                rows_table = model_drivers.add(
-                    chunk.rows, chunk.ids, chunk.labels, scores, values,
-                    finite_rows(scores, values), chunk.x,
-                    table=example_sink is not None and i == 0)
-                if rows_table is not None and example_sink is not None:
-                    example_sink(rows_table)
-            for model_pass, context, (scores, values) in zip(read.models, contexts,
-                                                              chunk.results):
-                _replay_checks(model_pass, context, chunk, scores, values)
-            if on_chunk is not None:
-                on_chunk(chunk)
-            done += len(chunk.rows)
-            progress("examples", done, read.moments.count)
-    finally:
-        read.spill.close()
-
-
-def model_context(model_pass: ModelPass, read: ReadPass, std: torch.Tensor,
-                  ranking: Ranking) -> ModelContext:
-    """What the checks that replay know of one model once the read and its ranking are
-    final."""
-    prepared = model_pass.prepared
-    ranges = read.ranges or FeatureRange(len(ranking.features))
-    return ModelContext(model=prepared.module, module=prepared.loaded.module,
-                        output_index=prepared.output_index, std=std,
-                        minimum=ranges.minimum, maximum=ranges.maximum,
-                        features=ranking.features, outputs=prepared.outputs,
-                        path=str(prepared.loaded.path), table=ranking.table)
-
-
-def _replay_checks(model_pass: ModelPass, context: ModelContext, chunk: SpilledChunk,
-                   scores: torch.Tensor, values: torch.Tensor) -> None:
-    replaying = [check for check in model_pass.checks if check.replays]
-    if not replaying or chunk.x is None:
-        return
-    loaded = model_pass.prepared.loaded
-    part = ReplayChunk(rows=chunk.rows, ids=chunk.ids, x=chunk.x.to(loaded.device, loaded.dtype),
-                       scores=scores, values=values, finite=finite_rows(scores, values))
-    for check in replaying:
-        try:
-            check.replay(part, context)
-        except ModelError as exc:  # the engine knows no files: name the model here
-            raise ModelError(f"{context.path}: {exc}") from None
-
-
 def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
                  settings: AuditSettings, *, model_cfg: ModelConfig | None, source: object,
                  progress: Progress, example_sink: ExampleSink | None = None,
@@ -387,7 +311,7 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
             # examples come from the candidates below, chosen over every row.
             replay(read, fresh(), progress=progress, example_sink=example_sink)
         read.spill.close()
-        drivers = _settle_examples(read, drivers, chunks, method, progress, fresh,
+        drivers = settle_examples(read, drivers, chunks, method, progress, fresh,
                                    std if method.per_unit else None)
     finished = [judge_model(mp, ranking, std) for mp, ranking in zip(read.models, rankings)]
     notes = [*(notes or []), *skipped_note(table)]
@@ -409,21 +333,6 @@ def _provisional(settings: AuditSettings, reference: Reference | None,
                                            summary.reference(summary.moments.std), features)
 
 
-def _settle_examples(read: ReadPass, drivers: list[ExampleDrivers], chunks: Chunks,
-                     method: AttributionMethod, progress: Progress,
-                     fresh: Callable[[], list[ExampleDrivers]],
-                     scale: torch.Tensor | None) -> list[ExampleDrivers]:
-    """The report's example rows from the read pass's candidates; when their selection
-    cannot be certified exact, from a second pass over the data instead."""
-    certified = [mp.candidates.settle(d, scale) if mp.candidates is not None else False
-                 for mp, d in zip(read.models, drivers)]
-    if all(certified):
-        return drivers
-    drivers = fresh()
-    replay(read, drivers, progress=progress, source=recomputed(read, chunks, method))
-    return drivers
-
-
 def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSettings,
            model_cfg: ModelConfig | None, source: object, *,
            per_unit: bool | None = None) -> ModelPass:
@@ -441,23 +350,6 @@ def _start(loaded: LoadedModel, x: torch.Tensor, table: Table, settings: AuditSe
     return ModelPass(prepared=prepared,
                      sums=AttributionSums(len(prepared.outputs), len(table.features)),
                      checks=build_checks(settings, source), candidates=candidates)
-
-
-def recomputed(read: ReadPass, chunks: Chunks, method: AttributionMethod
-               ) -> Iterator[SpilledChunk]:
-    """The read pass's per-row results computed again from the data (a second read), for
-    when none were spilled but a pass over every row turns out to be needed."""
-    for chunk in chunks():
-        if not len(chunk.x):
-            continue
-        results = []
-        for model_pass in read.models:
-            loaded = model_pass.prepared.loaded
-            x = chunk.x.to(loaded.device, loaded.dtype)
-            attributions = attribute_chunk(method, model_pass.prepared, x, chunk.rows)
-            results.append((attributions.scores, attributions.values))
-        yield SpilledChunk(rows=chunk.rows, ids=chunk.ids, labels=chunk.labels,
-                           results=results, x=chunk.x)
 
 
 def _check_same_outputs(passes: list[ModelPass]) -> None:

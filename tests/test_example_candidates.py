@@ -16,6 +16,7 @@ import torch
 
 import sensaudit.example_candidates as candidates_module
 import sensaudit.pipeline as pipeline
+import sensaudit.replay as replay_module
 from sensaudit.config import AuditSettings, DataConfig, ProxyLimit
 from sensaudit.example_candidates import ExampleCandidates
 from sensaudit.examples import ExampleDrivers
@@ -85,8 +86,8 @@ def _same_examples(a, b) -> None:
 ], ids=["mean", "proxies", "median", "zero", "integrated_gradients"])
 def test_candidates_choose_the_rows_a_full_replay_chooses(settings, monkeypatch):
     recomputed = []
-    real = pipeline.recomputed
-    monkeypatch.setattr(pipeline, "recomputed",
+    real = replay_module.recomputed
+    monkeypatch.setattr(replay_module, "recomputed",
                         lambda *a: recomputed.append(1) or real(*a))
     frame = _frame(3_000)
     for chunk_rows in (3_000, 257):  # one chunk: the provisional baseline is the final one
@@ -101,8 +102,8 @@ def test_candidates_choose_the_rows_a_full_replay_chooses(settings, monkeypatch)
 def test_narrow_models_certify_too(dtype, monkeypatch):
     # The provisional keys are computed in the model's dtype; their rounding is in the bound.
     recomputed = []
-    real = pipeline.recomputed
-    monkeypatch.setattr(pipeline, "recomputed",
+    real = replay_module.recomputed
+    monkeypatch.setattr(replay_module, "recomputed",
                         lambda *a: recomputed.append(1) or real(*a))
     frame = _frame(3_000, seed=6)
     settings = AuditSettings(examples_in_report=5)
@@ -127,8 +128,8 @@ def test_an_uncertified_choice_is_recomputed_over_the_data(monkeypatch):
     # the choice cannot be certified and the audit makes it again over every row.
     monkeypatch.setattr(candidates_module, "candidates_kept", lambda keep: keep)
     recomputed = []
-    real = pipeline.recomputed
-    monkeypatch.setattr(pipeline, "recomputed",
+    real = replay_module.recomputed
+    monkeypatch.setattr(replay_module, "recomputed",
                         lambda *a: recomputed.append(1) or real(*a))
     frame = _frame(2_000, discrete=True, seed=1)
     settings = AuditSettings(examples_in_report=4)

@@ -34,14 +34,13 @@ from ..pipeline import (
     ModelPass,
     PreparedModel,
     ReadPass,
-    _replay_checks,
     attribute_chunk,
     example_drivers,
     make_method,
-    model_context,
     prepare_model,
     read_chunk,
 )
+from ..replay import model_context, replay_checks
 from ..row_stats import FeatureRange
 from ..spill import Spill, SpilledChunk
 from ..stats import (
@@ -210,7 +209,7 @@ class AuditWorker:
             spilled = SpilledChunk(rows=chunk.rows, ids=chunk.ids, labels=chunk.labels,
                                    results=results, x=chunk.x)
             for mp, context, (scores, values) in zip(passes, contexts, results):
-                _replay_checks(mp, context, spilled, scores, values)
+                replay_checks(mp, context, spilled, scores, values)
         return UnitReplay(checks=[mp.checks for mp in passes], rows_read=rows_read)
 
     # --- what a worker keeps -----------------------------------------------------------------
