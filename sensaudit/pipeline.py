@@ -11,9 +11,10 @@
    per-row results go to a :class:`~sensaudit.spill.Spill`.
 2. **Rank**: feature stds are now exact, so each model's sensitivity table is ranked (with the
    rows of ``audit.groups``; :mod:`sensaudit.judging`).
-3. **Replay** (:mod:`sensaudit.replay`) the spill, when there is one: per-row contributions, examples.csv rows, the
-   per-row work of checks that need the model and the final statistics (``Check.replays``:
-   an attack, a finite step), and whatever else a caller (``compare``) needs per row.
+3. **Replay** (:mod:`sensaudit.replay`) the spill, when there is one: per-row contributions,
+   examples.csv rows, the per-row work of checks that need the model and the final statistics
+   (``Check.replays``: an attack, a finite step), and whatever else a caller (``compare``)
+   needs per row.
    Otherwise the example candidates are settled against the final baseline (and, when their
    choice cannot be certified exact, chosen again in a second pass over the data).
 4. **Judge**: the checks finish on the ranked table and what they gathered.
