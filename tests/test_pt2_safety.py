@@ -179,9 +179,10 @@ def test_total_size_is_capped(good, tmp_path, monkeypatch):
     ("an unknown verifier", lambda g: g.update(verifiers=["os.system"]),
      "it names verifier 'os.system'"),
     ("a newer schema", lambda g: g.update(schema_version={"major": 9, "minor": 0}),
-     "its schema version 9.0 is not one sensaudit's checks were written for (8.x, x <= 20)"),
-    ("another torch", lambda g: g.update(torch_version="2.99.0"),
-     "it was written by torch '2.99.0'; sensaudit's checks were written for torch 2.13"),
+     f"its schema version 9.0 is not one this torch ({torch.__version__}) reads (8.x)"),
+    ("a field this torch does not know", lambda g: g.update(guards_source="import os"),
+     "its models/model.json has a field 'guards_source' that torch.export.save does not "
+     "write"),
 ])
 def test_graph_json_fields_are_checked(good, tmp_path, where, edit, found):
     def change(name: str, data: bytes) -> bytes:
@@ -193,10 +194,27 @@ def test_graph_json_fields_are_checked(good, tmp_path, where, edit, found):
     assert _refusal(tamper_pt2(good, tmp_path / "edited.pt2", change)) == found
 
 
-def test_running_under_another_torch_is_refused(good, monkeypatch):
-    monkeypatch.setattr(torch, "__version__", "2.14.0")
-    assert _refusal(good) == ("sensaudit's checks were written for torch 2.13 and this is torch "
-                              "2.14.0")
+def test_a_file_from_another_torch_release_is_judged_by_its_content(good, tmp_path):
+    # No version pin: the torch_version a file records is text, never a reason to refuse.
+    def change(name: str, data: bytes) -> bytes:
+        if name.endswith("models/model.json"):
+            program = json.loads(data)
+            program["torch_version"] = "2.99.0"
+            return json.dumps(program).encode()
+        return data
+    edited = tamper_pt2(good, tmp_path / "edited.pt2", change)
+    assert load_model(ModelConfig(path=edited, device="cpu")).module is not None
+
+
+def test_running_under_a_newer_torch_is_not_refused(good, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.14.1")
+    assert load_model(ModelConfig(path=good, device="cpu")).module is not None
+
+
+def test_running_under_a_torch_older_than_the_layout_is_refused(good, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.7.1")
+    assert _refusal(good) == ("this is torch 2.7.1; sensaudit's checks read the file layouts "
+                              "of torch 2.8 and newer")
 
 
 def test_loading_patches_nothing_process_wide(good, monkeypatch):

@@ -17,10 +17,6 @@ import torch
 
 from .pickle_walk import StorageRef
 
-# The torch versions whose file layouts, schemas and operators these checks were written for.
-# Another torch may write or read files differently: refused until the allowlists are reviewed.
-TORCH_VERSIONS = ("2.13",)
-
 # The largest archive sensaudit opens without trusted mode (all members, inflated): far above
 # any scorer, far below what would take the machine down.
 MAX_ARCHIVE_BYTES = 16 * 2**30
@@ -49,11 +45,19 @@ class Inventory:
 
 
 def check_torch_version() -> None:
-    """Refuse to vouch for files under a torch these checks were not written for."""
-    running = ".".join(torch.__version__.split(".")[:2])
-    if running not in TORCH_VERSIONS:
-        raise UnsafeArchive(f"sensaudit's checks were written for torch "
-                            f"{', '.join(TORCH_VERSIONS)} and this is torch {torch.__version__}")
+    """Refuse to vouch for files under a torch older than the layouts these checks read.
+
+    There is no upper bound: the checks read the running torch's own schema, operator registry
+    and archive constants, and refuse what they do not recognise, whatever release wrote it."""
+    from ..torch_support import MIN_TORCH, MIN_TORCH_TEXT, parse_version
+
+    try:
+        running = parse_version(torch.__version__)
+    except ValueError:
+        return  # a source build with an odd version string: the checks themselves decide
+    if running < MIN_TORCH:
+        raise UnsafeArchive(f"this is torch {torch.__version__}; sensaudit's checks read the "
+                            f"file layouts of torch {MIN_TORCH_TEXT} and newer")
 
 
 def take_inventory(archive: zipfile.ZipFile, file_size: int,

@@ -7,45 +7,45 @@ checks the meaning of every text field torch feeds to ``eval``, ``exec``, ``impo
 ``getattr`` while loading, and the names it turns into generated code:
 
 - ``expr_str`` (parsed by ``sympy.sympify``, which evaluates Python): sympy arithmetic only;
-- node ``target`` and ``as_operator`` (resolved with ``getattr`` from ``torch``): ``torch.ops``
-  operators or symbolic-size arithmetic; ``source_fn_stack`` likewise names only dotted paths;
-- ``guards_code`` (``exec``'d by ``ExportedProgram.module()``): must be empty, as torch 2.13
-  writes it;
+- node ``target`` and ``as_operator`` (resolved with ``getattr`` from ``torch``): operators
+  :mod:`.operator_policy` admits, or symbolic-size arithmetic; ``source_fn_stack`` likewise
+  names only dotted paths;
+- ``guards_code`` (``exec``'d by ``ExportedProgram.module()``): must be empty, as
+  ``torch.export.save`` writes it;
 - custom (C++ or opaque) objects: refused, as they are unpickled;
 - input specs, verifiers, names: the text torch writes (identifiers, dots, dashes).
+
+The schema is the running torch's own (``torch._export.serde.schema``), not a copy for one
+release: a file written by another torch is accepted when every field in it is one this torch
+knows and checks, and refused naming the first one it does not.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import io
 import json
 import re
-import tokenize
 import types
 import typing
 from typing import Any
 
+import torch
 from torch._export.serde import schema
 from torch._export.serde.union import _Union
 
-from .archive_checks import TORCH_VERSIONS, UnsafeArchive
-from .pt2_names import SYMBOLIC_OP_NAMES, SYMPY_NAMES
+from . import operator_policy
+from .archive_checks import UnsafeArchive
+from .pt2_expressions import check_expression
+from .pt2_names import SYMBOLIC_OP_NAMES
 
-# Schema and torch versions of the archives these checks were written for: a newer schema may
-# add fields torch evaluates.
-SCHEMA_MAJOR, SCHEMA_MAX_MINOR = 8, 20
 VERIFIERS = frozenset({"ATEN", "TRAINING"})
 NODE_METADATA = frozenset({"stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn",
                            "custom", "from_node"})
-_EXPR_OPERATOR_CHARS = frozenset("(),=+-*/%<>!&|~^")
-_EXPR_STRING = re.compile(r"'[\w.+\-]*'")
 # Graph node, tensor, parameter and input names; type names; versions. No quotes, spaces,
 # brackets or semicolons: nothing that can close a string or start a statement in the code
 # torch generates from these names.
 SAFE_TEXT = re.compile(r"[\w.+\-:]*")
-_OP_PATH = re.compile(r"torch\.ops\.[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 # Names torch uses as attribute paths on the rebuilt module (parameter and buffer names).
 _FQN_KEYS = frozenset({"parameter_name", "buffer_name", "tensor_constant_name", "fqn",
@@ -65,15 +65,13 @@ def check_fields(value: Any, cls: type, where: str) -> None:
 
 def check_program(document: dict[str, Any]) -> None:
     """models/model.json: versions, then every text torch evaluates or resolves."""
+    # The running torch's schema: its major version marks changes it cannot read; a file from a
+    # newer minor may hold fields this torch does not know, which check_fields has refused.
+    major, _minor = schema.SCHEMA_VERSION[:2]
     version = document.get("schema_version") or {}
-    if version.get("major") != SCHEMA_MAJOR or version.get("minor", 0) > SCHEMA_MAX_MINOR:
+    if version.get("major") != major:
         raise UnsafeArchive(f"its schema version {version.get('major')}.{version.get('minor')} "
-                            f"is not one sensaudit's checks were written for ({SCHEMA_MAJOR}.x, "
-                            f"x <= {SCHEMA_MAX_MINOR})")
-    recorded = str(document.get("torch_version", ""))
-    if not any(recorded == v or recorded.startswith(v + ".") for v in TORCH_VERSIONS):
-        raise UnsafeArchive(f"it was written by torch {recorded[:20]!r}; sensaudit's checks "
-                            f"were written for torch {', '.join(TORCH_VERSIONS)}")
+                            f"is not one this torch ({torch.__version__}) reads ({major}.x)")
     if document.get("guards_code"):
         raise UnsafeArchive("it holds guards_code, which torch runs as Python code")
     for verifier in document.get("verifiers", []):
@@ -153,19 +151,29 @@ def _check_value(value: Any, key: str) -> None:
 
 def _check_string(value: str, key: str) -> None:
     if key == "expr_str":
-        _check_expression(value)
+        check_expression(value)
     elif key in ("in_spec", "out_spec"):
         _check_spec(_json(value, key))
     elif key in ("target", "as_operator"):
-        if not (_OP_PATH.fullmatch(value) and "__" not in value
-                or value in SYMBOLIC_OP_NAMES):
-            raise UnsafeArchive(f"its graph calls '{value[:60]}', which is not a torch operator")
+        _check_operator(value)
     elif key in _FQN_KEYS:
         _check_text(value, key)
         if any(part.startswith("__") for part in value.split(".")):
             raise UnsafeArchive(f"its {key} {value[:60]!r} names a special attribute")
     elif key not in _FREE_TEXT:
         _check_text(value, key)
+
+
+def _check_operator(path: str) -> None:
+    """A node's target: symbolic-size arithmetic, or an operator the policy admits."""
+    if path in SYMBOLIC_OP_NAMES:
+        return
+    operator = operator_policy.resolve(path)
+    if operator is None:
+        raise UnsafeArchive(f"its graph calls '{path[:60]}', which is not a torch operator")
+    why = operator_policy.refusal(operator)
+    if why is not None:
+        raise UnsafeArchive(f"its graph calls '{path[:60]}': {why}")
 
 
 def _check_metadata(metadata: Any) -> None:
@@ -207,23 +215,6 @@ def _check_spec(value: Any) -> None:
 def _check_text(value: str, where: str) -> None:
     if not SAFE_TEXT.fullmatch(value):
         raise UnsafeArchive(f"{where} holds unexpected text {value[:60]!r}")
-
-
-def _check_expression(text: str) -> None:
-    """A symbolic shape expression, parsed by sympy with eval: sympy names, numbers only."""
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        raise UnsafeArchive(f"a shape expression does not parse: {text[:60]!r}") from None
-    for token in tokens:
-        ok = (token.type in (tokenize.NUMBER, tokenize.NEWLINE, tokenize.NL,
-                             tokenize.ENDMARKER)
-              or token.type == tokenize.NAME and token.string in SYMPY_NAMES
-              or token.type == tokenize.STRING and _EXPR_STRING.fullmatch(token.string)
-              or token.type == tokenize.OP and set(token.string) <= _EXPR_OPERATOR_CHARS)
-        if not ok:
-            raise UnsafeArchive(f"a shape expression holds {token.string[:40]!r}, which is not "
-                                "sympy arithmetic")
 
 
 def _json(text: str, key: str) -> Any:

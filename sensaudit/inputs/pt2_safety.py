@@ -1,7 +1,7 @@
 """Checks that make loading a ``torch.export`` file (.pt2) run none of its author's code.
 
 ``torch.export.load`` alone is not safe on a crafted file (torch's docs say as much: it "uses
-pickle under the hood"). In torch 2.13 a .pt2 can run code while loading, or when the loaded
+pickle under the hood"). A .pt2 can run code while loading, or when the loaded
 program is turned into a module or run:
 
 - unpickling: weights or constants marked ``use_pickle``, constants whose *member name* starts
@@ -10,7 +10,9 @@ program is turned into a module or run:
 - shared libraries: members under ``data/aotinductor/`` are loaded as compiled models;
 - Python text: ``expr_str`` is parsed by ``sympy.sympify`` (eval), ``guards_code`` is
   ``exec``'d by ``ExportedProgram.module()``, op names are resolved with ``getattr``;
-- graph ops: a node may name any callable reachable as ``torch.<a>.<b>...``;
+- graph ops: a node may name any callable reachable as ``torch.<a>.<b>...``, and among torch's
+  own operators some write files (``aten::from_file`` with ``shared=True``, ``aten::save``),
+  return uninitialised memory or skip bounds checks (:mod:`.operator_policy`);
 - sizes: torch allocates what the zip directory and ``tensor_meta`` say, before reading.
 
 So :func:`check_archive` reads the archive without loading it and accepts it only when all of
@@ -20,7 +22,7 @@ weights and constants raw tensor bytes whose member sizes match their ``tensor_m
 sample inputs a ``torch.save`` of tensors only (:mod:`.pickle_walk`); versions the allowlists
 were written for. Nothing is patched: once the archive holds no pickle that can name anything
 but tensor-rebuilding functions, even torch's fallback to full unpickling can call nothing
-else. After loading, :func:`check_graph_ops` checks every call in every graph; the loader then
+else. After loading, :func:`check_graph_ops` checks every call in every graph again; the loader then
 builds the module without guard code (``module(check_guards=False)``), so nothing from the file
 is ever ``exec``'d. The loader skips all of this only in trusted mode.
 """
@@ -37,6 +39,7 @@ from typing import Any
 import torch
 from torch._export.serde import schema
 
+from . import operator_policy
 from .archive_checks import (
     MAX_DOCUMENT_BYTES,
     DamagedArchive,
@@ -51,7 +54,8 @@ from .pickle_walk import ORDERED_DICT, REBUILD_TENSOR, PicklePolicy, UnsafePickl
 from .pt2_graph import SAFE_TEXT, check_fields, check_program
 from .pt2_names import SYMBOLIC_OPS
 
-# What torch.export.save (torch 2.13) writes, by name below the archive's folder.
+# What torch.export.save writes, by name below the archive's folder (the same from torch 2.8 to
+# 2.14 at least; tests/test_torch_versions.py loads files written by other releases).
 _FIXED = {"archive_format": b"pt2", "archive_version": b"0", "byteorder": b"little"}
 _REQUIRED = {"models/model.json", "data/sample_inputs/model.pt",
              "data/weights/model_weights_config.json",
@@ -103,22 +107,22 @@ def check_archive(path: Path) -> None:
 
 
 def check_graph_ops(program: Any) -> None:
-    """Every call in every graph of a loaded ExportedProgram is a torch operator."""
+    """Every call in every graph of a loaded ExportedProgram is one :mod:`.operator_policy`
+    admits, called as it admits (dropout only with train=False)."""
     for module in program.graph_module.modules():
         if not isinstance(module, torch.fx.GraphModule):
             continue
         for node in module.graph.nodes:
             if node.op in ("call_method", "call_module"):
                 raise UnsafeExport(f"its graph calls {node.op} '{node.target}'")
-            if node.op != "call_function":
+            if node.op != "call_function" or node.target in SYMBOLIC_OPS:
                 continue
             target = node.target
-            if isinstance(target, (torch._ops.OpOverload, torch._ops.HigherOrderOperator)):
-                continue
-            if target in SYMBOLIC_OPS:
-                continue
-            raise UnsafeExport(f"its graph calls {getattr(target, '__name__', target)!r}, "
-                               "which is not a torch operator")
+            why = (operator_policy.refusal(target)
+                   or operator_policy.call_refusal(target, node.args, node.kwargs))
+            if why is not None:
+                name = getattr(target, "__name__", target)
+                raise UnsafeExport(f"its graph calls {name!r}: {why}")
 
 
 def _check_members(archive: zipfile.ZipFile, inventory: Inventory) -> None:
