@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-0.1.0
 
-.PHONY: demo demo-run docs-chart test lint bench sample-data clean
+.PHONY: demo demo-run docs-chart test lint bench sample-data clean test-torch-next version-fixtures
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,33 @@ test: $(STAMP)
 	$(BIN)/ruff check sensaudit tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The next torch release beside the pinned one (torch 2.14.1, about 6 GB with its CUDA
+# libraries): the model-file tests, the files each release wrote, and the sample audit, under
+# it. Run before changing the model-file checks; CI keeps the pinned torch.
+NEXT_TORCH := 2.14.1
+NEXT_VENV := .venv-torch-next
+NEXT_STAMP := $(NEXT_VENV)/.installed-$(NEXT_TORCH)
+MODEL_FILE_TESTS := tests/test_torch_versions.py tests/test_pt2_safety.py tests/test_pt2_operators.py \
+  tests/test_torchscript_safety.py tests/test_bad_inputs.py tests/test_loader.py \
+  tests/test_pickle_walk.py tests/test_trust_model_code.py tests/test_model_class_file.py \
+  tests/test_exported_members.py
+
+$(NEXT_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(NEXT_VENV)
+	sed 's/^torch==.*/torch==$(NEXT_TORCH)/' constraints.txt > $(NEXT_VENV)/constraints.txt
+	$(NEXT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -c $(NEXT_VENV)/constraints.txt -e '.[dev]'
+	touch $(NEXT_STAMP)
+
+test-torch-next: $(NEXT_STAMP)
+	$(NEXT_VENV)/bin/python -m pytest $(MODEL_FILE_TESTS)
+	@$(MAKE) --no-print-directory demo-run SENSAUDIT=$(NEXT_VENV)/bin/sensaudit
+
+# Model files written by the next torch, for tests/test_torch_versions.py (the pinned torch's
+# are written by `$(BIN)/python scripts/make_version_fixtures.py`).
+version-fixtures: $(NEXT_STAMP)
+	$(NEXT_VENV)/bin/python scripts/make_version_fixtures.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check sensaudit tests benchmarks scripts

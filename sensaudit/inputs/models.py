@@ -188,8 +188,15 @@ def _load_torchscript(path: Path, device: torch.device, trust: bool) -> Any:
         except Exception as exc:  # DamagedArchive, or zipfile's errors on a damaged archive
             raise ModelLoadError(f"{path}: cannot load TorchScript archive: corrupt or "
                                  f"truncated file? ({first_line(exc)})") from None
-    return _guard(path, "TorchScript archive",
-                  lambda: torch.jit.load(str(path), map_location=device))
+    return _guard(path, "TorchScript archive", lambda: _jit_load(path, device))
+
+
+def _jit_load(path: Path, device: torch.device) -> Any:
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates torch.jit: a FutureWarning on stderr for every load would read
+        # as a problem with the user's file, which TorchScript files still are not.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        return torch.jit.load(str(path), map_location=device)
 
 
 def _load_pickle_based(cfg: ModelConfig, path: Path, trust: bool, device: torch.device
