@@ -109,6 +109,12 @@ def test_the_log_shows_names_without_forged_commands_or_escape_sequences(audited
     assert len(errors) >= len(FEATURES)  # every proxy failed its limit, one command each
 
 
+def test_quiet_gate_lines_are_unforgeable(hostile):
+    result, _ = _run(hostile, "run", str(hostile / "audit.yaml"), "--quiet")
+    _assert_log_unforgeable(result.stdout)
+    assert r"FAILED x\n::error::pwned (out\n::warning::pwned): share" in result.stdout
+
+
 def test_compare_log_is_unforgeable_too(compared):
     result, _ = compared
     _assert_log_unforgeable(result.stdout)
