@@ -5,8 +5,8 @@ as they are, a name could end a line and forge what follows it: a ``::error`` wo
 in a CI log, a ``# sensaudit: PASSED`` heading in report.md, raw HTML in the job summary,
 terminal escape sequences (clear the screen, retitle the window, hide text), a spreadsheet
 formula in a CSV. Each function here escapes text for one medium by that medium's own rules,
-and leaves ordinary names (letters, digits, ``_``, ``.``, ``-``, spaces) as they are, so
-reports of well-named data keep their exact bytes.
+and leaves ordinary names (letters, digits, spaces, ``.`` and an inner ``_`` or ``-``) as
+they are, so reports of well-named data keep their exact bytes.
 
 JSON and Parquet reports keep names exact: their encoders already quote every string.
 """
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the CLI imports this module before pandas and pyarrow (--help stays light)
     import pandas as pd
     import pyarrow as pa
+
 
 def visible(text: str) -> str:
     """Every character that is not printable written as its Python escape (ESC as ``\\x1b``,
