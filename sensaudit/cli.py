@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.text import Text
 
 from . import github_actions
@@ -35,6 +34,7 @@ from .cli_render import (
 from .config import load_config
 from .errors import ModelLoadError, SensauditError
 from .overrides import with_overrides
+from .text_safety import markdown_line, terminal, visible
 
 # torch, pandas and the pipeline load inside the commands that use them, so `--help` and
 # `--version` answer at once (tests/test_cli_start.py checks the import graph).
@@ -143,7 +143,7 @@ def run(
                if result.rows_dropped else "")
     stdout.print(f"Audit {verdict}: {len(result.gates.flags)} flag(s), "
                  f"{len(result.gates.warnings)} warning(s), {nonfinite}{result.rows:,} rows"
-                 f"{dropped}; reports in {escape(str(cfg.report.dir))}", highlight=False)
+                 f"{dropped}; reports in {terminal(str(cfg.report.dir))}", highlight=False)
     raise typer.Exit(EXIT_PASSED if result.passed else EXIT_GATE_FAILED)
 
 
@@ -333,11 +333,10 @@ def _errors(debug: bool):
         # The message is plain text: file names like "[v2].csv" must not be read as markup.
         # A value quoted from a file ("\x1e", a newline in a column name) must not split the
         # one line a CI log shows: non-printable characters are shown escaped.
-        message = "".join(c if c.isprintable() else c.encode("unicode_escape").decode()
-                          for c in str(exc))
+        message = visible(str(exc))
         stderr.print(Text.assemble(("Error:", "bold red"), " ", message), highlight=False,
                      soft_wrap=True)
-        _to_github(f"# sensaudit: ERROR\n\n{message}\n",
+        _to_github(f"# sensaudit: ERROR\n\n{markdown_line(message)}\n",
                    [github_actions.command("error", "sensaudit: bad input", message)])
         raise typer.Exit(exc.exit_code) from None
     except Exception:

@@ -3,7 +3,8 @@
 The commands in :mod:`sensaudit.cli` call the library, then hand its results here: the audit's
 and the comparison's tables, the one-line gates of ``--quiet``, and, in GitHub Actions, the job
 summary and annotations. Text quoted from the user's files (feature names, ids, paths) is
-printed as it is, never read as rich markup.
+never read as rich markup, and its control characters (terminal escape sequences, newlines
+that would start a forged ``::error`` line in a CI log) are shown escaped (text_safety).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console, JustifyMethod
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import github_actions
+from .text_safety import terminal, visible
 
 # Type names only: the results' modules load torch and pandas, which `--help` must not
 # (tests/test_cli_start.py checks the import graph).
@@ -58,7 +59,7 @@ def _to_github(markdown: str, annotations: list[str]) -> None:
     """The job summary and annotations, when running in GitHub Actions (github_actions)."""
     problem = github_actions.append_summary(os.environ, markdown)
     if problem is not None:
-        stderr.print(f"warning: {problem}", markup=False, highlight=False)
+        stderr.print(visible(f"warning: {problem}"), markup=False, highlight=False)
     if github_actions.in_actions(os.environ):
         for line in annotations:
             _plain(line)
@@ -103,7 +104,7 @@ def _progress(quiet: bool):
 
 def _print_audit(result: AuditResult, written: list[Path]) -> None:
     for output, group in result.table.groupby("output", sort=False):
-        title = "Feature sensitivity" + (f" ({escape(output)})" if len(result.outputs) > 1
+        title = "Feature sensitivity" + (f" ({terminal(output)})" if len(result.outputs) > 1
                                          else "")
         table = Table(title=title, title_justify="left")
         # Attribution methods (score units) show their mean |attribution| and mean attribution.
@@ -120,7 +121,7 @@ def _print_audit(result: AuditResult, written: list[Path]) -> None:
         for r in (group if grouped else group.sort_values("rank")).itertuples():
             is_group = grouped and r.group == r.feature
             mean = r.mean_gradient if result.per_unit else r.mean_attribution
-            table.add_row(str(r.rank), escape(r.feature) + (" (group)" if is_group else ""),
+            table.add_row(str(r.rank), terminal(r.feature) + (" (group)" if is_group else ""),
                           f"{r.share:.1%}", f"{r.scaled_sensitivity:.4g}",
                           "" if is_group else f"{mean:.4g}",
                           "[red]FLAG[/]" if r.flagged else "")
@@ -136,15 +137,15 @@ def _print_audit(result: AuditResult, written: list[Path]) -> None:
 
 def _plain(text: str) -> None:
     """Print text that quotes files (feature names, ids, paths) without reading it as markup:
-    a column named "price[usd]" must print as it is."""
-    stdout.print(text, markup=False, highlight=False)
+    a column named "price[usd]" must print as it is, one named "x\n::error::" on one line."""
+    stdout.print(visible(text), markup=False, highlight=False)
 
 
 def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
     from .compare import gate_change, noise_name
 
     for output, group in result.table.groupby("output", sort=False):
-        title = "Before -> after" + (f" ({escape(output)})" if len(result.new.outputs) > 1
+        title = "Before -> after" + (f" ({terminal(output)})" if len(result.new.outputs) > 1
                                      else "")
         table = Table(title=title, title_justify="left")
         for name in ("feature", "share old", "share new", "change", "rank", "gate"):
@@ -153,7 +154,7 @@ def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
             change = f"{r.delta_share * 100:+.1f}" + ("*" if r.changed else "")
             gate = gate_change(r.flagged_old, r.flagged_new)
             gate = f"[{'green' if gate == 'cleared' else 'red'}]{gate}[/]" if gate else ""
-            table.add_row(escape(r.feature), f"{r.share_old:.1%}", f"{r.share_new:.1%}", change,
+            table.add_row(terminal(r.feature), f"{r.share_old:.1%}", f"{r.share_new:.1%}", change,
                           f"{r.rank_old} -> {r.rank_new}", gate)
         stdout.print(table)
     _plain("change: new share - old share, in share points")

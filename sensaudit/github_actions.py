@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .gate_text import finding_for, gate_line, notice_line
+from .text_safety import github_data, github_property, visible
 
 if TYPE_CHECKING:
     from .compare import ComparisonResult
@@ -46,9 +47,10 @@ def audit_annotations(result: AuditResult, config: Path | None = None) -> list[s
     lines = []
     for gate in result.gates.flags:
         finding = finding_for(gate, result.checks, multi)
+        # The message's two lines are sensaudit's; a newline in a name shows as "\n".
         lines.append(command("error", f"sensaudit: {gate.check} failed for {gate.subject}",
-                             gate_line(gate, multi) + (f"\n{finding}" if finding else ""),
-                             config))
+                             visible(gate_line(gate, multi))
+                             + (f"\n{visible(finding)}" if finding else ""), config))
     for notice in result.gates.warnings:
         lines.append(command("warning", f"sensaudit: {notice.check} warning for "
                                         f"{notice.subject}",
@@ -73,16 +75,8 @@ def comparison_annotations(result: ComparisonResult, config: Path | None = None)
 
 def command(kind: str, title: str, message: str, file: Path | None = None) -> str:
     """One workflow command line, escaped as the runner expects (a newline in a feature name
-    must not end the command early)."""
-    properties = [f"title={_property(title)}"]
+    must not end the command early; text_safety has the rules)."""
+    properties = [f"title={github_property(title)}"]
     if file is not None:
-        properties.insert(0, f"file={_property(str(file))}")
-    return f"::{kind} {','.join(properties)}::{_data(message)}"
-
-
-def _data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _property(text: str) -> str:
-    return _data(text).replace(":", "%3A").replace(",", "%2C")
+        properties.insert(0, f"file={github_property(str(file))}")
+    return f"::{kind} {','.join(properties)}::{github_data(message)}"

@@ -31,6 +31,7 @@ from ..config import AuditSettings, MisscoredRule
 from ..errors import ConfigError, describe, did_you_mean
 from ..methods import Attributions
 from ..stats import PoissonBootstrap, finite_rows
+from ..text_safety import markdown_name
 from .base import Check, CheckResult, Gate, Notice, Ranking
 from .evidence import (
     MISSCORED,
@@ -307,8 +308,9 @@ class SuspectedProxies(Check):
         lines = ["Features nobody declared that the model leans on more than the data justify "
                  "(README, \"Finding undeclared proxies\").", ""]
         lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in status.items()]
-        lines += [f"- {r.feature} is a declared proxy, judged by its limits; it shows the same "
-                  f"signs: {'; '.join(r.reasons)}." for r in declared.itertuples()]
+        # Feature and output names come from the data: escaped for markdown (text_safety).
+        lines += [f"- {markdown_name(r.feature)} is a declared proxy, judged by its limits; it "
+                  f"shows the same signs: {'; '.join(r.reasons)}." for r in declared.itertuples()]
         lines.append("")
         if suspects.empty:
             lines.append("No undeclared feature is suspected.")
@@ -319,8 +321,8 @@ class SuspectedProxies(Check):
             support = "" if np.isnan(r.evidence_share) else f"{r.evidence_share:.1%}"
             split = ("" if np.isnan(r.contrast)
                      else f"{r.share_misscored:.1%} / {r.share_rest:.1%}")
-            lines.append(f"| {r.feature} | {r.output} | {r.share:.1%} | {support} | {split} | "
-                         + "; ".join(r.reasons) + " |")
+            lines.append(f"| {markdown_name(r.feature)} | {markdown_name(r.output)} | "
+                         f"{r.share:.1%} | {support} | {split} | " + "; ".join(r.reasons) + " |")
         return lines
 
 

@@ -1,4 +1,10 @@
-"""CSV tables: sensitivity.csv and examples.csv for an audit, comparison.csv for a compare."""
+"""CSV tables: sensitivity.csv and examples.csv for an audit, comparison.csv for a compare.
+
+Every text cell and header goes through text_safety's csv escaping: a feature named
+"=HYPERLINK(...)" would otherwise run as a formula when the file is opened in a spreadsheet.
+Such a name then reads back with a leading "'" (numbers, negative ones too, are never
+touched); summary.json and the Parquet files keep names exactly.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import pyarrow.csv as pa_csv
 
 from ..compare import ComparisonResult
 from ..results import AuditResult
+from ..text_safety import csv_frame, csv_table
 from .base import ReportWriter, nulls_as_text
 from .staging import StagedReport
 
@@ -32,11 +39,11 @@ class CsvReport(ReportWriter):
                 table = table.cast(nulls_as_text(table.schema))
                 self._schema = table.schema
                 self._examples = pa_csv.CSVWriter(
-                    str(self.out.path("examples.csv")), table.schema,
+                    str(self.out.path("examples.csv")), csv_table(table.slice(0, 0)).schema,
                     write_options=pa_csv.WriteOptions(quoting_style="needed"))
             elif table.schema != self._schema:
                 table = table.cast(self._schema)
-            self._examples.write_table(table)
+            self._examples.write_table(csv_table(table))
 
         self.out.guarded(write)
 
@@ -46,8 +53,7 @@ class CsvReport(ReportWriter):
             self._examples = None
 
     def audit(self, result: AuditResult) -> None:
-        self.out.guarded(lambda: result.table.to_csv(self.out.path("sensitivity.csv"),
-                                                     index=False, float_format="%.8g"))
+        self._table("sensitivity.csv", result.table)
         for check in result.checks:  # each check's own tables (robustness.csv, ...)
             for name, frame in check.tables.items():
                 self._table(name, frame)
@@ -56,9 +62,8 @@ class CsvReport(ReportWriter):
         self._close()
 
     def _table(self, name: str, frame: pd.DataFrame) -> None:
-        self.out.guarded(lambda: frame.to_csv(self.out.path(name), index=False,
-                                              float_format="%.8g"))
+        self.out.guarded(lambda: csv_frame(frame).to_csv(self.out.path(name), index=False,
+                                                         float_format="%.8g"))
 
     def comparison(self, result: ComparisonResult) -> None:
-        self.out.guarded(lambda: result.table.to_csv(self.out.path("comparison.csv"),
-                                                     index=False, float_format="%.8g"))
+        self._table("comparison.csv", result.table)

@@ -11,17 +11,14 @@ compare (``compare.max_proxy_share_increase``).
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from ..compare import ComparisonResult
 from ..gate_text import finding_for, gate_line, notice_line
 from ..results import AuditResult
+from ..text_safety import xml_text
 from .base import ReportWriter
-
-# Characters XML 1.0 cannot hold at all, even escaped (a column name may contain them).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 @dataclass
@@ -124,5 +121,4 @@ def junit_xml(suite: str, cases: list[_Case], properties: dict[str, str],
 
 
 def _text(value: str) -> str:
-    """Text XML can hold: characters it forbids are written as \\x.. escapes."""
-    return _NOT_XML.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
+    return xml_text(value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,6 +11,7 @@ import pandas as pd
 from .._version import __version__
 from ..compare import ComparisonResult, gate_change, noise_name
 from ..results import AuditResult, Driver
+from ..text_safety import markdown_code, markdown_line, markdown_name, visible
 from .base import ReportWriter
 from .charts import audit_plans, comparison_plans
 
@@ -37,25 +38,27 @@ def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) 
     lines = [
         f"# sensaudit: {verdict}",
         "",
-        f"- Model: `{result.model_path}` ({result.model_format})",
-        f"- Data: `{result.data_path}`, {result.rows:,} rows audited"
+        f"- Model: {markdown_code(result.model_path)} ({result.model_format})",
+        f"- Data: {markdown_code(result.data_path)}, {result.rows:,} rows audited"
         + (f", {result.rows_dropped:,} dropped for missing values" if result.rows_dropped else ""),
-        f"- Features: {len(result.features)}; outputs: {', '.join(result.outputs)}",
+        f"- Features: {len(result.features)}; outputs: {_names(result.outputs)}",
         *_method_line(result),
         "",
         "## Findings",
         "",
     ]
-    lines += [f"- {text}" for text in result.findings]
+    lines += [f"- {markdown_line(text)}" for text in result.findings]
     if result.nonfinite_rows:
-        ids = ", ".join(str(i) for i in result.nonfinite_ids)
+        ids = _names(str(i) for i in result.nonfinite_ids)
         allowed = "allowed by audit.allow_nonfinite" if result.nonfinite_allowed else (
             "this fails the audit (set audit.allow_nonfinite: true to accept)")
         lines.append(f"- {result.nonfinite_rows:,} rows gave non-finite scores or gradients "
                      f"and were left out of the statistics ({allowed}); first ids: {ids}.")
     for check in result.checks:
         for title, section in check.sections.items():
-            lines += ["", f"## {title}", "", *section]
+            # A check writes its section as markdown and escapes the names it quotes
+            # (checks/suspects.py); no line it holds may hold another.
+            lines += ["", f"## {title}", "", *map(visible, section)]
     lines += ["", "## Feature sensitivity", ""]
     if result.per_unit:
         lines += ["`share` is each feature's part of the total scaled sensitivity (std x mean "
@@ -67,7 +70,7 @@ def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) 
                   "score units).", ""]
     for output, group in result.table.groupby("output", sort=False):
         if len(result.outputs) > 1:
-            lines += [f"### Output `{output}`", ""]
+            lines += [f"### Output {markdown_code(output)}", ""]
         if result.per_unit:
             lines += ["| rank | feature | share | scaled sensitivity | mean gradient | "
                       "mean abs gradient | std | flagged |",
@@ -79,7 +82,8 @@ def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) 
         # features'.
         for r in (group if "group" in group.columns else group.sort_values("rank")).itertuples():
             mark = "**yes**" if r.flagged else ""
-            name = f"{r.feature} (group)" if getattr(r, "group", None) == r.feature else r.feature
+            name = markdown_name(r.feature) + (
+                " (group)" if getattr(r, "group", None) == r.feature else "")
             if result.per_unit:
                 lines.append(f"| {r.rank} | {name} | {r.share:.1%} | {r.scaled_sensitivity:.4g} "
                              f"| {_num(r.mean_gradient)} | {_num(r.mean_abs_gradient)} "
@@ -105,7 +109,7 @@ def frame_markdown(frame: pd.DataFrame) -> list[str]:
         return ["(no rows)"]
     numeric = [pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(
         frame[c]) for c in frame.columns]
-    lines = ["| " + " | ".join(str(c) for c in frame.columns) + " |",
+    lines = ["| " + " | ".join(markdown_name(c) for c in frame.columns) + " |",
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     for row in frame.itertuples(index=False):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
@@ -116,12 +120,17 @@ def _cell(value: object) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
+        return _names(value)
     if isinstance(value, (float, np.floating)):
         return _num(float(value))
     if value is None:
         return ""
-    return str(value).replace("|", "\\|")
+    return markdown_name(value)
+
+
+def _names(names: Iterable[object]) -> str:
+    """Names from the data (features, outputs, ids), listed inline."""
+    return ", ".join(markdown_name(n) for n in names)
 
 
 def _num(value: float) -> str:
@@ -141,7 +150,7 @@ def _method_line(result: AuditResult) -> list[str]:
 def _baseline_words(baseline: dict) -> str:
     kind = baseline["kind"]
     if kind == "mapping":
-        return "as given for " + ", ".join(baseline["given"]) + ", the mean for the others"
+        return "as given for " + _names(baseline["given"]) + ", the mean for the others"
     if kind == "median":
         return "the features' medians" + ("" if baseline.get("exact", True)
                                           else " (from a uniform sample of the rows)")
@@ -175,7 +184,7 @@ def examples_markdown(result: AuditResult) -> list[str]:
     section = None
     for ex in result.examples:
         if (ex.reason, ex.output) != section:
-            where = f" (output `{ex.output}`)" if len(result.outputs) > 1 else ""
+            where = f" (output {markdown_code(ex.output)})" if len(result.outputs) > 1 else ""
             lines += ([] if section is None else [""]) + [
                 f"### {SECTION_TITLES.get(ex.reason, ex.reason)}{where}", ""]
             section = (ex.reason, ex.output)
@@ -188,7 +197,7 @@ def examples_markdown(result: AuditResult) -> list[str]:
         if ex.proxies:
             why += ("; declared prox" + ("y: " if len(ex.proxies) == 1 else "ies: ") + "; ".join(
                 _driver_words(d, labels.get(d.feature, "baseline")) for d in ex.proxies))
-        lines.append(f"- `{ex.id}`: score {ex.score:.4g}{label}. {why}.")
+        lines.append(f"- {markdown_code(ex.id)}: score {ex.score:.4g}{label}. {why}.")
     lines.append("")
     return lines
 
@@ -197,7 +206,8 @@ def _driver_words(driver: Driver, called: str) -> str:
     """'copy_length = 412 (mean 180) adds +0.21 to the score'."""
     effect = (f"adds {driver.contribution:+.2g} to the score" if driver.contribution >= 0
               else f"takes {-driver.contribution:.2g} off the score")
-    return f"{driver.feature} = {driver.value:.4g} ({called} {driver.baseline:.4g}) {effect}"
+    return (f"{markdown_name(driver.feature)} = {driver.value:.4g} ({called} "
+            f"{driver.baseline:.4g}) {effect}")
 
 
 def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, str]] = ()
@@ -209,14 +219,15 @@ def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, st
     lines = [
         f"# sensaudit compare: {verdict}",
         "",
-        f"- Old model: `{result.old.model_path}`",
-        f"- New model: `{result.new.model_path}`",
-        f"- Data: `{result.new.data_path}`, {result.new.rows:,} rows, the same for both",
+        f"- Old model: {markdown_code(result.old.model_path)}",
+        f"- New model: {markdown_code(result.new.model_path)}",
+        f"- Data: {markdown_code(result.new.data_path)}, {result.new.rows:,} rows, the same for "
+        "both",
         "",
         "## Findings",
         "",
     ]
-    lines += [f"- {text}" for text in result.findings]
+    lines += [f"- {markdown_line(text)}" for text in result.findings]
     lines += ["", "## Before and after", ""]
     settings = result.settings
     if has_ci:
@@ -235,7 +246,7 @@ def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, st
                      if settings.get("noise") == "rows" else ""), ""]
     for output, group in result.table.groupby("output", sort=False):
         if len(result.new.outputs) > 1:
-            lines += [f"### Output `{output}`", ""]
+            lines += [f"### Output {markdown_code(output)}", ""]
         lines += ["| feature | share old | share new | change (points) | "
                   + (f"{ci} interval | " if has_ci else "") + "rank old -> new | gate |",
                   "|---|---:|---:|---:|" + ("---:|" if has_ci else "") + "---|---|"]
@@ -244,15 +255,15 @@ def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, st
             interval = (f"{r.delta_share_low * 100:+.1f} to {r.delta_share_high * 100:+.1f} | "
                         if has_ci else "")
             gate = gate_change(r.flagged_old, r.flagged_new)
-            lines.append(f"| {r.feature} | {r.share_old:.1%} | {r.share_new:.1%} | {change} | "
-                         f"{interval}{r.rank_old} -> {r.rank_new} | {gate} |")
+            lines.append(f"| {markdown_name(r.feature)} | {r.share_old:.1%} | {r.share_new:.1%} "
+                         f"| {change} | {interval}{r.rank_old} -> {r.rank_new} | {gate} |")
         lines.append("")
         overall = result.overall[output]
         rows = overall["least_agreeing_rows"]
         if rows:
             lines += ["Rows where the two models disagree most about what drives the score:",
                       "", "| id | score old | score new | cosine |", "|---|---:|---:|---:|"]
-            lines += [f"| {c['id']} | {c['score_old']:.4g} | {c['score_new']:.4g} | "
+            lines += [f"| {markdown_name(c['id'])} | {c['score_old']:.4g} | {c['score_new']:.4g} | "
                       f"{c['cosine']:.3f} |" for c in rows]
             lines.append("")
     lines += _chart_links(charts)
@@ -263,8 +274,5 @@ def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, st
 def _chart_links(charts: Sequence[tuple[str, str]]) -> list[str]:
     if not charts:
         return []
-    return ["## Charts", "", *[f"![{_alt(title)}]({name})\n" for name, title in charts]]
-
-
-def _alt(text: str) -> str:
-    return text.replace("[", "\\[").replace("]", "\\]")
+    # Titles quote output names; file names are slugs (charts.py).
+    return ["## Charts", "", *[f"![{markdown_name(title)}]({name})\n" for name, title in charts]]
