@@ -6,6 +6,7 @@ through sensaudit. Models read 3 features, like ``helpers_bad.Scorer``.
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
 import struct
@@ -166,6 +167,57 @@ def save_in_helper_class_setstate(folder: Path, marker: Path) -> Path:
     return rebuild(base, folder / "evil_helper_state.pt",
                    edit_text("code/__torch__/helpers_crafted.py", old,
                              old + f'    _s = ops.aten.save(state, "{marker}")\n'))
+
+
+def _unicode(text: str) -> bytes:
+    """A pickle BINUNICODE opcode pushing ``text``."""
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def opaque_object(folder: Path, marker: Path, declare: bool = True) -> Path:
+    """data.pkl gains an object of the C++ custom class aten.OpaqueObject, whose C++
+    __setstate__ base64-decodes its state and unpickles it with Python's pickle: ``marker`` is
+    written while torch.jit.load runs. With ``declare``, a code file defines a (harmless) class
+    of the same name, so the name looks like one of the archive's own classes; torch finds the
+    C++ class first either way."""
+    base = scripted(Scorer(), folder / "plain.pt")
+    state = base64.b64encode(pickle.dumps(Payload(marker))).decode()
+    planted = (_unicode("opaque") + b"c__torch__.torch.classes.aten\nOpaqueObject\n)\x81"
+               + _unicode(state) + b"b")
+
+    def edit(name: str, data: bytes) -> bytes:
+        if not name.endswith("/data.pkl"):
+            return data
+        end = data.rindex(b"Nu") + 1  # the module's attribute dict, before its SETITEMS
+        return data[:end] + planted + data[end:]
+
+    declared = {"code/__torch__/torch/classes/aten.py": b"class OpaqueObject(Module):\n"
+                b"  __parameters__ = []\n  __buffers__ = []\n"} if declare else {}
+    return rebuild(base, folder / "evil_opaque.pt", edit, extra=declared)
+
+
+# How forward calls each operator off the list, on the weight tensor, once the archive defines
+# a method of that name; the result is used, so TorchScript keeps the call.
+OPERATOR_METHOD_CALLS = {
+    "_reshape_alias": "w._reshape_alias([3], [1])",  # a view of any size: no bounds check
+    "_unsafe_index_put": "w._unsafe_index_put([torch.zeros([1], dtype=4)], w, False)",
+    "empty_like": "w.empty_like()",  # uninitialised memory
+    "set_data": "w.set_data(w)",
+}
+
+
+def operator_method(folder: Path, name: str) -> Path:
+    """Scorer with a method ``name`` (returning 1) and forward calling ``w.name(...)`` on its
+    weight tensor: TorchScript compiles that call to aten::name, not to the method."""
+    base = scripted(Scorer(), folder / "plain.pt")
+    old = "    w = self.w\n    return torch.matmul(x, w)\n"
+    used = ("torch.matmul(x, w)" if name == "set_data"
+            else "torch.matmul(x, torch.add(w, torch.mul(torch.sum(_0), 0)))")
+    new = (f"    w = self.w\n    _0 = {OPERATOR_METHOD_CALLS[name]}\n    return {used}\n"
+           f"  def {name}(self: __torch__.helpers_bad.Scorer) -> int:\n    return 1\n")
+    return rebuild(base, folder / f"evil_{name}.pt", edit_text("code/__torch__/helpers_bad.py",
+                                                                 old, new))
 
 
 # --- .pt2 ---------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .archive_checks import (
 )
 from .pickle_walk import ORDERED_DICT, REBUILD_TENSOR, PicklePolicy, UnsafePickle, walk
 from .torchscript_code import CodeFacts, UnsafeCode, check_code, check_type_string
+from .torchscript_names import resolves_outside_archive
 
 # File format versions torch 2.x writes for TorchScript (3, raised up to 10 by the operators a
 # model uses); older or newer ones were not reviewed for these checks.
@@ -118,7 +119,9 @@ def _sources(archive: zipfile.ZipFile, inventory: Inventory) -> dict[str, str]:
 def _check_pickles(archive: zipfile.ZipFile, inventory: Inventory, facts: CodeFacts) -> None:
     # __torch__ classes: only those the code check has just passed (none defines __setstate__),
     # never TorchScript's custom C++ classes (__torch__.torch.classes.*), which are not in code.
-    policy = PicklePolicy(calls=_PICKLE_CALLS, classes=lambda name: name in facts.classes)
+    # (check_code refuses to define those names; resolves_outside_archive says so again here.)
+    policy = PicklePolicy(calls=_PICKLE_CALLS, classes=lambda name: (
+        name in facts.classes and not resolves_outside_archive(name)))
     debug_policy = PicklePolicy(calls=frozenset({f"{_JIT_PICKLE}build_intlist"}))
     for name in inventory.members:
         if name.endswith(".debug_pkl"):
