@@ -271,20 +271,26 @@ def guards_code(source: Path, target: Path, marker: Path) -> Path:
 def inflating_weight(source: Path, target: Path, size: int = 3 * 2**30) -> Path:
     """weight_0 replaced by a deflated member that inflates to ``size`` bytes of zeros (3 GB by
     default, in about 3 MB): what torch would allocate, since it trusts the zip directory."""
+    return inflating_member(source, target, "data/weights/weight_0", size, bytes(2**20))
+
+
+def inflating_member(source: Path, target: Path, suffix: str, size: int, chunk: bytes) -> Path:
+    """The member whose name ends with ``suffix`` replaced by a deflated one inflating to
+    ``size`` bytes (a whole number of ``chunk``s), in about a thousandth of that."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    chunk = bytes(2**20)
-    # After a full flush the compressor starts afresh, so every further 1 MiB of zeros
-    # compresses to the same bytes: the stream is built by repetition, without 3 GB of work.
+    # After a full flush the compressor starts afresh, so every further chunk compresses to the
+    # same bytes: the stream is built by repetition, without ``size`` bytes of work.
     first = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
     again = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
-    stream = first + again * (size // 2**20 - 1) + compressor.flush(zlib.Z_FINISH)
+    stream = first + again * (size // len(chunk) - 1) + compressor.flush(zlib.Z_FINISH)
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
         for info in src.infolist():
-            if not info.filename.endswith("data/weights/weight_0"):
+            if not info.filename.endswith(suffix):
                 out.writestr(info, src.read(info.filename))
                 continue
             # Written stored, then relabelled as deflated with the inflated size (CRC left 0:
             # nothing reads that far).
+            info.compress_type = zipfile.ZIP_STORED
             header_at = out.fp.tell()
             out.writestr(info, stream)
             bomb = out.filelist[-1]
@@ -295,4 +301,18 @@ def inflating_weight(source: Path, target: Path, size: int = 3 * 2**30) -> Path:
             out.fp.seek(header_at + 14)
             out.fp.write(struct.pack("<III", 0, len(stream), size))
             out.fp.seek(end)
+    return target
+
+
+def rebuild_deflated(source: Path, target: Path, replace: dict[str, bytes]) -> Path:
+    """Copy a TorchScript archive with the members whose names end with a key of ``replace``
+    holding its value, deflated as torch.jit.save writes code."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
+        for info in src.infolist():
+            data = next((new for suffix, new in replace.items()
+                         if info.filename.endswith(suffix)), None)
+            if data is None:
+                out.writestr(info, src.read(info.filename))
+            else:
+                out.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
     return target

@@ -15,8 +15,10 @@ import ast
 import io
 import re
 import tokenize
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .torchscript_limits import MAX_CODE_DEPTH, nesting
 from .torchscript_names import CUSTOM_CLASSES, method_name_allowed, resolves_outside_archive
 from .torchscript_ops import (
     ATEN_OPS,
@@ -102,17 +104,29 @@ def _parse(module: str, text: str) -> ast.Module:
     if "\\\n" in text or "\\\r" in text:
         raise UnsafeCode(f"{module}: a line continuation")
     try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
         tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        raise UnsafeCode(f"{module}: code that does not parse") from None
+    except (RecursionError, MemoryError):  # Python's parser refusing deep nesting
+        raise UnsafeCode(f"{module}: code nested too deeply to parse") from None
+    # Before any recursive check, and before torch's recursive parser and compiler could see it.
+    if nesting(tree) > MAX_CODE_DEPTH:
+        raise UnsafeCode(f"{module}: code nested more than {MAX_CODE_DEPTH} levels deep")
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+        _check_tokens(module, tokens)
     except (SyntaxError, tokenize.TokenError, ValueError):
         raise UnsafeCode(f"{module}: code that does not parse") from None
+    return tree
+
+
+def _check_tokens(module: str, tokens: Iterator[tokenize.TokenInfo]) -> None:
     for token in tokens:
         if token.type == tokenize.COMMENT:
             raise UnsafeCode(f"{module}: a comment, which TorchScript does not write")
         if token.type == tokenize.STRING and (token.string[:1] not in "'\""
                                               or token.string[:3] in ('"""', "'''")):
             raise UnsafeCode(f"{module}: a string literal {token.string[:40]!r}")
-    return tree
 
 
 class _Checker:

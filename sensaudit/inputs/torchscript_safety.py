@@ -7,7 +7,8 @@ registered operator, including ``aten::save`` and ``aten::from_file``, which wri
 in it is on an allowlist:
 
 - members: only the names ``torch.jit.save`` writes, one root folder, sizes capped
-  (:mod:`.archive_checks`);
+  (:mod:`.archive_checks`), code and debug pickles capped in size, lines, deflate ratio and
+  nesting before they are read or checked (:mod:`.torchscript_limits`);
 - code: every statement, name and call is tensor math or what standard layers compile to, and
   no class defines ``__setstate__``/``__getstate__`` (:mod:`.torchscript_code`);
 - pickles (``data.pkl``, ``constants.pkl`` and the rest): only the globals TorchScript writes for
@@ -32,6 +33,7 @@ from .archive_checks import (
 )
 from .pickle_walk import ORDERED_DICT, REBUILD_TENSOR, PicklePolicy, UnsafePickle, walk
 from .torchscript_code import CodeFacts, UnsafeCode, check_code, check_type_string
+from .torchscript_limits import check_lines, check_sizes
 from .torchscript_names import resolves_outside_archive
 
 # File format versions torch 2.x writes for TorchScript (3, raised up to 10 by the operators a
@@ -61,8 +63,10 @@ def check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             inventory = take_inventory(archive, path.stat().st_size, may_deflate=_is_code)
             _check_members(archive, inventory)
+            code = [name for name in inventory.members if _CODE.fullmatch(name)]
+            check_sizes(inventory, code)
             try:
-                facts = check_code(_sources(archive, inventory))
+                facts = check_code(_sources(archive, inventory, code))
             except RecursionError:
                 raise UnsafeCode("code nested too deeply to check") from None
             _check_pickles(archive, inventory, facts)
@@ -101,11 +105,9 @@ def _check_members(archive: zipfile.ZipFile, inventory: Inventory) -> None:
                             f"{max(FORMAT_VERSIONS)})")
 
 
-def _sources(archive: zipfile.ZipFile, inventory: Inventory) -> dict[str, str]:
+def _sources(archive: zipfile.ZipFile, inventory: Inventory, code: list[str]
+             ) -> dict[str, str]:
     """Each code file's text under the qualified name TorchScript imports it by."""
-    code = [name for name in inventory.members if _CODE.fullmatch(name)]
-    if sum(inventory.size(name) for name in code) > MAX_DOCUMENT_BYTES:
-        raise UnsafeArchive(f"its code adds up to more than {MAX_DOCUMENT_BYTES:,} bytes")
     sources = {}
     for name in code:
         module = name.removeprefix("code/").removesuffix(".py").replace("/", ".")
@@ -113,6 +115,7 @@ def _sources(archive: zipfile.ZipFile, inventory: Inventory) -> dict[str, str]:
             sources[module] = read_member(archive, inventory, name).decode("utf-8")
         except UnicodeDecodeError:
             raise UnsafeArchive(f"its code file '{name}' is not UTF-8 text") from None
+        check_lines(module, sources[module])
     return sources
 
 
