@@ -21,6 +21,7 @@ from sensaudit import ModelLoadError, load_model
 from sensaudit.config import ModelConfig
 from sensaudit.inputs import torchscript_limits as limits
 from sensaudit.inputs.pickle_walk import MAX_DEPTH, MAX_TUPLE_DEPTH
+from sensaudit.inputs.torchscript_code import CodeFacts, UnsafeCode, check_type_string
 
 REFUSED = "refusing to load this TorchScript file: "
 CODE = "code/__torch__/helpers_bad.py"
@@ -173,3 +174,10 @@ def test_deeply_nested_lists_in_a_pickle_are_refused(plain, tmp_path):
     evil = crafted.rebuild(plain, tmp_path / "lists.pt", edit)
     assert _refused_quickly(evil) == (f"its constants.pkl holds values nested more than "
                                       f"{MAX_DEPTH} deep")
+
+
+def test_type_tags_are_capped_like_code():
+    check_type_string("List[Dict[str, Tuple[int, Tensor]]]", CodeFacts())
+    with pytest.raises(UnsafeCode) as err:
+        check_type_string("List[" * 120 + "int" + "]" * 120, CodeFacts())
+    assert str(err.value) == "a type tag nested more than 100 levels deep"

@@ -38,10 +38,11 @@ REBUILD_TENSOR = "torch._utils._rebuild_tensor_v2"
 ORDERED_DICT = "collections.OrderedDict"
 # TorchScript tags lists and dicts with their type, as text it parses: collected for checking.
 RESTORE_TYPE_TAG = "torch.jit._pickle.restore_type_tag"
-# How deep values may nest (a tuple holding a tuple is 2 deep; a tensor is 3: REBUILD_TENSOR's
-# call, its argument tuple, the storage id). What torch writes for a module nests 2 levels per
-# level of submodules (object, state dict) above its tensors: 24 levels of submodules fit. A
-# nested tuple constant this deep would take torch.jit.load years (see above): tuples within
+# How deep values may nest (a tuple holding a tuple is 2 deep; a tensor is 4: REBUILD_TENSOR's
+# call, its argument tuple, the hooks' OrderedDict call, its empty argument tuple). What torch
+# writes for a module nests 2 levels per level of submodules (object, state dict): a Linear in
+# 24 levels of Sequential measured 54. A nested tuple constant this deep would take
+# torch.jit.load years (see above): tuples within
 # tuples (on any path, through lists and objects too) are capped at 10, a few milliseconds of
 # that doubling; what torch writes has at most 5 (debug_pkl's source ranges).
 MAX_DEPTH = 64

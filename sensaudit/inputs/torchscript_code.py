@@ -92,8 +92,10 @@ def check_type_string(text: str, facts: CodeFacts) -> None:
     """A type written as text (as TorchScript's pickles tag lists and dicts: 'List[str]')."""
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise UnsafeCode(f"a type tag {text[:60]!r} that does not parse") from None
+    if nesting(tree) > MAX_CODE_DEPTH:
+        raise UnsafeCode(f"a type tag nested more than {MAX_CODE_DEPTH} levels deep")
     _Checker("<type tag>", facts).type_expr(tree.body)
 
 
