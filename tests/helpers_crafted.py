@@ -220,6 +220,20 @@ def operator_method(folder: Path, name: str) -> Path:
                                                                  old, new))
 
 
+def debug_index_out_of_range(folder: Path) -> Path:
+    """The scorer's debug pickle pointing the source range of its one line of code at string
+    table entry 1,000,000,000 (of 4): torch reads it when forward raises, to word the error."""
+    base = scripted(Scorer(), folder / "plain.pt")
+    pieces = b"(K\x01K\x02K\x00e"  # MARK, 1, 2, 0, APPENDS: the line's text pieces
+
+    def edit(name: str, data: bytes) -> bytes:
+        if not name.endswith(".debug_pkl"):
+            return data
+        assert data.count(pieces) == 1
+        return data.replace(pieces, b"(J" + struct.pack("<i", 10**9) + b"K\x02K\x00e")
+    return rebuild(base, folder / "evil_debug.pt", edit)
+
+
 # --- .pt2 ---------------------------------------------------------------------------------
 
 

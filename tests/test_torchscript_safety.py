@@ -7,8 +7,13 @@ CLI with its marker absent, so it cannot pass on a dud payload.
 
 from __future__ import annotations
 
+import pickle
+import signal
+import subprocess
+import sys
 import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import helpers_crafted as crafted
@@ -21,6 +26,7 @@ from sensaudit import ModelLoadError, load_model
 from sensaudit.config import ModelConfig
 from sensaudit.inputs import torchscript_safety
 from sensaudit.inputs.torchscript_code import UnsafeCode, check_code
+from sensaudit.inputs.torchscript_debug import BadDebugInfo, check_debug_pickle
 
 REFUSED = "refusing to load this TorchScript file: "
 TAIL = ("TorchScript is code that runs when the file is loaded and run, and sensaudit accepts "
@@ -313,3 +319,53 @@ def test_a_method_named_like_any_operator_is_refused_where_defined(name):
         check_code({"__torch__": source})
     assert str(err.value) == (f"__torch__.M.{name}: a method named '{name}', like an operator "
                               "that is off the list")
+
+
+# --- debug pickles ------------------------------------------------------------------------------
+
+
+def test_a_debug_pickle_index_out_of_range_crashes_plain_torch_and_is_refused(tmp_path):
+    """A 1.7 KB file that loads on plain torch, and whose first error (here a wrong input
+    shape) is a SIGSEGV: torch indexes the debug pickle's string table unchecked."""
+    evil = crafted.debug_index_out_of_range(tmp_path)
+    ran = subprocess.run([sys.executable, "-c", "import sys, torch; m = torch.jit.load(sys.argv"
+                          "[1]); print('loaded', flush=True); m(torch.ones(2, 5))", str(evil)],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.stdout == "loaded\n" and ran.returncode == -signal.SIGSEGV
+    with pytest.raises(ModelLoadError) as err:
+        load_model(ModelConfig(path=evil, device="cpu"))
+    reason = ("its code/__torch__/helpers_bad.py.debug_pkl holds a debug pickle index outside "
+              "its string table")
+    assert str(err.value) == f"{evil}: {REFUSED}{reason}. {TAIL}"
+
+
+def _debug(entries: tuple, table: tuple = ("", "x = 1\n", "f.py"),
+           tag: str = "FORMAT_WITH_STRING_TABLE") -> bytes:
+    return pickle.dumps((tag, table, entries), protocol=2)
+
+
+@pytest.mark.parametrize("data, found", [
+    (_debug(((0, (([], 0, 0), 0, 0), 0), (3, (([1], 2, 1), 0, 5), 1))), None),
+    (_debug(((0, (([], 0, 0), 0, 1), 0),)), None),  # as torch writes for generated code
+    (_debug((), tag="OTHER"), "a debug pickle not in the layout torch writes"),
+    (_debug(((0, (([3], 0, 0), 0, 0), 0),)), "a debug pickle index outside its string table"),
+    (_debug(((0, (([1], 3, 0), 0, 0), 0),)), "a debug pickle index outside its string table"),
+    (_debug(((0, (([1], 2, 0), 0, 8), 0),)), "a debug pickle range outside its text"),
+    (_debug(((0, (([1], 2, 0), -1, 2), 0),)), "a debug pickle range outside its text"),
+    (_debug(((4, (([], 0, 0), 0, 0), 0), (3, (([], 0, 0), 0, 0), 0))),
+     "a debug pickle whose offsets are out of order or past its code"),
+    (_debug(((99, (([], 0, 0), 0, 0), 0),)),
+     "a debug pickle whose offsets are out of order or past its code"),
+    (_debug(((0, (([], 0, 0), 0), 0),)), "a debug pickle entry not in the layout torch writes"),
+    (_debug(((0, (([], 0, 0.5), 0, 0), 0),)),
+     "a debug pickle entry not in the layout torch writes"),
+    (pickle.dumps(OrderedDict(), protocol=2), "a debug pickle naming collections.OrderedDict"),
+])
+def test_debug_pickles_are_checked_in_full(data, found):
+    code = "def f() -> int:\n  return 1\n"  # 28 bytes: offsets up to 28
+    if found is None:
+        check_debug_pickle(data, code)
+        return
+    with pytest.raises(BadDebugInfo) as err:
+        check_debug_pickle(data, code)
+    assert str(err.value) == found
