@@ -181,3 +181,15 @@ def test_type_tags_are_capped_like_code():
     with pytest.raises(UnsafeCode) as err:
         check_type_string("List[" * 120 + "int" + "]" * 120, CodeFacts())
     assert str(err.value) == "a type tag nested more than 100 levels deep"
+
+
+def test_debug_pickles_adding_up_over_the_cap_are_refused(plain, tmp_path):
+    # Five code files, each with a stored debug pickle just under its own cap.
+    extra: dict[str, bytes] = {}
+    for i in range(5):
+        extra[f"code/__torch__/pad{i}.py"] = b"x = 1\n"
+        extra[f"code/__torch__/pad{i}.py.debug_pkl"] = bytes(limits.MAX_DEBUG_PKL_BYTES - 1)
+    evil = crafted.rebuild(plain, tmp_path / "debug_total.pt", extra=extra)
+    reason = _refused_quickly(evil)
+    assert reason.startswith("its debug pickles add up to ") and reason.endswith(
+        " bytes, over the 16,777,216 sensaudit reads")
