@@ -6,6 +6,7 @@ through sensaudit. Models read 3 features, like ``helpers_bad.Scorer``.
 
 from __future__ import annotations
 
+import base64
 import json
 import pickle
 import struct
@@ -168,6 +169,71 @@ def save_in_helper_class_setstate(folder: Path, marker: Path) -> Path:
                              old + f'    _s = ops.aten.save(state, "{marker}")\n'))
 
 
+def _unicode(text: str) -> bytes:
+    """A pickle BINUNICODE opcode pushing ``text``."""
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data
+
+
+def opaque_object(folder: Path, marker: Path, declare: bool = True) -> Path:
+    """data.pkl gains an object of the C++ custom class aten.OpaqueObject, whose C++
+    __setstate__ base64-decodes its state and unpickles it with Python's pickle: ``marker`` is
+    written while torch.jit.load runs. With ``declare``, a code file defines a (harmless) class
+    of the same name, so the name looks like one of the archive's own classes; torch finds the
+    C++ class first either way."""
+    base = scripted(Scorer(), folder / "plain.pt")
+    state = base64.b64encode(pickle.dumps(Payload(marker))).decode()
+    planted = (_unicode("opaque") + b"c__torch__.torch.classes.aten\nOpaqueObject\n)\x81"
+               + _unicode(state) + b"b")
+
+    def edit(name: str, data: bytes) -> bytes:
+        if not name.endswith("/data.pkl"):
+            return data
+        end = data.rindex(b"Nu") + 1  # the module's attribute dict, before its SETITEMS
+        return data[:end] + planted + data[end:]
+
+    declared = {"code/__torch__/torch/classes/aten.py": b"class OpaqueObject(Module):\n"
+                b"  __parameters__ = []\n  __buffers__ = []\n"} if declare else {}
+    return rebuild(base, folder / "evil_opaque.pt", edit, extra=declared)
+
+
+# How forward calls each operator off the list, on the weight tensor, once the archive defines
+# a method of that name; the result is used, so TorchScript keeps the call.
+OPERATOR_METHOD_CALLS = {
+    "_reshape_alias": "w._reshape_alias([3], [1])",  # a view of any size: no bounds check
+    "_unsafe_index_put": "w._unsafe_index_put([torch.zeros([1], dtype=4)], w, False)",
+    "empty_like": "w.empty_like()",  # uninitialised memory
+    "set_data": "w.set_data(w)",
+}
+
+
+def operator_method(folder: Path, name: str) -> Path:
+    """Scorer with a method ``name`` (returning 1) and forward calling ``w.name(...)`` on its
+    weight tensor: TorchScript compiles that call to aten::name, not to the method."""
+    base = scripted(Scorer(), folder / "plain.pt")
+    old = "    w = self.w\n    return torch.matmul(x, w)\n"
+    used = ("torch.matmul(x, w)" if name == "set_data"
+            else "torch.matmul(x, torch.add(w, torch.mul(torch.sum(_0), 0)))")
+    new = (f"    w = self.w\n    _0 = {OPERATOR_METHOD_CALLS[name]}\n    return {used}\n"
+           f"  def {name}(self: __torch__.helpers_bad.Scorer) -> int:\n    return 1\n")
+    return rebuild(base, folder / f"evil_{name}.pt", edit_text("code/__torch__/helpers_bad.py",
+                                                                 old, new))
+
+
+def debug_index_out_of_range(folder: Path) -> Path:
+    """The scorer's debug pickle pointing the source range of its one line of code at string
+    table entry 1,000,000,000 (of 4): torch reads it when forward raises, to word the error."""
+    base = scripted(Scorer(), folder / "plain.pt")
+    pieces = b"(K\x01K\x02K\x00e"  # MARK, 1, 2, 0, APPENDS: the line's text pieces
+
+    def edit(name: str, data: bytes) -> bytes:
+        if not name.endswith(".debug_pkl"):
+            return data
+        assert data.count(pieces) == 1
+        return data.replace(pieces, b"(J" + struct.pack("<i", 10**9) + b"K\x02K\x00e")
+    return rebuild(base, folder / "evil_debug.pt", edit)
+
+
 # --- .pt2 ---------------------------------------------------------------------------------
 
 
@@ -219,20 +285,26 @@ def guards_code(source: Path, target: Path, marker: Path) -> Path:
 def inflating_weight(source: Path, target: Path, size: int = 3 * 2**30) -> Path:
     """weight_0 replaced by a deflated member that inflates to ``size`` bytes of zeros (3 GB by
     default, in about 3 MB): what torch would allocate, since it trusts the zip directory."""
+    return inflating_member(source, target, "data/weights/weight_0", size, bytes(2**20))
+
+
+def inflating_member(source: Path, target: Path, suffix: str, size: int, chunk: bytes) -> Path:
+    """The member whose name ends with ``suffix`` replaced by a deflated one inflating to
+    ``size`` bytes (a whole number of ``chunk``s), in about a thousandth of that."""
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    chunk = bytes(2**20)
-    # After a full flush the compressor starts afresh, so every further 1 MiB of zeros
-    # compresses to the same bytes: the stream is built by repetition, without 3 GB of work.
+    # After a full flush the compressor starts afresh, so every further chunk compresses to the
+    # same bytes: the stream is built by repetition, without ``size`` bytes of work.
     first = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
     again = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
-    stream = first + again * (size // 2**20 - 1) + compressor.flush(zlib.Z_FINISH)
+    stream = first + again * (size // len(chunk) - 1) + compressor.flush(zlib.Z_FINISH)
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
         for info in src.infolist():
-            if not info.filename.endswith("data/weights/weight_0"):
+            if not info.filename.endswith(suffix):
                 out.writestr(info, src.read(info.filename))
                 continue
             # Written stored, then relabelled as deflated with the inflated size (CRC left 0:
             # nothing reads that far).
+            info.compress_type = zipfile.ZIP_STORED
             header_at = out.fp.tell()
             out.writestr(info, stream)
             bomb = out.filelist[-1]
@@ -243,4 +315,18 @@ def inflating_weight(source: Path, target: Path, size: int = 3 * 2**30) -> Path:
             out.fp.seek(header_at + 14)
             out.fp.write(struct.pack("<III", 0, len(stream), size))
             out.fp.seek(end)
+    return target
+
+
+def rebuild_deflated(source: Path, target: Path, replace: dict[str, bytes]) -> Path:
+    """Copy a TorchScript archive with the members whose names end with a key of ``replace``
+    holding its value, deflated as torch.jit.save writes code."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
+        for info in src.infolist():
+            data = next((new for suffix, new in replace.items()
+                         if info.filename.endswith(suffix)), None)
+            if data is None:
+                out.writestr(info, src.read(info.filename))
+            else:
+                out.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
     return target

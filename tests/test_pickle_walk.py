@@ -12,6 +12,8 @@ import torch
 from helpers_bad import Payload
 
 from sensaudit.inputs.pickle_walk import (
+    MAX_DEPTH,
+    MAX_TUPLE_DEPTH,
     ORDERED_DICT,
     REBUILD_TENSOR,
     PicklePolicy,
@@ -78,3 +80,34 @@ def test_ordered_dict_filled_item_by_item_passes_built_from_arguments_does_not()
     walk(pickle.dumps(OrderedDict(a=1), protocol=2), TENSORS)  # as pickle writes it
     assert _refusal(b"\x80\x02ccollections\nOrderedDict\n(K\x01tR.") == (
         "an OrderedDict built from arguments")
+
+
+# --- nesting ------------------------------------------------------------------------------------
+
+
+def test_values_nested_up_to_the_cap_pass_and_deeper_ones_are_refused():
+    def lists(depth: int) -> bytes:  # EMPTY_LIST each level, then APPEND each into the one below
+        return b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+    walk(lists(MAX_DEPTH), TENSORS)
+    assert _refusal(lists(MAX_DEPTH + 1)) == f"values nested more than {MAX_DEPTH} deep"
+
+
+def test_tuples_within_tuples_are_capped_lower():
+    def tuples(depth: int) -> bytes:  # EMPTY_TUPLE, then TUPLE1 around it
+        return b"\x80\x02)" + b"\x85" * (depth - 1) + b"."
+    walk(tuples(MAX_TUPLE_DEPTH), TENSORS)
+    assert _refusal(tuples(MAX_TUPLE_DEPTH + 1)) == (
+        f"tuples nested more than {MAX_TUPLE_DEPTH} deep")
+    # through lists too (a tuple in a list in a tuple counts two): MARKs first, then an
+    # EMPTY_TUPLE, then LIST and TUPLE1 around it at each level
+    through_lists = (b"\x80\x02" + b"(" * MAX_TUPLE_DEPTH + b")"
+                     + b"l\x85" * MAX_TUPLE_DEPTH + b".")
+    assert _refusal(through_lists) == f"tuples nested more than {MAX_TUPLE_DEPTH} deep"
+
+
+@pytest.mark.parametrize("data", [
+    b"\x80\x02]q\x00h\x00a.",  # a list appended to itself
+    b"\x80\x02]q\x00]h\x00ah\x00]a.",  # filled after it was put in another list
+])
+def test_a_container_filled_after_it_was_put_inside_another_is_refused(data):
+    assert _refusal(data).endswith("after it was put inside another value")

@@ -17,6 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import helpers_crafted as crafted
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -371,6 +372,23 @@ def test_an_untrusted_pickled_model_never_runs_on_the_ray_engine(ray_up, tmp_pat
     assert "refusing to unpickle" in on_ray
     assert not marker.exists()
 
+
+
+def test_a_torchscript_cpp_custom_class_never_runs_on_the_ray_engine(ray_up, tmp_path):
+    """A TorchScript file whose data.pkl holds a C++ custom class object (aten.OpaqueObject,
+    which unpickles its state: tests/test_torchscript_safety.py shows the payload running on
+    plain torch), audited with engine: ray: refused as on the local engine, exit 2, and the
+    payload never runs, in the driver or in a worker."""
+    _partitioned(tmp_path / "data")
+    config = _partitioned_config(tmp_path / "data", "gradient")
+    marker = tmp_path / "PAYLOAD_RAN"
+    evil = crafted.opaque_object(tmp_path / "data", marker)
+    config.write_text(config.read_text().replace("path: mlp.pt2", f"path: {evil.name}"))
+    local = cli_error("run", str(config), "--out", str(tmp_path / "a"))
+    on_ray = cli_error("run", str(config), "--out", str(tmp_path / "b"), "--engine", "ray")
+    assert on_ray == local and on_ray.startswith(f"{evil}: refusing to load this TorchScript "
+                                                 "file: __torch__.torch.classes.aten: ")
+    assert not marker.exists()
 
 # --- the scheduler, without Ray ----------------------------------------------------------------
 

@@ -7,8 +7,13 @@ CLI with its marker absent, so it cannot pass on a dud payload.
 
 from __future__ import annotations
 
+import pickle
+import signal
+import subprocess
+import sys
 import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 
 import helpers_crafted as crafted
@@ -21,6 +26,7 @@ from sensaudit import ModelLoadError, load_model
 from sensaudit.config import ModelConfig
 from sensaudit.inputs import torchscript_safety
 from sensaudit.inputs.torchscript_code import UnsafeCode, check_code
+from sensaudit.inputs.torchscript_debug import BadDebugInfo, check_debug_pickle
 
 REFUSED = "refusing to load this TorchScript file: "
 TAIL = ("TorchScript is code that runs when the file is loaded and run, and sensaudit accepts "
@@ -102,6 +108,11 @@ EXPLOITS = {
         crafted.save_in_helper_class_setstate, "load",
         "__torch__.helpers_crafted.Scale: a __setstate__ method: custom state "
         "code runs while the file loads"),
+    "C++ custom class aten.OpaqueObject in data.pkl, declared by a code file": (
+        crafted.opaque_object, "load",
+        "__torch__.torch.classes.aten: a definition of '__torch__.torch.classes.aten."
+        "OpaqueObject', a name torch resolves to its C++ custom classes "
+        "(__torch__.torch.classes.*), not to this code"),
 }
 
 
@@ -231,10 +242,130 @@ def test_code_off_the_list_is_refused(body, found):
     assert found in str(err.value)
 
 
-def test_a_method_named_like_an_unlisted_tensor_method_is_refused():
-    # else `x.resize_(...)` on a tensor would pass as a call to the archive's own method
-    source = MODULE.format(body="    return x\n") + "  def resize_(self: __torch__.M) -> int:\n" \
+# --- names torch resolves elsewhere: C++ custom classes, operators behind method names -------
+
+OPAQUE = ("__torch__.torch.classes.aten: a definition of "
+          "'__torch__.torch.classes.aten.OpaqueObject', a name torch resolves to its C++ custom "
+          "classes (__torch__.torch.classes.*), not to this code")
+OPAQUE_UNDECLARED = ("its data.pkl holds a pickled reference to "
+                     "'__torch__.torch.classes.aten.OpaqueObject', which is not on the list of "
+                     "what torch writes for tensors")
+
+
+@pytest.mark.parametrize("declare, reason", [(True, OPAQUE), (False, OPAQUE_UNDECLARED)])
+def test_a_cpp_custom_class_in_data_pkl_runs_on_plain_torch_and_is_refused(tmp_path, declare,
+                                                                           reason):
+    """aten.OpaqueObject's C++ __setstate__ unpickles its state with Python's pickle: the
+    payload runs while torch.jit.load reads data.pkl, whether or not a code file declares a
+    class of that name (torch looks among its C++ classes first)."""
+    marker = tmp_path / "PAYLOAD_RAN"
+    evil = crafted.opaque_object(tmp_path, marker, declare=declare)
+    torch.jit.load(str(evil))
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ModelLoadError) as err:
+        load_model(ModelConfig(path=evil, device="cpu"))
+    assert str(err.value) == f"{evil}: {REFUSED}{reason}. {TAIL}"
+    assert not marker.exists()
+
+
+def test_a_cpp_custom_class_is_refused_by_run_compare_and_init(tmp_path):
+    marker = tmp_path / "PAYLOAD_RAN"
+    evil = crafted.opaque_object(tmp_path, marker)
+    good = crafted.scripted(Scorer(), tmp_path / "good.pt")
+    expected = f"{evil}: {REFUSED}{OPAQUE}. {TAIL}"
+    data = write_csv(tmp_path / "data.csv")
+    cfg = write_config(tmp_path, config(tmp_path, model={"path": evil.name}))
+    assert cli_error("run", str(cfg)) == expected
+    for old, new in ((evil, good), (good, evil)):
+        assert cli_error("compare", str(old), str(new), "--config", str(cfg)) == expected
+    assert cli_error("init", str(evil), str(data), "--label", "label", "--config",
+                     str(tmp_path / "new.yaml")) == expected
+    assert not marker.exists() and not (tmp_path / "new.yaml").exists()
+
+
+def test_code_may_not_define_names_among_the_cpp_custom_classes():
+    for module, source in [("__torch__.torch.classes.aten", "class OpaqueObject(Module):\n"
+                            "  __parameters__ = []\n"),
+                           ("__torch__.torch.classes.aten", "def OpaqueObject(x: int) -> int:\n"
+                            "  return x\n"),
+                           ("__torch__.torch", "class classes(Module):\n  __parameters__ = []\n")]:
+        with pytest.raises(UnsafeCode) as err:
+            check_code({module: source})
+        assert "a name torch resolves to its C++ custom classes" in str(err.value)
+
+
+@pytest.mark.parametrize("name", list(crafted.OPERATOR_METHOD_CALLS))
+def test_a_method_named_like_an_unlisted_operator_reaches_it_on_plain_torch_and_is_refused(
+        tmp_path, name):
+    """The archive defines a method ``name``; forward's ``w.name(...)`` on a tensor compiles to
+    aten::name (_reshape_alias makes a view with no bounds check, empty_like reads uninitialised
+    memory), not to the method."""
+    evil = crafted.operator_method(tmp_path, name)
+    kinds = {node.kind() for node in torch.jit.load(str(evil)).forward.graph.nodes()}
+    assert f"aten::{name}" in kinds
+    with pytest.raises(ModelLoadError) as err:
+        load_model(ModelConfig(path=evil, device="cpu"))
+    reason = (f"__torch__.helpers_bad.Scorer.forward: a call to the method '{name}', which is "
+              "not on the list")
+    assert str(err.value) == f"{evil}: {REFUSED}{reason}. {TAIL}"
+
+
+@pytest.mark.parametrize("name", [*crafted.OPERATOR_METHOD_CALLS, "resize_", "save", "Print"])
+def test_a_method_named_like_any_operator_is_refused_where_defined(name):
+    source = MODULE.format(body="    return x\n") + f"  def {name}(self: __torch__.M) -> int:\n" \
         "    return 1\n"
     with pytest.raises(UnsafeCode) as err:
         check_code({"__torch__": source})
-    assert "a method named 'resize_'" in str(err.value)
+    assert str(err.value) == (f"__torch__.M.{name}: a method named '{name}', like an operator "
+                              "that is off the list")
+
+
+# --- debug pickles ------------------------------------------------------------------------------
+
+
+def test_a_debug_pickle_index_out_of_range_crashes_plain_torch_and_is_refused(tmp_path):
+    """A 1.7 KB file that loads on plain torch, and whose first error (here a wrong input
+    shape) is a SIGSEGV: torch indexes the debug pickle's string table unchecked."""
+    evil = crafted.debug_index_out_of_range(tmp_path)
+    ran = subprocess.run([sys.executable, "-c", "import sys, torch; m = torch.jit.load(sys.argv"
+                          "[1]); print('loaded', flush=True); m(torch.ones(2, 5))", str(evil)],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.stdout == "loaded\n" and ran.returncode == -signal.SIGSEGV
+    with pytest.raises(ModelLoadError) as err:
+        load_model(ModelConfig(path=evil, device="cpu"))
+    reason = ("its code/__torch__/helpers_bad.py.debug_pkl holds a debug pickle index outside "
+              "its string table")
+    assert str(err.value) == f"{evil}: {REFUSED}{reason}. {TAIL}"
+
+
+def _debug(entries: tuple, table: tuple = ("", "x = 1\n", "f.py"),
+           tag: str = "FORMAT_WITH_STRING_TABLE") -> bytes:
+    return pickle.dumps((tag, table, entries), protocol=2)
+
+
+@pytest.mark.parametrize("data, found", [
+    (_debug(((0, (([], 0, 0), 0, 0), 0), (3, (([1], 2, 1), 0, 5), 1))), None),
+    (_debug(((0, (([], 0, 0), 0, 1), 0),)), None),  # as torch writes for generated code
+    (_debug((), tag="OTHER"), "a debug pickle not in the layout torch writes"),
+    (_debug(((0, (([3], 0, 0), 0, 0), 0),)), "a debug pickle index outside its string table"),
+    (_debug(((0, (([1], 3, 0), 0, 0), 0),)), "a debug pickle index outside its string table"),
+    (_debug(((0, (([1], 2, 0), 0, 8), 0),)), "a debug pickle range outside its text"),
+    (_debug(((0, (([1], 2, 0), -1, 2), 0),)), "a debug pickle range outside its text"),
+    (_debug(((4, (([], 0, 0), 0, 0), 0), (3, (([], 0, 0), 0, 0), 0))),
+     "a debug pickle whose offsets are out of order or past its code"),
+    (_debug(((99, (([], 0, 0), 0, 0), 0),)),
+     "a debug pickle whose offsets are out of order or past its code"),
+    (_debug(((0, (([], 0, 0), 0), 0),)), "a debug pickle entry not in the layout torch writes"),
+    (_debug(((0, (([], 0, 0.5), 0, 0), 0),)),
+     "a debug pickle entry not in the layout torch writes"),
+    (pickle.dumps(OrderedDict(), protocol=2), "a debug pickle naming collections.OrderedDict"),
+])
+def test_debug_pickles_are_checked_in_full(data, found):
+    code = "def f() -> int:\n  return 1\n"  # 28 bytes: offsets up to 28
+    if found is None:
+        check_debug_pickle(data, code)
+        return
+    with pytest.raises(BadDebugInfo) as err:
+        check_debug_pickle(data, code)
+    assert str(err.value) == found

@@ -7,6 +7,13 @@ which name each call gets, and checks every one against a :class:`PicklePolicy`.
 does not list is refused too, so an unpickler fed a pickle that passes can only call what the
 policy allows, whichever unpickler (Python's, torch's ``weights_only`` one, TorchScript's)
 reads it.
+
+Nesting is capped too. The unpicklers are iterative, but what TorchScript does with the values
+afterwards is not: a tuple constant nested 30 deep takes torch.jit.load 40 s and each level
+doubles it (types inferred level by level), and deeper values overflow recursive C++ code. So
+each value carries its depth, and an object or container may not be filled once it has been put
+inside another (torch's picklers never do so; it would let a value deepen after its parent's
+depth was counted, or hold itself).
 """
 
 from __future__ import annotations
@@ -31,6 +38,15 @@ REBUILD_TENSOR = "torch._utils._rebuild_tensor_v2"
 ORDERED_DICT = "collections.OrderedDict"
 # TorchScript tags lists and dicts with their type, as text it parses: collected for checking.
 RESTORE_TYPE_TAG = "torch.jit._pickle.restore_type_tag"
+# How deep values may nest (a tuple holding a tuple is 2 deep; a tensor is 4: REBUILD_TENSOR's
+# call, its argument tuple, the hooks' OrderedDict call, its empty argument tuple). What torch
+# writes for a module nests 2 levels per level of submodules (object, state dict): a Linear in
+# 24 levels of Sequential measured 54. A nested tuple constant this deep would take
+# torch.jit.load years (see above): tuples within
+# tuples (on any path, through lists and objects too) are capped at 10, a few milliseconds of
+# that doubling; what torch writes has at most 5 (debug_pkl's source ranges).
+MAX_DEPTH = 64
+MAX_TUPLE_DEPTH = 10
 
 
 @dataclass(frozen=True)
@@ -72,11 +88,26 @@ class _Made:
 
     by: str
     items: int = 0
+    depth: int = 1
+    tuple_depth: int = 0
+    sealed: bool = False  # put inside another value: may no longer be filled
 
 
 class _Container:
+    __slots__ = ("items", "depth", "tuple_depth", "sealed")
+
     def __init__(self) -> None:
         self.items = 0
+        self.depth = 1
+        self.tuple_depth = 0
+        self.sealed = False
+
+
+class _Tuple(tuple):
+    """A tuple that knows how deep it nests, and how many tuples deep (``tuple_depth``)."""
+
+    depth: int
+    tuple_depth: int
 
 
 _MARK = object()
@@ -129,18 +160,17 @@ def _step(name: str, arg: Any, stack: list[Any], marks: list[int], policy: Pickl
     if name in ("EMPTY_TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "TUPLE"):
         count = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}.get(name)
         items = _pop_mark(stack, marks) if count is None else _pop(stack, count)
-        stack.append(tuple(items))
+        stack.append(_tuple(items))
     elif name in ("EMPTY_LIST", "EMPTY_DICT"):
         stack.append(_Container())
     elif name in ("LIST", "DICT"):
-        _pop_mark(stack, marks)
+        items = _pop_mark(stack, marks)
         stack.append(_Container())
+        _deepen(stack[-1], items)
     elif name in ("APPEND", "SETITEM"):
-        _pop(stack, 1 if name == "APPEND" else 2)
-        _fill(stack[-1])
+        _fill(stack, _pop(stack, 1 if name == "APPEND" else 2))
     elif name in ("APPENDS", "SETITEMS"):
-        _pop_mark(stack, marks)
-        _fill(stack[-1])
+        _fill(stack, _pop_mark(stack, marks))
     elif name in ("GLOBAL", "STACK_GLOBAL"):
         if name == "GLOBAL":
             module, _, attr = arg.partition(" ")
@@ -161,11 +191,12 @@ def _step(name: str, arg: Any, stack: list[Any], marks: list[int], policy: Pickl
         facts.classes.add(cls.name)
         stack.append(_Made(cls.name))
     elif name == "BUILD":
-        stack.pop()
+        state = stack.pop()
         target = stack[-1]
         # BUILD calls __setstate__: only on objects of the classes the policy vouches for.
         if not (isinstance(target, _Made) and policy.classes(target.by)):
             raise UnsafePickle(f"BUILD (which calls __setstate__) on {_describe(target)}")
+        _deepen(target, [state])
     else:
         raise UnsafePickle(f"pickle opcode {name}, which the files torch writes do not use")
 
@@ -196,7 +227,9 @@ def _call(func: Any, args: Any, policy: PicklePolicy, facts: PickleFacts) -> _Ma
         if len(args) != 2 or not isinstance(args[1], str):
             raise UnsafePickle("a type tag that is not text")
         facts.type_tags.append(args[1])
-    return _Made(func.name)
+    made = _Made(func.name)
+    _deepen(made, [args])
+    return made
 
 
 def _storage(pid: Any, facts: PickleFacts) -> StorageRef:
@@ -213,12 +246,49 @@ def _storage(pid: Any, facts: PickleFacts) -> StorageRef:
     return ref
 
 
-def _fill(target: Any) -> None:
+def _fill(stack: list[Any], items: list[Any]) -> None:
+    if not stack:
+        raise UnsafePickle("a damaged pickle (stack underflow)")
+    target = stack[-1]
     if isinstance(target, (_Container, _Made)) and not (
             isinstance(target, _Made) and target.by == REBUILD_TENSOR):
         target.items += 1
+        _deepen(target, items)
         return
     raise UnsafePickle(f"items added to {_describe(target)}")
+
+
+def _nest(items: list[Any]) -> tuple[int, int]:
+    """The depth and tuple depth below a value holding ``items``, which are sealed; refused
+    over the caps."""
+    depth = tuples = 0
+    for item in items:
+        if isinstance(item, (_Container, _Made)):
+            item.sealed = True
+        depth = max(depth, getattr(item, "depth", 0))
+        tuples = max(tuples, getattr(item, "tuple_depth", 0))
+    if depth + 1 > MAX_DEPTH:
+        raise UnsafePickle(f"values nested more than {MAX_DEPTH} deep")
+    return depth + 1, tuples
+
+
+def _deepen(target: _Container | _Made, items: list[Any]) -> None:
+    """``items`` put into ``target``, which must not be inside anything yet (else the depth
+    counted for what holds it would be out of date, or it would hold itself)."""
+    depth, tuples = _nest(items)  # sealed first: so a value put into itself is refused
+    if target.sealed:
+        raise UnsafePickle(f"items added to {_describe(target)} after it was put inside "
+                           "another value")
+    target.depth, target.tuple_depth = max(target.depth, depth), max(target.tuple_depth, tuples)
+
+
+def _tuple(items: list[Any]) -> _Tuple:
+    made = _Tuple(items)
+    made.depth, tuples = _nest(items)
+    made.tuple_depth = tuples + 1
+    if made.tuple_depth > MAX_TUPLE_DEPTH:
+        raise UnsafePickle(f"tuples nested more than {MAX_TUPLE_DEPTH} deep")
+    return made
 
 
 def _pop(stack: list[Any], count: int) -> list[Any]:
@@ -243,4 +313,6 @@ def _describe(value: Any) -> str:
         return f"'{value.name[:80]}'"
     if isinstance(value, _Made):
         return f"a '{value.by[:80]}' object"
-    return f"a {type(value).__name__.strip('_')}"
+    if isinstance(value, _Container):
+        return "a list or dict"
+    return f"a {type(value).__name__.strip('_').lower()}"

@@ -15,10 +15,11 @@ import ast
 import io
 import re
 import tokenize
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
-
+from .torchscript_limits import MAX_CODE_DEPTH, nesting
+from .torchscript_names import CUSTOM_CLASSES, method_name_allowed, resolves_outside_archive
 from .torchscript_ops import (
     ATEN_OPS,
     ATTRIBUTE_BUILTINS,
@@ -61,6 +62,12 @@ def check_code(sources: dict[str, str]) -> CodeFacts:
     facts = CodeFacts()
     for module, tree in trees.items():
         for stmt in tree.body:
+            if isinstance(stmt, (ast.ClassDef, ast.FunctionDef)) \
+                    and resolves_outside_archive(f"{module}.{stmt.name}"):
+                # torch takes these names from its C++ custom classes, not from this code
+                raise UnsafeCode(f"{module}: a definition of '{module}.{stmt.name}', a name "
+                                 f"torch resolves to its C++ custom classes ({CUSTOM_CLASSES}."
+                                 "*), not to this code")
             if isinstance(stmt, ast.ClassDef):
                 facts.classes.add(f"{module}.{stmt.name}")
                 facts.methods.update(s.name for s in stmt.body if isinstance(s, ast.FunctionDef))
@@ -85,8 +92,10 @@ def check_type_string(text: str, facts: CodeFacts) -> None:
     """A type written as text (as TorchScript's pickles tag lists and dicts: 'List[str]')."""
     try:
         tree = ast.parse(text, mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         raise UnsafeCode(f"a type tag {text[:60]!r} that does not parse") from None
+    if nesting(tree) > MAX_CODE_DEPTH:
+        raise UnsafeCode(f"a type tag nested more than {MAX_CODE_DEPTH} levels deep")
     _Checker("<type tag>", facts).type_expr(tree.body)
 
 
@@ -97,17 +106,29 @@ def _parse(module: str, text: str) -> ast.Module:
     if "\\\n" in text or "\\\r" in text:
         raise UnsafeCode(f"{module}: a line continuation")
     try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
         tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        raise UnsafeCode(f"{module}: code that does not parse") from None
+    except (RecursionError, MemoryError):  # Python's parser refusing deep nesting
+        raise UnsafeCode(f"{module}: code nested too deeply to parse") from None
+    # Before any recursive check, and before torch's recursive parser and compiler could see it.
+    if nesting(tree) > MAX_CODE_DEPTH:
+        raise UnsafeCode(f"{module}: code nested more than {MAX_CODE_DEPTH} levels deep")
+    try:
+        tokens = tokenize.generate_tokens(io.StringIO(text).readline)
+        _check_tokens(module, tokens)
     except (SyntaxError, tokenize.TokenError, ValueError):
         raise UnsafeCode(f"{module}: code that does not parse") from None
+    return tree
+
+
+def _check_tokens(module: str, tokens: Iterator[tokenize.TokenInfo]) -> None:
     for token in tokens:
         if token.type == tokenize.COMMENT:
             raise UnsafeCode(f"{module}: a comment, which TorchScript does not write")
         if token.type == tokenize.STRING and (token.string[:1] not in "'\""
                                               or token.string[:3] in ('"""', "'''")):
             raise UnsafeCode(f"{module}: a string literal {token.string[:40]!r}")
-    return tree
 
 
 class _Checker:
@@ -157,9 +178,9 @@ class _Checker:
         self.where = f"{owner}.{node.name}"
         if node.name in FORBIDDEN_METHODS:
             self.fail(f"a {node.name} method: custom state code runs while the file loads")
-        if not node.name.startswith("__") and not _method_name_allowed(node.name, {node.name}):
-            # else x.<name>(...) on a tensor would reach the tensor method of that name
-            self.fail(f"a method named {node.name!r}, like a tensor method that is off the list")
+        if not node.name.startswith("__") and not method_name_allowed(node.name, {node.name}):
+            # else x.<name>(...) on a tensor would reach the operator of that name
+            self.fail(f"a method named {node.name!r}, like an operator that is off the list")
         args = node.args
         if (node.decorator_list or args.vararg or args.kwarg or args.kwonlyargs
                 or args.posonlyargs):
@@ -306,7 +327,7 @@ class _Checker:
             dotted = _dotted(func)
             if dotted is None or dotted.partition(".")[0] not in _ROOTS:
                 # A method call: a method the archive defines, or a tensor/list operation.
-                if not _method_name_allowed(func.attr, self.facts.methods):
+                if not method_name_allowed(func.attr, self.facts.methods):
                     self.fail(f"a call to the method {func.attr!r}, which is not on the list")
                 self.expr(func.value, defined)
             else:
@@ -355,12 +376,6 @@ class _Checker:
             return
         else:
             self.fail("a default or constant that is not a literal")
-
-
-def _method_name_allowed(name: str, defined_methods: set[str]) -> bool:
-    """A tensor/list operation on the list, or a method the archive defines whose name is not
-    also a tensor method's (which TorchScript would call on a tensor)."""
-    return name in ATEN_OPS or (name in defined_methods and not hasattr(torch.Tensor, name))
 
 
 def _dotted(node: ast.expr) -> str | None:

@@ -7,12 +7,15 @@ registered operator, including ``aten::save`` and ``aten::from_file``, which wri
 in it is on an allowlist:
 
 - members: only the names ``torch.jit.save`` writes, one root folder, sizes capped
-  (:mod:`.archive_checks`);
+  (:mod:`.archive_checks`), code and debug pickles capped in size, lines, deflate ratio and
+  nesting before they are read or checked (:mod:`.torchscript_limits`);
 - code: every statement, name and call is tensor math or what standard layers compile to, and
   no class defines ``__setstate__``/``__getstate__`` (:mod:`.torchscript_code`);
 - pickles (``data.pkl``, ``constants.pkl`` and the rest): only the globals TorchScript writes for
   modules and tensors, each ``__torch__`` class one the code check passed (:mod:`.pickle_walk`),
-  and each tensor storage a member of exactly its size.
+  and each tensor storage a member of exactly its size; debug pickles, which torch trusts when
+  it words an error, in exactly torch's layout with every index and range in bounds
+  (:mod:`.torchscript_debug`).
 """
 
 from __future__ import annotations
@@ -30,8 +33,18 @@ from .archive_checks import (
     read_member,
     take_inventory,
 )
-from .pickle_walk import ORDERED_DICT, REBUILD_TENSOR, PicklePolicy, UnsafePickle, walk
+from .pickle_walk import (
+    ORDERED_DICT,
+    REBUILD_TENSOR,
+    PickleFacts,
+    PicklePolicy,
+    UnsafePickle,
+    walk,
+)
 from .torchscript_code import CodeFacts, UnsafeCode, check_code, check_type_string
+from .torchscript_debug import BadDebugInfo, check_debug_pickle
+from .torchscript_limits import check_lines, check_sizes
+from .torchscript_names import resolves_outside_archive
 
 # File format versions torch 2.x writes for TorchScript (3, raised up to 10 by the operators a
 # model uses); older or newer ones were not reviewed for these checks.
@@ -60,11 +73,14 @@ def check_archive(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             inventory = take_inventory(archive, path.stat().st_size, may_deflate=_is_code)
             _check_members(archive, inventory)
+            code = [name for name in inventory.members if _CODE.fullmatch(name)]
+            check_sizes(inventory, code)
+            sources = _sources(archive, inventory, code)
             try:
-                facts = check_code(_sources(archive, inventory))
+                facts = check_code(sources)
             except RecursionError:
                 raise UnsafeCode("code nested too deeply to check") from None
-            _check_pickles(archive, inventory, facts)
+            _check_pickles(archive, inventory, facts, sources)
     except (UnsafeArchive, UnsafeCode) as exc:
         raise UnsafeTorchScript(str(exc)) from None
 
@@ -100,32 +116,45 @@ def _check_members(archive: zipfile.ZipFile, inventory: Inventory) -> None:
                             f"{max(FORMAT_VERSIONS)})")
 
 
-def _sources(archive: zipfile.ZipFile, inventory: Inventory) -> dict[str, str]:
+def _sources(archive: zipfile.ZipFile, inventory: Inventory, code: list[str]
+             ) -> dict[str, str]:
     """Each code file's text under the qualified name TorchScript imports it by."""
-    code = [name for name in inventory.members if _CODE.fullmatch(name)]
-    if sum(inventory.size(name) for name in code) > MAX_DOCUMENT_BYTES:
-        raise UnsafeArchive(f"its code adds up to more than {MAX_DOCUMENT_BYTES:,} bytes")
     sources = {}
     for name in code:
-        module = name.removeprefix("code/").removesuffix(".py").replace("/", ".")
+        module = _module(name)
         try:
             sources[module] = read_member(archive, inventory, name).decode("utf-8")
         except UnicodeDecodeError:
             raise UnsafeArchive(f"its code file '{name}' is not UTF-8 text") from None
+        check_lines(module, sources[module])
     return sources
 
 
-def _check_pickles(archive: zipfile.ZipFile, inventory: Inventory, facts: CodeFacts) -> None:
+def _module(name: str) -> str:
+    """The qualified name TorchScript imports a code file by."""
+    return name.removeprefix("code/").removesuffix(".py").replace("/", ".")
+
+
+def _check_pickles(archive: zipfile.ZipFile, inventory: Inventory, facts: CodeFacts,
+                   sources: dict[str, str]) -> None:
     # __torch__ classes: only those the code check has just passed (none defines __setstate__),
     # never TorchScript's custom C++ classes (__torch__.torch.classes.*), which are not in code.
-    policy = PicklePolicy(calls=_PICKLE_CALLS, classes=lambda name: name in facts.classes)
+    # (check_code refuses to define those names; resolves_outside_archive says so again here.)
+    policy = PicklePolicy(calls=_PICKLE_CALLS, classes=lambda name: (
+        name in facts.classes and not resolves_outside_archive(name)))
     debug_policy = PicklePolicy(calls=frozenset({f"{_JIT_PICKLE}build_intlist"}))
     for name in inventory.members:
         if name.endswith(".debug_pkl"):
-            _walk(archive, inventory, name, debug_policy)
+            # torch trusts their indices and ranges when it words an error: checked in full.
+            data = read_member(archive, inventory, name)
+            _walk(name, data, debug_policy)
+            try:
+                check_debug_pickle(data, sources[_module(name.removesuffix(".debug_pkl"))])
+            except BadDebugInfo as exc:
+                raise UnsafeArchive(f"its {name} holds {exc}") from None
     for name, folder in _STORAGE_FOLDERS.items():
         if name in inventory.members:
-            result = _walk(archive, inventory, name, policy)
+            result = _walk(name, read_member(archive, inventory, name), policy)
             for tag in result.type_tags:
                 check_type_string(tag, facts)
             # traced_inputs.pkl is never read by torch.jit.load, and torch.jit.save leaves its
@@ -136,8 +165,8 @@ def _check_pickles(archive: zipfile.ZipFile, inventory: Inventory, facts: CodeFa
             raise UnsafeArchive(f"it holds {folder} members without {name}")
 
 
-def _walk(archive: zipfile.ZipFile, inventory: Inventory, name: str, policy: PicklePolicy):
+def _walk(name: str, data: bytes, policy: PicklePolicy) -> PickleFacts:
     try:
-        return walk(read_member(archive, inventory, name), policy)
+        return walk(data, policy)
     except UnsafePickle as exc:
         raise UnsafeArchive(f"its {name} holds {exc}") from None
