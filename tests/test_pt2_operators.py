@@ -10,6 +10,7 @@ by name.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -250,3 +251,38 @@ def test_oversized_or_non_srepr_expressions_are_refused_fast(tmp_path, text, fou
 def test_the_expressions_torch_writes_pass(text):
     from sensaudit.inputs.pt2_expressions import check_expression
     check_expression(text)
+
+
+# --- TorchScript's list, held to the same rules ----------------------------------------------
+
+# Why a TorchScript overload may be refused by the tensor-graph policy and still be safe: it
+# works on TorchScript's own values (lists, dicts, strings, generic elements), which a .pt2
+# graph never holds, or it is a Python operator spelled as a dunder.
+_INTERPRETER_VALUES = re.compile(r"aten::\w+ (takes a (t|Any|AnyEnumType|Dict\[.*\]) '\w+'"
+                                 r"|takes a string '(a|b|s|self|string|substr|el|t|type)'"
+                                 r"|is a torch-internal operator .*)$")
+
+
+def test_the_torchscript_list_admits_no_operator_the_policy_refuses_for_a_side_effect():
+    from sensaudit.inputs.torchscript_ops import ATEN_OPS
+
+    refused = {}
+    for name in sorted(ATEN_OPS):
+        if not hasattr(torch.ops.aten, name):
+            continue
+        packet = getattr(torch.ops.aten, name)
+        for overload in packet.overloads():
+            why = operator_policy.refusal(getattr(packet, overload))
+            if why is None or (_INTERPRETER_VALUES.fullmatch(why)
+                               and ("internal" not in why or name.startswith("__"))):
+                continue
+            refused[f"{name}.{overload}"] = why
+    # In-place dropout, like dropout, draws only in training (TorchScript passes
+    # self.training, and sensaudit runs models in eval mode); list.extend returns nothing.
+    assert refused == {
+        "alpha_dropout_.default": "aten::alpha_dropout_ draws from the process's random state",
+        "dropout_.default": "aten::dropout_ draws from the process's random state",
+        "feature_dropout_.default": "aten::feature_dropout_ draws from the process's random "
+                                    "state",
+        "extend.t": "aten::extend returns nothing: it acts only by side effect",
+    }

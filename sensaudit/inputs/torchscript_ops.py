@@ -2,8 +2,10 @@
 
 Everything here computes on tensors and numbers in memory. Left out on purpose (so refused):
 file and process access (``aten::save``, ``aten::from_file``), uninitialised memory
-(``empty``, ``resize_``, ``set_``, ``as_strided``), printing, threads (``fork``/``wait``),
-custom C++ classes, and any namespace under ``ops.`` but ``aten`` and the ``prim`` ops below.
+(``empty``, ``resize_``, ``set_``, ``as_strided``), printing and warnings (``print``, ``warn``:
+text on the terminal), threads (``fork``/``wait``), custom C++ classes, and any namespace
+under ``ops.`` but ``aten`` and the ``prim`` ops below. tests/test_pt2_operators.py checks the
+tensor operators here against :mod:`.operator_policy`, the rules .pt2 graphs are held to.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ _OTHER = {
     "tensor", "scalar_tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
     "new_zeros", "new_ones", "new_full", "arange", "linspace", "eye",
     # numbers, strings, lists and dicts, as TorchScript spells Python's built-ins
-    "format", "warn", "append", "extend", "get", "keys", "values", "items", "device", "Int",
+    "format", "append", "extend", "get", "keys", "values", "items", "device", "Int",
     "Float", "Bool", "ScalarImplicit", "item", "str", "list", "floor_div",
 }
 # In-place forms (relu_, add_): they write into tensors the model already holds, nothing else.
