@@ -294,6 +294,16 @@ def _build(cfg: ModelConfig, path: Path) -> torch.nn.Module:
     if cls is None:
         raise ModelLoadError(f"{path}: model.class '{class_path}': module '{module_name}' "
                              f"has no attribute '{class_name}'")
+    # Checked before anything is called: model.class names a class to build, and a name such
+    # as 'os:system' or 'subprocess:getoutput' (a function, with the command in model.kwargs)
+    # must never run. Only a torch.nn.Module subclass is constructed.
+    if not isinstance(cls, type):
+        raise ModelLoadError(f"{path}: model.class '{class_path}' names a "
+                             f"{type(cls).__name__}, not a torch.nn.Module class; it is not "
+                             "called")
+    if not issubclass(cls, torch.nn.Module):
+        raise ModelLoadError(f"{path}: model.class '{class_path}' is not a torch.nn.Module "
+                             "subclass; it is not built")
     try:
         module = cls(**dict(cfg.kwargs))
     except Exception as exc:  # the user's constructor may raise anything
