@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from .config_settings import MAX_SEED
 from .errors import DataError, ReportError, did_you_mean
 from .inputs.dataset import PARQUET_SUFFIXES
 
@@ -151,6 +152,8 @@ def resample_file(path: str | Path, out: str | Path, *, proxy: str, label: str,
     path, out = Path(path), Path(out)
     if bins < 2:
         raise DataError(f"--bins must be at least 2 (got {bins})")
+    if not 0 <= seed <= MAX_SEED:  # numpy's generators take non-negative seeds only
+        raise DataError(f"--seed must be between 0 and {MAX_SEED} (got {seed})")
     if out.exists() or out.is_symlink():
         raise ReportError(f"{out}: already exists; refusing to overwrite it (remove it or "
                           "choose another --out)")
