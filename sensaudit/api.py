@@ -25,6 +25,7 @@ from .engine import Model
 from .errors import ConfigError, ModelLoadError, did_you_mean
 from .examples import records_table
 from .inputs import tables
+from .inputs.dataset import protected_files
 from .inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from .methods import METHODS
@@ -42,7 +43,7 @@ def run_audit(config: Config, *, progress: Progress | None = None,
               trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
     with StagedReport(config.report.dir, config.report.formats, protect=(
-            config.source, config.data.path, _model_path(config))) as staged:
+            config.source, *protected_files(config.data.path), _model_path(config))) as staged:
         choice = config.report.examples
         writers = open_writers(staged, config.report.formats, examples=choice != "none")
         # Only formats that write per-row files are fed the rows as they stream.
@@ -245,8 +246,9 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     (default: the config's report.dir)."""
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats, kind="compare", protect=(
-            config.source, config.data.path, data_path, old_path, new_path, *old_replicas,
-            *new_replicas, _model_path(config))) as staged:
+            config.source, *protected_files(config.data.path),
+            *protected_files(None if data_path is None else Path(data_path)), old_path,
+            new_path, *old_replicas, *new_replicas, _model_path(config))) as staged:
         writers = open_writers(staged, config.report.formats)  # format errors before the work
         result = compare_models(config, old_path, new_path, old_replicas=old_replicas,
                                 new_replicas=new_replicas, data_path=data_path,
