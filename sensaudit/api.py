@@ -28,6 +28,7 @@ from .inputs import tables
 from .inputs.dataset import protected_files
 from .inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
+from .inputs.regular import refuse_special
 from .methods import METHODS
 from .pipeline import ExampleSink, Progress, audit_models
 from .reports import ReportWriter, StagedReport, open_writers
@@ -213,6 +214,10 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     """
     if data_path is not None:
         config = replace(config, data=replace(config.data, path=Path(data_path)))
+    named = [("OLD", old_path), ("NEW", new_path), *(("--old-replica", p) for p in old_replicas),
+             *(("--new-replica", p) for p in new_replicas)]
+    for key, model_path in named:  # before anything opens them: a FIFO would block
+        refuse_special(Path(model_path), key, ModelLoadError)
     base = config.model or ModelConfig(path=Path(old_path))
     configs = [replace(base, path=Path(p), trust_model_code=False)
                for p in (old_path, new_path, *old_replicas, *new_replicas)]

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from .config_settings import MAX_SEED
 from .errors import DataError, ReportError, did_you_mean
 from .inputs.dataset import PARQUET_SUFFIXES
+from .inputs.regular import refuse_special
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,8 @@ def _read(path: Path, columns: tuple[str, str]) -> tuple[pa.Table, dict[str, np.
     were) and the named columns as finite float64."""
     if not path.exists():
         raise DataError(f"{path}: training data file not found")
+    # Read whole into memory: a FIFO or device would block or never end.
+    refuse_special(path, "TRAIN", DataError)
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             table = pq.read_table(path)

@@ -5,6 +5,7 @@ sensaudit with exit 2 and a one-line message naming the file and the key."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from helpers_bad import (
 
 from sensaudit.errors import ReportError
 from sensaudit.inputs.dataset import glob_files, protected_files
-from sensaudit.reports.staging import StagedReport
+from sensaudit.reports.staging import MANIFEST_NAME, StagedReport
 
 
 def sensaudit(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -148,3 +149,150 @@ def test_a_run_over_a_symlink_loop_ends(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "reports" / "summary.json").is_file()
     assert rows.is_dir()
+
+
+# --- a planted manifest -------------------------------------------------------------------------
+
+
+def _plant(folder: Path, manifest: dict | str) -> None:
+    text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+    (folder / MANIFEST_NAME).write_text(text, encoding="utf-8")
+
+
+def _commit(folder: Path, files: dict[str, str], **kwargs) -> None:
+    with StagedReport(folder, ["json"], **kwargs) as staged:
+        for name, text in files.items():
+            staged.write_text(name, text)
+        staged.commit()
+
+
+def test_a_manifest_naming_a_file_without_its_digest_removes_nothing(tmp_path):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for name in ("results.csv", "notes.md", "train.py"):
+        (reports / name).write_text("the user's")
+    manifest = {"reports": {"audit": ["results.csv", "notes.md", "train.py"]}}
+    # The old rule (any plain file the manifest lists) would have removed all three:
+    listed = [n for n in manifest["reports"]["audit"] if (reports / n).is_file()]
+    assert listed == ["results.csv", "notes.md", "train.py"]
+    _plant(reports, manifest)
+    _commit(reports, {"summary.json": "{}"})
+    assert sorted(p.name for p in reports.iterdir() if not p.name.startswith(".")) == [
+        "notes.md", "results.csv", "summary.json", "train.py"]
+
+
+def test_a_manifest_with_a_wrong_digest_or_another_kind_of_file_removes_nothing(tmp_path):
+    reports = tmp_path / "reports"
+    _commit(reports, {"old.md": "a report", "keep.txt": "x"})
+    manifest = json.loads((reports / MANIFEST_NAME).read_text())
+    (reports / "old.md").write_text("edited by the user since")  # no longer what was written
+    _plant(reports, manifest)
+    _commit(reports, {"summary.json": "{}"})
+    assert (reports / "old.md").read_text() == "edited by the user since"
+    assert (reports / "keep.txt").exists()  # .txt is no report kind: never removed
+
+
+def test_a_report_sensaudit_wrote_is_still_removed_when_dropped(tmp_path):
+    reports = tmp_path / "reports"
+    _commit(reports, {"report.md": "old", "summary.json": "{}"})
+    _commit(reports, {"summary.json": "{}"})
+    assert not (reports / "report.md").exists()
+
+
+def test_a_symlinked_or_special_manifest_is_not_read(tmp_path):
+    reports = tmp_path / "reports"
+    _commit(reports, {"report.md": "mine"})
+    manifest = json.loads((reports / MANIFEST_NAME).read_text())
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps(manifest))
+    (reports / MANIFEST_NAME).unlink()
+    os.symlink(elsewhere, reports / MANIFEST_NAME)
+    _commit(reports, {"summary.json": "{}"})
+    assert (reports / "report.md").read_text() == "mine"
+    assert elsewhere.read_text() == json.dumps(manifest)  # the link was replaced, not followed
+    assert not (reports / MANIFEST_NAME).is_symlink()
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_a_fifo_or_device_as_manifest_does_not_hang(tmp_path, special):
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "report.md").write_text("mine")
+    if special == "fifo":
+        os.mkfifo(reports / MANIFEST_NAME)
+    else:
+        os.symlink(special, reports / MANIFEST_NAME)
+    code = (f"from sensaudit.reports.staging import StagedReport\n"
+            f"with StagedReport({str(reports)!r}, ['json']) as s:\n"
+            f"    s.write_text('summary.json', '{{}}'); s.commit()\n")
+    done = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    assert (reports / "report.md").read_text() == "mine"
+
+
+# --- FIFOs and devices as inputs: refused at once, never read ---------------------------------
+
+
+def _special(tmp_path: Path, kind: str) -> Path:
+    """A FIFO nobody writes to (a plain read blocks forever), or /dev/zero (never ends)."""
+    if kind == "fifo":
+        path = tmp_path / "special.fifo"
+        os.mkfifo(path)
+        return path
+    return Path("/dev/zero")
+
+
+def test_a_fifo_blocks_a_plain_read(tmp_path):
+    fifo = _special(tmp_path, "fifo")
+    code = f"open({str(fifo)!r}, 'rb').read()"
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-c", code], timeout=3)
+
+
+def _one_line_refusal(done: subprocess.CompletedProcess, path: Path, key: str) -> None:
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    kind = "a FIFO (named pipe)" if path.name.endswith(".fifo") else "a character device"
+    assert lines[0] == (f"Error: {path}: {key} is {kind}, not a regular file; sensaudit reads "
+                        "only regular files (write the content to a file)")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_special_files_are_refused_wherever_they_are_named(tmp_path, kind):
+    """Each path the CLI opens: the config, run's model, compare's OLD and NEW (and a
+    replica), init's model and data, resample's training data."""
+    special = _special(tmp_path, kind)
+    export(Scorer(), tmp_path / "model.pt2")
+    write_csv(tmp_path / "data.csv")
+    good = write_config(tmp_path, config(tmp_path))
+    model = str(tmp_path / "model.pt2")
+    bad_model = write_config(tmp_path, config(tmp_path, model={"path": str(special)}),
+                             name="bad-model.yaml")
+    cases = [
+        (["run", str(special)], "the config file"),
+        (["run", str(bad_model)], "model.path"),
+        (["compare", str(special), model, "--config", str(good)], "OLD"),
+        (["compare", model, str(special), "--config", str(good)], "NEW"),
+        (["compare", model, model, "--old-replica", str(special), "--config", str(good)],
+         "--old-replica"),
+        (["init", str(special), str(tmp_path / "data.csv"), "--config",
+          str(tmp_path / "new.yaml")], "MODEL"),
+        (["init", model, str(special), "--config", str(tmp_path / "new.yaml")], "DATA"),
+        (["resample", str(special), "--proxy", "c", "--label", "label", "--out",
+          str(tmp_path / "out.csv")], "TRAIN"),
+    ]
+    for args, key in cases:
+        _one_line_refusal(sensaudit(*args, timeout=60), special, key)
+    assert not (tmp_path / "new.yaml").exists() and not (tmp_path / "out.csv").exists()
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_config_larger_than_the_limit_is_refused(tmp_path):
+    cfg = write_config(tmp_path, config(tmp_path))
+    with cfg.open("a") as handle:
+        handle.write("#" * (1 << 20) + "\n")
+    message = cli_error("run", str(cfg))
+    assert message == f"{cfg}: the config file is {cfg.stat().st_size:,} bytes; the limit is " \
+                      f"{1 << 20:,}"

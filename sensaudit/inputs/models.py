@@ -36,6 +36,7 @@ from ..config import ModelConfig
 from ..errors import ModelLoadError, first_line
 from . import pt2_safety, torchscript_safety
 from .archive_checks import DamagedArchive
+from .regular import check_regular
 
 TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
               "file like code you run")
@@ -86,7 +87,8 @@ def load_model(cfg: ModelConfig, *, trust_model_code: bool | None = None,
         raise ModelLoadError(f"{path}: model file not found (model.path)")
     if path.is_dir():
         raise ModelLoadError(f"{path}: model.path is a directory, not a model file")
-    if path.stat().st_size == 0:
+    # A FIFO or device would block the read, or never end: refused before it is opened.
+    if check_regular(path, "model.path", ModelLoadError).st_size == 0:
         raise ModelLoadError(f"{path}: the model file is empty (model.path)")
     kind = _sniff(path)
     if kind == "torch.export":
