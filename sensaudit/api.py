@@ -19,7 +19,7 @@ import torch
 
 from .baselines import baseline_vector, reference_of
 from .checks.names import check_check_names, group_names
-from .compare import ComparisonResult, compare_on_rows
+from .compare import ComparisonResult, check_bootstrap_size, compare_on_rows
 from .config import AUTO_EXAMPLE_ROWS, AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model
 from .errors import ConfigError, ModelLoadError, did_you_mean
@@ -225,6 +225,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
+    check_bootstrap_size(config.compare, len(table.features), config.source)
     if config.engine == "ray":  # both models in the same Ray actors, on the same units
         from .ray_engine import compare_on_ray
 

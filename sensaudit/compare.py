@@ -23,6 +23,7 @@ from .compare_noise import (
     retraining_noise,
 )
 from .config import AuditSettings, CompareSettings, ModelConfig
+from .errors import ConfigError
 from .inputs.models import LoadedModel
 from .inputs.tables import Chunk, Table
 from .methods import Attributions
@@ -40,6 +41,25 @@ from .stats import (
 # The bootstrap weights of a block of rows are [samples, rows] float64: blocks of rows keep
 # that near 2**24 elements (128 MiB) however many replicates compare.bootstrap_samples asks for.
 WEIGHT_ELEMENTS = 2**24
+# The intervals' accumulators are [samples, features] per statistic (two feature moments, one
+# sum per model and output) and are all needed at the end, when each replicate's shares are
+# normalised over every feature: one pass over the rows cannot hold less. Their size is
+# bounded before any row is read: 2**25 float64 values (256 MiB) per accumulator, about 1 GiB
+# in all, instead of a run that grows until the machine kills it (exit 3).
+MAX_BOOTSTRAP_ELEMENTS = 2**25
+
+
+def check_bootstrap_size(cmp: CompareSettings, features: int, source: object) -> None:
+    """Refuse compare.bootstrap_samples x features over MAX_BOOTSTRAP_ELEMENTS, naming the key
+    and the largest replicate count that fits."""
+    if cmp.bootstrap_samples * features <= MAX_BOOTSTRAP_ELEMENTS:
+        return
+    fits = MAX_BOOTSTRAP_ELEMENTS // max(features, 1)
+    raise ConfigError(
+        f"{source}: compare.bootstrap_samples {cmp.bootstrap_samples:,} x {features:,} features "
+        f"is {cmp.bootstrap_samples * features:,} values per accumulator, over the limit of "
+        f"{MAX_BOOTSTRAP_ELEMENTS:,} (about 256 MiB each); set compare.bootstrap_samples to "
+        f"at most {fits:,} (0 turns the row bootstrap off)")
 
 
 def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,

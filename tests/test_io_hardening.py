@@ -296,3 +296,36 @@ def test_a_config_larger_than_the_limit_is_refused(tmp_path):
     message = cli_error("run", str(cfg))
     assert message == f"{cfg}: the config file is {cfg.stat().st_size:,} bytes; the limit is " \
                       f"{1 << 20:,}"
+
+
+# --- compare's bootstrap memory ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("features, samples", [(2000, 100_000), (100_000, None)])
+def test_a_bootstrap_too_large_for_memory_is_refused_before_any_row_is_read(
+        tmp_path, features, samples):
+    """Before: [samples, features] float64 accumulators, several per model, grew until the
+    run died (a 100,000-column Parquet of 20 rows reached 6.2 GB at the default 1000
+    replicates; exit 3). Now refused with the largest replicate count that fits."""
+    import resource
+
+    columns = {f"f{i}": [float(r)] * 20 for i, r in enumerate(range(features))}
+    columns["label"] = [0.0] * 20
+    pd.DataFrame(columns).to_parquet(tmp_path / "wide.parquet", index=False)
+    export(Scorer(), tmp_path / "model.pt2")
+    compare = {} if samples is None else {"bootstrap_samples": samples}
+    cfg = write_config(tmp_path, config(tmp_path, data={"path": "wide.parquet",
+                                                        "label": "label"},
+                                        audit={"proxies": []}, compare=compare or None))
+    model = str(tmp_path / "model.pt2")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    message = cli_error("compare", model, model, "--config", str(cfg))
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    used = (samples or 1000) * features
+    fits = 2**25 // features
+    assert message == (
+        f"{cfg}: compare.bootstrap_samples {samples or 1000:,} x {features:,} features is "
+        f"{used:,} values per accumulator, over the limit of {2**25:,} (about 256 MiB each); "
+        f"set compare.bootstrap_samples to at most {fits:,} (0 turns the row bootstrap off)")
+    assert grown_mib < 1024  # the accumulators alone would take gigabytes
+    assert not (tmp_path / "reports").exists()
