@@ -277,6 +277,7 @@ class StagedReport:
             return
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return
+        _signalled.clear()
         self._previous_sigterm = signal.signal(signal.SIGTERM, _terminate)
 
     def _restore_sigterm(self) -> None:
@@ -288,8 +289,19 @@ class StagedReport:
         self._previous_sigterm = None
 
 
+_signalled: list[int] = []  # the signal _terminate turned into SystemExit, if one did
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    _signalled.append(signum)
     raise SystemExit(128 + signum)  # the exit status a shell reports for a signal
+
+
+def terminated_by() -> int | None:
+    """The signal (SIGTERM) that ended this run's report block, if one did: code that the
+    SystemExit passes through (Ray's ``ray.get`` turns it into SystemExit(1)) can restore the
+    exit status 128 + signal."""
+    return _signalled[-1] if _signalled else None
 
 
 def _is_open_as(fd: int, path: Path) -> bool:
