@@ -60,9 +60,26 @@ def test_os_system_as_model_class_is_not_called(tmp_path):
         "path": "weights.pt", "class": "os:system",
         "kwargs": {"command": _marker_command(marker)}}))
     message = cli_error("run", str(cfg))
-    assert message == (f"{tmp_path / 'weights.pt'}: model.class 'os:system' names a "
-                       "builtin_function_or_method, not a torch.nn.Module class; it is not "
-                       "called")
+    assert message == (f"{tmp_path / 'weights.pt'}: model.class 'os:system': module 'os' is "
+                       "part of Python's standard library, which holds no torch.nn.Module; it "
+                       "is not imported")
+    assert not marker.exists()
+
+
+def test_a_function_as_model_class_is_not_called(tmp_path):
+    """Beyond the standard library: an installed or class_file module's function is refused
+    before it is called, whatever model.kwargs hold."""
+    marker = tmp_path / "ran"
+    state_dict(tmp_path / "weights.pt")
+    write_csv(tmp_path / "data.csv")
+    (tmp_path / "helpers.py").write_text("import os\n\ndef shell(command):\n"
+                                         "    os.system(command)\n", encoding="utf-8")
+    cfg = write_config(tmp_path, config(tmp_path, model={
+        "path": "weights.pt", "class": "helpers:shell", "class_file": "helpers.py",
+        "kwargs": {"command": _marker_command(marker)}}))
+    message = cli_error("run", str(cfg))
+    assert message == (f"{tmp_path / 'weights.pt'}: model.class 'helpers:shell' names a "
+                       "function, not a torch.nn.Module class; it is not called")
     assert not marker.exists()
 
 
@@ -329,3 +346,20 @@ def test_a_bootstrap_too_large_for_memory_is_refused_before_any_row_is_read(
         f"set compare.bootstrap_samples to at most {fits:,} (0 turns the row bootstrap off)")
     assert grown_mib < 1024  # the accumulators alone would take gigabytes
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_standard_library_module_as_model_class_is_not_imported(tmp_path):
+    # Importing `this` prints the Zen of Python: a module's code runs when it is imported.
+    done = subprocess.run([sys.executable, "-c", "import this"], capture_output=True, text=True,
+                          timeout=60)
+    assert "Beautiful is better than ugly." in done.stdout
+    state_dict(tmp_path / "weights.pt")
+    write_csv(tmp_path / "data.csv")
+    cfg = write_config(tmp_path, config(tmp_path, model={"path": "weights.pt",
+                                                         "class": "this:Scorer"}))
+    done = sensaudit("run", str(cfg))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"Error: {tmp_path / 'weights.pt'}: model.class 'this:Scorer': module 'this' is part "
+        "of Python's standard library, which holds no torch.nn.Module; it is not imported")
+    assert "Beautiful" not in done.stdout

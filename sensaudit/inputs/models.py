@@ -320,12 +320,18 @@ def _build(cfg: ModelConfig, path: Path) -> torch.nn.Module:
 def _import_installed(module_name: str, cfg: ModelConfig, path: Path) -> ModuleType:
     # Only from installed packages and the interpreter's own sys.path: a folder beside the
     # model file (whoever wrote it) is never put first, so a planted mypkg/ or torch/ there is
-    # not imported in place of the real one.
+    # not imported in place of the real one. Importing runs the module's code: an installed
+    # package is code the user chose, but the standard library holds no torch.nn.Module and
+    # some of it acts on import (antigravity opens a browser, this prints): never imported.
+    top = module_name.partition(".")[0]
+    if top in sys.stdlib_module_names:
+        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': module '{module_name}' "
+                             "is part of Python's standard library, which holds no "
+                             "torch.nn.Module; it is not imported")
     try:
         return importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module's own code raises
         hint = ""
-        top = module_name.partition(".")[0]
         beside = cfg.path.parent / f"{top}.py"
         if isinstance(exc, ModuleNotFoundError) and beside.is_file():
             hint = (f"; modules beside the model file are not imported: set model.class_file: "
