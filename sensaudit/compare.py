@@ -49,15 +49,18 @@ WEIGHT_ELEMENTS = 2**24
 MAX_BOOTSTRAP_ELEMENTS = 2**25
 
 
-def check_bootstrap_size(cmp: CompareSettings, features: int, source: object) -> None:
-    """Refuse compare.bootstrap_samples x features over MAX_BOOTSTRAP_ELEMENTS, naming the key
-    and the largest replicate count that fits."""
-    if cmp.bootstrap_samples * features <= MAX_BOOTSTRAP_ELEMENTS:
+def check_bootstrap_size(cmp: CompareSettings, features: int, source: object,
+                         outputs: int = 1) -> None:
+    """Refuse compare.bootstrap_samples x features (x the model's outputs, once known) over
+    MAX_BOOTSTRAP_ELEMENTS, naming the key and the largest replicate count that fits."""
+    per_sample = features * outputs
+    if cmp.bootstrap_samples * per_sample <= MAX_BOOTSTRAP_ELEMENTS:
         return
-    fits = MAX_BOOTSTRAP_ELEMENTS // max(features, 1)
+    fits = MAX_BOOTSTRAP_ELEMENTS // max(per_sample, 1)
+    shape = f"{features:,} features" + (f" x {outputs:,} outputs" if outputs > 1 else "")
     raise ConfigError(
-        f"{source}: compare.bootstrap_samples {cmp.bootstrap_samples:,} x {features:,} features "
-        f"is {cmp.bootstrap_samples * features:,} values per accumulator, over the limit of "
+        f"{source}: compare.bootstrap_samples {cmp.bootstrap_samples:,} x {shape} "
+        f"is {cmp.bootstrap_samples * per_sample:,} values per accumulator, over the limit of "
         f"{MAX_BOOTSTRAP_ELEMENTS:,} (about 256 MiB each); set compare.bootstrap_samples to "
         f"at most {fits:,} (0 turns the row bootstrap off)")
 
@@ -81,6 +84,9 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
     agreements: list[AgreementAccumulator] = []
 
     def resample(chunk: Chunk, results: list[Attributions]) -> None:
+        # The outputs are known once a model ran: [samples, outputs, features] sums.
+        check_bootstrap_size(cmp, len(table.features), source,
+                             outputs=results[0].values.shape[1])
         add_bootstrap(boot_moments, boots, chunk.rows, chunk.x, results)
 
     def agree(read: ReadPass, std: torch.Tensor):

@@ -363,3 +363,20 @@ def test_a_standard_library_module_as_model_class_is_not_imported(tmp_path):
         f"Error: {tmp_path / 'weights.pt'}: model.class 'this:Scorer': module 'this' is part "
         "of Python's standard library, which holds no torch.nn.Module; it is not imported")
     assert "Beautiful" not in done.stdout
+
+
+def test_the_bootstrap_limit_counts_the_models_outputs(tmp_path):
+    """100,000 replicates x 3 features fit the limit for one output (300,000 values), but a
+    model with 200 outputs needs 60,000,000 per sum: refused once the outputs are known."""
+    from models import MultiOutput, save_exported
+
+    save_exported(MultiOutput(n_features=3, n_outputs=200), tmp_path / "multi.pt2", n_features=3)
+    write_csv(tmp_path / "data.csv")
+    cfg = write_config(tmp_path, config(tmp_path, model={"path": "multi.pt2"},
+                                        compare={"bootstrap_samples": 100_000}))
+    model = str(tmp_path / "multi.pt2")
+    message = cli_error("compare", model, model, "--config", str(cfg))
+    assert message == (
+        f"{cfg}: compare.bootstrap_samples 100,000 x 3 features x 200 outputs is 60,000,000 "
+        f"values per accumulator, over the limit of {2**25:,} (about 256 MiB each); set "
+        "compare.bootstrap_samples to at most 55,924 (0 turns the row bootstrap off)")
