@@ -10,7 +10,6 @@ the config asks for and stops them at the end, also on error.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -51,12 +50,7 @@ def ray_session(settings: RaySettings, source: object) -> Iterator[Any]:
         # report folder's, which removes a half-written report) is put back.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGTERM) if main else None
-        # Ray's core worker also installs absl's crash handler for SIGTERM in this process,
-        # which aborts (exit 134) instead of letting the run clean up: asked not to, for the
-        # driver (the variable is put back after; a value the user set is kept).
-        set_here = _NO_CRASH_HANDLER not in os.environ
-        if set_here:
-            os.environ[_NO_CRASH_HANDLER] = "1"
+        _no_crash_handler(ray)
         try:
             # Workers' output stays in the cluster's logs: the CLI's stdout is the report.
             ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
@@ -73,8 +67,6 @@ def ray_session(settings: RaySettings, source: object) -> Iterator[Any]:
             raise ConfigError(f"{source}: cannot start or join {where} "
                               f"({first_line(exc)})") from None
         finally:
-            if set_here:
-                os.environ.pop(_NO_CRASH_HANDLER, None)
             if main:
                 signal.signal(signal.SIGTERM, previous)
     try:
@@ -89,6 +81,17 @@ def ray_session(settings: RaySettings, source: object) -> Iterator[Any]:
     finally:
         if started:
             ray.shutdown()
+
+
+def _no_crash_handler(ray: Any) -> None:
+    """Ray's core worker installs absl's crash handler for SIGTERM in the driver, which aborts
+    (exit 134) instead of letting the run clean up. Ray reads its switch
+    (RAY_DISABLE_FAILURE_SIGNAL_HANDLER) into ray_constants when ray is imported, so the
+    environment variable is too late here: the constant is set, for this process only (Ray's
+    own processes keep their crash reports)."""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is not None and hasattr(constants, _NO_CRASH_HANDLER):
+        setattr(constants, _NO_CRASH_HANDLER, True)
 
 
 def _shutdown_quietly(ray: Any) -> None:
