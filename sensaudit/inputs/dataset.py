@@ -90,6 +90,8 @@ def glob_files(pattern: Path) -> list[Path]:
         return [pattern] if pattern.is_file() else []
     base = Path(*parts[:first]) if first else Path(".")
     rest = str(Path(*parts[first:]))
+    if parts[-1] == "**":  # glob.glob's trailing ** lists files too; pathlib's only folders
+        rest += "/*"
     # As glob.glob: a wildcard does not match a name starting with '.', unless the pattern
     # spells the dot itself.
     hidden_ok = any(part.startswith(".") for part in parts[first:])
