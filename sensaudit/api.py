@@ -19,14 +19,16 @@ import torch
 
 from .baselines import baseline_vector, reference_of
 from .checks.names import check_check_names, group_names
-from .compare import ComparisonResult, compare_on_rows
+from .compare import ComparisonResult, check_bootstrap_size, compare_on_rows
 from .config import AUTO_EXAMPLE_ROWS, AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model
 from .errors import ConfigError, ModelLoadError, did_you_mean
 from .examples import records_table
 from .inputs import tables
+from .inputs.dataset import protected_files
 from .inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
 from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
+from .inputs.regular import refuse_special
 from .methods import METHODS
 from .pipeline import ExampleSink, Progress, audit_models
 from .reports import ReportWriter, StagedReport, open_writers
@@ -42,7 +44,7 @@ def run_audit(config: Config, *, progress: Progress | None = None,
               trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
     with StagedReport(config.report.dir, config.report.formats, protect=(
-            config.source, config.data.path, _model_path(config))) as staged:
+            config.source, *protected_files(config.data.path), _model_path(config))) as staged:
         choice = config.report.examples
         writers = open_writers(staged, config.report.formats, examples=choice != "none")
         # Only formats that write per-row files are fed the rows as they stream.
@@ -212,6 +214,10 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     """
     if data_path is not None:
         config = replace(config, data=replace(config.data, path=Path(data_path)))
+    named = [("OLD", old_path), ("NEW", new_path), *(("--old-replica", p) for p in old_replicas),
+             *(("--new-replica", p) for p in new_replicas)]
+    for key, model_path in named:  # before anything opens them: a FIFO would block
+        refuse_special(Path(model_path), key, ModelLoadError)
     base = config.model or ModelConfig(path=Path(old_path))
     configs = [replace(base, path=Path(p), trust_model_code=False)
                for p in (old_path, new_path, *old_replicas, *new_replicas)]
@@ -219,6 +225,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
+    check_bootstrap_size(config.compare, len(table.features), config.source)
     if config.engine == "ray":  # both models in the same Ray actors, on the same units
         from .ray_engine import compare_on_ray
 
@@ -245,8 +252,9 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     (default: the config's report.dir)."""
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats, kind="compare", protect=(
-            config.source, config.data.path, data_path, old_path, new_path, *old_replicas,
-            *new_replicas, _model_path(config))) as staged:
+            config.source, *protected_files(config.data.path),
+            *protected_files(None if data_path is None else Path(data_path)), old_path,
+            new_path, *old_replicas, *new_replicas, _model_path(config))) as staged:
         writers = open_writers(staged, config.report.formats)  # format errors before the work
         result = compare_models(config, old_path, new_path, old_replicas=old_replicas,
                                 new_replicas=new_replicas, data_path=data_path,

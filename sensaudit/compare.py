@@ -23,6 +23,7 @@ from .compare_noise import (
     retraining_noise,
 )
 from .config import AuditSettings, CompareSettings, ModelConfig
+from .errors import ConfigError
 from .inputs.models import LoadedModel
 from .inputs.tables import Chunk, Table
 from .methods import Attributions
@@ -40,6 +41,28 @@ from .stats import (
 # The bootstrap weights of a block of rows are [samples, rows] float64: blocks of rows keep
 # that near 2**24 elements (128 MiB) however many replicates compare.bootstrap_samples asks for.
 WEIGHT_ELEMENTS = 2**24
+# The intervals' accumulators are [samples, features] per statistic (two feature moments, one
+# sum per model and output) and are all needed at the end, when each replicate's shares are
+# normalised over every feature: one pass over the rows cannot hold less. Their size is
+# bounded before any row is read: 2**25 float64 values (256 MiB) per accumulator, about 1 GiB
+# in all, instead of a run that grows until the machine kills it (exit 3).
+MAX_BOOTSTRAP_ELEMENTS = 2**25
+
+
+def check_bootstrap_size(cmp: CompareSettings, features: int, source: object,
+                         outputs: int = 1) -> None:
+    """Refuse compare.bootstrap_samples x features (x the model's outputs, once known) over
+    MAX_BOOTSTRAP_ELEMENTS, naming the key and the largest replicate count that fits."""
+    per_sample = features * outputs
+    if cmp.bootstrap_samples * per_sample <= MAX_BOOTSTRAP_ELEMENTS:
+        return
+    fits = MAX_BOOTSTRAP_ELEMENTS // max(per_sample, 1)
+    shape = f"{features:,} features" + (f" x {outputs:,} outputs" if outputs > 1 else "")
+    raise ConfigError(
+        f"{source}: compare.bootstrap_samples {cmp.bootstrap_samples:,} x {shape} "
+        f"is {cmp.bootstrap_samples * per_sample:,} values per accumulator, over the limit of "
+        f"{MAX_BOOTSTRAP_ELEMENTS:,} (about 256 MiB each); set compare.bootstrap_samples to "
+        f"at most {fits:,} (0 turns the row bootstrap off)")
 
 
 def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
@@ -61,6 +84,9 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
     agreements: list[AgreementAccumulator] = []
 
     def resample(chunk: Chunk, results: list[Attributions]) -> None:
+        # The outputs are known once a model ran: [samples, outputs, features] sums.
+        check_bootstrap_size(cmp, len(table.features), source,
+                             outputs=results[0].values.shape[1])
         add_bootstrap(boot_moments, boots, chunk.rows, chunk.x, results)
 
     def agree(read: ReadPass, std: torch.Tensor):

@@ -64,6 +64,7 @@ from .config_settings import (
 )
 from .config_validate import _Validator
 from .errors import ConfigError
+from .inputs.regular import MAX_CONFIG_BYTES, read_capped
 from .yaml_loader import load_yaml
 
 __all__ = [
@@ -116,10 +117,15 @@ class Config:
 def load_config(path: str | Path, *, require_model: bool = False) -> Config:
     """Read and validate a YAML config file."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: cannot read config file (it is a directory)")
+    # Read whole and parsed: a FIFO or device (which would block or never end) is refused,
+    # and so is a file far larger than any config.
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        text = read_capped(path, "the config file", ConfigError, MAX_CONFIG_BYTES
+                           ).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
     raw = load_yaml(text, path)

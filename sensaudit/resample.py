@@ -33,8 +33,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from .config_settings import MAX_SEED
 from .errors import DataError, ReportError, did_you_mean
 from .inputs.dataset import PARQUET_SUFFIXES
+from .inputs.regular import refuse_special
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,8 @@ def resample_file(path: str | Path, out: str | Path, *, proxy: str, label: str,
     path, out = Path(path), Path(out)
     if bins < 2:
         raise DataError(f"--bins must be at least 2 (got {bins})")
+    if not 0 <= seed <= MAX_SEED:  # numpy's generators take non-negative seeds only
+        raise DataError(f"--seed must be between 0 and {MAX_SEED} (got {seed})")
     if out.exists() or out.is_symlink():
         raise ReportError(f"{out}: already exists; refusing to overwrite it (remove it or "
                           "choose another --out)")
@@ -176,6 +180,8 @@ def _read(path: Path, columns: tuple[str, str]) -> tuple[pa.Table, dict[str, np.
     were) and the named columns as finite float64."""
     if not path.exists():
         raise DataError(f"{path}: training data file not found")
+    # Read whole into memory: a FIFO or device would block or never end.
+    refuse_special(path, "TRAIN", DataError)
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             table = pq.read_table(path)

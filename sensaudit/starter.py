@@ -21,9 +21,10 @@ import torch
 
 from .config import DataConfig, ModelConfig, parse_config
 from .engine import as_output_matrix
-from .errors import ConfigError, ModelError, first_line
+from .errors import ConfigError, DataError, ModelError, ModelLoadError, first_line
 from .inputs import tables
 from .inputs.models import LoadedModel, load_model
+from .inputs.regular import refuse_special
 from .yaml_loader import load_yaml
 
 # Widths tried to tell the user what the model takes, when it refuses the data's columns.
@@ -44,6 +45,9 @@ class Starter:
 def starter_config(model: Path, data: Path, config: Path, *, label: str | None = None,
                    id: str | None = None) -> Starter:
     """The text of a starter config at ``config`` for ``model`` audited on ``data``."""
+    # Before the header is peeked at: a FIFO or device would block or never end.
+    refuse_special(model, "MODEL", ModelLoadError)
+    refuse_special(data, "DATA", DataError)
     id = id if id is not None else _guess_id(data)
     table = tables.open_table(DataConfig(path=data, label=label, id=id))
     loaded = load_model(ModelConfig(path=model))

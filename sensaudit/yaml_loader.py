@@ -84,7 +84,16 @@ StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yam
 def load_yaml(text: str, source: str | Path) -> Any:
     """Parse one YAML document strictly; every refusal is a one-line ConfigError naming
     ``source`` and the line."""
-    loader = StrictLoader(text)
+    try:
+        # PyYAML's reader refuses NUL and other control characters (even in a comment) as
+        # soon as it is built, with a ReaderError that has no line: say which line here.
+        loader = StrictLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(f"{source}: invalid YAML at line {line}: the control character "
+                          f"U+{code:04X} is not allowed in YAML, even in a comment; remove "
+                          "it") from None
     try:
         node = loader.get_single_node()
         if node is None:  # an empty file

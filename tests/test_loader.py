@@ -194,8 +194,8 @@ def test_state_dict_class_errors(mymodels):
         f"{path}: model.class 'no_such_module_xyz:Scorer': cannot import module "
         "'no_such_module_xyz' (ModuleNotFoundError: No module named 'no_such_module_xyz')")
     assert _load_error(path, class_path="mymodels:NotAModule", class_file=class_file) == (
-        f"{path}: model.class 'mymodels:NotAModule' built a NotAModule, not a "
-        "torch.nn.Module")
+        f"{path}: model.class 'mymodels:NotAModule' is not a torch.nn.Module subclass; it is "
+        "not built")
     assert _load_error(path, class_path="mymodels:Scorer", kwargs={"width": 3},
                        class_file=class_file) == (
         f"{path}: model.class 'mymodels:Scorer': cannot construct it with model.kwargs "

@@ -468,3 +468,51 @@ def test_a_failure_is_raised_in_its_turn():
         run_units(fake, [_FakeActor(fake, 3)], "audit", None, 10,
                   lambda unit, _: seen.append(unit))
     assert seen == [0, 1, 2]
+
+
+# --- SIGTERM on a Ray run: exit 143, no half-written report -------------------------------------
+
+# The child runs `sensaudit run` with SIGTERM sent at a chosen point: "init" right after
+# ray.init, while Ray's own handler (sys.exit(15)) is in place; "get" while the driver waits in
+# ray.get, which turns the SystemExit(143) raised there into SystemExit(1).
+SIGTERM_CHILD = """
+import os, signal, sys, threading
+import ray
+from sensaudit.cli import app
+point = sys.argv[1]
+real_init, real_get = ray.init, ray.get
+def init(*args, **kwargs):
+    answer = real_init(*args, **kwargs)
+    if point == "init":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return answer
+def get(*args, **kwargs):
+    if point == "get":
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    return real_get(*args, **kwargs)
+ray.init, ray.get = init, get
+sys.argv = ["sensaudit", "run", sys.argv[2], "--engine", "ray", "--quiet"]
+app()
+"""
+
+
+@pytest.mark.parametrize("point", ["init", "get"])
+def test_sigterm_on_a_ray_run_exits_143_and_writes_nothing(tmp_path, point):
+    pytest.importorskip("ray", reason="needs Ray")
+    import subprocess
+
+    assets = write_assets(tmp_path / "assets", rows=200)
+    reports = tmp_path / "reports"
+    config = write_config(tmp_path / "audit.yaml", assets,
+                          report=f"report:\n  dir: {reports}\n  formats: [json]\n",
+                          extra="ray:\n  workers: 1\n")
+    reports.mkdir()
+    (reports / "summary.json").write_text("previous")
+    child = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, point, str(config)],
+                           capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert child.returncode == 128 + signal.SIGTERM, (child.returncode, child.stderr)
+    assert "Traceback" not in child.stderr
+    assert sorted(p.name for p in reports.iterdir() if not p.name.startswith(".sensaudit")) == [
+        "summary.json"]
+    assert (reports / "summary.json").read_text() == "previous"
+    assert not list(reports.glob(".sensaudit-staging-*"))

@@ -4,6 +4,7 @@ formats no longer asked for are removed (only files sensaudit wrote)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -105,12 +106,12 @@ def test_compare_protects_its_data(tmp_path):
 
 def test_removing_an_earlier_report_that_is_now_an_input_is_refused(tmp_path):
     target = tmp_path / "reports"
-    stage(target, {"a.txt": "1", "b.txt": "1"})
+    stage(target, {"a.csv": "1", "b.csv": "1"})
     with pytest.raises(ReportError) as err:
-        stage(target, {"a.txt": "2"}, protect=[target / "b.txt"])
-    assert str(err.value) == (f"{target}: removing the earlier report b.txt would delete the "
-                              f"input file {target / 'b.txt'}; choose another report.dir")
-    assert (target / "a.txt").read_text() == "1" and (target / "b.txt").read_text() == "1"
+        stage(target, {"a.csv": "2"}, protect=[target / "b.csv"])
+    assert str(err.value) == (f"{target}: removing the earlier report b.csv would delete the "
+                              f"input file {target / 'b.csv'}; choose another report.dir")
+    assert (target / "a.csv").read_text() == "1" and (target / "b.csv").read_text() == "1"
 
 
 def test_inputs_beside_the_reports_under_other_names_are_fine(tmp_path):
@@ -126,7 +127,7 @@ def test_inputs_beside_the_reports_under_other_names_are_fine(tmp_path):
 def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
     target = tmp_path / "reports"
     with StagedReport(target, ["json"]) as first:
-        first.write_text("a.txt", "first")
+        first.write_text("a.csv", "first")
         with pytest.raises(ReportError) as err:
             with StagedReport(target, ["json"], lock_wait=0.1):
                 pass
@@ -134,9 +135,9 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
     assert str(err.value) == (
         f"another sensaudit run is writing to {target} (report.dir); give each run its own "
         "report folder, or run them one after the other")
-    assert (target / "a.txt").read_text() == "first"
-    stage(target, {"a.txt": "second"})  # released once the first run is done
-    assert (target / "a.txt").read_text() == "second"
+    assert (target / "a.csv").read_text() == "first"
+    stage(target, {"a.csv": "second"})  # released once the first run is done
+    assert (target / "a.csv").read_text() == "second"
 
 
 def test_concurrent_runs_leave_one_runs_complete_set(tmp_path):
@@ -160,7 +161,8 @@ def test_concurrent_runs_leave_one_runs_complete_set(tmp_path):
             failures.append(exc)
 
     for round_ in range(15):
-        sets = {f"{round_}-{i}": sorted(rng.sample(["a", "b", "c", "d"], rng.randint(1, 4)))
+        sets = {f"{round_}-{i}": sorted(rng.sample(["a.md", "b.md", "c.md", "d.md"],
+                                                   rng.randint(1, 4)))
                 for i in range(3)}
         threads = [threading.Thread(target=run, args=(run_id, files))
                    for run_id, files in sets.items()]
@@ -315,7 +317,9 @@ def test_dropped_format_reports_are_removed_and_user_files_kept(tmp_path):
     assert cli("run", str(cfg), "--quiet").exit_code == 0
     assert names(reports) == ["notes.txt", "old-model.md", "summary.json"]
     manifest = json.loads((reports / MANIFEST_NAME).read_text())
-    assert manifest == {"reports": {"audit": ["summary.json"]}}
+    digest = hashlib.sha256((reports / "summary.json").read_bytes()).hexdigest()
+    assert manifest == {"reports": {"audit": ["summary.json"]},
+                        "sha256": {"summary.json": digest}}
 
 
 def test_audit_and_compare_into_one_folder_keep_each_others_reports(tmp_path):
@@ -331,39 +335,41 @@ def test_audit_and_compare_into_one_folder_keep_each_others_reports(tmp_path):
 
 def test_failed_commit_puts_removed_reports_back(tmp_path, monkeypatch):
     target = tmp_path / "reports"
-    stage(target, {"a.txt": "1", "b.txt": "1", "c.txt": "1"})
+    stage(target, {"a.csv": "1", "b.csv": "1", "c.csv": "1"})
     before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
     real_replace = os.replace
 
     def failing_replace(src, dst):
-        # The last step: removing c.txt, after a.txt and the manifest were replaced.
-        if Path(src).name == "c.txt" and Path(src).parent == target:
+        # The last step: removing c.csv, after a.csv and the manifest were replaced.
+        if Path(src).name == "c.csv" and Path(src).parent == target:
             raise OSError(5, "Input/output error")
         return real_replace(src, dst)
 
     monkeypatch.setattr("sensaudit.reports.staging.os.replace", failing_replace)
     with pytest.raises(ReportError) as err:
-        stage(target, {"a.txt": "2"})
+        stage(target, {"a.csv": "2"})
     assert str(err.value) == f"{target}: cannot write reports (report.dir): Input/output error"
     assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
     assert staging_folders(target) == []
 
 
 @pytest.mark.parametrize("manifest", [
-    "not json", '["a.txt"]', '{"reports": {"audit": ["../outside.txt", ".sensaudit.lock"]}}'])
+    "not json", '["a.csv"]', '{"reports": {"audit": ["../outside.txt", ".sensaudit.lock"]}}'])
 def test_a_bad_manifest_removes_nothing(tmp_path, manifest):
     target = tmp_path / "reports"
-    stage(target, {"a.txt": "1", "b.txt": "1"})
+    stage(target, {"a.csv": "1", "b.csv": "1"})
     (target / MANIFEST_NAME).write_text(manifest)
     (tmp_path / "outside.txt").write_text("not sensaudit's")
-    stage(target, {"c.txt": "2"})
-    assert names(target) == ["a.txt", "b.txt", "c.txt"]
+    stage(target, {"c.csv": "2"})
+    assert names(target) == ["a.csv", "b.csv", "c.csv"]
     assert (tmp_path / "outside.txt").exists()
 
 
 def test_a_name_listed_twice_is_removed_once(tmp_path):
     target = tmp_path / "reports"
-    stage(target, {"a.txt": "1", "b.txt": "1"})
-    (target / MANIFEST_NAME).write_text('{"reports": {"audit": ["a.txt", "a.txt"]}}')
-    stage(target, {"c.txt": "2"})
-    assert names(target) == ["b.txt", "c.txt"]
+    stage(target, {"a.csv": "1", "b.csv": "1"})
+    manifest = json.loads((target / MANIFEST_NAME).read_text())
+    manifest["reports"]["audit"] = ["a.csv", "a.csv"]
+    (target / MANIFEST_NAME).write_text(json.dumps(manifest))
+    stage(target, {"c.csv": "2"})
+    assert names(target) == ["b.csv", "c.csv"]

@@ -153,6 +153,8 @@ def test_cli_prints_the_dependence_before_and_after(tmp_path):
      "{train}: column 'id' (--label) must hold numbers (found string)"),
     (["--proxy", "proxy", "--label", "label", "--bins", "1"],
      "--bins must be at least 2 (got 1)"),
+    (["--proxy", "proxy", "--label", "label", "--seed", "-1"],
+     "--seed must be between 0 and 18446744073709551615 (got -1)"),
     (["--proxy", "proxy", "--label", "label", "--weights", "--weight-column", "a"],
      "{train}: already has a column 'a'; name the weights column another way "
      "(--weight-column)"),

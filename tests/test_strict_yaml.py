@@ -187,3 +187,17 @@ def test_describe_of_a_huge_shared_value_is_fast():
 ], ids=lambda v: type(v).__name__)
 def test_describe_renders(value, expected):
     assert describe(value) == expected
+
+
+@pytest.mark.parametrize("text, line", [
+    (HEAD + "# a comment with a NUL \0 in it\n", 7),
+    ("model:\n  path: m\x07.pt2\n", 2),
+    ("\x1b[31m: 1\n", 1),
+])
+def test_control_characters_are_bad_input_naming_the_line(tmp_path, text, line):
+    config = tmp_path / "audit.yaml"
+    config.write_text(text, encoding="utf-8")
+    code = f"U+{ord(next(c for c in text if c in chr(0) + chr(7) + chr(27))):04X}"
+    assert cli_error("run", str(config)) == (
+        f"{config}: invalid YAML at line {line}: the control character {code} is not allowed "
+        "in YAML, even in a comment; remove it")

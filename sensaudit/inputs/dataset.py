@@ -15,7 +15,6 @@ not counted up front): what one worker reads at a time. Only the footers are rea
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def dataset_files(path: Path) -> list[Path]:
             raise DataError(f"{path}: data.path is a folder with no Parquet files in it; name a "
                             "CSV or Parquet file, a folder of Parquet files or a glob")
         return parquet
-    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    files = glob_files(path)
     if not files:
         raise DataError(f"{path}: no file matches this pattern (data.path)")
     for file in files:
@@ -73,6 +72,49 @@ def dataset_files(path: Path) -> list[Path]:
             raise DataError(f"{path}: the pattern matches {file}, which is not a .parquet file; "
                             "a glob of data must name Parquet files only")
     return files
+
+
+def glob_files(pattern: Path) -> list[Path]:
+    """The files a glob matches, sorted; ``**`` does not descend into symlinked folders.
+
+    ``glob.glob(recursive=True)`` follows them, so a link to a parent folder (``a/up -> ..``)
+    makes it walk a/up/a/up/... until the path is too long: two such links double the paths
+    at every level, and it never ends. pathlib's ``**`` (Python 3.11 on) does not follow
+    links, so every folder is walked once. The part of the pattern before its first wildcard
+    is the folder to search (pathlib takes relative patterns only).
+    """
+    parts = pattern.parts
+    first = next((i for i, part in enumerate(parts) if any(c in part for c in _GLOB_CHARACTERS)),
+                 len(parts))
+    if first == len(parts):
+        return [pattern] if pattern.is_file() else []
+    base = Path(*parts[:first]) if first else Path(".")
+    rest = str(Path(*parts[first:]))
+    if parts[-1] == "**":  # glob.glob's trailing ** lists files too; pathlib's only folders
+        rest += "/*"
+    # As glob.glob: a wildcard does not match a name starting with '.', unless the pattern
+    # spells the dot itself.
+    hidden_ok = any(part.startswith(".") for part in parts[first:])
+    try:
+        return sorted(p for p in base.glob(rest) if p.is_file() and (
+            hidden_ok or not any(n.startswith(".") for n in p.relative_to(base).parts)))
+    except (OSError, ValueError):  # a folder it cannot read; a malformed pattern
+        return []
+
+
+def protected_files(path: Path | None) -> list[Path]:
+    """``path`` and, for a folder or glob of data, every file in it: report.dir must not
+    replace or remove any of them (a report named like a data file in the same folder)."""
+    if path is None:
+        return []
+    if path.is_dir():
+        try:
+            return [path, *(p for p in path.rglob("*") if p.is_file())]
+        except OSError:
+            return [path]
+    if is_dataset(path):
+        return [path, *glob_files(path)]
+    return [path]
 
 
 def read_parts(files: list[Path]) -> list[Part]:

@@ -54,6 +54,8 @@ def saved_features(path: Path) -> tuple[str, ...] | None:
     A file that is not a readable zip archive has none here: the loader reports what is wrong
     with it.
     """
+    if not path.is_file():  # a FIFO would block here; the loader names what it is
+        return None
     try:
         with zipfile.ZipFile(path) as archive:
             entry = next((i for i in archive.infolist()

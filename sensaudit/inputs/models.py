@@ -36,6 +36,7 @@ from ..config import ModelConfig
 from ..errors import ModelLoadError, first_line
 from . import pt2_safety, torchscript_safety
 from .archive_checks import DamagedArchive
+from .regular import check_regular
 
 TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
               "file like code you run")
@@ -86,7 +87,8 @@ def load_model(cfg: ModelConfig, *, trust_model_code: bool | None = None,
         raise ModelLoadError(f"{path}: model file not found (model.path)")
     if path.is_dir():
         raise ModelLoadError(f"{path}: model.path is a directory, not a model file")
-    if path.stat().st_size == 0:
+    # A FIFO or device would block the read, or never end: refused before it is opened.
+    if check_regular(path, "model.path", ModelLoadError).st_size == 0:
         raise ModelLoadError(f"{path}: the model file is empty (model.path)")
     kind = _sniff(path)
     if kind == "torch.export":
@@ -301,6 +303,16 @@ def _build(cfg: ModelConfig, path: Path) -> torch.nn.Module:
     if cls is None:
         raise ModelLoadError(f"{path}: model.class '{class_path}': module '{module_name}' "
                              f"has no attribute '{class_name}'")
+    # Checked before anything is called: model.class names a class to build, and a name such
+    # as 'os:system' or 'subprocess:getoutput' (a function, with the command in model.kwargs)
+    # must never run. Only a torch.nn.Module subclass is constructed.
+    if not isinstance(cls, type):
+        raise ModelLoadError(f"{path}: model.class '{class_path}' names a "
+                             f"{type(cls).__name__}, not a torch.nn.Module class; it is not "
+                             "called")
+    if not issubclass(cls, torch.nn.Module):
+        raise ModelLoadError(f"{path}: model.class '{class_path}' is not a torch.nn.Module "
+                             "subclass; it is not built")
     try:
         module = cls(**dict(cfg.kwargs))
     except Exception as exc:  # the user's constructor may raise anything
@@ -315,12 +327,18 @@ def _build(cfg: ModelConfig, path: Path) -> torch.nn.Module:
 def _import_installed(module_name: str, cfg: ModelConfig, path: Path) -> ModuleType:
     # Only from installed packages and the interpreter's own sys.path: a folder beside the
     # model file (whoever wrote it) is never put first, so a planted mypkg/ or torch/ there is
-    # not imported in place of the real one.
+    # not imported in place of the real one. Importing runs the module's code: an installed
+    # package is code the user chose, but the standard library holds no torch.nn.Module and
+    # some of it acts on import (antigravity opens a browser, this prints): never imported.
+    top = module_name.partition(".")[0]
+    if top in sys.stdlib_module_names:
+        raise ModelLoadError(f"{path}: model.class '{cfg.class_path}': module '{module_name}' "
+                             "is part of Python's standard library, which holds no "
+                             "torch.nn.Module; it is not imported")
     try:
         return importlib.import_module(module_name)
     except Exception as exc:  # ImportError, or whatever the module's own code raises
         hint = ""
-        top = module_name.partition(".")[0]
         beside = cfg.path.parent / f"{top}.py"
         if isinstance(exc, ModuleNotFoundError) and beside.is_file():
             hint = (f"; modules beside the model file are not imported: set model.class_file: "

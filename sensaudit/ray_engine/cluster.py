@@ -19,6 +19,7 @@ from typing import Any
 from .._version import __version__
 from ..config_ray import RaySettings
 from ..errors import ConfigError, first_line
+from ..reports.staging import terminated_by
 from .job import Failure, Job, WorkerInfo
 from .worker import AuditWorker, unpack
 
@@ -26,6 +27,7 @@ INSTALL = "pip install 'sensaudit[ray]'"
 # A worker whose node dies is started again elsewhere and its unit retried: units are pure
 # functions of the data, so a retry changes nothing in the result.
 RESTARTS = 3
+_NO_CRASH_HANDLER = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
 
 
 def require_ray(source: object) -> Any:
@@ -48,10 +50,18 @@ def ray_session(settings: RaySettings, source: object) -> Iterator[Any]:
         # report folder's, which removes a half-written report) is put back.
         main = threading.current_thread() is threading.main_thread()
         previous = signal.getsignal(signal.SIGTERM) if main else None
+        _no_crash_handler(ray)
         try:
             # Workers' output stays in the cluster's logs: the CLI's stdout is the report.
             ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR)
+        except SystemExit as exc:
+            # SIGTERM while ray.init runs meets Ray's own handler: sys.exit(15), an exit
+            # status that reads as neither a signal nor sensaudit's. Stop what it started.
+            _shutdown_quietly(ray)
+            if exc.code == signal.SIGTERM:
+                raise SystemExit(128 + signal.SIGTERM) from None
+            raise
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"ray.address '{settings.address}'" if settings.address else "Ray"
             raise ConfigError(f"{source}: cannot start or join {where} "
@@ -61,9 +71,35 @@ def ray_session(settings: RaySettings, source: object) -> Iterator[Any]:
                 signal.signal(signal.SIGTERM, previous)
     try:
         yield ray
+    except BaseException:
+        # The report folder's SIGTERM handler raises SystemExit(143); raised inside ray.get,
+        # Ray replaces it with SystemExit(1), the "gate failed" status. Put 143 back.
+        signum = terminated_by()
+        if signum is not None:
+            raise SystemExit(128 + signum) from None
+        raise
     finally:
         if started:
             ray.shutdown()
+
+
+def _no_crash_handler(ray: Any) -> None:
+    """Ray's core worker installs absl's crash handler for SIGTERM in the driver, which aborts
+    (exit 134) instead of letting the run clean up. Ray reads its switch
+    (RAY_DISABLE_FAILURE_SIGNAL_HANDLER) into ray_constants when ray is imported, so the
+    environment variable is too late here: the constant is set, for this process only (Ray's
+    own processes keep their crash reports)."""
+    constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if constants is not None and hasattr(constants, _NO_CRASH_HANDLER):
+        setattr(constants, _NO_CRASH_HANDLER, True)
+
+
+def _shutdown_quietly(ray: Any) -> None:
+    try:
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # noqa: BLE001 - already on the way out
+        pass
 
 
 def pool_size(ray: Any, settings: RaySettings, units: int, source: object) -> int:

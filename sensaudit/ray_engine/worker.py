@@ -24,7 +24,7 @@ import torch
 from .._version import __version__
 from ..baselines import FeatureSummary
 from ..checks import Ranking, build_checks
-from ..compare import add_agreement, add_bootstrap
+from ..compare import add_agreement, add_bootstrap, check_bootstrap_size
 from ..errors import SensauditError
 from ..inputs import tables
 from ..inputs.models import LoadedModel, load_model
@@ -142,6 +142,8 @@ class AuditWorker:
                  for mp in passes]
         unit = UnitAudit(models=parts, rows_read=0)
         if plan.compare is not None:
+            check_bootstrap_size(plan.compare, len(job.table.features), job.source,
+                                 outputs=len(prepared[0].outputs))
             bootstrap = PoissonBootstrap(plan.compare.bootstrap_samples, plan.compare.seed)
             unit.boot_moments = BootstrapMoments(bootstrap, len(job.table.features))
             unit.boots = [BootstrapSensitivity(bootstrap) for _ in prepared[:2]]

@@ -20,6 +20,7 @@ touched):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 from ..errors import ReportError
+from ..inputs.regular import MAX_MANIFEST_BYTES, read_capped
 
 try:
     import fcntl
@@ -51,6 +53,9 @@ _LOCK_POLL_S = 0.05
 _PREVIOUS = ".previous"  # inside the staging folder: what the commit replaced, for rollback
 
 PathLike = str | os.PathLike
+# What the report writers write (csv, json, md, html, junit xml, parquet, png charts): a name
+# of any other kind is never removed as an earlier report.
+REPORT_SUFFIXES = (".csv", ".json", ".md", ".html", ".xml", ".parquet", ".png")
 
 
 class StagedReport:
@@ -151,16 +156,24 @@ class StagedReport:
             names = [p.name for p in staged]
             for name in names:
                 self._refuse_replacing_an_input(name)
-            manifest = _read_manifest(self.target)
+            manifest, digests = _read_manifest(self.target)
+            # A name is removed only if the manifest recorded the digest of what sensaudit
+            # wrote there and the file still holds exactly that: a planted or edited
+            # manifest cannot make a run delete a file sensaudit did not write.
             stale = [name for name in dict.fromkeys(manifest.get(self.kind, ()))
                      if name not in names and _is_report_name(name)
-                     and _is_plain_file(self.target / name)]
+                     and _is_plain_file(self.target / name)
+                     and name in digests and _digest(self.target / name) == digests[name]]
             for name in stale:
                 self._refuse_removing_an_input(name)
             manifest[self.kind] = names
+            # The digest of each file written now; other kinds' files keep theirs.
+            digests.update((name, _digest(self.staging / name)) for name in names)
+            listed = {name for kind_names in manifest.values() for name in kind_names}
             new_manifest = self.staging / MANIFEST_NAME
-            new_manifest.write_text(json.dumps({"reports": manifest}, indent=2) + "\n",
-                                    encoding="utf-8")
+            new_manifest.write_text(json.dumps({"reports": manifest, "sha256": {
+                name: digest for name, digest in sorted(digests.items())
+                if name in listed and name not in stale}}, indent=2) + "\n", encoding="utf-8")
             previous = self.staging / _PREVIOUS
             previous.mkdir()
             # The target never lacks a file meanwhile: each one being replaced is kept (hard
@@ -264,6 +277,7 @@ class StagedReport:
             return
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
             return
+        _signalled.clear()
         self._previous_sigterm = signal.signal(signal.SIGTERM, _terminate)
 
     def _restore_sigterm(self) -> None:
@@ -275,8 +289,19 @@ class StagedReport:
         self._previous_sigterm = None
 
 
+_signalled: list[int] = []  # the signal _terminate turned into SystemExit, if one did
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    _signalled.append(signum)
     raise SystemExit(128 + signum)  # the exit status a shell reports for a signal
+
+
+def terminated_by() -> int | None:
+    """The signal (SIGTERM) that ended this run's report block, if one did: code that the
+    SystemExit passes through (Ray's ``ray.get`` turns it into SystemExit(1)) can restore the
+    exit status 128 + signal."""
+    return _signalled[-1] if _signalled else None
 
 
 def _is_open_as(fd: int, path: Path) -> bool:
@@ -307,24 +332,46 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _read_manifest(folder: Path) -> dict[str, list[str]]:
-    """The previous commit's manifest; unreadable or malformed reads as empty, so that a file
-    is removed only when a well-formed manifest says sensaudit wrote it."""
+def _read_manifest(folder: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The previous commit's manifest (report names by kind) and the sha256 of each file it
+    wrote; unreadable or malformed reads as empty, so that a file is removed only when a
+    well-formed manifest says sensaudit wrote it. Anything but a regular file (a symlink to
+    another file, a FIFO, /dev/zero) and anything over MAX_MANIFEST_BYTES reads as empty too:
+    sensaudit writes the manifest itself, as a small plain file."""
     try:
-        raw = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        raw = json.loads(read_capped(folder / MANIFEST_NAME, "the report manifest",
+                                     ReportError, MAX_MANIFEST_BYTES, follow_symlinks=False))
+    except (OSError, ReportError, ValueError):
+        return {}, {}
     reports = raw.get("reports") if isinstance(raw, dict) else None
     if not isinstance(reports, dict):
-        return {}
-    return {kind: [name for name in names if isinstance(name, str)]
-            for kind, names in reports.items() if isinstance(names, list)}
+        return {}, {}
+    digests = raw.get("sha256")
+    return ({kind: [name for name in names if isinstance(name, str)]
+             for kind, names in reports.items() if isinstance(names, list)},
+            {name: digest for name, digest in digests.items()
+             if isinstance(name, str) and isinstance(digest, str)}
+            if isinstance(digests, dict) else {})
+
+
+def _digest(path: Path) -> str:
+    """sha256 of the file's bytes, read in blocks; "" if it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
 
 
 def _is_report_name(name: str) -> bool:
-    """A plain file name in the folder: a manifest naming '../x' or the lock removes nothing."""
+    """A plain file name in the folder, of a kind the report writers write: a manifest naming
+    '../x', the lock, or a user's notes.txt or train.py removes nothing."""
     return (name not in ("", ".", "..") and os.path.basename(name) == name and "\\" not in name
-            and "\0" not in name and not name.startswith(".sensaudit"))
+            and "\0" not in name and not name.startswith(".sensaudit")
+            and Path(name).suffix.lower() in REPORT_SUFFIXES)
 
 
 def _is_plain_file(path: Path) -> bool:
