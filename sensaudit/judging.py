@@ -71,7 +71,8 @@ def rank_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
     if settings is not None and settings.groups:
         ranked = add_group_rows(ranked, settings.groups)
     return Ranking(table=ranked, features=features, outputs=outputs,
-                   per_unit=method.per_unit)
+                   per_unit=method.per_unit, model=model_pass.prepared.module,
+                   device=loaded.device)
 
 
 def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor
