@@ -95,6 +95,8 @@ def test_a_visible_proxy_and_an_unused_constant_one_are_judged_as_before():
     unused = audit_frame(_Planted("constant_unused"), _frame(),
                          proxies=[ProxyLimit(feature="region", max_share=0.15)])
     assert unused.passed
+    (gate,) = unused.gates.all
+    assert gate.limit == "share <= 15%; not judged: region is constant in the audited rows"
     (warning,) = [w for w in unused.gates.warnings if w.check == "proxy_limits"]
     assert warning.subject == "region"
     assert warning.details["not_judged"] == "constant in the audited rows"

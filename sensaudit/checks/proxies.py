@@ -54,7 +54,8 @@ class ProxyLimits(Check):
                 continue
             seen = [probed[(row.output, m)] for m in self.members.get(row.feature, [row.feature])
                     if (row.output, m) in probed]
-            if _unseen(result, row, proxy, seen, multi):
+            settled, caveat = _unseen(result, row, proxy, seen, multi)
+            if settled:
                 continue
             share, rank = float(row.share), int(row.rank)
             over_share = proxy.max_share is not None and share > proxy.max_share
@@ -66,7 +67,7 @@ class ProxyLimits(Check):
                 broken.append(f"share <= {proxy.max_share:.0%}")
             if over_rank:
                 broken.append(f"not among the top {proxy.max_rank}")
-            limit = " and ".join(broken) or _limits(proxy)
+            limit = (" and ".join(broken) or _limits(proxy)) + caveat
             result.gates.append(Gate(
                 check=self.name, subject=row.feature, output=row.output,
                 passed=not broken, limit=limit,
@@ -131,9 +132,10 @@ class ProxyLimits(Check):
 
 
 def _unseen(result: CheckResult, row, proxy: ProxyLimit, seen: list[ProbeFigures],
-            multi: bool) -> bool:
+            multi: bool) -> tuple[bool, str]:
     """A gate the gradient cannot judge: a failed gate (the score moves where the gradient
-    sees nothing) or a warning (constant in the data). True when the gate is settled here."""
+    sees nothing) or a warning (constant in the data). Returns whether the gate is settled
+    here, and else a caveat for its limit text."""
     where = f" for output '{row.output}'" if multi else ""
     blind = [f for f in seen if f.blind]
     if blind:
@@ -170,7 +172,7 @@ def _unseen(result: CheckResult, row, proxy: ProxyLimit, seen: list[ProbeFigures
             f"score's sensitivity, against the {float(row.share):.1%} its gradient share shows "
             f"and its limit ({_limits(proxy)}). {fix}"
             + (f" Why it must not matter: {proxy.reason}." if proxy.reason else ""))
-        return True
+        return True, ""
     constant = [f for f in seen if f.constant]
     if constant:
         # Still a gate (the score did not move under the probe's step), but one this data
@@ -186,7 +188,8 @@ def _unseen(result: CheckResult, row, proxy: ProxyLimit, seen: list[ProbeFigures
             f"model does with it. Moving it by {first.step:.4g} (10% of its value, at least "
             f"1.0) moved the score by {_num(first.moved)} on average over {first.rows} sampled "
             "rows; audit rows where it varies to judge the gate.")
-    return False
+        return False, f"; not judged: {first.feature} is constant in the audited rows"
+    return False, ""
 
 
 def _typical_effect(row) -> str:
