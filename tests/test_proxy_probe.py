@@ -215,3 +215,20 @@ def test_the_cli_exits_1_on_a_blind_proxy(cli_assets, tmp_path, kind):
     (flag,) = summary["flags"]
     assert flag["feature"] == proxy and flag["probe_share"] > 0.5
     assert "cannot be judged" in report
+
+
+class _HalfSeen(nn.Module):
+    """The proxy moves the score by 100 per unit, half of it through detach(): the gradient
+    share sees half the effect (the other half could hide a gate's failure)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0] + 0.02 * x[:, 1] + 50 * x[:, 2] + 50 * x[:, 2].detach()
+
+
+def test_a_proxy_the_gradient_sees_only_in_part_cannot_pass():
+    result = audit_frame(_HalfSeen(), _frame(),
+                         proxies=[ProxyLimit(feature="proxy", max_share=0.99)])
+    (gate,) = result.gates.all
+    assert not gate.passed and "cannot judge" in gate.limit
+    assert gate.details["gradient_misses"] == pytest.approx(gate.details["gradient_predicts"],
+                                                            rel=0.01)

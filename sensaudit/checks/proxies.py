@@ -17,7 +17,7 @@ from ..config_checks import FeatureGroup
 from ..methods import Attributions
 from ..stats import finite_rows
 from .base import Check, CheckResult, Gate, Notice, Ranking
-from .proxy_probe import STEP_STD, ProbeFigures, ProbeSample, probe
+from .proxy_probe import ProbeFigures, ProbeSample, probe
 
 
 class ProxyLimits(Check):
@@ -148,7 +148,8 @@ def _unseen(result: CheckResult, row, proxy: ProxyLimit, seen: list[ProbeFigures
             limit=limit,
             details={"share": float(row.share), "rank": int(row.rank),
                      "probe_share": worst.probe_share, "score_change": worst.moved,
-                     "gradient_predicts": worst.predicted, "max_share": proxy.max_share,
+                     "gradient_predicts": worst.predicted, "gradient_misses": worst.missed,
+                     "max_share": proxy.max_share,
                      "max_rank": proxy.max_rank}))
         member = (f" (through its member {worst.feature})" if worst.feature != row.feature
                   else "")
@@ -159,17 +160,18 @@ def _unseen(result: CheckResult, row, proxy: ProxyLimit, seen: list[ProbeFigures
                    f"{_num(worst.moved)} on average over {worst.rows} sampled rows")
             fix = ("Audit rows where it varies, or remove it from the model's inputs.")
         else:
-            how = (f"moving {worst.feature} by {STEP_STD:g} std ({worst.step:.4g}) moves the "
-                   f"score by {_num(worst.moved)} on average over {worst.rows} sampled rows, "
-                   f"while its gradient predicts {_num(worst.predicted)}: the gradient cannot "
-                   "see it (the model likely reaches it through detach(), a comparison, "
-                   "rounding or another step)")
+            how = (f"moving {worst.feature} by {worst.step_std:g} std ({worst.step:.4g}) moves "
+                   f"the score by {_num(worst.moved)} on average over {worst.rows} sampled "
+                   f"rows, while its gradient predicts {_num(worst.predicted)} and misses "
+                   f"{_num(worst.missed)}: the gradient cannot see it (the model likely reaches "
+                   "it through detach(), a comparison, rounding or another step)")
             fix = ("Judge it with a method that does not rely on the gradient's slope, or "
                    "make the model's use of it differentiable, and audit again.")
         result.findings.append(
             f"**{row.feature}** is a declared proxy whose gate cannot be judged{where}{member}: "
-            f"{how}. Measured by that step it would hold about {worst.probe_share:.1%} of the "
-            f"score's sensitivity, against the {float(row.share):.1%} its gradient share shows "
+            f"{how}. Measured by that step, what the gradient misses would hold about "
+            f"{worst.probe_share:.1%} of the score's sensitivity, against the "
+            f"{float(row.share):.1%} its gradient share shows "
             f"and its limit ({_limits(proxy)}). {fix}"
             + (f" Why it must not matter: {proxy.reason}." if proxy.reason else ""))
         return True, ""
