@@ -56,6 +56,10 @@ CONSTANT_STEP_MIN = 1.0
 MATERIAL_SHARE = 0.01
 # A finite difference of float scores carries rounding of about eps x |score| on each side.
 ROUNDING_FACTOR = 64
+# Nor is a change a millionth of the scores' own size (mean |score| + their spread) material,
+# whatever the other features do: a network saturated on every row has every sensitivity ~0,
+# and its scores' last-digit flicker would otherwise count as a whole share.
+NEGLIGIBLE = 1e-6
 
 
 class ProbeSample:
@@ -118,6 +122,7 @@ def probe(model: Model, x: torch.Tensor, columns: dict[str, int], std: torch.Ten
         base = as_output_matrix(model(x), x.shape[0])
     _, gradient = scores_and_jacobian(model, x)
     total = scaled.sum(1)  # [outputs]
+    magnitude = base.double().abs().mean(0) + (base.double().std(0) if len(base) > 1 else 0.0)
     found = []
     for name, j in columns.items():
         if not bool(std[j] > 0):
@@ -129,13 +134,14 @@ def probe(model: Model, x: torch.Tensor, columns: dict[str, int], std: torch.Ten
         for o, output in enumerate(outputs):
             found.append(_judge(output, name, not bool(std[j] > 0), x.shape[0], [
                 (size, step, limit, *_steps(model, x, base, gradient, j, step, o))
-                for size, step, limit in trials], float(total[o] - scaled[o, j])))
+                for size, step, limit in trials], float(total[o] - scaled[o, j]),
+                NEGLIGIBLE * float(magnitude[o])))
     return found
 
 
 def _judge(output: str, name: str, constant: bool, rows: int,
            trials: list[tuple[float, float, float, float, float, float]],
-           others: float) -> ProbeFigures:
+           others: float, negligible: float) -> ProbeFigures:
     """The figures of the step that judged the feature: the first that finds it blind, else
     the one whose miss is largest relative to the prediction."""
     best = None
@@ -144,9 +150,14 @@ def _judge(output: str, name: str, constant: bool, rows: int,
         # none of it), in the ranking's units (score change for a typical, one-std change; a
         # constant proxy's step stands for its typical change), against every other
         # feature's sensitivity.
-        effect = (moved if constant else missed) / size
-        share = effect / (max(others, 0.0) + effect) if effect > 0 else 0.0
-        blind = share > MATERIAL_SHARE and (constant or missed > limit * predicted)
+        amount = moved if constant else missed
+        effect = amount / size
+        share = (effect / (max(others, 0.0) + effect) if amount > negligible else 0.0)
+        # Only where the gradient understates the change: where it overstates it (a steep
+        # transition narrower than the step, a detach() path against the visible one), the
+        # share is too large, and a gate on it errs towards failing, never a silent pass.
+        blind = share > MATERIAL_SHARE and (constant or (missed > limit * predicted
+                                                         and moved > predicted))
         figures = ProbeFigures(output=output, feature=name, constant=constant, step=step,
                                step_std=size, rows=rows, moved=moved, predicted=predicted,
                                missed=missed, probe_share=share, blind=blind)
