@@ -232,3 +232,18 @@ def test_a_proxy_the_gradient_sees_only_in_part_cannot_pass():
     assert not gate.passed and "cannot judge" in gate.limit
     assert gate.details["gradient_misses"] == pytest.approx(gate.details["gradient_predicts"],
                                                             rel=0.01)
+
+
+class _Overstated(nn.Module):
+    """100 per unit of the proxy that the gradient sees, 80 taken back through detach(): the
+    gradient overstates the effect, so its share errs towards failing the gate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0] + 0.02 * x[:, 1] + 100 * x[:, 2] - 80 * x[:, 2].detach()
+
+
+def test_a_gradient_that_overstates_the_proxy_is_judged_as_usual():
+    result = audit_frame(_Overstated(), _frame(),
+                         proxies=[ProxyLimit(feature="proxy", max_share=0.99)])
+    (gate,) = result.gates.all
+    assert gate.passed and gate.limit == "share <= 99%"
