@@ -18,7 +18,8 @@ constant-data warning, on a smooth model.
 
 Power: the same smooth models plus a blind term on one feature, of size ``s`` x the smooth
 model's score std (s = 1 and 0.1): ``detach``, a step at the mean or at +1 std, ``round``,
-``floor`` of 2z, ``sign``, and a smooth term on a column made constant in the audited rows.
+``floor`` of 2z, ``sign``, and a smooth term on a column made constant in the audited rows;
+each also "pure", with the smooth model not seeing that feature (only the blind term does).
 
     PYTHONPATH=. python benchmarks/proxy_probe.py
 """
@@ -80,12 +81,17 @@ class Scorer(nn.Module):
         self.register_buffer("mean", mean if standardise else torch.zeros_like(mean))
         self.register_buffer("std", std if standardise else torch.ones_like(std))
         self.blind: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.hidden: int | None = None  # a column the smooth part does not see (pure blind)
 
     def z(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(self.z(x)).squeeze(1)
+        z = self.z(x)
+        if self.hidden is not None:
+            z = torch.cat([z[:, :self.hidden], torch.zeros_like(z[:, :1]),
+                           z[:, self.hidden + 1:]], 1)
+        y = self.net(z).squeeze(1)
         return y if self.blind is None else y + self.blind(x)
 
 
@@ -179,6 +185,11 @@ def main() -> None:
             for kind, term in blind_terms(j, model.z, size * score_std).items():
                 model.blind = term
                 power.setdefault((kind, size), []).append(judged(model, frame)[feature] == "fail")
+                # Pure: the score reaches the feature through the blind term only.
+                model.hidden = j
+                power.setdefault((f"{kind} (pure)", size), []).append(
+                    judged(model, frame)[feature] == "fail")
+                model.hidden = None
             # A column constant in the audited rows, used smoothly by the model.
             model.blind = lambda x, j=j, c=size * score_std: c * model.z(x)[:, j]
             flat = frame.copy()
