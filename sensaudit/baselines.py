@@ -107,14 +107,24 @@ class FeatureSummary:
         self.moments = FeatureMoments(n_features)
         self.sample = (RowSample(n_features, keep or median_sample_rows(n_features))
                        if median else None)
+        # Per feature, the largest |value| of an integer-typed column (-1: none seen), to warn
+        # where the model's dtype cannot hold such integers exactly.
+        self.integer_max = torch.full((n_features,), -1.0, dtype=torch.float64)
 
-    def update(self, rows: np.ndarray, x: torch.Tensor) -> None:
-        self.moments.update(x)
+    def update(self, rows: np.ndarray, x: torch.Tensor, *,
+               exact: dict[int, np.ndarray] | None = None,
+               integer_max: np.ndarray | None = None) -> None:
+        """A chunk's rows; ``exact`` and ``integer_max`` are its integer columns' values and
+        magnitudes (:class:`~sensaudit.inputs.table_chunks.Chunk`)."""
+        self.moments.update(x, exact)
+        if integer_max is not None:
+            self.integer_max = torch.maximum(self.integer_max, torch.from_numpy(integer_max))
         if self.sample is not None:
             self.sample.update(rows, x)
 
     def merge(self, other: FeatureSummary) -> None:
         self.moments.merge(other.moments)
+        self.integer_max = torch.maximum(self.integer_max, other.integer_max)
         if self.sample is not None and other.sample is not None:
             self.sample.merge(other.sample)
 

@@ -16,6 +16,7 @@ from .errors import DataError, ModelError
 from .examples import ExampleDrivers
 from .groups import add_group_rows
 from .inputs.tables import Table
+from .integer_precision import integer_warnings
 from .methods import AttributionMethod
 from .model_ready import precision_warnings
 from .results import AuditResult, sensitivity_table
@@ -71,17 +72,32 @@ def rank_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
     if settings is not None and settings.groups:
         ranked = add_group_rows(ranked, settings.groups)
     return Ranking(table=ranked, features=features, outputs=outputs,
-                   per_unit=method.per_unit)
+                   per_unit=method.per_unit, model=model_pass.prepared.module,
+                   device=loaded.device)
 
 
-def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor
+def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor,
+                integer_max: torch.Tensor | None = None
                 ) -> tuple[pd.DataFrame, list[CheckResult]]:
-    """Let one model's checks judge its ranking; mark the table's rows whose gate failed."""
+    """Let one model's checks judge its ranking; mark the table's rows whose gate failed.
+    ``integer_max``: the integer columns' largest |value| (FeatureSummary), to warn where the
+    model's dtype rounds them."""
     ranked = ranking.table
     results = [check.finish(ranking) for check in model_pass.checks]
+    dtype = model_pass.prepared.loaded.dtype
+    named: set[str] = set()
+    if integer_max is not None:
+        integers = integer_warnings(ranking.features, integer_max, dtype)
+        named = {w.subject for w in integers.warnings}
+        if integers.warnings:
+            results.append(integers)
     if model_pass.seen is not None:
-        results.append(precision_warnings(ranking.features, std, model_pass.seen.std,
-                                          model_pass.prepared.loaded.dtype))
+        spread = precision_warnings(ranking.features, std, model_pass.seen.std, dtype)
+        # One line per column: the integer warning already says why its spread is lost.
+        spread.warnings = [w for w in spread.warnings if w.subject not in named]
+        spread.findings = [f for f in spread.findings
+                           if not any(f.startswith(f"**{n}**") for n in named)]
+        results.append(spread)
     failed = {(g.output, g.subject) for r in results for g in r.failed}
     ranked["flagged"] = [(o, f) in failed for o, f in zip(ranked["output"], ranked["feature"])]
     return ranked, results

@@ -129,7 +129,7 @@ def statistics_pass(chunks: Chunks, table: Table, settings: AuditSettings, *,
     dropped = 0
     for chunk in chunks():
         dropped += chunk.dropped
-        summary.update(chunk.rows, chunk.x)
+        summary.update(chunk.rows, chunk.x, exact=chunk.exact, integer_max=chunk.integer_max)
         progress("statistics", summary.moments.count + dropped, table.row_count)
     _check_rows(summary.moments, table)
     return summary.reference(checked_std(summary.moments.std, table))
@@ -165,7 +165,8 @@ def read_pass(models: list[LoadedModel], chunks: Chunks, table: Table, settings:
             dropped += chunk.dropped
             if not len(chunk.x):
                 continue
-            summary.update(chunk.rows, chunk.x)
+            summary.update(chunk.rows, chunk.x, exact=chunk.exact,
+                           integer_max=chunk.integer_max)
             ranges.update(chunk.x)
             if not passes:
                 passes = [_start(m, chunk.x, table, settings, model_cfg, source,
@@ -314,7 +315,9 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
         read.spill.close()
         drivers = settle_examples(read, drivers, chunks, method, progress, fresh,
                                    std if method.per_unit else None)
-    finished = [judge_model(mp, ranking, std) for mp, ranking in zip(read.models, rankings)]
+    integer_max = read.summary.integer_max if read.summary is not None else None
+    finished = [judge_model(mp, ranking, std, integer_max)
+                for mp, ranking in zip(read.models, rankings)]
     notes = [*(notes or []), *skipped_note(table)]
     results = [audit_result(mp, ranked, checks, d, read, table, settings, method, notes,
                             details, examples_streamed=streamed)

@@ -24,30 +24,61 @@ NONFINITE_IDS_KEPT = 20
 
 class FeatureMoments:
     """Exact count, mean and sum of squared deviations per feature (float64), merged by Chan
-    et al.'s pairwise formula."""
+    et al.'s pairwise formula.
+
+    Integer columns too large for float64 to hold exactly (beyond 2**53: ids, nanosecond
+    timestamps near 2**62) arrive as ``exact`` int64 values; their moments are taken about an
+    integer ``shift`` (a value of the column), so a spread of a few units around 2**62 is
+    measured exactly instead of vanishing when the values are rounded to float64.
+    """
 
     def __init__(self, n_features: int):
         self.count = 0
-        self.mean = torch.zeros(n_features, dtype=torch.float64)
+        self.shift = torch.zeros(n_features, dtype=torch.int64)
+        self.centred = torch.zeros(n_features, dtype=torch.float64)  # the mean - shift
         self.m2 = torch.zeros(n_features, dtype=torch.float64)
 
-    def update(self, x: torch.Tensor) -> None:
-        """x: float [rows, features]."""
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.shift.to(torch.float64) + self.centred
+
+    def update(self, x: torch.Tensor, exact: dict[int, np.ndarray] | None = None) -> None:
+        """x: float [rows, features]; exact: column -> its int64 values [rows], for integer
+        columns float64 rounds."""
         rows = x.shape[0]
         if rows == 0:
             return
         x = x.detach().to("cpu", torch.float64)
+        shift = torch.zeros_like(self.shift)
+        if exact:
+            x = x.clone()
+            for j, values in exact.items():
+                first = int(values[0])
+                if int(values.max()) - int(values.min()) >= 2**62:
+                    continue  # a spread this wide: float64's rounding of it is negligible
+                shift[j] = first
+                x[:, j] = torch.from_numpy((values - np.int64(first)).astype(np.float64))
         chunk_mean = x.mean(0)
-        self._combine(rows, chunk_mean, ((x - chunk_mean) ** 2).sum(0))
+        self._combine(rows, chunk_mean, ((x - chunk_mean) ** 2).sum(0), shift)
 
     def merge(self, other: FeatureMoments) -> None:
         if other.count:
-            self._combine(other.count, other.mean, other.m2)
+            self._combine(other.count, other.centred, other.m2, other.shift)
 
-    def _combine(self, rows: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+    def _combine(self, rows: int, centred: torch.Tensor, m2: torch.Tensor,
+                 shift: torch.Tensor) -> None:
+        if self.count == 0:
+            self.shift = shift.clone()
+        elif bool((shift != self.shift).any()):
+            # The other part's mean about this one's shift: the shifts' difference is exact in
+            # int64 when they have the same sign (no overflow), else float64 is precise enough.
+            same = (shift >= 0) == (self.shift >= 0)
+            gap = torch.where(same, (shift - self.shift).to(torch.float64),
+                              shift.to(torch.float64) - self.shift.to(torch.float64))
+            centred = centred + gap
         total = self.count + rows
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (rows / total)
+        delta = centred - self.centred
+        self.centred = self.centred + delta * (rows / total)
         self.m2 = self.m2 + m2 + delta**2 * (self.count * rows / total)
         self.count = total
 

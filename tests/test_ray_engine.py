@@ -186,6 +186,29 @@ def test_planted_proxy_is_flagged_on_both_engines(ray_up, tmp_path):
     assert flagged.to_dict() == {"clarity": False, "length": True, "noise": False}
 
 
+class _SteppedLength(torch.nn.Module):
+    """clarity + 0.5 noise + 100 x (length > 300): the gradient cannot see length."""
+
+    def forward(self, x):
+        return x[:, 1] + 0.5 * x[:, 2] + (x[:, 0] > 300.0).to(x.dtype) * 100
+
+
+def test_a_blind_proxy_cannot_pass_on_either_engine(ray_up, tmp_path):
+    """The proxy probe runs on the driver with the rows the workers sampled: the same verdict
+    and figures as the local engine (sensaudit/checks/proxy_probe.py)."""
+    assets = write_assets(tmp_path / "assets", rows=400)
+    save_exported(_SteppedLength(), assets / "stepped.pt2", n_features=3, dtype=torch.float64)
+    config = write_config(tmp_path / "audit.yaml", assets, model="stepped.pt2",
+                          report=f"report:\n  formats: [csv, json, markdown]\n"
+                                 f"  dir: {tmp_path / 'local'}\n")
+    done = cli("run", str(config), "-q")
+    assert done.exit_code == 1 and "cannot judge" in done.stdout, done.stdout
+    on_ray = cli("run", str(config), "-q", "--engine", "ray", "--out", str(tmp_path / "ray"))
+    assert on_ray.exit_code == 1, on_ray.stdout + on_ray.stderr
+    assert "FAILED length" in on_ray.stdout and "cannot judge" in on_ray.stdout
+    _same_reports(tmp_path / "local", tmp_path / "ray")
+
+
 # --- a partitioned dataset -----------------------------------------------------------------------
 
 PART_ROWS = (260, 45, 0, 300)  # uneven files, one of them empty

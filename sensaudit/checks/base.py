@@ -88,6 +88,10 @@ class Ranking:
     # The attributions are per unit of the feature (gradients: scaled by the feature's std
     # into the shares) or already in score units (methods/base.py).
     per_unit: bool = True
+    # The prepared model (x -> the audited outputs) and its device, for checks that probe it
+    # on rows they kept during the read (proxy_limits); None where no model is at hand.
+    model: Model | None = None
+    device: torch.device | None = None
 
 
 @dataclass

@@ -1,32 +1,61 @@
-"""``audit.proxies``: declared proxies must stay under their share and rank limits."""
+"""``audit.proxies``: declared proxies must stay under their share and rank limits.
+
+A share is gradient sensitivity, and a gradient can be blind to a feature the score depends on
+(constant in the data, ``detach()``, a step): each proxy is first probed with a finite step
+(:mod:`.proxy_probe`), and a gate the gradient cannot judge fails, or warns, saying why.
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+import torch
+
 from ..config import AuditSettings, ProxyLimit
-from .base import Check, CheckResult, Gate, Ranking
+from ..config_checks import FeatureGroup
+from ..methods import Attributions
+from ..stats import finite_rows
+from .base import Check, CheckResult, Gate, Notice, Ranking
+from .proxy_probe import ProbeFigures, ProbeSample, probe
 
 
 class ProxyLimits(Check):
     name = "proxy_limits"
     config_key = "proxies"
 
-    def __init__(self, proxies: tuple[ProxyLimit, ...]):
+    def __init__(self, proxies: tuple[ProxyLimit, ...], groups: tuple[FeatureGroup, ...] = ()):
         self.proxies = {p.feature: p for p in proxies}
+        self.members = {g.name: list(g.columns) for g in groups}
+        self.sample = ProbeSample()
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> ProxyLimits:
         # Built even with no proxies declared: its note names the strongest drivers.
-        return cls(settings.proxies)
+        return cls(settings.proxies, settings.groups)
+
+    def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions) -> None:
+        if self.proxies:  # the rows the probe moves, kept only when there is a gate to judge
+            self.sample.update(rows, x, finite_rows(attributions.scores, attributions.values))
+
+    def merge(self, other: Check) -> None:
+        if not isinstance(other, ProxyLimits):
+            raise TypeError(f"cannot merge a {type(other).__name__} into ProxyLimits")
+        self.sample.merge(other.sample)
 
     def finish(self, ranking: Ranking) -> CheckResult:
         result = CheckResult(self.name)
         table = ranking.table
         multi = len(ranking.outputs) > 1
+        probed = self._probe(ranking)
         for row in table.itertuples():
             proxy = self.proxies.get(row.feature)
             if proxy is None:
+                continue
+            seen = [probed[(row.output, m)] for m in self.members.get(row.feature, [row.feature])
+                    if (row.output, m) in probed]
+            settled, caveat = _unseen(result, row, proxy, seen, multi)
+            if settled:
                 continue
             share, rank = float(row.share), int(row.rank)
             over_share = proxy.max_share is not None and share > proxy.max_share
@@ -38,7 +67,7 @@ class ProxyLimits(Check):
                 broken.append(f"share <= {proxy.max_share:.0%}")
             if over_rank:
                 broken.append(f"not among the top {proxy.max_rank}")
-            limit = " and ".join(broken) or _limits(proxy)
+            limit = (" and ".join(broken) or _limits(proxy)) + caveat
             result.gates.append(Gate(
                 check=self.name, subject=row.feature, output=row.output,
                 passed=not broken, limit=limit,
@@ -78,6 +107,91 @@ class ProxyLimits(Check):
                 result.notes.append(f"{where}No declared proxy is over its limit. The strongest "
                                     f"drivers are {names}.")
         return result
+
+
+    def _probe(self, ranking: Ranking) -> dict[tuple[str, str], ProbeFigures]:
+        """Each declared proxy feature (a group's members), probed per output."""
+        x = self.sample.x
+        if ranking.model is None or x is None or not len(x):
+            return {}
+        features = ranking.features
+        names = [m for p in self.proxies for m in self.members.get(p, [p]) if m in features]
+        if not names:
+            return {}
+        table = ranking.table[ranking.table["feature"].isin(features)]
+        scaled = torch.tensor(
+            [[float(v) for v in table[table["output"] == o].set_index("feature")
+              .loc[features, "scaled_sensitivity"]] for o in ranking.outputs],
+            dtype=torch.float64)
+        first = table[table["output"] == ranking.outputs[0]].set_index("feature")
+        std = torch.tensor([float(first.loc[f, "std"]) for f in features], dtype=torch.float64)
+        found = probe(ranking.model, x.to(ranking.device or x.device),
+                      {n: features.index(n) for n in dict.fromkeys(names)}, std, scaled,
+                      ranking.outputs)
+        return {(f.output, f.feature): f for f in found}
+
+
+def _unseen(result: CheckResult, row, proxy: ProxyLimit, seen: list[ProbeFigures],
+            multi: bool) -> tuple[bool, str]:
+    """A gate the gradient cannot judge: a failed gate (the score moves where the gradient
+    sees nothing) or a warning (constant in the data). Returns whether the gate is settled
+    here, and else a caveat for its limit text."""
+    where = f" for output '{row.output}'" if multi else ""
+    blind = [f for f in seen if f.blind]
+    if blind:
+        worst = max(blind, key=lambda f: f.probe_share)
+        why = (f"{worst.feature} is constant in the data" if worst.constant
+               else f"the gradient does not see {worst.feature}")
+        limit = f"{_limits(proxy)}; cannot judge: {why}"
+        result.gates.append(Gate(
+            check="proxy_limits", subject=row.feature, output=row.output, passed=False,
+            limit=limit,
+            details={"share": float(row.share), "rank": int(row.rank),
+                     "probe_share": worst.probe_share, "score_change": worst.moved,
+                     "gradient_predicts": worst.predicted, "gradient_misses": worst.missed,
+                     "max_share": proxy.max_share,
+                     "max_rank": proxy.max_rank}))
+        member = (f" (through its member {worst.feature})" if worst.feature != row.feature
+                  else "")
+        if worst.constant:
+            how = (f"{worst.feature} is constant in the audited rows, so no share measured on "
+                   f"them can show its effect, yet moving it by {worst.step:.4g} (10% of its "
+                   "value, at least 1.0: it has no spread to scale by) moves the score by "
+                   f"{_num(worst.moved)} on average over {worst.rows} sampled rows")
+            fix = ("Audit rows where it varies, or remove it from the model's inputs.")
+        else:
+            how = (f"moving {worst.feature} by {worst.step_std:g} std ({worst.step:.4g}) moves "
+                   f"the score by {_num(worst.moved)} on average over {worst.rows} sampled "
+                   f"rows, while its gradient predicts {_num(worst.predicted)} and misses "
+                   f"{_num(worst.missed)}: the gradient cannot see it (the model likely reaches "
+                   "it through detach(), a comparison, rounding or another step)")
+            fix = ("Judge it with a method that does not rely on the gradient's slope, or "
+                   "make the model's use of it differentiable, and audit again.")
+        result.findings.append(
+            f"**{row.feature}** is a declared proxy whose gate cannot be judged{where}{member}: "
+            f"{how}. Measured by that step, what the gradient misses would hold about "
+            f"{worst.probe_share:.1%} of the score's sensitivity, against the "
+            f"{float(row.share):.1%} its gradient share shows "
+            f"and its limit ({_limits(proxy)}). {fix}"
+            + (f" Why it must not matter: {proxy.reason}." if proxy.reason else ""))
+        return True, ""
+    constant = [f for f in seen if f.constant]
+    if constant:
+        # Still a gate (the score did not move under the probe's step), but one this data
+        # cannot judge: say so rather than let it read "passed at 0%".
+        first = constant[0]
+        result.warnings.append(Notice(
+            check="proxy_limits", subject=row.feature, output=row.output,
+            details={"not_judged": "constant in the audited rows",
+                     "probe_step": first.step, "score_change": first.moved}))
+        result.findings.append(
+            f"**{row.feature}**: its proxy gate cannot be judged from this data{where}: "
+            f"{first.feature} is constant in the audited rows, so its share is 0 whatever the "
+            f"model does with it. Moving it by {first.step:.4g} (10% of its value, at least "
+            f"1.0) moved the score by {_num(first.moved)} on average over {first.rows} sampled "
+            "rows; audit rows where it varies to judge the gate.")
+        return False, f"; not judged: {first.feature} is constant in the audited rows"
+    return False, ""
 
 
 def _typical_effect(row) -> str:

@@ -36,6 +36,10 @@ class Chunk:
     rows: np.ndarray  # int64 1-based data-row numbers of the kept rows: the rows' identity
     labels: np.ndarray | None
     dropped: int  # rows skipped for missing values in this chunk
+    # Integer-typed columns: the largest |value| per feature (-1 for other columns), and the
+    # int64 values of those float64 cannot hold exactly (beyond 2**53), for exact statistics.
+    integer_max: np.ndarray | None = None
+    exact: dict[int, np.ndarray] | None = None
 
 
 _MISSING_TEXT = {"", "nan", "NaN", "NA", "N/A", "null", "NULL", "None", "inf", "-inf", "+inf",
@@ -84,12 +88,16 @@ def _frame_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: 
                  dtype: torch.dtype, missing: _MissingValues) -> Chunk:
     """A parsed CSV block (or an in-memory DataFrame's slice) as a validated chunk."""
     values = np.empty((len(frame), len(table.features)), dtype=np.float64)
+    integers = {}
     for j, name in enumerate(table.features):
         values[:, j] = _numeric_column(frame[name], name, cfg.path, first_row)
+        exact = _integer_values(frame[name])
+        if exact is not None:
+            integers[j] = exact
     ids = _id_array(frame[table.id]) if table.id else None
     labels = (pd.to_numeric(frame[table.label], errors="coerce").to_numpy(dtype=np.float64)
               if table.label else None)
-    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing)
+    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing, integers)
 
 
 def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row: int,
@@ -102,8 +110,11 @@ def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row
         return _frame_chunk(batch.to_pandas(), table, cfg, first_row, dtype, missing)
     float32 = all(pa.types.is_float32(c.type) for c in columns)
     values = np.empty((batch.num_rows, len(columns)), dtype=np.float32 if float32 else np.float64)
+    integers = {}
     for j, column in enumerate(columns):
         values[:, j] = column.to_numpy(zero_copy_only=False)
+        if pa.types.is_signed_integer(column.type) and column.null_count == 0:
+            integers[j] = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     ids = batch.column(table.id) if table.id else None
     labels = None
     if table.label:
@@ -111,7 +122,7 @@ def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row
         labels = (label.to_numpy(zero_copy_only=False).astype(np.float64)
                   if _arrow_numeric(label.type)
                   else pd.to_numeric(label.to_pandas(), errors="coerce").to_numpy(np.float64))
-    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing)
+    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing, integers)
 
 
 def _id_array(column: pd.Series) -> pa.Array:
@@ -128,7 +139,7 @@ def _arrow_numeric(kind: pa.DataType) -> bool:
 
 def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, table: Table,
            cfg: DataConfig, first_row: int, dtype: torch.dtype,
-           missing: _MissingValues) -> Chunk:
+           missing: _MissingValues, integers: dict[int, np.ndarray] | None = None) -> Chunk:
     """Validate one block of rows; rows with NaN/inf are dropped here and tallied in
     ``missing``, whose check() at the end of the file decides whether that is an error."""
     finite = np.isfinite(values)
@@ -140,6 +151,7 @@ def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, 
         keep = ~bad.any(axis=1)
         dropped = int((~keep).sum())
         values, row_numbers = values[keep], row_numbers[keep]
+        integers = {j: v[keep] for j, v in (integers or {}).items()}
         ids = None if ids is None else ids.filter(pa.array(keep))
         labels = None if labels is None else labels[keep]
     if dtype.is_floating_point and values.dtype == np.float64 and dtype != torch.float64 \
@@ -152,9 +164,40 @@ def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, 
             raise DataError(f"{cfg.path}: column '{table.features[j]}' has a value too large "
                             f"for the model's {str(dtype).replace('torch.', '')} inputs (row "
                             f"{row_numbers[row]}: {values[row, j]:g})")
+    integer_max, exact = _integer_columns(integers or {}, values.shape[1])
     return Chunk(first_row=first_row, x=torch.from_numpy(values),
                  ids=pa.array(row_numbers) if ids is None else ids, rows=row_numbers,
-                 labels=labels, dropped=dropped)
+                 labels=labels, dropped=dropped, integer_max=integer_max, exact=exact)
+
+
+def _integer_columns(integers: dict[int, np.ndarray], n_features: int
+                     ) -> tuple[np.ndarray | None, dict[int, np.ndarray] | None]:
+    """The chunk's integer columns: their largest |value| (-1 elsewhere) and, for those beyond
+    2**53 (float64 rounds them), their exact values."""
+    if not integers:
+        return None, None
+    largest = np.full(n_features, -1.0)
+    exact = {}
+    for j, column in integers.items():
+        if not len(column):
+            continue
+        top = max(abs(int(column.min())), abs(int(column.max())))
+        largest[j] = float(top)
+        if top > 2**53:
+            exact[j] = column
+    return largest, exact or None
+
+
+def _integer_values(series: pd.Series) -> np.ndarray | None:
+    """A column's exact int64 values when it holds integers only (an integer dtype, or text
+    a CSV's large-integer column was read as), else None."""
+    if pd.api.types.is_signed_integer_dtype(series):
+        return None if series.hasnans else series.to_numpy(dtype=np.int64)
+    if series.dtype == object or pd.api.types.is_string_dtype(series):
+        numbers = pd.to_numeric(series.astype(str).str.strip(), errors="coerce")
+        if pd.api.types.is_signed_integer_dtype(numbers):
+            return numbers.to_numpy(dtype=np.int64)
+    return None
 
 
 def _numeric_column(series: pd.Series, name: str, path: Path, first_row: int) -> np.ndarray:

@@ -140,7 +140,8 @@ def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd
     except Exception as exc:  # pyarrow raises many types (some ValueErrors) for bad files
         raise DataError(f"{path}: cannot read data ({first_line(exc)})") from None
     try:
-        kinds = {name: (str if as_text else "float64") for name in table.features}
+        kinds = {name: (str if as_text or name in table.large_integers else "float64")
+                 for name in table.features}
         if table.id is not None:
             kinds[table.id] = str  # ids such as "00123" keep their leading zeros
         # Every column is parsed, not only the used ones (usecols): with usecols pandas

@@ -56,6 +56,10 @@ class Table:
     row_count: int | None = None  # known up front for Parquet, not for CSV
     # Columns left out of the default features (text), named when the model's width differs.
     skipped: tuple[str, ...] = ()
+    # CSV feature columns whose first rows hold integers beyond float32's exact 2**24: parsed
+    # as text and then as int64, so their statistics (and the warning that the model's dtype
+    # rounds them) see the exact values a float64 parse would round.
+    large_integers: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -71,7 +75,19 @@ def open_table(cfg: DataConfig) -> Table:
     _check_columns(cfg, columns)
     features, skipped = _features(cfg, columns, sample)
     return Table(path=cfg.path, features=features, label=cfg.label, id=cfg.id,
-                 row_count=row_count, skipped=skipped)
+                 row_count=row_count, skipped=skipped,
+                 large_integers=_large_integers(sample, features))
+
+
+def _large_integers(sample: pd.DataFrame, features: tuple[str, ...]) -> tuple[str, ...]:
+    """The features whose sampled values are integers beyond 2**24 (Table.large_integers)."""
+    found = []
+    for name in features:
+        column = sample[name]
+        if pd.api.types.is_signed_integer_dtype(column) and len(column) \
+                and int(column.abs().max()) > 2**24:
+            found.append(name)
+    return tuple(found)
 
 
 def _features(cfg: DataConfig, columns: list[str], sample: pd.DataFrame

@@ -195,7 +195,9 @@ def _run(config: Config, model_cfgs: tuple[ModelConfig, ...], data: DataConfig, 
                                     rankings=tuple(r.table for r in rankings))
                 _replay(ray, actors, replay, job, merged, progress)
     details = method_details(method, settings, baseline, reference, table.features)
-    finished = [judge_model(mp, ranking, std) for mp, ranking in zip(passes, rankings)]
+    integer_max = read.summary.integer_max if read.summary is not None else None
+    finished = [judge_model(mp, ranking, std, integer_max)
+                for mp, ranking in zip(passes, rankings)]
     notes = [*notes, *skipped_note(table),
              f"Computed on Ray: {len(units):,} work unit(s) over {size} worker(s)."]
     results = [audit_result(mp, ranked, checks, drivers, read, table, settings, method, notes,

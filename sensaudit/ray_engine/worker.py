@@ -125,7 +125,8 @@ class AuditWorker:
         for chunk in chunks:
             dropped += chunk.dropped
             rows_read += len(chunk.rows) + chunk.dropped
-            summary.update(chunk.rows, chunk.x)
+            summary.update(chunk.rows, chunk.x, exact=chunk.exact,
+                           integer_max=chunk.integer_max)
             ranges.update(chunk.x)
         return UnitStatistics(summary=summary, ranges=ranges, dropped=dropped,
                               rows_read=rows_read, missing=missing)
