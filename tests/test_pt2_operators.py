@@ -142,6 +142,8 @@ REFUSED = {
                                       "that sensaudit has not reviewed",
     "aten.set_data.default": "aten::set_data returns nothing: it acts only by side effect",
     "aten.set_.source_Storage": "aten::set_ changes which memory a tensor views",
+    "aten.set_.source_Tensor": "aten::set_ changes which memory a tensor views",
+    "aten.as_strided_.default": "aten::as_strided_ changes which memory a tensor views",
     "aten.resize_.default": "aten::resize_ returns uninitialised memory",
     "aten.empty_like.default": "aten::empty_like returns uninitialised memory",
     "aten.empty.memory_format": "aten::empty returns uninitialised memory",
@@ -169,7 +171,8 @@ def test_each_operator_with_a_side_effect_is_refused_by_name(path):
 @pytest.mark.parametrize("path", ["aten.linear.default", "aten.relu_.default",
                                   "aten.dropout.default", "aten.gelu.default",
                                   "aten.div.Tensor_mode", "aten._softmax.default",
-                                  "aten.copy_.default", "aten._to_copy.default"])
+                                  "aten.copy_.default", "aten._to_copy.default",
+                                  "aten.detach_.default", "aten.unsqueeze_.default"])
 def test_operators_that_compute_on_tensors_are_admitted(path):
     assert operator_policy.refusal(operator_policy.resolve(f"torch.ops.{path}")) is None
 

@@ -20,8 +20,10 @@ reasons are read from torch's own records of the operator wherever torch keeps t
    and is refused (but for the assertions listed below).
 3. **Tags**: torch tags random operators ``nondeterministic_seeded`` and operators that change
    a tensor's view of its memory in place (``set_``, ``resize_``, ``as_strided_``)
-   ``inplace_view``: both refused. Dropout is random only in training: admitted where the graph
-   passes ``train=False`` (checked per call by :func:`call_refusal`).
+   ``inplace_view``: both refused, but for the reviewed view changes ``detach_``,
+   ``squeeze_`` and the like, which exports of ordinary code write. Dropout is random only in
+   training: admitted where the graph passes ``train=False`` (checked per call by
+   :func:`call_refusal`).
 4. **Names**: private operators (a leading underscore) are torch internals that may skip checks
    (``_reshape_alias``, ``_copy_from``): refused, but for the few below that exported standard
    layers use, each reviewed. Operators that return uninitialised memory, and the families of
@@ -72,6 +74,13 @@ UNINITIALISED = frozenset({"empty", "empty_like", "new_empty", "empty_strided",
 LOW_LEVEL_FAMILIES = re.compile(r"sparse|csr|csc|bsr|bsc|nested|mkldnn|cudnn|miopen|fbgemm"
                                 r"|quantize|vulkan|mps|xpu|mkl_|onednn")
 
+# In-place view changes (torch tags them inplace_view) that only reshape a tensor's view of its
+# own memory, with the same checks as their functional forms: exports write detach_ and
+# (un)squeeze_ for ordinary code. The others (set_, as_strided_, resize_as_) can point a tensor
+# at memory it did not hold, or grow it uninitialised.
+REVIEWED_INPLACE_VIEWS = frozenset({"detach_", "squeeze_", "unsqueeze_", "transpose_", "t_",
+                                    "swapdims_", "swapaxes_"})
+
 # Dropout draws random numbers only when its train argument is true.
 RANDOM_WHEN_TRAINING = frozenset({"dropout", "feature_dropout", "alpha_dropout",
                                   "feature_alpha_dropout"})
@@ -108,7 +117,7 @@ def refusal(op: Any) -> str | None:
         return f"{label} returns uninitialised memory"
     if torch.Tag.nondeterministic_seeded in op.tags and name not in RANDOM_WHEN_TRAINING:
         return f"{label} draws from the process's random state"
-    if torch.Tag.inplace_view in op.tags:
+    if torch.Tag.inplace_view in op.tags and name not in REVIEWED_INPLACE_VIEWS:
         return f"{label} changes which memory a tensor views"
     schema = op._schema
     if not schema.returns and name not in _NO_RESULT_ADMITTED:
