@@ -144,6 +144,7 @@ REFUSED = {
     "aten.set_.source_Storage": "aten::set_ changes which memory a tensor views",
     "aten.set_.source_Tensor": "aten::set_ changes which memory a tensor views",
     "aten.as_strided_.default": "aten::as_strided_ changes which memory a tensor views",
+    "aten.set.source_Tensor": "aten::set changes which memory a tensor views",
     "aten.resize_.default": "aten::resize_ returns uninitialised memory",
     "aten.empty_like.default": "aten::empty_like returns uninitialised memory",
     "aten.empty.memory_format": "aten::empty returns uninitialised memory",

@@ -117,7 +117,8 @@ def refusal(op: Any) -> str | None:
         return f"{label} returns uninitialised memory"
     if torch.Tag.nondeterministic_seeded in op.tags and name not in RANDOM_WHEN_TRAINING:
         return f"{label} draws from the process's random state"
-    if torch.Tag.inplace_view in op.tags and name not in REVIEWED_INPLACE_VIEWS:
+    if (torch.Tag.inplace_view in op.tags and name not in REVIEWED_INPLACE_VIEWS
+            or name == "set"):  # set_'s functional form, which functionalisation writes
         return f"{label} changes which memory a tensor views"
     schema = op._schema
     if not schema.returns and name not in _NO_RESULT_ADMITTED:
