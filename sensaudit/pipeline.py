@@ -229,7 +229,7 @@ def read_chunk(method: AttributionMethod, prepared: PreparedModel, state: ChunkS
     finite = finite_rows(attributions.scores, attributions.values)
     state.sums.update(chunk.rows, chunk.ids, attributions.scores, attributions.values, finite)
     for check in state.checks:
-        check.update_labelled(chunk.rows, x, attributions, chunk.labels)
+        check.update(chunk.rows, x, attributions, chunk.labels)
     return attributions, finite
 
 

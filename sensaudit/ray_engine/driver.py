@@ -244,8 +244,9 @@ def _audit(ray: object, actors: list, plan: AuditPlan, job: Job, merged: _Merged
         nonlocal done
         for mp, drivers, theirs in zip(merged.passes, merged.drivers, part.models):
             mp.sums.merge(theirs.sums)
-            for mine, other in zip(mp.checks, theirs.checks):
-                mine.merge(other)
+            for mine, other in zip(mp.checks, theirs.checks, strict=True):
+                if mine.accumulates:  # one that reads only the ranking has nothing to merge
+                    mine.merge(other)
             if theirs.seen is not None:
                 mp.seen = mp.seen or FeatureMoments(n)
                 mp.seen.merge(theirs.seen)
