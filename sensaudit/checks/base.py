@@ -2,9 +2,11 @@
 
 A check is one file in this folder and one line in :data:`sensaudit.checks.CHECKS`. The
 pipeline builds every registered check from the audit settings (a check that is not configured
-returns None), feeds it each chunk's rows and attributions, merges partial checks from other
-workers, and finally hands it the ranked sensitivity table. Its :class:`CheckResult` carries
-everything the report writers render, so a new check needs no edits in them:
+returns None), feeds it each chunk's rows, attributions and labels (``update``), merges partial
+checks from other workers (``merge``: required of every check that accumulates, checked when
+its class is defined), and finally hands it the ranked sensitivity table. Its
+:class:`CheckResult` carries everything the report writers render, so a new check needs no
+edits in them:
 
 - gates: pass/fail tests against a limit (a failed gate fails the audit, exit 1);
 - warnings: things worth a look that do not fail the audit;
