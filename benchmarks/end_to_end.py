@@ -88,7 +88,8 @@ def make_data(path: Path, rows: int) -> None:
         for start in range(0, rows, 500_000):
             block = generator.standard_normal((min(500_000, rows - start), FEATURES),
                                               dtype=np.float32)
-            writer.write_table(pa.table(dict(zip(names, block.T))), row_group_size=ROW_GROUP)
+            writer.write_table(pa.table(dict(zip(names, block.T, strict=True))),
+                               row_group_size=ROW_GROUP)
 
 
 def run(code: str, *args: str) -> dict:

@@ -58,10 +58,10 @@ def make_data(folder: Path, rows: int, files: int) -> None:
     names = [f"f{j}" for j in range(FEATURES)]
     folder.mkdir()
     bounds = np.linspace(0, rows, files + 1).astype(int)
-    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         block = generator.standard_normal((stop - start, FEATURES), dtype=np.float32)
-        pq.write_table(pa.table(dict(zip(names, block.T))), folder / f"part-{i:04d}.parquet",
-                       row_group_size=max(1, stop - start))
+        pq.write_table(pa.table(dict(zip(names, block.T, strict=True))),
+                       folder / f"part-{i:04d}.parquet", row_group_size=max(1, stop - start))
 
 
 class Phases:

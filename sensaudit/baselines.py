@@ -190,7 +190,7 @@ def describe_baseline(spec: BaselineSpec, vector: torch.Tensor, features: Sequen
     """The baseline as summary.json records it: its kind and every feature's value."""
     kind = "mapping" if isinstance(spec, Mapping) else spec
     record: dict = {"kind": kind,
-                    "values": {f: float(v) for f, v in zip(features, vector.tolist())}}
+                    "values": {f: float(v) for f, v in zip(features, vector.tolist(), strict=True)}}
     if kind == "mapping":
         record["given"] = {f: float(v) for f, v in spec.items()}  # type: ignore[union-attr]
     if kind == "median":

@@ -116,8 +116,9 @@ def add_bootstrap(boot_moments: BootstrapMoments, boots: list[BootstrapSensitivi
         part = slice(start, start + block)
         weights = bootstrap.weights(rows[part])
         boot_moments.update(rows[part], x[part], weights)
-        # Each model's intervals use the rows its own statistics use.
-        for attributions, boot in zip(results, boots):
+        # Each model's intervals use the rows its own statistics use. Only old and new have
+        # intervals (boots); the seed replicas that may follow them in results have none.
+        for attributions, boot in zip(results[:len(boots)], boots, strict=True):
             scores, values = attributions.scores[part], attributions.values[part]
             boot.update(weights, values, finite_rows(scores, values))
 

@@ -240,7 +240,7 @@ class ExampleCandidates:
         held: dict[int, set[int]] = {}
         for buffers in self.buffers.values():
             for buffer in buffers:
-                for c, row in zip(buffer.chunk.tolist(), buffer.rows.tolist()):
+                for c, row in zip(buffer.chunk.tolist(), buffer.rows.tolist(), strict=True):
                     held.setdefault(c, set()).add(row)
         for chunk in list(self.kept):
             rows = held.get(chunk)

@@ -181,7 +181,7 @@ class ExampleDrivers:
 
     def merge(self, other: ExampleDrivers) -> None:
         for reason, selection in self.selections.items():
-            for mine, theirs in zip(selection, other.selections[reason]):
+            for mine, theirs in zip(selection, other.selections[reason], strict=True):
                 mine.merge(theirs)
         self.sample.merge(other.sample)
 

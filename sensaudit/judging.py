@@ -99,7 +99,8 @@ def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor,
                            if not any(f.startswith(f"**{n}**") for n in named)]
         results.append(spread)
     failed = {(g.output, g.subject) for r in results for g in r.failed}
-    ranked["flagged"] = [(o, f) in failed for o, f in zip(ranked["output"], ranked["feature"])]
+    ranked["flagged"] = [(o, f) in failed
+                         for o, f in zip(ranked["output"], ranked["feature"], strict=True)]
     return ranked, results
 
 
@@ -120,7 +121,7 @@ def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[Check
         model_path=str(prepared.loaded.path), model_format=prepared.loaded.format,
         data_path=str(table.path), proxies=[p.feature for p in settings.proxies],
         mean_scores={o: float(s) for o, s in zip(prepared.outputs,
-                                                 sums.score_sum / max(sums.rows, 1))},
+                                                 sums.score_sum / max(sums.rows, 1), strict=True)},
         method=method.name, notes=notes, contributions=drivers.contributions(),
         method_details=method_details or {}, examples_streamed=examples_streamed)
 
@@ -133,7 +134,7 @@ def method_details(method: AttributionMethod, settings: AuditSettings, baseline:
     return {"name": method.name, "measures": method.description, "per_unit": method.per_unit,
             "baseline": describe_baseline(settings.baseline, baseline, features, reference),
             "baseline_labels": dict(zip(features, baseline_labels(settings.baseline,
-                                                                   features))),
+                                                                   features), strict=True)),
             "parameters": method.parameters()}
 
 

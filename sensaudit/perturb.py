@@ -64,7 +64,7 @@ def adversarial_shift(model: Model, x: torch.Tensor, radius: torch.Tensor, steps
     parts = [_attack(model, part, radius, steps, lower, upper, m)
              for part in x.detach().split(per_batch)]
     return Attack(*(torch.cat(list(tensors)) for tensors in zip(*(
-        (p.scores, p.up, p.down, p.delta_up, p.delta_down) for p in parts))))
+        (p.scores, p.up, p.down, p.delta_up, p.delta_down) for p in parts), strict=True)))
 
 
 def _attack(model: Model, x: torch.Tensor, radius: torch.Tensor, steps: int,
@@ -118,7 +118,8 @@ def feature_effects(model: Model, x: torch.Tensor, delta: torch.Tensor) -> torch
     m = delta.shape[1]
     per_batch = _rows_per_batch(m * f + 1, f, x.device)
     return torch.cat([_effects(model, xp, dp) for xp, dp in
-                      zip(x.detach().split(per_batch), delta.detach().split(per_batch))])
+                      zip(x.detach().split(per_batch), delta.detach().split(per_batch),
+                          strict=True)])
 
 
 def _effects(model: Model, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -141,7 +142,7 @@ def finite_steps(model: Model, x: torch.Tensor, step: torch.Tensor
     rows, f = x.shape
     per_batch = _rows_per_batch(2 * f + 1, f, x.device)
     outs = [_steps(model, part, step) for part in x.detach().split(per_batch)]
-    return tuple(torch.cat(list(t)) for t in zip(*outs))  # type: ignore[return-value]
+    return tuple(torch.cat(list(t)) for t in zip(*outs, strict=True))  # type: ignore[return-value]
 
 
 def _steps(model: Model, x: torch.Tensor, step: torch.Tensor

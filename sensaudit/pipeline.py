@@ -229,7 +229,7 @@ def read_chunk(method: AttributionMethod, prepared: PreparedModel, state: ChunkS
     finite = finite_rows(attributions.scores, attributions.values)
     state.sums.update(chunk.rows, chunk.ids, attributions.scores, attributions.values, finite)
     for check in state.checks:
-        check.update_labelled(chunk.rows, x, attributions, chunk.labels)
+        check.update(chunk.rows, x, attributions, chunk.labels)
     return attributions, finite
 
 
@@ -306,7 +306,7 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
         replay(read, drivers, progress=progress, example_sink=example_sink,
                on_chunk=on_replay(read, std) if on_replay else None,
                contexts=[model_context(mp, read, std, r)
-                         for mp, r in zip(read.models, rankings)])
+                         for mp, r in zip(read.models, rankings, strict=True)])
     else:
         if example_sink is not None and streamed:
             # The rows kept for the per-row file (the first sink_limit or more); the report's
@@ -317,11 +317,11 @@ def audit_models(models: list[LoadedModel], chunks: Chunks, table: Table,
                                    std if method.per_unit else None)
     integer_max = read.summary.integer_max if read.summary is not None else None
     finished = [judge_model(mp, ranking, std, integer_max)
-                for mp, ranking in zip(read.models, rankings)]
+                for mp, ranking in zip(read.models, rankings, strict=True)]
     notes = [*(notes or []), *skipped_note(table)]
     results = [audit_result(mp, ranked, checks, d, read, table, settings, method, notes,
                             details, examples_streamed=streamed)
-               for mp, (ranked, checks), d in zip(read.models, finished, drivers)]
+               for mp, (ranked, checks), d in zip(read.models, finished, drivers, strict=True)]
     return results, read, std
 
 

@@ -55,7 +55,8 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
     contexts = contexts or []
     try:
         for chunk in read.spill if source is None else source:
-            for i, ((scores, values), model_drivers) in enumerate(zip(chunk.results, drivers)):
+            for i, ((scores, values), model_drivers) in enumerate(zip(chunk.results, drivers,
+                                                                      strict=True)):
                 if chunk.x is None:  # the read pass spills every chunk's x
                     raise RuntimeError("the spill holds no feature values")
                 rows_table = model_drivers.add(
@@ -64,8 +65,10 @@ def replay(read: ReadPass, drivers: list[ExampleDrivers], *, progress: Progress,
                     table=example_sink is not None and i == 0)
                 if rows_table is not None and example_sink is not None:
                     example_sink(rows_table)
-            for model_pass, context, (scores, values) in zip(read.models, contexts,
-                                                              chunk.results):
+            # No contexts: no check replays. Otherwise one per model, paired strictly.
+            for model_pass, context, (scores, values) in (zip(read.models, contexts,
+                                                              chunk.results, strict=True)
+                                                          if contexts else ()):
                 replay_checks(model_pass, context, chunk, scores, values)
             if on_chunk is not None:
                 on_chunk(chunk)
@@ -127,7 +130,7 @@ def settle_examples(read: ReadPass, drivers: list[ExampleDrivers], chunks: Chunk
     """The report's example rows from the read pass's candidates; when their selection
     cannot be certified exact, from a second pass over the data instead."""
     certified = [mp.candidates.settle(d, scale) if mp.candidates is not None else False
-                 for mp, d in zip(read.models, drivers)]
+                 for mp, d in zip(read.models, drivers, strict=True)]
     if all(certified):
         return drivers
     drivers = fresh()

@@ -195,7 +195,7 @@ def _read(path: Path, columns: tuple[str, str]) -> tuple[pa.Table, dict[str, np.
         raise DataError(f"{path}: cannot read the training data ({str(exc).splitlines()[0]})"
                         ) from None
     numeric = {}
-    for option, name in zip(("--proxy", "--label"), columns):
+    for option, name in zip(("--proxy", "--label"), columns, strict=True):
         if name not in typed.column_names:
             raise DataError(f"{path}: no column '{name}' ({option})"
                             f"{did_you_mean(name, typed.column_names)}")

@@ -77,7 +77,7 @@ class LogHistogram:
             self.sum_log10 += float(logs.sum())
             index, counts = np.unique(np.floor(logs / self.RESOLUTION).astype(np.int64),
                                       return_counts=True)
-            self.bins.update(dict(zip(index.tolist(), counts.tolist())))
+            self.bins.update(dict(zip(index.tolist(), counts.tolist(), strict=True)))
 
     def merge(self, other: LogHistogram) -> None:
         self.count += other.count

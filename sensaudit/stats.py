@@ -407,7 +407,7 @@ class AgreementAccumulator:
         self.abs_delta_sum += other.abs_delta_sum
         self.max_abs_delta = np.maximum(self.max_abs_delta, other.max_abs_delta)
         for mine, theirs in zip(self.least_agreeing + self.most_moved,
-                                other.least_agreeing + other.most_moved):
+                                other.least_agreeing + other.most_moved, strict=True):
             mine.merge(theirs)
 
     def cosine_quantile(self, output: int, q: float) -> float:

@@ -41,7 +41,7 @@ def write_assets(folder: Path, rows: int = ROWS) -> Path:
 
 def expected_shares(data: pd.DataFrame) -> dict[str, float]:
     """share_j = |w_j| std_j / sum_k |w_k| std_k (std with ddof=1), from the formula."""
-    scaled = {f: abs(w) * data[f].std(ddof=1) for f, w in zip(FEATURES, WEIGHTS)}
+    scaled = {f: abs(w) * data[f].std(ddof=1) for f, w in zip(FEATURES, WEIGHTS, strict=True)}
     total = sum(scaled.values())
     return {f: v / total for f, v in scaled.items()}
 

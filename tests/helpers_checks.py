@@ -38,7 +38,7 @@ def frame(rows: int = 60, seed: int = 3, scales: tuple[float, ...] = (1.0, 2.0, 
     """Normal columns with different scales (so the stds differ), float64."""
     generator = np.random.default_rng(seed)
     return pd.DataFrame({n: generator.normal(i, s, rows)
-                         for i, (n, s) in enumerate(zip(names, scales))})
+                         for i, (n, s) in enumerate(zip(names, scales, strict=True))})
 
 
 def export(model: nn.Module, path: Path, n_features: int) -> Path:

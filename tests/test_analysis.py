@@ -65,7 +65,8 @@ def evaluate_gates(table, proxies, dominance_warning):
                Dominance(dominance_warning, {p.feature for p in proxies}).finish(ranking)]
     gates = Gates.of(results)
     failed = {(g.output, g.subject) for g in gates.flags}
-    table["flagged"] = [(o, f) in failed for o, f in zip(table["output"], table["feature"])]
+    table["flagged"] = [(o, f) in failed
+                        for o, f in zip(table["output"], table["feature"], strict=True)]
     return gates
 
 

@@ -50,7 +50,7 @@ def test_share_bars_are_sensitivity_csv(tmp_path, assets):
     bars = _bars(shares)
     assert [b.get_width() for b in bars] == pytest.approx(csv["share"].tolist(), rel=1e-7)
     # Flagged red, the other declared proxy orange, the rest blue.
-    colors = {f: b.get_facecolor()[:3] for f, b in zip(csv["feature"], bars)}
+    colors = {f: b.get_facecolor()[:3] for f, b in zip(csv["feature"], bars, strict=True)}
     assert colors["length"] == pytest.approx((0xC6 / 255, 0x28 / 255, 0x28 / 255))
     assert colors["noise"] == pytest.approx((0xEF / 255, 0x8F / 255, 0x00 / 255))
     assert {p.name for p in written} >= {"chart-shares.png", "chart-contributions.png"}
@@ -69,7 +69,7 @@ def test_contribution_boxes_are_the_rows_contributions(tmp_path, assets):
     result, _ = run_audit(load_config(config))
     data = pd.read_csv(assets / "eval.csv")
     spread = next(p for p in audit_plans(result) if p.kind == "distribution").data
-    expected = {f: w * data[f].std(ddof=1) for f, w in zip(FEATURES, WEIGHTS)}
+    expected = {f: w * data[f].std(ddof=1) for f, w in zip(FEATURES, WEIGHTS, strict=True)}
     assert spread["feature"].tolist() == pd.read_csv(
         tmp_path / "out" / "sensitivity.csv").sort_values("rank")["feature"].tolist()
     for row in spread.itertuples():
@@ -80,7 +80,7 @@ def test_contribution_boxes_are_the_rows_contributions(tmp_path, assets):
     # w_j x (x_j - mean_j) for y = w.x.
     examples = pd.read_csv(tmp_path / "out" / "examples.csv")
     first = examples.loc[0]
-    weight = dict(zip(FEATURES, WEIGHTS))[first["driver_1"]]
+    weight = dict(zip(FEATURES, WEIGHTS, strict=True))[first["driver_1"]]
     assert first["contribution_1"] == pytest.approx(
         weight * (first["value_1"] - data[first["driver_1"]].mean()), rel=1e-6)
 
@@ -104,9 +104,10 @@ def test_compare_bars_and_intervals_are_comparison_csv(tmp_path, assets):
                 for seg in collection.get_segments()]
     spans = sorted((float(s[0][0]), float(s[1][0])) for s in segments)
     expected = sorted(zip(csv["share_old_low"].tolist() + csv["share_new_low"].tolist(),
-                          csv["share_old_high"].tolist() + csv["share_new_high"].tolist()))
+                          csv["share_old_high"].tolist() + csv["share_new_high"].tolist(),
+                          strict=True))
     assert len(spans) == len(expected) == 6
-    for (low, high), (want_low, want_high) in zip(spans, expected):
+    for (low, high), (want_low, want_high) in zip(spans, expected, strict=True):
         assert (low, high) == pytest.approx((want_low, want_high), rel=1e-7)
     assert "chart-compare-shares.png" in {p.name for p in written}
     assert "](chart-compare-shares.png)" in (tmp_path / "out" / "comparison.md").read_text()

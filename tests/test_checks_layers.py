@@ -25,7 +25,8 @@ WIDTHS = [3, 6, 5, 4]
 def _stack(outputs: int = 1, scale: float = 1.0) -> nn.Sequential:
     torch.manual_seed(4)
     widths = [*WIDTHS, outputs]
-    layers = [nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:])]
+    # Consecutive widths: one layer per pair, so the shifted copy is one shorter.
+    layers = [nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:], strict=False)]
     for layer in layers:
         with torch.no_grad():
             layer.weight.mul_(scale)
@@ -51,7 +52,7 @@ def test_each_layers_norm_is_the_norm_of_the_later_weights_product(outputs):
     found = layer_jacobian_norms(stack, stack, x)
     assert [name for name, _, _ in found] == ["(input)", "0", "1", "2", "3"]
     assert [kind for _, kind, _ in found] == ["input", "Linear", "Linear", "Linear", "Linear"]
-    for (_, _, norms), expected in zip(found, _expected(stack)):
+    for (_, _, norms), expected in zip(found, _expected(stack), strict=True):
         torch.testing.assert_close(norms, torch.full((9,), expected, dtype=torch.float64),
                                    rtol=1e-12, atol=1e-12)
     assert float(found[-1][2][0]) == pytest.approx(outputs ** 0.5)  # d y / d y = identity

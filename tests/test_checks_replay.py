@@ -29,7 +29,7 @@ def test_the_spill_gives_back_each_chunks_inputs(budget, dtype):
     back = list(spill)
     spill.close()
     assert [c.x.dtype for c in back] == [dtype] * 3
-    for chunk, x in zip(back, chunks):
+    for chunk, x in zip(back, chunks, strict=True):
         assert torch.equal(chunk.x, x)
 
 

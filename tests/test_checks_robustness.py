@@ -70,7 +70,7 @@ def test_each_output_of_a_multi_output_model_is_attacked_on_its_own():
     data = frame()
     table, summary = _robustness(data, LinearScorer(weights), epsilon=0.1, bounds="none")
     std = data.std(ddof=1).to_numpy()
-    for output, w in zip(["output_0", "output_1"], weights):
+    for output, w in zip(["output_0", "output_1"], weights, strict=True):
         expected = 0.1 * float((np.abs(w) * std).sum())
         np.testing.assert_allclose(table.loc[table["output"] == output, "shift"], expected,
                                    rtol=1e-12)

@@ -141,7 +141,7 @@ def test_comparison_json_holds_the_csv_figures(setup):
     summary = json.loads((out / "comparison.json").read_text())
     csv = pd.read_csv(out / "comparison.csv")
     assert [f["feature"] for f in summary["features"]] == csv["feature"].tolist()
-    for record, (_, row) in zip(summary["features"], csv.iterrows()):
+    for record, (_, row) in zip(summary["features"], csv.iterrows(), strict=True):
         for key in ("share_old", "share_new", "delta_share", "rank_old", "rank_new"):
             assert record[key] == pytest.approx(row[key], rel=1e-7)
     for key in ("spearman", "kendall_tau", "top_k_overlap"):

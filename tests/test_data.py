@@ -107,7 +107,7 @@ def test_csv_and_parquet_give_identical_chunks(tmp_path, kwargs):
     pq_features, pq_chunks = _read(_write(tmp_path, frame, "parquet"), chunk_rows=7, **kwargs)
     assert csv_features == pq_features
     assert len(csv_chunks) == len(pq_chunks) == 4
-    for a, b in zip(csv_chunks, pq_chunks):
+    for a, b in zip(csv_chunks, pq_chunks, strict=True):
         assert (a.first_row, a.dropped, a.ids.to_pylist()) == (b.first_row, b.dropped,
                                                             b.ids.to_pylist())
         assert torch.equal(a.x, b.x)
@@ -167,7 +167,7 @@ def test_dataframe_chunks_equal_csv_chunks(tmp_path):
     frame_chunks = list(iter_frame_chunks(frame, table, cfg, torch.float64))
     assert table.features == csv_features
     assert len(frame_chunks) == len(csv_chunks) == 4
-    for a, b in zip(frame_chunks, csv_chunks):
+    for a, b in zip(frame_chunks, csv_chunks, strict=True):
         assert (a.first_row, a.ids.to_pylist(), a.dropped) == (b.first_row, b.ids.to_pylist(),
                                                             b.dropped)
         assert torch.equal(a.x, b.x)

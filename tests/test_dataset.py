@@ -37,7 +37,7 @@ def _dataset(folder: Path, frame: pd.DataFrame) -> list[Path]:
     """frame split into files by SIZES; their sorted order is the rows' order."""
     names = ["k=0/p0.parquet", "k=1/p1.parquet", "p2.pq", "p3.parquet"]
     start = 0
-    for name, size in zip(names, SIZES):
+    for name, size in zip(names, SIZES, strict=True):
         _write(frame.iloc[start : start + size], folder / name)
         start += size
     (folder / "_SUCCESS").write_text("")

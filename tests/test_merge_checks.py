@@ -121,7 +121,7 @@ def _close(a, b) -> None:
             _close(a[key], b[key])
     elif isinstance(a, list):
         assert len(a) == len(b)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             _close(x, y)
     elif isinstance(a, float):
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12, nan_ok=True)

@@ -134,7 +134,7 @@ def test_integrated_gradients_equal_a_per_row_loop_and_captum(x):
     nodes, weights = gauss_legendre(steps)
     loop = torch.stack([
         sum(float(w) * _per_row_gradient(model, b + float(a) * (row - b))
-            for a, w in zip(nodes, weights)) * (row - b)
+            for a, w in zip(nodes, weights, strict=True)) * (row - b)
         for row in x])
     torch.testing.assert_close(batched, loop, **CLOSE)
     captum = torch.stack([IntegratedGradients(model).attribute(

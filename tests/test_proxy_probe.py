@@ -173,7 +173,7 @@ def test_the_sample_is_the_same_however_the_rows_are_split():
     whole = ProbeSample(keep=50)
     whole.update(rows, x, finite)
     parts = [ProbeSample(keep=50) for _ in range(3)]
-    for part, idx in zip(parts, np.array_split(np.arange(1000), 3)):
+    for part, idx in zip(parts, np.array_split(np.arange(1000), 3), strict=True):
         part.update(rows[idx], x[idx], finite[idx])
     parts[2].merge(parts[0])
     parts[2].merge(parts[1])

@@ -82,7 +82,7 @@ def _same_json(a: object, b: object, where: str = "") -> None:
             _same_json(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _same_json(x, y, f"{where}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
         assert math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-12), (where, a, b)
@@ -231,7 +231,7 @@ def _partitioned(folder: Path) -> tuple[Path, Path]:
                    row_group_size=128)
     parts = folder / "parts"
     start = 0
-    for name, count, groups in zip(PART_NAMES, PART_ROWS, (64, 32, 32, 100)):
+    for name, count, groups in zip(PART_NAMES, PART_ROWS, (64, 32, 32, 100), strict=True):
         (parts / name).parent.mkdir(parents=True, exist_ok=True)
         piece = frame.iloc[start : start + count]
         pq.write_table(pa.Table.from_pandas(piece, preserve_index=False), parts / name,

@@ -73,7 +73,7 @@ def test_duplicate_proxy_limit_fails_through_the_cli(tmp_path):
 
 LAUGHS = ["      - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [
     f"      - &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]"
-    for a, b in zip("abcdefgh", "bcdefghi")]
+    for a, b in zip("abcdefgh", "bcdefghi", strict=True)]
 # 1 KB that PyYAML expands to 10**9 'lol's once anything walks it; reason must be a string, so
 # the old code's message rendered the whole value with repr() and grew past 3 GB.
 ALIAS_BOMB = HEAD + "audit:\n  proxies:\n    - feature: c\n      max_share: 0.5\n      reason:\n" \

@@ -331,8 +331,7 @@ def test_the_whole_check_merges_to_the_single_pass(rule):
     def check(index: np.ndarray) -> SuspectedProxies:
         built = SuspectedProxies.from_settings(settings)
         t = torch.from_numpy(index)
-        built.update_labelled(rows[index], x[t], Attributions(scores[t], values[t]),
-                              labels[index])
+        built.update(rows[index], x[t], Attributions(scores[t], values[t]), labels[index])
         return built
 
     single = check(np.arange(300))

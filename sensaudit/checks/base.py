@@ -2,9 +2,11 @@
 
 A check is one file in this folder and one line in :data:`sensaudit.checks.CHECKS`. The
 pipeline builds every registered check from the audit settings (a check that is not configured
-returns None), feeds it each chunk's rows and attributions, merges partial checks from other
-workers, and finally hands it the ranked sensitivity table. Its :class:`CheckResult` carries
-everything the report writers render, so a new check needs no edits in them:
+returns None), feeds it each chunk's rows, attributions and labels (``update``), merges partial
+checks from other workers (``merge``: required of every check that accumulates, checked when
+its class is defined), and finally hands it the ranked sensitivity table. Its
+:class:`CheckResult` carries everything the report writers render, so a new check needs no
+edits in them:
 
 - gates: pass/fail tests against a limit (a failed gate fails the audit, exit 1);
 - warnings: things worth a look that do not fail the audit;
@@ -122,6 +124,11 @@ class ReplayChunk:
     finite: torch.Tensor  # bool [rows]: the rows the statistics use
 
 
+# The hooks that see rows chunk by chunk. A check that overrides one holds state built from
+# the rows its engine worker read; on the Ray engine only a merge brings it to the driver.
+PER_CHUNK_HOOKS = ("update", "replay")
+
+
 class Check(ABC):
     name: ClassVar[str]
     # The check's own audit key (`audit.robustness`), if it has one: `audit.checks.<name>`
@@ -129,6 +136,33 @@ class Check(ABC):
     config_key: ClassVar[str | None] = None
     # True: the pipeline hands the check every chunk again in the replay (``replay``).
     replays: ClassVar[bool] = False
+    # Set per class at definition: True when it overrides a per-chunk hook, so it holds state
+    # from rows and the engines merge its partials; False when it reads only the ranking.
+    accumulates: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "update_labelled" in vars(cls):  # the old second hook would never be called now
+            raise TypeError(f"{cls.__qualname__} defines update_labelled, which the pipeline no "
+                            "longer calls: define update(self, rows, x, attributions, labels) "
+                            "instead (labels is None when the audit has no data.label)")
+        hooks = [hook for hook in PER_CHUNK_HOOKS if getattr(cls, hook) is not getattr(Check, hook)]
+        cls.accumulates = bool(hooks)
+        if not hooks:
+            return
+        # A missing merge is refused here, not at run time: the local engine never merges, so
+        # the state a check gathers would vanish only on Ray (rows counted locally, 0 there).
+        # An inherited merge counts only from a class that accumulates too, so it was written
+        # for that class's own state.
+        owner = next(base for base in cls.__mro__ if "merge" in vars(base))
+        if owner is Check or not any(hook in vars(base) for base in owner.__mro__
+                                     if base is not Check for hook in PER_CHUNK_HOOKS):
+            raise TypeError(
+                f"{cls.__qualname__} overrides {hooks[0]}() but defines no merge(): on the Ray "
+                "engine each worker's partial check is merged into the driver's, and a check "
+                "without merge() silently loses what those workers saw. Write "
+                f"`def merge(self, other: Check) -> None` that folds other's state (the same "
+                f"check over other rows) into self, as if {hooks[0]}() had seen them all")
 
     @classmethod
     @abstractmethod
@@ -136,24 +170,22 @@ class Check(ABC):
         """This check as the settings configure it, or None when it is not asked for."""
 
     def update(self, rows: np.ndarray, x: torch.Tensor,  # noqa: B027 - optional hook
-               attributions: Attributions) -> None:
-        """One chunk: row numbers [rows], inputs [rows, features] and their attributions.
-        Checks that only read the final ranking leave this as it is."""
+               attributions: Attributions, labels: np.ndarray | None) -> None:
+        """One chunk: row numbers [rows], inputs [rows, features], their attributions, and the
+        chunk's labels, float64 [rows] (NaN where a label is missing), or None when the audit
+        has no ``data.label``. Checks that only read the final ranking leave this as it is;
+        a check that overrides it must define :meth:`merge`."""
 
     def replay(self, chunk: ReplayChunk, context: ModelContext) -> None:  # noqa: B027
         """One chunk again, after the read, with the model and final statistics (checks
-        with ``replays = True``)."""
+        with ``replays = True``); a check that overrides it must define :meth:`merge`."""
 
-    def update_labelled(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
-                        labels: np.ndarray | None) -> None:
-        """What the pipeline calls per chunk: :meth:`update`'s arguments and the chunk's labels,
-        float64 [rows] (NaN where a label is missing), or None when the audit has no
-        ``data.label``. Checks that judge the model against the label override this; the
-        default hands the chunk to :meth:`update`."""
-        self.update(rows, x, attributions)
-
-    def merge(self, other: Check) -> None:  # noqa: B027 - optional hook
-        """Fold in the same check run over other rows (another worker's partition)."""
+    def merge(self, other: Check) -> None:
+        """Fold in the same check run over other rows (another worker's partition). The
+        engines merge only checks that accumulate (:attr:`accumulates`), and every one of
+        those defines this (enforced at class definition), so reaching here is a bug."""
+        raise NotImplementedError(f"{type(self).__qualname__} accumulates nothing per chunk: "
+                                  "the engines do not merge it")
 
     @abstractmethod
     def finish(self, ranking: Ranking) -> CheckResult:

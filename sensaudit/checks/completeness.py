@@ -96,7 +96,8 @@ class Completeness(Check):
                               f"(0, 1] (got {limit!r})")
         return cls(float(limit), settings.method, settings.steps)
 
-    def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions) -> None:
+    def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
+               labels: np.ndarray | None) -> None:
         if self.gaps is None:
             self.gaps = CompletenessGap(attributions.scores.shape[1])
         self.gaps.update(attributions)

@@ -93,7 +93,7 @@ class GroupedMoments:
             transposed = np.concatenate([np.ones((weights.shape[1], 1)), weights.T], 1)
             values, part_keys = block[part], keys[part]
             bounds = np.flatnonzero(np.diff(part_keys)) + 1
-            for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(part_keys)]):
+            for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(part_keys)], strict=True):
                 self._add(int(part_keys[a]), transposed[a:b].T @ values[a:b])
 
     def merge(self, other: GroupedMoments) -> None:

@@ -203,7 +203,7 @@ def layer_jacobian_norms(module: object, model: Any, x: torch.Tensor,
             return None
         norms = _norms(y, [x] + [t for _, _, t in captured])
     return [(INPUT, "input", norms[0])] + [(n, k, v) for (n, k, _), v in
-                                            zip(captured, norms[1:])]
+                                            zip(captured, norms[1:], strict=True)]
 
 
 def _hook(keep: Any, name: str, module: torch.nn.Module, inputs: object, out: object) -> None:

@@ -66,7 +66,7 @@ class Monotonicity(Check):
         self.rows += len(kept)
         wrong = signed < 0
         self.violations += wrong.sum(0)
-        for o, e in zip(*np.nonzero(wrong.any(0))):
+        for o, e in zip(*np.nonzero(wrong.any(0)), strict=True):
             column = signed[:, o, e]
             # Only this chunk's own worst can enter the kept lists: no loop over every row.
             for r in np.argsort(column, kind="stable")[:WORST_ROWS_KEPT]:
@@ -91,8 +91,8 @@ class Monotonicity(Check):
             raise RuntimeError("monotonicity: its counts were not started")
         self.rows += other.rows
         self.violations += other.violations
-        for mine, theirs in zip(self.worst, other.worst):
-            for a, b in zip(mine, theirs):
+        for mine, theirs in zip(self.worst, other.worst, strict=True):
+            for a, b in zip(mine, theirs, strict=True):
                 a.merge(b)
 
     def finish(self, ranking: Ranking) -> CheckResult:

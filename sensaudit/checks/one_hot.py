@@ -66,11 +66,13 @@ class OneHotLevels(Check):
     def merge(self, other: Check) -> None:
         if not isinstance(other, OneHotLevels):
             raise TypeError(f"cannot merge a {type(other).__name__} into OneHotLevels")
+        if not other.sums:  # it replayed no rows: nothing to add (and no lists to pair)
+            return
         if not self.sums:
             self.sums = [s.copy() for s in other.sums]
             self.counts = [c.copy() for c in other.counts]
             return
-        for mine, theirs in zip(self.sums + self.counts, other.sums + other.counts):
+        for mine, theirs in zip(self.sums + self.counts, other.sums + other.counts, strict=True):
             mine += theirs
 
     def finish(self, ranking: Ranking) -> CheckResult:

@@ -34,7 +34,8 @@ class ProxyLimits(Check):
         # Built even with no proxies declared: its note names the strongest drivers.
         return cls(settings.proxies, settings.groups)
 
-    def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions) -> None:
+    def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
+               labels: np.ndarray | None) -> None:
         if self.proxies:  # the rows the probe moves, kept only when there is a gate to judge
             self.sample.update(rows, x, finite_rows(attributions.scores, attributions.values))
 

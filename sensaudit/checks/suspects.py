@@ -105,8 +105,8 @@ class SuspectedProxies(Check):
         # Always built: an audit must look for proxies nobody declared.
         return cls(settings, Options.parse(dict(settings.checks.get(cls.name) or {})))
 
-    def update_labelled(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
-                        labels: np.ndarray | None) -> None:
+    def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
+               labels: np.ndarray | None) -> None:
         self.outputs = attributions.scores.shape[1]
         if labels is None:
             return

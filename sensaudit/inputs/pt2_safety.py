@@ -201,7 +201,8 @@ def _extent(meta: dict[str, Any], label: str) -> tuple[int, int]:
     strides = [s["as_int"] for s in meta["strides"]]
     if 0 in sizes:
         return 0, element
-    last = meta["storage_offset"]["as_int"] + sum((n - 1) * s for n, s in zip(sizes, strides))
+    last = meta["storage_offset"]["as_int"] + sum((n - 1) * s for n, s in
+                                                  zip(sizes, strides, strict=True))
     return (last + 1) * element, element
 
 

@@ -197,12 +197,13 @@ def _run(config: Config, model_cfgs: tuple[ModelConfig, ...], data: DataConfig, 
     details = method_details(method, settings, baseline, reference, table.features)
     integer_max = read.summary.integer_max if read.summary is not None else None
     finished = [judge_model(mp, ranking, std, integer_max)
-                for mp, ranking in zip(passes, rankings)]
+                for mp, ranking in zip(passes, rankings, strict=True)]
     notes = [*notes, *skipped_note(table),
              f"Computed on Ray: {len(units):,} work unit(s) over {size} worker(s)."]
     results = [audit_result(mp, ranked, checks, drivers, read, table, settings, method, notes,
                             details)
-               for mp, (ranked, checks), drivers in zip(passes, finished, merged.drivers)]
+               for mp, (ranked, checks), drivers in zip(passes, finished, merged.drivers,
+                                                        strict=True)]
     return results, merged.compared
 
 
@@ -242,10 +243,11 @@ def _audit(ray: object, actors: list, plan: AuditPlan, job: Job, merged: _Merged
 
     def each(_: int, part: UnitAudit) -> None:
         nonlocal done
-        for mp, drivers, theirs in zip(merged.passes, merged.drivers, part.models):
+        for mp, drivers, theirs in zip(merged.passes, merged.drivers, part.models, strict=True):
             mp.sums.merge(theirs.sums)
-            for mine, other in zip(mp.checks, theirs.checks):
-                mine.merge(other)
+            for mine, other in zip(mp.checks, theirs.checks, strict=True):
+                if mine.accumulates:  # one that reads only the ranking has nothing to merge
+                    mine.merge(other)
             if theirs.seen is not None:
                 mp.seen = mp.seen or FeatureMoments(n)
                 mp.seen.merge(theirs.seen)
@@ -253,7 +255,7 @@ def _audit(ray: object, actors: list, plan: AuditPlan, job: Job, merged: _Merged
         compared = merged.compared
         if compared is not None and part.boot_moments is not None:
             compared.boot_moments.merge(part.boot_moments)
-            for boot, other_boot in zip(compared.boots, part.boots):
+            for boot, other_boot in zip(compared.boots, part.boots, strict=True):
                 boot.merge(other_boot)
             if part.agreement is not None:
                 if compared.agreement is None:
@@ -274,8 +276,8 @@ def _replay(ray: object, actors: list, plan: ReplayPlan, job: Job, merged: _Merg
 
     def each(_: int, part: UnitReplay) -> None:
         nonlocal done
-        for mp, theirs in zip(merged.passes, part.checks):
-            for mine, other in zip([c for c in mp.checks if c.replays], theirs):
+        for mp, theirs in zip(merged.passes, part.checks, strict=True):
+            for mine, other in zip([c for c in mp.checks if c.replays], theirs, strict=True):
                 mine.merge(other)
         done += part.rows_read
         progress("replay", done, job.table.row_count)

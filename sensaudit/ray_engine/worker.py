@@ -156,14 +156,15 @@ class AuditWorker:
             unit.rows_read += len(chunk.rows) + chunk.dropped
             if not len(chunk.x):
                 continue
-            results = [self._read_chunk(method, mp, part, chunk) for mp, part in zip(passes, parts)]
+            results = [self._read_chunk(method, mp, part, chunk)
+                       for mp, part in zip(passes, parts, strict=True)]
             if unit.boot_moments is not None:
                 add_bootstrap(unit.boot_moments, unit.boots, chunk.rows, chunk.x, results)
             if not plan.per_row:
                 continue
             # As the spill hands them to the replay: on the CPU, in the model's dtype.
             on_cpu = [(a.scores.detach().cpu(), a.values.detach().cpu()) for a in results]
-            for i, (part, (scores, values)) in enumerate(zip(parts, on_cpu)):
+            for i, (part, (scores, values)) in enumerate(zip(parts, on_cpu, strict=True)):
                 rows_table = part.drivers.add(
                     chunk.rows, chunk.ids, chunk.labels, scores, values,
                     finite_rows(scores, values), chunk.x, table=plan.examples_table and i == 0)
@@ -196,7 +197,7 @@ class AuditWorker:
         contexts = [model_context(mp, shell, plan.std,
                                   Ranking(table=table, features=list(job.table.features),
                                           outputs=mp.prepared.outputs, per_unit=method.per_unit))
-                    for mp, table in zip(passes, plan.rankings)]
+                    for mp, table in zip(passes, plan.rankings, strict=True)]
         rows_read = 0
         chunks, _ = self._chunks(index)
         for chunk in chunks:
@@ -211,7 +212,7 @@ class AuditWorker:
                 results.append((a.scores.detach().cpu(), a.values.detach().cpu()))
             spilled = SpilledChunk(rows=chunk.rows, ids=chunk.ids, labels=chunk.labels,
                                    results=results, x=chunk.x)
-            for mp, context, (scores, values) in zip(passes, contexts, results):
+            for mp, context, (scores, values) in zip(passes, contexts, results, strict=True):
                 replay_checks(mp, context, spilled, scores, values)
         return UnitReplay(checks=[mp.checks for mp in passes], rows_read=rows_read)
 

@@ -107,11 +107,12 @@ def _compare(axes: Axes, plan: ChartPlan) -> None:
     # The change is written past the longer bar and its interval.
     ends = data[[c for c in ("share_old", "share_new", "share_old_high", "share_new_high")
                  if c in data]].max(axis=1)
-    for i, (r, end) in enumerate(zip(data.itertuples(), ends)):
+    for i, (r, end) in enumerate(zip(data.itertuples(), ends, strict=True)):
         mark = " *" if r.significant else ""
         axes.text(end, i, f"  {r.delta_share:+.1%}{mark}", va="center", fontsize=8)
     labels = [f"{f}  ({'flagged' if n else 'cleared'})" if o != n else f
-              for f, o, n in zip(data["feature"], data["flagged_old"], data["flagged_new"])]
+              for f, o, n in zip(data["feature"], data["flagged_old"], data["flagged_new"],
+                                 strict=True)]
     _feature_axis(axes, y, labels)
     top = float(np.nanmax(data[[c for c in data.columns if c.startswith("share_")]].to_numpy()))
     axes.set_xlim(0, max(top * 1.25, 0.05))

@@ -91,7 +91,7 @@ def comparison_html(result: ComparisonResult) -> str:
     verdict = "PASSED" if result.passed else "FAILED"
     table = result.table.copy()
     table["gate"] = [gate_change(o, n) for o, n in zip(table["flagged_old"],
-                                                       table["flagged_new"])]
+                                                       table["flagged_new"], strict=True)]
     body = [f'<h1>sensaudit compare: <span class="{verdict.lower()}">{verdict}</span></h1>',
             _meta([("Old model", result.old.model_path), ("New model", result.new.model_path),
                    ("Data", f"{result.new.data_path}, {result.new.rows:,} rows, the same for "
@@ -145,7 +145,7 @@ def _frame(frame: pd.DataFrame, *, failed: Sequence[bool] | None = None, css: st
     for i, row in enumerate(rows):
         cls = ' class="fail"' if failed is not None and failed[i] else ""
         cells = "".join(f'<td class="{"text" if c in text else "num"}">{escape(v)}</td>'
-                        for c, v in zip(frame.columns, row))
+                        for c, v in zip(frame.columns, row, strict=True))
         body.append(f"<tr{cls}>{cells}</tr>")
     attrs = (f' class="{css}"' if css else "") + (f' data-chart="{escape(chart)}"'
                                                   if chart else "")
