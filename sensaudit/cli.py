@@ -102,8 +102,6 @@ def run(
     engine: Engine = None,
     trust_model_code: Annotated[bool, typer.Option(
         "--trust-model-code", help=TRUST_HELP)] = False,
-    trust_pickle: Annotated[bool, typer.Option(
-        "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -127,7 +125,7 @@ def run(
         with _progress(quiet) as progress:
             result, written = run_audit(
                 cfg, progress=progress,
-                trust_model_code=True if trust_model_code or trust_pickle else None)
+                trust_model_code=True if trust_model_code else None)
     if not quiet:
         _print_audit(result, written)
     else:
@@ -171,8 +169,6 @@ def compare(
     new_replica: Annotated[list[str] | None, typer.Option(
         "--new-replica", help="NEW retrained with another seed (repeat, or a quoted glob).",
         show_default=False)] = None,
-    trust_pickle: Annotated[bool, typer.Option(
-        "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -207,7 +203,7 @@ def compare(
             result, written = run_compare(
                 cfg, old, new, old_replicas=old_replicas, new_replicas=new_replicas,
                 out_dir=out, data_path=data, progress=progress,
-                trust_model_code=True if trust_model_code or trust_pickle else None)
+                trust_model_code=True if trust_model_code else None)
     if not quiet:
         _print_comparison(result, written)
     else:

@@ -56,7 +56,7 @@ class ModelConfig:
     class_path: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     # The file is trusted like code you run: whole pickled modules are unpickled and the .pt2
-    # and TorchScript checks are skipped (YAML also accepts the old name, trust_pickle).
+    # and TorchScript checks are skipped.
     trust_model_code: bool = False
     output: int | str | None = None  # select one output by index or by name
     output_names: tuple[str, ...] | None = None

@@ -39,7 +39,6 @@ class Job:
 
     models: tuple[ModelConfig, ...]  # each model's file and loading settings (old, new, ...)
     trust_model_code: bool | None  # as the caller passed it to the local loader
-    trust_pickle: bool | None
     prepare_cfg: ModelConfig | None  # model.output, output_names, transform (pipeline)
     data: DataConfig  # with the features resolved (model_inputs.match_data)
     table: Table

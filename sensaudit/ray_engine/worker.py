@@ -222,8 +222,7 @@ class AuditWorker:
         if self.models is None:
             job = self.job
             loaded: list[LoadedModel] = [
-                load_model(cfg, trust_model_code=job.trust_model_code,
-                           trust_pickle=job.trust_pickle) for cfg in job.models]
+                load_model(cfg, trust_model_code=job.trust_model_code) for cfg in job.models]
             self.models = [prepare_model(m, job.probe.to(m.device, m.dtype), job.prepare_cfg,
                                          job.source, job.table) for m in loaded]
         return self.models
