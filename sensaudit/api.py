@@ -20,7 +20,8 @@ import torch
 from .baselines import baseline_vector, reference_of
 from .checks.names import check_check_names, group_names
 from .compare import ComparisonResult, check_bootstrap_size, compare_on_rows
-from .config import AUTO_EXAMPLE_ROWS, AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
+from .config import Config
+from .config_settings import AUTO_EXAMPLE_ROWS, AuditSettings, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model
 from .errors import ConfigError, ModelLoadError, did_you_mean
 from .examples import records_table
@@ -31,7 +32,9 @@ from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from .inputs.regular import refuse_special
 from .methods import METHODS
 from .pipeline import ExampleSink, Progress, audit_models
-from .reports import ReportWriter, StagedReport, open_writers
+from .reports import open_writers
+from .reports.base import ReportWriter
+from .reports.staging import StagedReport
 from .results import AuditResult
 from .torch_support import require_supported_torch
 
@@ -94,7 +97,7 @@ def audit(config: Config, *, progress: Progress | None = None,
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     if config.engine == "ray":  # the same audit over a pool of Ray actors
-        from .ray_engine import audit_on_ray
+        from .ray_engine.driver import audit_on_ray
 
         # The workers stream every row's examples; an all-or-none limit holds them back until
         # the rows are known to be at most that many (Parquet footers tell before any is read).
@@ -222,7 +225,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     check_proxies(config.audit, table.features, config.source)
     check_bootstrap_size(config.compare, len(table.features), config.source)
     if config.engine == "ray":  # both models in the same Ray actors, on the same units
-        from .ray_engine import compare_on_ray
+        from .ray_engine.driver import compare_on_ray
 
         return compare_on_ray(config, configs, data, table, progress=progress or _no_progress,
                               notes=_notes(inputs, table.features),

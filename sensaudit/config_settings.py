@@ -3,8 +3,7 @@
 Each settings class checks its own values when built in Python (``audit_frame``, a notebook),
 where a bad value would otherwise surface as a confusing crash; the YAML section parsers
 (:mod:`sensaudit.config_sections`) check the same values first, with the file and the dotted
-key. :class:`~sensaudit.config.Config`, the whole file, stays in :mod:`sensaudit.config`, which
-re-exports every name here.
+key. :class:`~sensaudit.config.Config`, the whole file, stays in :mod:`sensaudit.config`.
 """
 
 from __future__ import annotations

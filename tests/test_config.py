@@ -10,7 +10,7 @@ import pytest
 
 import sensaudit
 from sensaudit import ConfigError, ProxyLimit, load_config, parse_config
-from sensaudit.config import AuditSettings, CompareSettings
+from sensaudit.config_settings import AuditSettings, CompareSettings
 from sensaudit.methods import METHODS
 
 MINIMAL = """\

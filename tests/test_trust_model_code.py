@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from sensaudit import ModelLoadError, load_config, load_model
 from sensaudit.cli import app
-from sensaudit.config import ModelConfig
+from sensaudit.config_settings import ModelConfig
 
 
 def _crafted_pt2(folder: Path, marker: Path) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..config_settings import ModelConfig
 from ..errors import ModelLoadError, first_line
 from . import pt2_safety, torchscript_safety
 from .archive_checks import DamagedArchive

@@ -37,14 +37,25 @@ import torch
 from ..baselines import FeatureSummary, Reference, baseline_vector, check_baseline
 from ..checks import build_checks
 from ..compare import ComparisonResult, comparison_result
-from ..config import AuditSettings, Config, DataConfig, ModelConfig
+from ..config import Config
+from ..config_settings import AuditSettings, DataConfig, ModelConfig
 from ..errors import DataError
 from ..examples import ExampleDrivers
 from ..inputs import tables
 from ..inputs.dataset import work_units
 from ..inputs.models import LoadedModel, load_model
-from ..inputs.tables import Chunk, MissingValues, Table
-from ..methods import AttributionMethod
+from ..inputs.table_chunks import Chunk, MissingValues
+from ..inputs.tables import Table
+from ..judging import (
+    audit_result,
+    feature_std,
+    judge_model,
+    method_details,
+    rank_model,
+    skipped_note,
+)
+from ..methods.base import AttributionMethod
+from ..model_ready import prepare_model
 from ..pipeline import (
     ExampleSink,
     ModelPass,
@@ -52,17 +63,10 @@ from ..pipeline import (
     ReadPass,
     _check_rows,
     _check_same_outputs,
-    audit_result,
-    example_drivers,
-    feature_std,
-    judge_model,
     make_method,
-    method_details,
     needs_prepass,
-    prepare_model,
-    rank_model,
-    skipped_note,
 )
+from ..replay import example_drivers
 from ..results import AuditResult
 from ..row_stats import FeatureRange
 from ..spill import Spill

@@ -17,12 +17,13 @@ import pyarrow as pa
 import torch
 
 from ..baselines import FeatureSummary
-from ..checks import Check
-from ..config import AuditSettings, CompareSettings, DataConfig, ModelConfig
+from ..checks.base import Check
+from ..config_settings import AuditSettings, CompareSettings, DataConfig, ModelConfig
 from ..errors import SensauditError
 from ..examples import ExampleDrivers
 from ..inputs.dataset import WorkUnit
-from ..inputs.tables import MissingValues, Table
+from ..inputs.table_chunks import MissingValues
+from ..inputs.tables import Table
 from ..row_stats import FeatureRange
 from ..stats import (
     AgreementAccumulator,
