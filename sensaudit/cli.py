@@ -39,7 +39,8 @@ from .text_safety import markdown_line, terminal, visible
 # torch, pandas and the pipeline load inside the commands that use them, so `--help` and
 # `--version` answer at once (tests/test_cli_start.py checks the import graph).
 
-EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
+# Bad input exits 2: every SensauditError's exit_code.
+EXIT_PASSED, EXIT_GATE_FAILED, EXIT_INTERNAL_ERROR = 0, 1, 3
 TRUST_HELP = ("Trust the model file(s) like code you run: unpickle whole pickled modules and "
               "skip sensaudit's checks of .pt2 and TorchScript files. A file from elsewhere "
               "can then run any code on this machine.")
