@@ -39,7 +39,7 @@ from torch import nn
 
 from sensaudit.api import audit_frame
 from sensaudit.checks.proxy_probe import ProbeSample, probe
-from sensaudit.config import ProxyLimit
+from sensaudit.config_settings import ProxyLimit
 from sensaudit.engine import scores_and_jacobian
 
 ROOT = Path(__file__).resolve().parents[1]

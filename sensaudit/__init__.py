@@ -19,15 +19,7 @@ import importlib as _importlib
 import typing as _typing
 
 from ._version import __version__
-from .config import (
-    AuditSettings,
-    Config,
-    MisscoredRule,
-    ModelConfig,
-    ProxyLimit,
-    load_config,
-    parse_config,
-)
+from .config import Config, load_config, parse_config
 from .config_checks import (
     Expectation,
     FeatureGroup,
@@ -35,6 +27,7 @@ from .config_checks import (
     LinearitySettings,
     RobustnessSettings,
 )
+from .config_settings import AuditSettings, MisscoredRule, ModelConfig, ProxyLimit
 from .errors import (
     ConfigError,
     DataError,

@@ -20,7 +20,8 @@ import torch
 from .baselines import baseline_vector, reference_of
 from .checks.names import check_check_names, group_names
 from .compare import ComparisonResult, check_bootstrap_size, compare_on_rows
-from .config import AUTO_EXAMPLE_ROWS, AuditSettings, Config, DataConfig, ModelConfig, ProxyLimit
+from .config import Config
+from .config_settings import AUTO_EXAMPLE_ROWS, AuditSettings, DataConfig, ModelConfig, ProxyLimit
 from .engine import Model
 from .errors import ConfigError, ModelLoadError, did_you_mean
 from .examples import records_table
@@ -31,7 +32,9 @@ from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from .inputs.regular import refuse_special
 from .methods import METHODS
 from .pipeline import ExampleSink, Progress, audit_models
-from .reports import ReportWriter, StagedReport, open_writers
+from .reports import open_writers
+from .reports.base import ReportWriter
+from .reports.staging import StagedReport
 from .results import AuditResult
 from .torch_support import require_supported_torch
 
@@ -40,8 +43,7 @@ require_supported_torch()
 
 
 def run_audit(config: Config, *, progress: Progress | None = None,
-              trust_model_code: bool | None = None,
-              trust_pickle: bool | None = None) -> tuple[AuditResult, list[Path]]:
+              trust_model_code: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
     with StagedReport(config.report.dir, config.report.formats, protect=(
             config.source, *protected_files(config.data.path), _model_path(config))) as staged:
@@ -64,8 +66,7 @@ def run_audit(config: Config, *, progress: Progress | None = None,
         elif sinks and isinstance(choice, int):
             sink, limit = _first_rows(to_sinks, choice), choice
         result = audit(config, progress=progress, trust_model_code=trust_model_code,
-                       trust_pickle=trust_pickle, example_sink=sink, sink_limit=limit,
-                       sink_all_or_none=choice == "auto")
+                       example_sink=sink, sink_limit=limit, sink_all_or_none=choice == "auto")
         if sinks and not result.examples_streamed:
             result.notes = [*result.notes, (
                 f"The per-row file holds the rows this report lists: the audit has "
@@ -83,8 +84,8 @@ def run_audit(config: Config, *, progress: Progress | None = None,
 
 
 def audit(config: Config, *, progress: Progress | None = None,
-          trust_model_code: bool | None = None, trust_pickle: bool | None = None,
-          example_sink: ExampleSink | None = None, sink_limit: int | None = None,
+          trust_model_code: bool | None = None, example_sink: ExampleSink | None = None,
+          sink_limit: int | None = None,
           sink_all_or_none: bool = False) -> AuditResult:
     """Load the config's model and data, compute every row's attributions, rank, and check.
     ``example_sink`` receives the per-row examples rows (see pipeline.audit_models for
@@ -96,7 +97,7 @@ def audit(config: Config, *, progress: Progress | None = None,
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     if config.engine == "ray":  # the same audit over a pool of Ray actors
-        from .ray_engine import audit_on_ray
+        from .ray_engine.driver import audit_on_ray
 
         # The workers stream every row's examples; an all-or-none limit holds them back until
         # the rows are known to be at most that many (Parquet footers tell before any is read).
@@ -109,12 +110,11 @@ def audit(config: Config, *, progress: Progress | None = None,
                 example_sink = held.take
         result = audit_on_ray(config, data, table, progress=progress or _no_progress,
                               example_sink=example_sink, notes=_notes(inputs, table.features),
-                              trust_model_code=trust_model_code, trust_pickle=trust_pickle)
+                              trust_model_code=trust_model_code)
         streamed = not wanted or (example_sink is not None
                                   and (held is None or held.release()))
         return result if streamed else replace(result, examples_streamed=False)
-    loaded = load_model(config.model, trust_model_code=trust_model_code,
-                        trust_pickle=trust_pickle)
+    loaded = load_model(config.model, trust_model_code=trust_model_code)
     (result,), _, _ = audit_models(
         [loaded], lambda: tables.iter_chunks(table, data, loaded.dtype), table,
         config.audit, model_cfg=config.model, source=config.source,
@@ -201,16 +201,14 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
                    old_replicas: Sequence[str | Path] = (),
                    new_replicas: Sequence[str | Path] = (),
                    data_path: str | Path | None = None, progress: Progress | None = None,
-                   trust_model_code: bool | None = None,
-                   trust_pickle: bool | None = None) -> ComparisonResult:
+                   trust_model_code: bool | None = None) -> ComparisonResult:
     """Audit two models on the same rows and measure how their sensitivities moved.
 
     ``old_replicas`` / ``new_replicas``: the same models retrained with other seeds; their
     spread on these rows (retraining noise) widens the change's interval.
     The config's data, proxies and compare settings apply; its ``model`` section, if any,
     only lends both models its class/kwargs/output/device settings: its ``trust_model_code``
-    does not carry over to the files named here (pass ``trust_model_code=True`` for that;
-    ``trust_pickle`` is its deprecated old name).
+    does not carry over to the files named here (pass ``trust_model_code=True`` for that).
     """
     if data_path is not None:
         config = replace(config, data=replace(config.data, path=Path(data_path)))
@@ -227,14 +225,13 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     check_proxies(config.audit, table.features, config.source)
     check_bootstrap_size(config.compare, len(table.features), config.source)
     if config.engine == "ray":  # both models in the same Ray actors, on the same units
-        from .ray_engine import compare_on_ray
+        from .ray_engine.driver import compare_on_ray
 
         return compare_on_ray(config, configs, data, table, progress=progress or _no_progress,
                               notes=_notes(inputs, table.features),
                               replicas=(len(old_replicas), len(new_replicas)),
-                              trust_model_code=trust_model_code, trust_pickle=trust_pickle)
-    models = [load_model(c, trust_model_code=trust_model_code, trust_pickle=trust_pickle)
-              for c in configs]
+                              trust_model_code=trust_model_code)
+    models = [load_model(c, trust_model_code=trust_model_code) for c in configs]
     # Every model sees the same rows, each converted to its own dtype.
     return compare_on_rows(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
                            table, config.audit, config.compare, model_cfg=config.model,
@@ -246,8 +243,8 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
                 old_replicas: Sequence[str | Path] = (), new_replicas: Sequence[str | Path] = (),
                 out_dir: str | Path | None = None, data_path: str | Path | None = None,
-                progress: Progress | None = None, trust_model_code: bool | None = None,
-                trust_pickle: bool | None = None) -> tuple[ComparisonResult, list[Path]]:
+                progress: Progress | None = None,
+                trust_model_code: bool | None = None) -> tuple[ComparisonResult, list[Path]]:
     """``compare_models`` and write comparison.csv/json/md atomically into ``out_dir``
     (default: the config's report.dir)."""
     target = Path(out_dir) if out_dir is not None else config.report.dir
@@ -258,8 +255,7 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
         writers = open_writers(staged, config.report.formats)  # format errors before the work
         result = compare_models(config, old_path, new_path, old_replicas=old_replicas,
                                 new_replicas=new_replicas, data_path=data_path,
-                                progress=progress, trust_model_code=trust_model_code,
-                                trust_pickle=trust_pickle)
+                                progress=progress, trust_model_code=trust_model_code)
         for writer in writers:
             writer.comparison(result)
         written = staged.commit()

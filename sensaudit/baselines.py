@@ -12,8 +12,9 @@ read once.
 Means and standard deviations are exact (:class:`~sensaudit.stats.FeatureMoments`). The median
 is exact up to :func:`median_sample_rows` rows (65,536 for up to 64 features); beyond that it
 is the median of a uniform sample of that many rows, chosen by a hash of their row numbers
-(:class:`RowSample`), so the same rows are chosen whatever the chunking and partial samples
-merge exactly. Its rank in the full data is then within about +-0.4% of the middle (95%).
+(:class:`~sensaudit.row_sample.RowSample`), so the same rows are chosen whatever the chunking
+and partial samples merge exactly. Its rank in the full data is then within about +-0.4% of the
+middle (95%).
 """
 
 from __future__ import annotations
@@ -25,68 +26,19 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, did_you_mean
-from .stats import FeatureMoments, _splitmix64
+from .row_sample import RowSample
+from .stats import FeatureMoments
 
 BASELINE_KINDS = ("mean", "zero", "median")
 BaselineSpec = str | Mapping[str, float]
 # The row hash of the median sample: salted so it is not the bootstrap's weight stream.
-_SAMPLE_SALT = np.uint64(0x5EED_BA5E_11DE_AD00)
+_SAMPLE_SALT = 0x5EED_BA5E_11DE_AD00
 
 
 def median_sample_rows(n_features: int) -> int:
     """Rows the median sample keeps: 65,536, fewer for wide data (at most 2**22 values,
     32 MiB in float64), never under 4,096."""
     return int(min(65_536, max(4_096, 2**22 // max(1, n_features))))
-
-
-class RowSample:
-    """The ``keep`` rows with the smallest hash of their row number: a uniform random sample
-    of the rows that is the same whatever the chunking. Merging keeps the union's smallest
-    hashes, which are the single pass's (ties, never seen in 64 bits, go to the lower row)."""
-
-    def __init__(self, n_features: int, keep: int):
-        self.keep = keep
-        self.count = 0
-        self.hashes = np.empty(0, dtype=np.uint64)
-        self.rows = np.empty(0, dtype=np.int64)
-        self.x = np.empty((0, n_features), dtype=np.float64)
-
-    def update(self, rows: np.ndarray, x: torch.Tensor) -> None:
-        """rows: int [rows] row numbers; x: float [rows, features]."""
-        rows = np.asarray(rows, dtype=np.int64)
-        self.count += len(rows)
-        with np.errstate(over="ignore"):
-            hashes = _splitmix64(rows.astype(np.uint64) ^ _SAMPLE_SALT)
-        self._keep(hashes, rows, x.detach().to("cpu", torch.float64).numpy())
-
-    def merge(self, other: RowSample) -> None:
-        self.count += other.count
-        self._keep(other.hashes, other.rows, other.x)
-
-    def _keep(self, hashes: np.ndarray, rows: np.ndarray, x: np.ndarray) -> None:
-        if len(self.hashes) == self.keep and len(hashes):
-            # Full: only rows hashing below the largest kept hash can enter.
-            enter = hashes <= self.hashes.max()
-            hashes, rows, x = hashes[enter], rows[enter], x[enter]
-        if not len(hashes):
-            return
-        hashes = np.concatenate([self.hashes, hashes])
-        rows = np.concatenate([self.rows, rows])
-        order = np.lexsort((rows, hashes))[: self.keep]
-        self.hashes, self.rows = hashes[order], rows[order]
-        self.x = np.concatenate([self.x, x])[order]
-
-    @property
-    def exact(self) -> bool:
-        """True while the sample holds every row seen."""
-        return self.count <= self.keep
-
-    def median(self) -> torch.Tensor:
-        """float64 [features]: the sample's medians (the middle two averaged for an even
-        count), exact while the sample holds every row; NaN when empty."""
-        if not len(self.x):
-            return torch.full((self.x.shape[1],), float("nan"), dtype=torch.float64)
-        return torch.from_numpy(np.median(self.x, axis=0))
 
 
 @dataclass(frozen=True)
@@ -105,7 +57,8 @@ class FeatureSummary:
 
     def __init__(self, n_features: int, *, median: bool, keep: int | None = None):
         self.moments = FeatureMoments(n_features)
-        self.sample = (RowSample(n_features, keep or median_sample_rows(n_features))
+        # The rows' features, float64 [kept, features], for the median.
+        self.sample = (RowSample(keep or median_sample_rows(n_features), salt=_SAMPLE_SALT)
                        if median else None)
         # Per feature, the largest |value| of an integer-typed column (-1: none seen), to warn
         # where the model's dtype cannot hold such integers exactly.
@@ -120,7 +73,7 @@ class FeatureSummary:
         if integer_max is not None:
             self.integer_max = torch.maximum(self.integer_max, torch.from_numpy(integer_max))
         if self.sample is not None:
-            self.sample.update(rows, x)
+            self.sample.update(rows, x.detach().to("cpu", torch.float64).numpy())
 
     def merge(self, other: FeatureSummary) -> None:
         self.moments.merge(other.moments)
@@ -133,8 +86,16 @@ class FeatureSummary:
         sample = self.sample
         return Reference(mean=self.moments.mean.clone(),
                          std=self.moments.std if std is None else std,
-                         median=None if sample is None else sample.median(),
+                         median=None if sample is None else self._median(sample),
                          median_exact=sample is None or sample.exact)
+
+
+    def _median(self, sample: RowSample) -> torch.Tensor:
+        """float64 [features]: the sample's medians (the middle two averaged for an even
+        count), exact while the sample holds every row; NaN when empty."""
+        if sample.values is None:
+            return torch.full((len(self.moments.mean),), float("nan"), dtype=torch.float64)
+        return torch.from_numpy(np.median(sample.values, axis=0))
 
 
 def reference_of(x: torch.Tensor, *, median: bool = True) -> Reference:

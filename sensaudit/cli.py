@@ -39,7 +39,8 @@ from .text_safety import markdown_line, terminal, visible
 # torch, pandas and the pipeline load inside the commands that use them, so `--help` and
 # `--version` answer at once (tests/test_cli_start.py checks the import graph).
 
-EXIT_PASSED, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL_ERROR = 0, 1, 2, 3
+# Bad input exits 2: every SensauditError's exit_code.
+EXIT_PASSED, EXIT_GATE_FAILED, EXIT_INTERNAL_ERROR = 0, 1, 3
 TRUST_HELP = ("Trust the model file(s) like code you run: unpickle whole pickled modules and "
               "skip sensaudit's checks of .pt2 and TorchScript files. A file from elsewhere "
               "can then run any code on this machine.")
@@ -102,8 +103,6 @@ def run(
     engine: Engine = None,
     trust_model_code: Annotated[bool, typer.Option(
         "--trust-model-code", help=TRUST_HELP)] = False,
-    trust_pickle: Annotated[bool, typer.Option(
-        "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -127,7 +126,7 @@ def run(
         with _progress(quiet) as progress:
             result, written = run_audit(
                 cfg, progress=progress,
-                trust_model_code=True if trust_model_code or trust_pickle else None)
+                trust_model_code=True if trust_model_code else None)
     if not quiet:
         _print_audit(result, written)
     else:
@@ -171,8 +170,6 @@ def compare(
     new_replica: Annotated[list[str] | None, typer.Option(
         "--new-replica", help="NEW retrained with another seed (repeat, or a quoted glob).",
         show_default=False)] = None,
-    trust_pickle: Annotated[bool, typer.Option(
-        "--trust-pickle", help="Deprecated name of --trust-model-code; the same.")] = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -207,7 +204,7 @@ def compare(
             result, written = run_compare(
                 cfg, old, new, old_replicas=old_replicas, new_replicas=new_replicas,
                 out_dir=out, data_path=data, progress=progress,
-                trust_model_code=True if trust_model_code or trust_pickle else None)
+                trust_model_code=True if trust_model_code else None)
     if not quiet:
         _print_comparison(result, written)
     else:

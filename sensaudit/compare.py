@@ -22,11 +22,12 @@ from .compare_noise import (
     change_interval,
     retraining_noise,
 )
-from .config import AuditSettings, CompareSettings, ModelConfig
+from .config_settings import AuditSettings, CompareSettings, ModelConfig
 from .errors import ConfigError
 from .inputs.models import LoadedModel
-from .inputs.tables import Chunk, Table
-from .methods import Attributions
+from .inputs.table_chunks import Chunk
+from .inputs.tables import Table
+from .methods.base import Attributions
 from .pipeline import Chunks, Progress, ReadPass, audit_models, make_method
 from .results import AuditResult
 from .spill import SpilledChunk

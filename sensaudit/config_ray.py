@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError, describe
 
 if TYPE_CHECKING:
-    from .config import _Validator
+    from .config_validate import _Validator
 
 ENGINES = ("local", "ray")
 RAY_KEYS = ("address", "workers", "cpus_per_worker", "gpus_per_worker", "rows_per_batch")

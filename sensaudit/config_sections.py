@@ -47,8 +47,9 @@ def _model(v: _Validator, raw: Any) -> ModelConfig:
     m = v.mapping(raw, "model")
     v.keys(m, "model", required=("path",),
            optional=("class", "class_file", "kwargs", "trust_model_code", "output",
-                     "output_names", "device", "trust_pickle", "features",
-                     "transform"))
+                     "output_names", "device", "features", "transform"),
+           # the removed old name: an old config is told the new one, not just "unknown"
+           renamed={"trust_pickle": "trust_model_code"})
     output = m.get("output")
     if output is not None and not isinstance(output, str):
         output = v.integer(output, "model.output", minimum=0)
@@ -63,7 +64,7 @@ def _model(v: _Validator, raw: Any) -> ModelConfig:
         else None,
         class_file=class_file,
         kwargs=dict(v.mapping(m.get("kwargs", {}), "model.kwargs")),
-        trust_model_code=_trust_model_code(v, m),
+        trust_model_code=v.boolean(m.get("trust_model_code", False), "model.trust_model_code"),
         output=output,
         output_names=v.names(names, "model.output_names") if names is not None else None,
         device=v.choice(m.get("device", "auto"), "model.device", DEVICES),
@@ -71,16 +72,6 @@ def _model(v: _Validator, raw: Any) -> ModelConfig:
                   else None),
         transform=v.choice(m.get("transform", "none"), "model.transform", TRANSFORMS),
     )
-
-
-def _trust_model_code(v: _Validator, m: Mapping[str, Any]) -> bool:
-    # trust_pickle is the old name, kept so existing configs keep working; it means the same.
-    values = {key: v.boolean(m[key], f"model.{key}")
-              for key in ("trust_model_code", "trust_pickle") if key in m}
-    if len(set(values.values())) > 1:
-        raise ConfigError(f"{v.source}: model.trust_pickle is the old name of "
-                          "model.trust_model_code; give one of them")
-    return any(values.values())
 
 
 def _data(v: _Validator, raw: Any) -> DataConfig:

@@ -3,8 +3,7 @@
 Each settings class checks its own values when built in Python (``audit_frame``, a notebook),
 where a bad value would otherwise surface as a confusing crash; the YAML section parsers
 (:mod:`sensaudit.config_sections`) check the same values first, with the file and the dotted
-key. :class:`~sensaudit.config.Config`, the whole file, stays in :mod:`sensaudit.config`, which
-re-exports every name here.
+key. :class:`~sensaudit.config.Config`, the whole file, stays in :mod:`sensaudit.config`.
 """
 
 from __future__ import annotations
@@ -56,7 +55,7 @@ class ModelConfig:
     class_path: str | None = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     # The file is trusted like code you run: whole pickled modules are unpickled and the .pt2
-    # and TorchScript checks are skipped (YAML also accepts the old name, trust_pickle).
+    # and TorchScript checks are skipped.
     trust_model_code: bool = False
     output: int | str | None = None  # select one output by index or by name
     output_names: tuple[str, ...] | None = None

@@ -39,13 +39,16 @@ class _Validator:
         return value
 
     def keys(self, m: Mapping[str, Any], key: str, *, required: tuple[str, ...] = (),
-             optional: tuple[str, ...] = ()) -> None:
+             optional: tuple[str, ...] = (), renamed: Mapping[str, str] | None = None) -> None:
+        """``renamed``: old key -> its new name, which the error suggests (an old name is too
+        unlike the new one for did_you_mean to find it)."""
         allowed = required + optional
         where = f" in {key}" if key else ""
         for k in m:
             if k not in allowed:
-                raise ConfigError(f"{self.source}: unknown key '{k}'{where}"
-                                  f"{did_you_mean(k, allowed)} "
+                hint = (f"; did you mean '{renamed[k]}'?" if renamed and k in renamed
+                        else did_you_mean(k, allowed))
+                raise ConfigError(f"{self.source}: unknown key '{k}'{where}{hint} "
                                   f"(allowed: {', '.join(allowed)})")
         for k in required:
             if k not in m:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the CLI imports this module before torch (checks import it)
-    from .checks import CheckResult, Gate, Notice
+    from .checks.base import CheckResult, Gate, Notice
 
 _LIMIT_KEYS = ("max_", "min_")
 

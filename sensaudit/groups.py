@@ -48,13 +48,6 @@ def add_group_rows(table: pd.DataFrame, groups: tuple[FeatureGroup, ...]) -> pd.
     return pd.concat(frames, ignore_index=True)[[*SENSITIVITY_COLUMNS, GROUP_COLUMN]]
 
 
-def is_group_row(table: pd.DataFrame) -> pd.Series:
-    """bool per row: a group's row (not a feature's)."""
-    if GROUP_COLUMN not in table.columns:
-        return pd.Series(False, index=table.index)
-    return table["feature"] == table[GROUP_COLUMN]
-
-
 def proxy_features(names: list[str], groups: tuple[FeatureGroup, ...]) -> list[str]:
     """Declared proxy names with each group's name replaced by its members."""
     members = {group.name: list(group.columns) for group in groups}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import CheckResult, Notice
+from .checks.base import CheckResult, Notice
 
 CHECK = "input_precision"
 

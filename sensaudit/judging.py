@@ -10,14 +10,14 @@ import pandas as pd
 import torch
 
 from .baselines import Reference, baseline_labels, describe_baseline
-from .checks import CheckResult, Ranking
-from .config import AuditSettings
+from .checks.base import CheckResult, Ranking
+from .config_settings import AuditSettings
 from .errors import DataError, ModelError
 from .examples import ExampleDrivers
 from .groups import add_group_rows
 from .inputs.tables import Table
 from .integer_precision import integer_warnings
-from .methods import AttributionMethod
+from .methods.base import AttributionMethod
 from .model_ready import precision_warnings
 from .results import AuditResult, sensitivity_table
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checks import CheckResult, Notice
-from .config import ModelConfig
+from .checks.base import CheckResult, Notice
+from .config_settings import ModelConfig
 from .engine import Model, as_output_matrix, check_row_independence
 from .errors import ConfigError, ModelError, first_line
 from .inputs.models import LoadedModel
 from .inputs.tables import Table
-from .methods import AttributionMethod, Attributions
+from .methods.base import AttributionMethod, Attributions
 from .transforms import transformed
 
 

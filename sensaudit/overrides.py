@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, check_available, registered
+from .config import Config
 from .config_ray import check_engine
+from .config_sections import check_available
+from .config_settings import registered
 from .errors import ConfigError, did_you_mean
 
 

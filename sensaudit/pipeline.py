@@ -39,17 +39,16 @@ from .baselines import (
     check_baseline,
     needs_data,
 )
-from .checks import (
-    Check,
-    build_checks,
-)
-from .config import AuditSettings, ModelConfig
+from .checks import build_checks
+from .checks.base import Check
+from .config_settings import AuditSettings, ModelConfig
 from .errors import ConfigError, DataError, ModelError
 from .example_candidates import ExampleCandidates
 from .examples import ExampleDrivers
 from .groups import proxy_features
 from .inputs.models import LoadedModel
-from .inputs.tables import Chunk, Table
+from .inputs.table_chunks import Chunk
+from .inputs.tables import Table
 from .judging import (
     audit_result,
     checked_std,
@@ -59,7 +58,8 @@ from .judging import (
     rank_model,
     skipped_note,
 )
-from .methods import METHODS, AttributionMethod, Attributions
+from .methods import METHODS
+from .methods.base import AttributionMethod, Attributions
 from .model_ready import PreparedModel, attribute_chunk, narrower, prepare_model
 from .replay import example_drivers, model_context, replay, settle_examples
 from .results import AuditResult

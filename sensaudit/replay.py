@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checks import ModelContext, Ranking, ReplayChunk
-from .config import AuditSettings
+from .checks.base import ModelContext, Ranking, ReplayChunk
+from .config_settings import AuditSettings
 from .errors import ModelError
 from .examples import ExampleDrivers
 from .groups import proxy_features
 from .inputs.tables import Table
-from .methods import AttributionMethod
+from .methods.base import AttributionMethod
 from .model_ready import attribute_chunk
 from .row_stats import FeatureRange
 from .spill import SpilledChunk

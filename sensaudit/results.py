@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import torch
 
-from .checks import CheckResult, Gate, Notice
+from .checks.base import CheckResult, Gate, Notice
 from .row_sample import ContributionSample
 from .stats import AttributionSums
 

@@ -1,11 +1,12 @@
-"""A bounded, mergeable uniform sample of rows' contribution vectors, for the charts of how
-contributions spread over rows.
+"""A bounded, mergeable uniform sample of rows: the rows' contribution vectors for the charts
+of how contributions spread over rows, and the rows' features for a median baseline
+(:mod:`sensaudit.baselines`).
 
 Each row gets a pseudo-random priority from its row number (the splitmix64 finaliser, a
 bijection on 64-bit integers, so two rows never tie), and the sample keeps the ``keep`` rows
 with the smallest priorities: a bottom-k sketch. Which rows are kept depends only on the row
 numbers, never on how the rows were chunked or partitioned, so partial samples merge exactly
-into the single-pass one (tests/test_row_sample.py).
+into the single-pass one (tests/test_row_sample.py, tests/test_merge.py).
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .stats import _splitmix64
+
 DEFAULT_KEEP = 2_000
 
 
-def row_priority(rows: np.ndarray) -> np.ndarray:
-    """uint64 [rows]: splitmix64 of each int64 row number (uniform, and distinct rows never
-    tie)."""
-    z = rows.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+def row_priority(rows: np.ndarray, salt: int = 0) -> np.ndarray:
+    """uint64 [rows]: splitmix64 of each int64 row number xor ``salt`` (uniform, and distinct
+    rows never tie). Samples with different salts keep unrelated rows."""
     with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+        return _splitmix64(rows.astype(np.uint64) ^ np.uint64(salt))
 
 
 @dataclass
@@ -48,31 +48,39 @@ class ContributionSample:
 
 
 class RowSample:
-    """Keeps the ``keep`` rows with the smallest :func:`row_priority`; ``update`` per chunk,
-    ``merge`` partial samples."""
+    """Keeps the ``keep`` rows with the smallest :func:`row_priority`, with each row's values
+    (any shape per row); ``update`` per chunk, ``merge`` partial samples. The kept rows are in
+    priority order, so equal samples hold equal arrays."""
 
-    def __init__(self, keep: int = DEFAULT_KEEP):
+    def __init__(self, keep: int = DEFAULT_KEEP, *, salt: int = 0):
         if keep < 1:
             raise ValueError(f"RowSample keeps at least 1 row (got {keep})")
         self.keep = keep
+        self.salt = salt
         self.priority = np.empty(0, dtype=np.uint64)
         self.rows = np.empty(0, dtype=np.int64)
-        self.values: np.ndarray | None = None  # float64 [kept, outputs, features]
+        self.values: np.ndarray | None = None  # float64 [kept, ...], e.g. [kept, outputs, features]
         self.seen = 0
+
+    @property
+    def exact(self) -> bool:
+        """True while the sample holds every row seen."""
+        return self.seen <= self.keep
 
     def wanted(self, rows: np.ndarray) -> np.ndarray:
         """bool [rows]: the rows that would enter the sample now (compute only their values)."""
-        priority = row_priority(rows)
+        priority = row_priority(rows, self.salt)
         if len(self.priority) < self.keep:
             return np.ones(len(rows), dtype=bool)
         return priority < self.priority.max()
 
     def update(self, rows: np.ndarray, values: np.ndarray, offered: int | None = None) -> None:
-        """rows: int64 [n] row numbers (distinct); values: float64 [n, outputs, features].
+        """rows: int64 [n] row numbers (distinct); values: float64 [n, ...] (cast to float64).
         ``offered``: how many rows this chunk had before :meth:`wanted` filtered it (counted
         in ``seen``; default n)."""
+        rows = np.asarray(rows, dtype=np.int64)
         self.seen += len(rows) if offered is None else offered
-        self._add(row_priority(rows), rows.astype(np.int64), values.astype(np.float64))
+        self._add(row_priority(rows, self.salt), rows, values.astype(np.float64))
 
     def merge(self, other: RowSample) -> None:
         self.seen += other.seen
@@ -80,16 +88,18 @@ class RowSample:
             self._add(other.priority, other.rows, other.values)
 
     def _add(self, priority: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+        if len(self.priority) == self.keep and len(priority):
+            # Full: only rows below the largest kept priority can enter (none tie).
+            enter = priority < self.priority.max()
+            priority, rows, values = priority[enter], rows[enter], values[enter]
         if not len(rows):
             return
         if self.values is not None:
             priority = np.concatenate([self.priority, priority])
             rows = np.concatenate([self.rows, rows])
             values = np.concatenate([self.values, values])
-        if len(priority) > self.keep:
-            kept = np.argpartition(priority, self.keep - 1)[: self.keep]
-            priority, rows, values = priority[kept], rows[kept], values[kept]
-        self.priority, self.rows, self.values = priority, rows, values
+        kept = np.argsort(priority, kind="stable")[: self.keep]
+        self.priority, self.rows, self.values = priority[kept], rows[kept], values[kept]
 
     def result(self, features: list[str], outputs: list[str]) -> ContributionSample:
         order = np.argsort(self.rows, kind="stable")

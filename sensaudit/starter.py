@@ -19,10 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .config import DataConfig, ModelConfig, parse_config
+from .config import parse_config
+from .config_settings import DataConfig, ModelConfig
 from .engine import as_output_matrix
 from .errors import ConfigError, DataError, ModelError, ModelLoadError, first_line
 from .inputs import tables
+from .inputs.dataset import PARQUET_SUFFIXES
 from .inputs.models import LoadedModel, load_model
 from .inputs.regular import refuse_special
 from .yaml_loader import load_yaml
@@ -82,7 +84,7 @@ def _guess_id(data: Path) -> str | None:
 def _header(data: Path) -> list[str]:
     """The column names; an unreadable file is left for open_table to name."""
     try:
-        if data.suffix.lower() in tables.PARQUET_SUFFIXES:
+        if data.suffix.lower() in PARQUET_SUFFIXES:
             return list(pq.read_schema(data).names)
         with data.open(newline="", encoding="utf-8") as handle:
             return next(csv.reader(handle), [])

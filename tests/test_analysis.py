@@ -13,10 +13,10 @@ from models import MLP, Linear, Quadratic
 
 import sensaudit
 from sensaudit import ProxyLimit
-from sensaudit.checks import Gate, Notice, Ranking
+from sensaudit.checks.base import Gate, Notice, Ranking
 from sensaudit.checks.dominance import Dominance
 from sensaudit.checks.proxies import ProxyLimits
-from sensaudit.config import AuditSettings
+from sensaudit.config_settings import AuditSettings
 from sensaudit.examples import ExampleDrivers
 from sensaudit.results import SENSITIVITY_COLUMNS, Gates, rank_shares, sensitivity_table
 from sensaudit.stats import AttributionSums, FeatureMoments, finite_rows

@@ -112,7 +112,7 @@ def test_bad_check_settings(tmp_path: Path, sections, expected):
 
 def test_a_check_with_its_own_key_is_refused_in_audit_checks_through_the_library():
     import sensaudit
-    from sensaudit.config import AuditSettings
+    from sensaudit.config_settings import AuditSettings
 
     settings = AuditSettings(checks={"monotonicity": {}})
     with pytest.raises(sensaudit.ConfigError) as err:

@@ -35,7 +35,7 @@ from helpers_bad import (
 
 import sensaudit
 from sensaudit import DataError, ModelLoadError, load_model
-from sensaudit.config import ModelConfig
+from sensaudit.config_settings import ModelConfig
 
 TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
               "file like code you run")
@@ -266,14 +266,12 @@ def test_pickled_module_is_refused(setup, tmp_path):
     assert message == f"{tmp_path / 'whole.pt'}: {REFUSE_PICKLE}"
 
 
-@pytest.mark.parametrize("flag, key", [("--trust-model-code", "trust_model_code"),
-                                       ("--trust-pickle", "trust_pickle")])  # the old names
-def test_pickled_module_loads_when_trusted(setup, tmp_path, flag, key):
+def test_pickled_module_loads_when_trusted(setup, tmp_path):
     torch.save(torch.nn.Linear(3, 1), tmp_path / "whole.pt")
     cfg = setup(model={"path": "whole.pt"})
-    result = cli("run", str(cfg), "--quiet", flag)
+    result = cli("run", str(cfg), "--quiet", "--trust-model-code")
     assert result.exit_code in (0, 1), result.stderr
-    cfg = setup(model={"path": "whole.pt", key: True})
+    cfg = setup(model={"path": "whole.pt", "trust_model_code": True})
     assert cli("run", str(cfg), "--quiet").exit_code in (0, 1)
 
 
@@ -908,7 +906,11 @@ def test_config_shape(tmp_path, text, expected):
      "threshold, groups, expect, robustness, linearity, layer_health)"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
      "unknown key 'zzz' in model (allowed: path, class, class_file, kwargs, trust_model_code, "
-     "output, output_names, device, trust_pickle, features, transform)"),
+     "output, output_names, device, features, transform)"),
+    ({"model": {"path": "model.pt2", "trust_pickle": True}},  # the removed old name
+     "unknown key 'trust_pickle' in model; did you mean 'trust_model_code'? (allowed: path, "
+     "class, class_file, kwargs, trust_model_code, output, output_names, device, features, "
+     "transform)"),
 ])
 def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected):
     cfg = write_config(tmp_path, {**config(tmp_path), **sections})
@@ -927,8 +929,6 @@ def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected)
      "audit.allow_nonfinite must be true or false (got 'yes', a str)"),
     ({"model": {"path": "model.pt2", "trust_model_code": 1}},
      "model.trust_model_code must be true or false (got 1, an int)"),
-    ({"model": {"path": "model.pt2", "trust_pickle": 1}},
-     "model.trust_pickle must be true or false (got 1, an int)"),
     ({"model": {"path": 3}}, "model.path must be a non-empty string (got 3, an int)"),
     ({"model": {"path": "model.pt2", "device": "gpu"}},
      "model.device must be one of auto, cpu, cuda (got 'gpu', a str)"),

@@ -14,8 +14,8 @@ from audit_setup import FEATURES, WEIGHTS, write_assets, write_config
 from models import Linear, save_exported
 
 from sensaudit import checks, load_config, run_audit, run_compare
-from sensaudit.checks import Check, CheckResult, Ranking
-from sensaudit.config import AuditSettings
+from sensaudit.checks.base import Check, CheckResult, Ranking
+from sensaudit.config_settings import AuditSettings
 
 pytest.importorskip("matplotlib", reason="the charts extra (matplotlib) is not installed")
 

@@ -10,7 +10,7 @@ import torch
 from helpers_checks import LinearScorer, check_result, frame
 
 from sensaudit import AuditSettings, audit_frame
-from sensaudit.checks import CheckResult
+from sensaudit.checks.base import CheckResult
 from sensaudit.config_checks import Expectation, LinearitySettings, RobustnessSettings
 from sensaudit.reports.json_report import audit_summary
 from sensaudit.spill import Spill

@@ -294,8 +294,15 @@ def test_run_help_shows_an_example():
     # A pip user has no checkout: the example and the argument's help name no configs/.
     assert "sensaudit run sensaudit.yaml" in result.stdout
     assert "configs/" not in result.stdout
-    assert "--trust-pickle" in result.stdout
     assert "--trust-model-code" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_removed_trust_pickle_flag_is_a_usage_error(command):
+    # --trust-pickle was the old name of --trust-model-code; it is gone, not silently ignored.
+    result = _run(command, "--trust-pickle", "--help")
+    assert result.exit_code == 2
+    assert "No such option: --trust-pickle" in result.stderr
 
 
 def test_python_dash_m_reports_errors_without_traceback(tmp_path):

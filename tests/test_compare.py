@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from sensaudit import compare_models, load_config
 from sensaudit.cli import app
-from sensaudit.compare import PoissonBootstrap, kendall_tau, spearman, top_k_overlap
+from sensaudit.compare import kendall_tau, spearman, top_k_overlap
+from sensaudit.stats import PoissonBootstrap
 
 FEATURES = ["length", "clarity", "structure", "noise"]
 

@@ -17,7 +17,7 @@ from sensaudit import audit_frame, compare_models, load_config
 from sensaudit.cli import app
 from sensaudit.compare import bootstrap_interval
 from sensaudit.compare_noise import t_quantile
-from sensaudit.config import CompareSettings
+from sensaudit.config_settings import CompareSettings
 from sensaudit.stats import BootstrapMoments, PoissonBootstrap
 
 FEATURES = ["a", "b", "c", "d"]

@@ -10,7 +10,7 @@ import pytest
 
 import sensaudit
 from sensaudit import ConfigError, ProxyLimit, load_config, parse_config
-from sensaudit.config import AuditSettings, CompareSettings
+from sensaudit.config_settings import AuditSettings, CompareSettings
 from sensaudit.methods import METHODS
 
 MINIMAL = """\
@@ -260,13 +260,10 @@ BAD = [
         "model.trust_model_code must be true or false (got 'yes', a str)",
         id="trust-model-code-string"),
     pytest.param(
-        MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  trust_pickle: 'yes'"),
-        "model.trust_pickle must be true or false (got 'yes', a str)", id="trust-pickle-string"),
-    pytest.param(
-        MINIMAL.replace("  path: m.pt2",
-                        "  path: m.pt2\n  trust_model_code: true\n  trust_pickle: false"),
-        "model.trust_pickle is the old name of model.trust_model_code; give one of them",
-        id="trust-both-names-disagree"),
+        MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  trust_pickle: true"),
+        "unknown key 'trust_pickle' in model; did you mean 'trust_model_code'? (allowed: path, "
+        "class, class_file, kwargs, trust_model_code, output, output_names, device, features, "
+        "transform)", id="removed-trust-pickle"),
     pytest.param(
         MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  class_file: arch.py"),
         "model.class_file needs model.class: the name of the class to build from it",

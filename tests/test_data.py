@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sensaudit import DataError
-from sensaudit.config import DataConfig
+from sensaudit.config_settings import DataConfig
 from sensaudit.inputs.tables import frame_table, iter_chunks, iter_frame_chunks, open_table
 
 

@@ -17,7 +17,7 @@ import torch
 import sensaudit.example_candidates as candidates_module
 import sensaudit.pipeline as pipeline
 import sensaudit.replay as replay_module
-from sensaudit.config import AuditSettings, DataConfig, ProxyLimit
+from sensaudit.config_settings import AuditSettings, DataConfig, ProxyLimit
 from sensaudit.example_candidates import ExampleCandidates
 from sensaudit.examples import ExampleDrivers
 from sensaudit.inputs import tables

@@ -20,7 +20,7 @@ from torch import nn
 
 import sensaudit
 from sensaudit import AuditSettings, ProxyLimit
-from sensaudit.baselines import FeatureSummary, RowSample
+from sensaudit.baselines import FeatureSummary
 from sensaudit.inputs import tables
 from sensaudit.results import ATTRIBUTION_COLUMNS, SENSITIVITY_COLUMNS
 
@@ -262,11 +262,13 @@ def test_the_median_of_the_sample_data_is_exact_and_its_sample_close():
     assert reference.median.tolist() == data[features].median().tolist()
     # With fewer rows kept than read, the median of a uniform sample of 256 rows: its rank in
     # the whole column lies near the middle (the sample median's rank has sd 0.5 / sqrt(256)).
-    sample = RowSample(len(features), keep=256)
-    sample.update(rows, x)
-    assert not sample.exact and len(sample.rows) == 256
+    sampled = FeatureSummary(len(features), median=True, keep=256)
+    sampled.update(rows, x)
+    assert sampled.sample is not None and len(sampled.sample.rows) == 256
+    reference = sampled.reference()
+    assert not reference.median_exact
     values = data[features].to_numpy()
-    for j, median in enumerate(sample.median().tolist()):
+    for j, median in enumerate(reference.median.tolist()):
         below = (values[:, j] < median).mean()
         at_most = (values[:, j] <= median).mean()
         assert below - 0.125 <= 0.5 <= at_most + 0.125, features[j]

@@ -15,7 +15,7 @@ from models import save_exported
 from torch import nn
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config import ModelConfig
+from sensaudit.config_settings import ModelConfig
 
 REFUSED = ("refusing to unpickle: the file holds pickled Python objects (a whole module or "
            "other code), and unpickling runs whatever code the file names. Save a safe format "
@@ -226,15 +226,13 @@ def test_whole_pickled_module_is_refused_by_default(tmp_path):
     assert _load_error(path) == f"{path}: {REFUSED}"
 
 
-@pytest.mark.parametrize("how", ["argument", "config", "old argument name"])
+@pytest.mark.parametrize("how", ["argument", "config"])
 def test_whole_pickled_module_loads_when_trusted(tmp_path, how):
     model = _scorer().train()
     path = tmp_path / "whole.pt"
     torch.save(model, path)
     if how == "argument":
         loaded = load_model(ModelConfig(path=path, device="cpu"), trust_model_code=True)
-    elif how == "old argument name":  # trust_pickle: the deprecated name, the same switch
-        loaded = load_model(ModelConfig(path=path, device="cpu"), trust_pickle=True)
     else:
         loaded = _load(path, trust_model_code=True)
     assert loaded.format == "pickle"
@@ -244,13 +242,12 @@ def test_whole_pickled_module_loads_when_trusted(tmp_path, how):
         torch.testing.assert_close(loaded.module(x), model.eval()(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("keyword", ["trust_model_code", "trust_pickle"])
-def test_trust_argument_overrides_the_config(tmp_path, keyword):
+def test_trust_argument_overrides_the_config(tmp_path):
     path = tmp_path / "whole.pt"
     torch.save(_scorer(), path)
     with pytest.raises(ModelLoadError):
         load_model(ModelConfig(path=path, device="cpu", trust_model_code=True),
-                   **{keyword: False})
+                   trust_model_code=False)
 
 
 class _Payload:

@@ -12,7 +12,7 @@ import torch
 from sensaudit.baselines import FeatureSummary
 from sensaudit.checks.completeness import CompletenessGap
 from sensaudit.examples import ExampleDrivers
-from sensaudit.methods import Attributions
+from sensaudit.methods.base import Attributions
 from sensaudit.stats import (
     AgreementAccumulator,
     AttributionSums,

@@ -10,13 +10,12 @@ import pytest
 import torch
 from test_merge import FEATURES, OUTPUTS, SPLITS, TOL, _rows, _single_and_merged
 
-from sensaudit.checks import ModelContext, Ranking, ReplayChunk
+from sensaudit.checks.base import ModelContext, Ranking, ReplayChunk
 from sensaudit.checks.layer_health import LayerHealth
 from sensaudit.checks.linearity import Linearity
 from sensaudit.checks.monotonicity import Monotonicity
 from sensaudit.checks.one_hot import OneHotLevels
 from sensaudit.checks.robustness import Robustness
-from sensaudit.config import AuditSettings
 from sensaudit.config_checks import (
     Expectation,
     FeatureGroup,
@@ -24,6 +23,7 @@ from sensaudit.config_checks import (
     LinearitySettings,
     RobustnessSettings,
 )
+from sensaudit.config_settings import AuditSettings
 from sensaudit.row_stats import FeatureRange, LogHistogram, RowColumns
 from sensaudit.stats import finite_rows
 

@@ -19,7 +19,7 @@ from sensaudit import ConfigError, ModelConfig, load_config, run_audit
 from sensaudit.cli import app
 from sensaudit.engine import scores_and_jacobian
 from sensaudit.inputs.models import LoadedModel
-from sensaudit.pipeline import prepare_model
+from sensaudit.model_ready import prepare_model
 from sensaudit.torch_support import MIN_TORCH, parse_version, unsupported_reason
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from sensaudit.api import audit_frame
 from sensaudit.checks.proxy_probe import ProbeSample
 from sensaudit.cli import app
-from sensaudit.config import ProxyLimit
+from sensaudit.config_settings import ProxyLimit
 
 ROWS = 400
 
@@ -105,8 +105,8 @@ def test_a_visible_proxy_and_an_unused_constant_one_are_judged_as_before():
 
 
 def test_a_group_with_a_blind_member_cannot_pass(tmp_path):
-    from sensaudit.config import AuditSettings
     from sensaudit.config_checks import FeatureGroup
+    from sensaudit.config_settings import AuditSettings
 
     settings = AuditSettings(groups=(FeatureGroup(name="size", columns=("length", "proxy")),),
                              proxies=(ProxyLimit(feature="size", max_share=0.9),))

@@ -23,7 +23,7 @@ from helpers_bad import cli, cli_error, config, write_config, write_csv
 from torch import nn
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config import ModelConfig
+from sensaudit.config_settings import ModelConfig
 from sensaudit.inputs import operator_policy, pt2_safety
 
 TAIL = (". A crafted .pt2 can run code when loaded or run; re-export the model with "

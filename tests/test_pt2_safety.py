@@ -18,7 +18,7 @@ import torch
 from helpers_bad import Scorer, cli_error, config, export, tamper_pt2, write_config, write_csv
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config import ModelConfig
+from sensaudit.config_settings import ModelConfig
 from sensaudit.inputs import archive_checks, pt2_safety
 
 TAIL = (". A crafted .pt2 can run code when loaded or run; re-export the model with "

@@ -13,7 +13,7 @@ import pytest
 from helpers_bad import cli_error
 
 from sensaudit import ConfigError, load_config
-from sensaudit.config import MAX_SEED
+from sensaudit.config_settings import MAX_SEED
 from sensaudit.errors import describe
 
 HEAD = """\

@@ -33,8 +33,8 @@ from sensaudit.checks.evidence import (
 )
 from sensaudit.checks.suspects import SuspectedProxies
 from sensaudit.cli import app
-from sensaudit.config import MisscoredRule
-from sensaudit.methods import Attributions
+from sensaudit.config_settings import MisscoredRule
+from sensaudit.methods.base import Attributions
 from sensaudit.stats import PoissonBootstrap
 
 FEATURES = ["r1", "r2", "r3", "nuisance", "c1", "c2"]
@@ -339,7 +339,7 @@ def test_the_whole_check_merges_to_the_single_pass(rule):
     for index in _partitions(300, 4, 3):
         merged.merge(check(index))
     ranking = audit_frame(model, frame, label="y", settings=settings)
-    from sensaudit.checks import Ranking
+    from sensaudit.checks.base import Ranking
 
     rank = Ranking(table=ranking.table, features=list("abcd"), outputs=["score"])
     a, b = single.finish(rank), merged.finish(rank)

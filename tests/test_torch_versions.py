@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sensaudit import load_model
-from sensaudit.config import ModelConfig
+from sensaudit.config_settings import ModelConfig
 from sensaudit.inputs import pt2_safety, torchscript_safety
 
 ROOT = Path(__file__).resolve().parents[1]

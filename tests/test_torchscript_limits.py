@@ -18,7 +18,7 @@ import pytest
 from helpers_bad import Scorer
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config import ModelConfig
+from sensaudit.config_settings import ModelConfig
 from sensaudit.inputs import torchscript_limits as limits
 from sensaudit.inputs.pickle_walk import MAX_DEPTH, MAX_TUPLE_DEPTH
 from sensaudit.inputs.torchscript_code import CodeFacts, UnsafeCode, check_type_string

@@ -1,7 +1,7 @@
 """model.trust_model_code / --trust-model-code / trust_model_code=: the file is trusted like code
-you run. Each effect has a test, run under the new name and under the deprecated trust_pickle,
-which must behave identically: whole pickled modules are unpickled, and the .pt2 and TorchScript
-checks are skipped (so a crafted file's payload does run: the switch is honest about that).
+you run. Each effect has a test: whole pickled modules are unpickled, and the .pt2 and
+TorchScript checks are skipped (so a crafted file's payload does run: the switch is honest about
+that).
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from typer.testing import CliRunner
 
 from sensaudit import ModelLoadError, load_config, load_model
 from sensaudit.cli import app
-from sensaudit.config import ModelConfig
-
-NAMES = ["trust_model_code", "trust_pickle"]  # the switch, and its deprecated old name
-FLAGS = {"trust_model_code": "--trust-model-code", "trust_pickle": "--trust-pickle"}
+from sensaudit.config_settings import ModelConfig
 
 
 def _crafted_pt2(folder: Path, marker: Path) -> Path:
@@ -42,34 +39,33 @@ EFFECTS = {"unpickles whole modules": _whole_module,
            "skips the TorchScript checks": _crafted_torchscript}
 
 
-@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("effect", list(EFFECTS))
-def test_keyword(tmp_path, effect, name):
+def test_keyword(tmp_path, effect):
     marker = tmp_path / "PAYLOAD_RAN"
     path = EFFECTS[effect](tmp_path, marker)
     with pytest.raises(ModelLoadError) as err:
         load_model(ModelConfig(path=path, device="cpu"))
     assert "set model.trust_model_code: true (--trust-model-code)" in str(err.value)
     assert not marker.exists()
-    loaded = load_model(ModelConfig(path=path, device="cpu"), **{name: True})
+    loaded = load_model(ModelConfig(path=path, device="cpu"), trust_model_code=True)
     loaded.module(torch.ones(2, 3))
     assert marker.exists() or effect == "unpickles whole modules"
 
 
-@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("effect", list(EFFECTS))
-def test_config_key_and_cli_flag(tmp_path, effect, name):
+def test_config_key_and_cli_flag(tmp_path, effect):
     marker = tmp_path / "PAYLOAD_RAN"
     path = EFFECTS[effect](tmp_path, marker)
     write_csv(tmp_path / "data.csv")
     plain = write_config(tmp_path, config(tmp_path, model={"path": path.name}), "plain.yaml")
     assert cli("run", str(plain), "--quiet").exit_code == 2
     assert not marker.exists()
-    assert cli("run", str(plain), "--quiet", FLAGS[name]).exit_code in (0, 1)
+    assert cli("run", str(plain), "--quiet", "--trust-model-code").exit_code in (0, 1)
     if effect != "unpickles whole modules":
         assert marker.exists()
         marker.unlink()
-    trusted = write_config(tmp_path, config(tmp_path, model={"path": path.name, name: True}))
+    trusted = write_config(tmp_path, config(tmp_path, model={"path": path.name,
+                                                              "trust_model_code": True}))
     assert load_config(trusted).model.trust_model_code is True
     assert cli("run", str(trusted), "--quiet").exit_code in (0, 1)
     assert marker.exists() or effect == "unpickles whole modules"
@@ -82,4 +78,4 @@ def test_help_says_what_the_switch_allows(command):
     assert "--trust-model-code" in text
     assert "unpickle whole pickled modules and skip sensaudit's checks of .pt2 and TorchScript" \
            in text
-    assert "--trust-pickle" in text and "Deprecated name of --trust-model-code" in text
+    assert "--trust-pickle" not in text

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import DataConfig, ModelConfig
+from ..config_settings import DataConfig, ModelConfig
 from ..errors import ConfigError, ModelLoadError
 
 METADATA_NAME = "sensaudit.json"

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..config_settings import ModelConfig
 from ..errors import ModelLoadError, first_line
 from . import pt2_safety, torchscript_safety
 from .archive_checks import DamagedArchive
@@ -67,17 +67,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(cfg: ModelConfig, *, trust_model_code: bool | None = None,
-               trust_pickle: bool | None = None,
                device: torch.device | None = None) -> LoadedModel:
     """Load ``cfg.path`` into eval mode on ``device`` (default: ``cfg.device``).
 
     ``trust_model_code`` (default: ``cfg.trust_model_code``): treat the file like code you run,
-    i.e. unpickle whole modules and skip the .pt2 and TorchScript checks. ``trust_pickle`` is
-    its deprecated old name and means the same.
+    i.e. unpickle whole modules and skip the .pt2 and TorchScript checks.
     """
     path = cfg.path
-    if trust_model_code is None:
-        trust_model_code = trust_pickle
     trust = cfg.trust_model_code if trust_model_code is None else trust_model_code
     try:
         device = device or resolve_device(cfg.device)

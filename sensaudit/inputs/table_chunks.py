@@ -3,7 +3,7 @@
 A Parquet record batch of numeric columns is copied once into a [rows, features] array, without
 pandas; a CSV block (or a DataFrame's slice, or a batch with text in a feature column) goes
 through pandas, which names a text cell's row. Rows with NaN or infinity are dropped and tallied
-per feature over the whole file (:class:`_MissingValues`), so ``data.on_missing: error`` reports
+per feature over the whole file (:class:`MissingValues`), so ``data.on_missing: error`` reports
 the file's total and the first row of each column.
 """
 
@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..config import DataConfig
+from ..config_settings import DataConfig
 from ..errors import DataError
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ _MISSING_TEXT = {"", "nan", "NaN", "NA", "N/A", "null", "NULL", "None", "inf", "
                  "Infinity", "-Infinity", "infinity", "-infinity"}
 
 
-class _MissingValues:
+class MissingValues:
     """NaN/inf counts per feature over the whole file, so an error reports the file's total
     (not one chunk's) and the first row where each column has one."""
 
@@ -61,7 +61,7 @@ class _MissingValues:
         self.first_row[new] = first_row + np.argmax(bad[:, new], axis=0)
         self.count += bad.sum(axis=0)
 
-    def merge(self, other: _MissingValues) -> None:
+    def merge(self, other: MissingValues) -> None:
         seen = other.count > 0
         earlier = seen & ((self.count == 0) | (other.first_row < self.first_row))
         self.first_row[earlier] = other.first_row[earlier]
@@ -81,11 +81,8 @@ class _MissingValues:
                         "data.on_missing: drop to skip such rows")
 
 
-MissingValues = _MissingValues  # the name other engines use (Ray workers tally per unit)
-
-
 def _frame_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: int,
-                 dtype: torch.dtype, missing: _MissingValues) -> Chunk:
+                 dtype: torch.dtype, missing: MissingValues) -> Chunk:
     """A parsed CSV block (or an in-memory DataFrame's slice) as a validated chunk."""
     values = np.empty((len(frame), len(table.features)), dtype=np.float64)
     integers = {}
@@ -101,7 +98,7 @@ def _frame_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: 
 
 
 def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row: int,
-                 dtype: torch.dtype, missing: _MissingValues) -> Chunk:
+                 dtype: torch.dtype, missing: MissingValues) -> Chunk:
     """A Parquet record batch as a validated chunk, without pandas: every numeric feature
     column is copied once into a [rows, features] array."""
     columns = [batch.column(name) for name in table.features]
@@ -139,7 +136,7 @@ def _arrow_numeric(kind: pa.DataType) -> bool:
 
 def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, table: Table,
            cfg: DataConfig, first_row: int, dtype: torch.dtype,
-           missing: _MissingValues, integers: dict[int, np.ndarray] | None = None) -> Chunk:
+           missing: MissingValues, integers: dict[int, np.ndarray] | None = None) -> Chunk:
     """Validate one block of rows; rows with NaN/inf are dropped here and tallied in
     ``missing``, whose check() at the end of the file decides whether that is an error."""
     finite = np.isfinite(values)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pyarrow as pa
 
-from ..config import DataConfig
+from ..config_settings import DataConfig
 from ..errors import DataError, first_line
 from .dataset import is_parquet
 from .table_chunks import _MISSING_TEXT

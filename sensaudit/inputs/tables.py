@@ -25,24 +25,20 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..config import DataConfig
+from ..config_settings import DataConfig
 from ..errors import DataError, first_line
 from . import dataset
-from .dataset import PARQUET_SUFFIXES, WorkUnit
+from .dataset import WorkUnit
 from .table_chunks import (
     _MISSING_TEXT,
     Chunk,
     MissingValues,
     _batch_chunk,
     _frame_chunk,
-    _MissingValues,
     _numeric,
     _numeric_column,
 )
 from .table_files import _check_duplicates, _header, _read_blocks, _read_frames
-
-__all__ = ["PARQUET_SUFFIXES", "Chunk", "MissingValues", "Table", "frame_table", "iter_chunks",
-           "iter_frame_chunks", "iter_unit_chunks", "open_table"]
 
 
 @dataclass(frozen=True)
@@ -132,7 +128,7 @@ def iter_frame_chunks(frame: pd.DataFrame, table: Table, cfg: DataConfig,
     frame = frame.rename(columns=str)
     if len(frame) == 0:
         raise DataError(f"{cfg.path}: the data has a header but no rows")
-    missing = _MissingValues(table.features)
+    missing = MissingValues(table.features)
     for start in range(0, len(frame), cfg.chunk_rows):
         yield _frame_chunk(frame.iloc[start : start + cfg.chunk_rows], table, cfg, start + 1,
                            dtype, missing)
@@ -151,7 +147,7 @@ def iter_chunks(table: Table, cfg: DataConfig, dtype: torch.dtype = torch.float3
         yield from _dataset_chunks(table, cfg, dtype)
         return
     first_row = 1
-    missing = _MissingValues(table.features)
+    missing = MissingValues(table.features)
     try:
         for block in _read_blocks(cfg, table):
             rows = block.num_rows if isinstance(block, pa.RecordBatch) else len(block)

@@ -19,5 +19,7 @@ METHODS: dict[str, type[AttributionMethod]] = {
     IntegratedGradients.name: IntegratedGradients,
 }
 
-__all__ = ["METHODS", "AttributionMethod", "Attributions", "Gradient", "GradientXInput",
-           "IntegratedGradients", "SmoothGrad"]
+# Attributions: sensaudit/checks/ still imports it from here (the checks are being reworked on
+# another branch; once merged, import it from .base there and drop it here).
+__all__ = ["METHODS", "Attributions", "Gradient", "GradientXInput", "IntegratedGradients",
+           "SmoothGrad"]

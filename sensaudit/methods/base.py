@@ -18,7 +18,7 @@ import torch
 from ..engine import Model
 
 if TYPE_CHECKING:
-    from ..config import AuditSettings
+    from ..config_settings import AuditSettings
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import AuditSettings
+from ..config_settings import AuditSettings
 from ..engine import Model, as_output_matrix, default_batch_size, scores_and_jacobian
 from .base import AttributionMethod, Attributions
 

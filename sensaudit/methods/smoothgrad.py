@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import AuditSettings
+from ..config_settings import AuditSettings
 from ..engine import Model, as_output_matrix, default_batch_size, scores_and_jacobian
 from ..stats import _splitmix64
 from .base import AttributionMethod, Attributions

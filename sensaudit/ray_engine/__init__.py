@@ -6,9 +6,6 @@
 - :mod:`.schedule`: work units over the actors, results back in unit order;
 - :mod:`.driver`: the passes, merged into the local engine's results.
 
-Nothing here imports Ray until an audit runs on it.
+The entry points are :func:`.driver.audit_on_ray` and :func:`.driver.compare_on_ray`. Nothing
+here imports Ray until an audit runs on it.
 """
-
-from .driver import audit_on_ray, compare_on_ray
-
-__all__ = ["audit_on_ray", "compare_on_ray"]

@@ -37,14 +37,25 @@ import torch
 from ..baselines import FeatureSummary, Reference, baseline_vector, check_baseline
 from ..checks import build_checks
 from ..compare import ComparisonResult, comparison_result
-from ..config import AuditSettings, Config, DataConfig, ModelConfig
+from ..config import Config
+from ..config_settings import AuditSettings, DataConfig, ModelConfig
 from ..errors import DataError
 from ..examples import ExampleDrivers
 from ..inputs import tables
 from ..inputs.dataset import work_units
 from ..inputs.models import LoadedModel, load_model
-from ..inputs.tables import Chunk, MissingValues, Table
-from ..methods import AttributionMethod
+from ..inputs.table_chunks import Chunk, MissingValues
+from ..inputs.tables import Table
+from ..judging import (
+    audit_result,
+    feature_std,
+    judge_model,
+    method_details,
+    rank_model,
+    skipped_note,
+)
+from ..methods.base import AttributionMethod
+from ..model_ready import prepare_model
 from ..pipeline import (
     ExampleSink,
     ModelPass,
@@ -52,17 +63,10 @@ from ..pipeline import (
     ReadPass,
     _check_rows,
     _check_same_outputs,
-    audit_result,
-    example_drivers,
-    feature_std,
-    judge_model,
     make_method,
-    method_details,
     needs_prepass,
-    prepare_model,
-    rank_model,
-    skipped_note,
 )
+from ..replay import example_drivers
 from ..results import AuditResult
 from ..row_stats import FeatureRange
 from ..spill import Spill
@@ -111,25 +115,25 @@ class _Merged:
 
 def audit_on_ray(config: Config, data: DataConfig, table: Table, *, progress: Progress,
                  example_sink: ExampleSink | None, notes: list[str],
-                 trust_model_code: bool | None, trust_pickle: bool | None) -> AuditResult:
+                 trust_model_code: bool | None) -> AuditResult:
     """``api.audit`` on the Ray engine: the same result, computed by a pool of actors."""
     if config.model is None:
         raise ValueError("audit_on_ray needs config.model")
     results, _ = _run(config, (config.model,), data, table, progress=progress,
                       example_sink=example_sink, notes=notes, compare=False,
-                      trust=(trust_model_code, trust_pickle))
+                      trust=trust_model_code)
     return results[0]
 
 
 def compare_on_ray(config: Config, models: Sequence[ModelConfig], data: DataConfig,
                    table: Table, *, progress: Progress, notes: list[str],
-                   replicas: tuple[int, int], trust_model_code: bool | None,
-                   trust_pickle: bool | None) -> ComparisonResult:
+                   replicas: tuple[int, int],
+                   trust_model_code: bool | None) -> ComparisonResult:
     """``api.compare_models`` on the Ray engine: every model in the same actors, on the same
     units; the bootstrap weights are a function of (seed, replicate, row number)."""
     results, compared = _run(config, tuple(models), data, table, progress=progress,
                              example_sink=None, notes=notes, compare=True,
-                             trust=(trust_model_code, trust_pickle))
+                             trust=trust_model_code)
     if compared is None or compared.agreement is None:
         raise RuntimeError("the compare accumulators were not merged")
     method = make_method(config.audit, config.source)
@@ -140,7 +144,7 @@ def compare_on_ray(config: Config, models: Sequence[ModelConfig], data: DataConf
 
 def _run(config: Config, model_cfgs: tuple[ModelConfig, ...], data: DataConfig, table: Table,
          *, progress: Progress, example_sink: ExampleSink | None, notes: list[str],
-         compare: bool, trust: tuple[bool | None, bool | None]
+         compare: bool, trust: bool | None
          ) -> tuple[list[AuditResult], _Compared | None]:
     require_ray(config.source)  # before any model is loaded: say how to install it first
     settings, source = config.audit, config.source
@@ -149,8 +153,8 @@ def _run(config: Config, model_cfgs: tuple[ModelConfig, ...], data: DataConfig, 
     check_baseline(settings.baseline, table.features, source)
     # The driver's copies are for probing and for the results' names and paths; the workers
     # load their own, on their own devices.
-    loaded = [load_model(cfg, trust_model_code=trust[0], trust_pickle=trust[1],
-                         device=torch.device("cpu")) for cfg in model_cfgs]
+    loaded = [load_model(cfg, trust_model_code=trust, device=torch.device("cpu"))
+              for cfg in model_cfgs]
     read_dtype = _narrowest(loaded)
     probe = _probe(table, data, read_dtype)
     passes = []
@@ -161,7 +165,7 @@ def _run(config: Config, model_cfgs: tuple[ModelConfig, ...], data: DataConfig, 
                                 checks=build_checks(settings, source)))
     _check_same_outputs(passes)
     units = work_units(data.path, config.ray.rows_per_batch)
-    job = Job(models=model_cfgs, trust_model_code=trust[0], trust_pickle=trust[1],
+    job = Job(models=model_cfgs, trust_model_code=trust,
               prepare_cfg=config.model, data=data, table=table, units=tuple(units),
               settings=settings, source=source, read_dtype=read_dtype, probe=probe,
               threads=max(1, int(config.ray.cpus_per_worker)), cwd=os.getcwd())

@@ -17,12 +17,13 @@ import pyarrow as pa
 import torch
 
 from ..baselines import FeatureSummary
-from ..checks import Check
-from ..config import AuditSettings, CompareSettings, DataConfig, ModelConfig
+from ..checks.base import Check
+from ..config_settings import AuditSettings, CompareSettings, DataConfig, ModelConfig
 from ..errors import SensauditError
 from ..examples import ExampleDrivers
 from ..inputs.dataset import WorkUnit
-from ..inputs.tables import MissingValues, Table
+from ..inputs.table_chunks import MissingValues
+from ..inputs.tables import Table
 from ..row_stats import FeatureRange
 from ..stats import (
     AgreementAccumulator,
@@ -39,7 +40,6 @@ class Job:
 
     models: tuple[ModelConfig, ...]  # each model's file and loading settings (old, new, ...)
     trust_model_code: bool | None  # as the caller passed it to the local loader
-    trust_pickle: bool | None
     prepare_cfg: ModelConfig | None  # model.output, output_names, transform (pipeline)
     data: DataConfig  # with the features resolved (model_inputs.match_data)
     table: Table

@@ -23,24 +23,17 @@ import torch
 
 from .._version import __version__
 from ..baselines import FeatureSummary
-from ..checks import Ranking, build_checks
+from ..checks import build_checks
+from ..checks.base import Ranking
 from ..compare import add_agreement, add_bootstrap, check_bootstrap_size
 from ..errors import SensauditError
 from ..inputs import tables
 from ..inputs.models import LoadedModel, load_model
-from ..inputs.tables import Chunk, MissingValues
-from ..methods import AttributionMethod, Attributions
-from ..pipeline import (
-    ModelPass,
-    PreparedModel,
-    ReadPass,
-    attribute_chunk,
-    example_drivers,
-    make_method,
-    prepare_model,
-    read_chunk,
-)
-from ..replay import model_context, replay_checks
+from ..inputs.table_chunks import Chunk, MissingValues
+from ..methods.base import AttributionMethod, Attributions
+from ..model_ready import PreparedModel, attribute_chunk, prepare_model
+from ..pipeline import ModelPass, ReadPass, make_method, read_chunk
+from ..replay import example_drivers, model_context, replay_checks
 from ..row_stats import FeatureRange
 from ..spill import Spill, SpilledChunk
 from ..stats import (
@@ -223,8 +216,7 @@ class AuditWorker:
         if self.models is None:
             job = self.job
             loaded: list[LoadedModel] = [
-                load_model(cfg, trust_model_code=job.trust_model_code,
-                           trust_pickle=job.trust_pickle) for cfg in job.models]
+                load_model(cfg, trust_model_code=job.trust_model_code) for cfg in job.models]
             self.models = [prepare_model(m, job.probe.to(m.device, m.dtype), job.prepare_cfg,
                                          job.source, job.table) for m in loaded]
         return self.models

@@ -62,4 +62,4 @@ def _installed(package: str) -> bool:
         return False
 
 
-__all__ = ["WRITERS", "ReportWriter", "StagedReport", "open_writers", "unavailable"]
+__all__ = ["WRITERS", "open_writers", "unavailable"]

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from .._version import __version__
-from ..checks import Gate, Notice
+from ..checks.base import Gate, Notice
 from ..compare import ComparisonResult
 from ..results import AuditResult
 from .base import ReportWriter
