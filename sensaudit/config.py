@@ -20,22 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config_checks import (
-    Expectation,
-    FeatureGroup,
-    LayerHealthSettings,
-    LinearitySettings,
-    RobustnessSettings,
-)
 from .config_ray import RaySettings, parse_engine
 from .config_sections import _audit, _compare, _data, _default_report_dir, _model, _report
 from .config_settings import (
     AuditSettings,
     CompareSettings,
     DataConfig,
-    MisscoredRule,
     ModelConfig,
-    ProxyLimit,
     ReportConfig,
 )
 from .config_validate import _Validator
@@ -43,22 +34,7 @@ from .errors import ConfigError
 from .inputs.regular import MAX_CONFIG_BYTES, read_capped
 from .yaml_loader import load_yaml
 
-# Besides Config and its loaders: the settings sensaudit/checks/ still imports from here. They
-# belong to config_settings and config_checks; the checks are being reworked on another branch,
-# so once it is merged, import them from their own modules there and drop them here.
-__all__ = [
-    "AuditSettings",
-    "Config",
-    "Expectation",
-    "FeatureGroup",
-    "LayerHealthSettings",
-    "LinearitySettings",
-    "MisscoredRule",
-    "ProxyLimit",
-    "RobustnessSettings",
-    "load_config",
-    "parse_config",
-]
+__all__ = ["Config", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sensaudit.checks import CHECKS, Check, CheckResult, Ranking
-from sensaudit.config import AuditSettings
-from sensaudit.methods import Attributions
+from sensaudit.checks import CHECKS
+from sensaudit.checks.base import Check, CheckResult, Ranking
+from sensaudit.config_settings import AuditSettings
+from sensaudit.methods.base import Attributions
 
 
 class RowCount(Check):

@@ -27,13 +27,12 @@ from test_merge_checks import _context, _model
 import sensaudit
 from sensaudit import checks
 from sensaudit.api import run_audit
-from sensaudit.checks import Check, CheckResult, ReplayChunk
-from sensaudit.checks.base import PER_CHUNK_HOOKS
+from sensaudit.checks.base import PER_CHUNK_HOOKS, Check, CheckResult, ReplayChunk
 from sensaudit.checks.monotonicity import Monotonicity
-from sensaudit.config import AuditSettings
 from sensaudit.config_checks import Expectation
 from sensaudit.config_ray import RaySettings
-from sensaudit.methods import Attributions
+from sensaudit.config_settings import AuditSettings
+from sensaudit.methods.base import Attributions
 from sensaudit.overrides import with_overrides
 from sensaudit.stats import finite_rows
 

@@ -6,9 +6,9 @@ To add a check, subclass :class:`~sensaudit.checks.base.Check` in a new file and
 
 from __future__ import annotations
 
-from ..config import AuditSettings
+from ..config_settings import AuditSettings
 from ..errors import ConfigError
-from .base import Check, CheckResult, Gate, ModelContext, Notice, Ranking, ReplayChunk
+from .base import Check
 from .completeness import Completeness
 from .dominance import Dominance
 from .layer_health import LayerHealth
@@ -49,5 +49,4 @@ def build_checks(settings: AuditSettings, source: object) -> list[Check]:
     return built
 
 
-__all__ = ["CHECKS", "Check", "CheckResult", "Gate", "ModelContext", "Notice", "Ranking",
-           "ReplayChunk", "build_checks"]
+__all__ = ["CHECKS", "build_checks"]

@@ -33,9 +33,9 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..config import AuditSettings
+from ..config_settings import AuditSettings
 from ..engine import Model
-from ..methods import Attributions
+from ..methods.base import Attributions
 
 
 @dataclass

@@ -15,9 +15,10 @@ import math
 import numpy as np
 import torch
 
-from ..config import AuditSettings
+from ..config_settings import AuditSettings
 from ..errors import ConfigError
-from ..methods import METHODS, Attributions
+from ..methods import METHODS
+from ..methods.base import Attributions
 from ..stats import finite_rows
 from .base import Check, CheckResult, Notice, Ranking
 

@@ -3,7 +3,7 @@ unknown proxies show up, so it gets a warning (not a failed gate)."""
 
 from __future__ import annotations
 
-from ..config import AuditSettings
+from ..config_settings import AuditSettings
 from .base import Check, CheckResult, Notice, Ranking
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import MisscoredRule
+from ..config_settings import MisscoredRule
 from ..stats import PoissonBootstrap
 
 # Rows per block of bootstrap weights: [samples + 1, block] float64 stays a few MB.

@@ -27,7 +27,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..config import AuditSettings, LayerHealthSettings
+from ..config_checks import LayerHealthSettings
+from ..config_settings import AuditSettings
 from ..engine import as_output_matrix
 from ..row_stats import LogHistogram
 from .base import Check, CheckResult, Gate, ModelContext, Notice, Ranking, ReplayChunk

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import AuditSettings, LinearitySettings
+from ..config_checks import LinearitySettings
+from ..config_settings import AuditSettings
 from ..engine import scores_and_jacobian
 from ..perturb import finite_steps
 from .base import Check, CheckResult, Gate, ModelContext, Notice, Ranking, ReplayChunk

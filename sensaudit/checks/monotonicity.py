@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..config import AuditSettings, Expectation
+from ..config_checks import Expectation
+from ..config_settings import AuditSettings
 from ..stats import TopRows, _item, _scalar
 from .base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
 

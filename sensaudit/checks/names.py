@@ -7,7 +7,7 @@ or an immutable feature must stop the audit, not silently switch a check off.
 
 from __future__ import annotations
 
-from ..config import AuditSettings
+from ..config_settings import AuditSettings
 from ..errors import ConfigError, did_you_mean
 
 

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import AuditSettings, FeatureGroup
+from ..config_checks import FeatureGroup
+from ..config_settings import AuditSettings
 from ..perturb import level_switches
 from .base import Check, CheckResult, ModelContext, Ranking, ReplayChunk
 

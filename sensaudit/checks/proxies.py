@@ -12,9 +12,9 @@ import math
 import numpy as np
 import torch
 
-from ..config import AuditSettings, ProxyLimit
 from ..config_checks import FeatureGroup
-from ..methods import Attributions
+from ..config_settings import AuditSettings, ProxyLimit
+from ..methods.base import Attributions
 from ..stats import finite_rows
 from .base import Check, CheckResult, Gate, Notice, Ranking
 from .proxy_probe import ProbeFigures, ProbeSample, probe

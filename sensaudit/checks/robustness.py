@@ -24,7 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..config import AuditSettings, RobustnessSettings
+from ..config_checks import RobustnessSettings
+from ..config_settings import AuditSettings
 from ..perturb import adversarial_shift, feature_effects
 from ..row_stats import RowColumns
 from .base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk

@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import AuditSettings, MisscoredRule
+from ..config_settings import AuditSettings, MisscoredRule
 from ..errors import ConfigError, describe, did_you_mean
-from ..methods import Attributions
+from ..methods.base import Attributions
 from ..stats import PoissonBootstrap, finite_rows
 from ..text_safety import markdown_name
 from .base import Check, CheckResult, Gate, Notice, Ranking
