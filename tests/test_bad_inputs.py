@@ -327,6 +327,7 @@ def test_malicious_pickle_payload_is_real(tmp_path):
     assert marker.read_text() == "payload ran"
 
 
+@pytest.mark.slow
 def test_malicious_pickle_never_runs_in_a_fresh_interpreter(setup, tmp_path):
     marker = tmp_path / "PAYLOAD_RAN"
     (tmp_path / "evil.pt").write_bytes(payload_bytes(marker))
@@ -1011,6 +1012,7 @@ def test_proxy_declared_twice(setup, tmp_path):
 # --- end to end in a fresh interpreter, and --debug -----------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("breakage", ["missing model", "text cell", "yaml"])
 def test_one_line_error_in_a_fresh_interpreter(setup, tmp_path, breakage):
     cfg = setup()
@@ -1031,6 +1033,7 @@ def test_one_line_error_in_a_fresh_interpreter(setup, tmp_path, breakage):
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(setup, tmp_path):
     (tmp_path / "model.pt2").unlink()
     done = subprocess_run("run", str(setup()), "--debug")

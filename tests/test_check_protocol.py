@@ -154,6 +154,7 @@ def _counted(result) -> int:
     return next(c for c in result.checks if c.check == "row_count").summary["row_count"]
 
 
+@pytest.mark.slow
 def test_a_row_count_check_counts_the_same_rows_locally_and_on_ray(tmp_path, monkeypatch):
     """Split into 7 work units over 2 workers: every worker's count reaches the driver."""
     ray = pytest.importorskip("ray", reason="the Ray engine's tests need Ray "

@@ -196,6 +196,7 @@ def test_quiet_names_every_failed_gate_on_one_line_each(tmp_path, assets):
         f"Audit FAILED: 1 flag(s), 0 warning(s), 60 rows; reports in {tmp_path / 'out'}"]
 
 
+@pytest.mark.slow
 def test_nothing_is_wrapped_off_a_terminal(tmp_path, assets):
     """A CI log is no terminal and sets no COLUMNS: rich would wrap at 80 columns and split
     the report path and long feature names."""

@@ -305,6 +305,7 @@ def test_removed_trust_pickle_flag_is_a_usage_error(command):
     assert "No such option: --trust-pickle" in result.stderr
 
 
+@pytest.mark.slow
 def test_python_dash_m_reports_errors_without_traceback(tmp_path):
     env = {**os.environ, "COLUMNS": "1000",
            "PYTHONPATH": os.pathsep.join([str(Path(sensaudit.__file__).parents[1]),

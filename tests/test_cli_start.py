@@ -111,6 +111,7 @@ def test_python_dash_m_from_the_checkout_folder(tmp_path):
     assert _cli_loaded_from(proc.stderr) == (ROOT / "sensaudit" / "cli.py").resolve()
 
 
+@pytest.mark.slow
 def test_python_dash_m_from_the_folder_holding_the_checkout(tmp_path):
     """A checkout named sensaudit seen from its parent is a namespace package: the root's
     __main__.py runs the package it holds (this checkout's, not an installed copy)."""

@@ -141,6 +141,7 @@ def _looped_rows(tmp_path: Path) -> Path:
     return tmp_path / "rows"
 
 
+@pytest.mark.slow
 def test_glob_follows_a_symlink_loop_without_end_in_plain_python(tmp_path):
     rows = _looped_rows(tmp_path)
     code = f"import glob; glob.glob({str(rows / '**' / '*.parquet')!r}, recursive=True)"
@@ -157,6 +158,7 @@ def test_a_glob_over_a_symlink_loop_reads_each_file_once(tmp_path):
     assert protected_files(rows / "**" / "*.parquet") == [rows / "**" / "*.parquet", *files]
 
 
+@pytest.mark.slow
 def test_a_run_over_a_symlink_loop_ends(tmp_path):
     rows = _looped_rows(tmp_path)
     export(Scorer(), tmp_path / "model.pt2")
@@ -230,6 +232,7 @@ def test_a_symlinked_or_special_manifest_is_not_read(tmp_path):
     assert not (reports / MANIFEST_NAME).is_symlink()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
 def test_a_fifo_or_device_as_manifest_does_not_hang(tmp_path, special):
     reports = tmp_path / "reports"
@@ -260,6 +263,7 @@ def _special(tmp_path: Path, kind: str) -> Path:
     return Path("/dev/zero")
 
 
+@pytest.mark.slow
 def test_a_fifo_blocks_a_plain_read(tmp_path):
     fifo = _special(tmp_path, "fifo")
     code = f"open({str(fifo)!r}, 'rb').read()"
@@ -276,6 +280,7 @@ def _one_line_refusal(done: subprocess.CompletedProcess, path: Path, key: str) -
                         "only regular files (write the content to a file)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "zero"])
 def test_special_files_are_refused_wherever_they_are_named(tmp_path, kind):
     """Each path the CLI opens: the config, run's model, compare's OLD and NEW (and a
@@ -318,7 +323,9 @@ def test_a_config_larger_than_the_limit_is_refused(tmp_path):
 # --- compare's bootstrap memory ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("features, samples", [(2000, 100_000), (100_000, None)])
+# A 100,000-column Parquet takes seconds to write and to read: the quick loop keeps the other.
+@pytest.mark.parametrize("features, samples", [
+    (2000, 100_000), pytest.param(100_000, None, marks=pytest.mark.slow)])
 def test_a_bootstrap_too_large_for_memory_is_refused_before_any_row_is_read(
         tmp_path, features, samples):
     """Before: [samples, features] float64 accumulators, several per model, grew until the
@@ -348,6 +355,7 @@ def test_a_bootstrap_too_large_for_memory_is_refused_before_any_row_is_read(
     assert not (tmp_path / "reports").exists()
 
 
+@pytest.mark.slow
 def test_a_standard_library_module_as_model_class_is_not_imported(tmp_path):
     # Importing `this` prints the Zen of Python: a module's code runs when it is imported.
     done = subprocess.run([sys.executable, "-c", "import this"], capture_output=True, text=True,

@@ -167,6 +167,7 @@ def test_torch_versions_are_compared_as_numbers(version, supported):
     assert parse_version(version) >= MIN_TORCH or not supported
 
 
+@pytest.mark.slow
 def test_an_old_torch_is_refused_with_one_line(tmp_path, assets):
     config = write_config(tmp_path / "audit.yaml", assets)
     code = ("import sys, torch; torch.__version__ = '2.7.1+cpu'; "

@@ -216,6 +216,7 @@ def test_dropout_is_admitted_only_in_eval_mode(tmp_path):
 BOMB = "Pow(Integer(9), Pow(Integer(9), Pow(Integer(9), Integer(9))))"
 
 
+@pytest.mark.slow
 def test_a_power_tower_hangs_plain_torch(tmp_path):
     good = crafted.dropout(tmp_path, train=False)
     evil = crafted.expression(good, tmp_path / "bomb.pt2", BOMB)

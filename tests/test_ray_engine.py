@@ -105,6 +105,7 @@ def _same_reports(local: Path, on_ray: Path, tables: tuple[str, ...] = ()) -> No
 # --- the sample audit and compare ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sample_audit_matches_local(ray_up, tmp_path):
     """configs/scorer_v2.yaml: proxies, misscored rows, expect (replayed), robustness
     (replayed), suspects; one CSV file is one work unit."""
@@ -116,6 +117,7 @@ def test_sample_audit_matches_local(ray_up, tmp_path):
                   ("robustness.csv", "monotonicity.csv", "suspects.csv"))
 
 
+@pytest.mark.slow
 def test_auto_examples_beyond_the_limit_match_local(ray_up, tmp_path, monkeypatch):
     """report.examples: auto over more rows than it writes one by one: on both engines the
     per-row file holds the rows report.md lists (the sample is a CSV, whose row count Ray
@@ -151,6 +153,7 @@ def test_held_rows_are_written_only_within_the_limit():
     assert held.release() and written[0].num_rows == 15
 
 
+@pytest.mark.slow
 def test_sample_compare_matches_local(ray_up, tmp_path):
     """compare v1 -> v2: both models in the same actors; the paired bootstrap's intervals and
     the per-row agreement merge to the local figures."""
@@ -169,6 +172,7 @@ def test_sample_compare_matches_local(ray_up, tmp_path):
 # --- a planted proxy -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_planted_proxy_is_flagged_on_both_engines(ray_up, tmp_path):
     """y = 0.01 length + clarity + 0.5 noise: length holds ~40% of the sensitivity, over its
     max_share of 0.15 (tests/audit_setup.py); both engines flag it, exit 1 from the CLI."""
@@ -193,6 +197,7 @@ class _SteppedLength(torch.nn.Module):
         return x[:, 1] + 0.5 * x[:, 2] + (x[:, 0] > 300.0).to(x.dtype) * 100
 
 
+@pytest.mark.slow
 def test_a_blind_proxy_cannot_pass_on_either_engine(ray_up, tmp_path):
     """The proxy probe runs on the driver with the rows the workers sampled: the same verdict
     and figures as the local engine (sensaudit/checks/proxy_probe.py)."""
@@ -265,6 +270,7 @@ audit:
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,pattern,workers", [
     ("gradient", None, 2),
     ("integrated_gradients", "parts/**/*.parquet", 1),
@@ -362,6 +368,7 @@ def test_without_ray_the_engine_says_how_to_install_it(tmp_path, monkeypatch):
     assert message.endswith("pip install 'sensaudit[ray]'")
 
 
+@pytest.mark.slow
 def test_a_worker_meets_bad_data_as_the_local_engine_does(ray_up, tmp_path):
     """Text in the last file's feature column: the worker's DataError is the driver's, exit
     2, the same message as the local engine's."""
@@ -379,6 +386,7 @@ def test_a_worker_meets_bad_data_as_the_local_engine_does(ray_up, tmp_path):
                                "('n/a?'); expected numbers")
 
 
+@pytest.mark.slow
 def test_an_untrusted_pickled_model_never_runs_on_the_ray_engine(ray_up, tmp_path):
     """A pickle whose unpickling runs a payload, audited with engine: ray: refused with the
     local engine's message (exit 2) before any worker starts, and the payload never runs.
@@ -397,6 +405,7 @@ def test_an_untrusted_pickled_model_never_runs_on_the_ray_engine(ray_up, tmp_pat
 
 
 
+@pytest.mark.slow
 def test_a_torchscript_cpp_custom_class_never_runs_on_the_ray_engine(ray_up, tmp_path):
     """A TorchScript file whose data.pkl holds a C++ custom class object (aten.OpaqueObject,
     which unpickles its state: tests/test_torchscript_safety.py shows the payload running on
@@ -519,6 +528,7 @@ app()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["init", "get"])
 def test_sigterm_on_a_ray_run_exits_143_and_writes_nothing(tmp_path, point):
     pytest.importorskip("ray", reason="needs Ray")

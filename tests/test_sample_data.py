@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,6 +16,7 @@ def test_sample_data_is_small():
     assert total < 1_000_000
 
 
+@pytest.mark.slow
 def test_script_regenerates_the_shipped_csvs_byte_for_byte(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_sample_data.py"),
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)

@@ -154,6 +154,7 @@ def _nested_tuple_constant(plain: Path, target: Path, depth: int) -> Path:
     return crafted.rebuild(plain, target, edit)
 
 
+@pytest.mark.slow
 def test_a_nested_tuple_constant_hangs_plain_torch_and_is_refused(plain, tmp_path):
     """A tuple constant nested 40 deep: under 2 KB. torch.jit.load's time doubles with each
     level (30 levels: 40 s), so it would not finish for days; sensaudit refuses tuples within
