@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make demo   set up, then walk the sample loop: v1's suspect found (exit 1), resample, v2 passes
 #   make test   set up, then run the test suite (what CI runs, via .ci/run)
+#   make test-fast  the quick loop while editing: the tests not marked slow, no lint
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-0.1.0
 
-.PHONY: demo demo-run docs-chart test lint bench sample-data clean test-torch-next version-fixtures
+.PHONY: demo demo-run docs-chart test test-fast lint bench sample-data clean test-torch-next version-fixtures
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,12 @@ test: $(STAMP)
 	$(BIN)/ruff check sensaudit tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The quick loop while editing (under 2 minutes on 2 cores): every module's tests except those
+# marked slow (the sample demo, Ray, fresh interpreters, deliberate hangs; pyproject.toml says
+# which). `make test` and CI run them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 # The next torch release beside the pinned one (torch 2.14.1, about 6 GB with its CUDA
 # libraries): the model-file tests, the files each release wrote, and the sample audit, under

@@ -28,6 +28,11 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_test_one():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo: \$\(STAMP\)", makefile, flags=re.M)
     assert re.search(r"^test: \$\(STAMP\)", makefile, flags=re.M)
+    # The quick loop while editing leaves out the slow tests; `make test` (CI) runs them all.
+    assert re.search(r'^test-fast: \$\(STAMP\)\n\t\$\(BIN\)/python -m pytest -m "not slow"$',
+                     makefile, flags=re.M)
+    assert "make test-fast" in (ROOT / "README.md").read_text()
+    assert re.search(r"^\t\$\(BIN\)/python -m pytest$", makefile, flags=re.M)
     # The package accepts a torch range; the exact dev/CI version is the constraints file's,
     # which the set-up installs with and the README names.
     assert '"torch>=' in (ROOT / "pyproject.toml").read_text()
@@ -38,6 +43,7 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_test_one():
     assert "torch==2.13.0" in (ROOT / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_demo_path_runs_and_tells_the_story(tmp_path):
     # `make demo` = install, then `make demo-run`; run the latter on this interpreter.
     done = subprocess.run(["make", "--no-print-directory", "demo-run",
