@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import _splitmix64
+from .stats import splitmix64
 
 DEFAULT_KEEP = 2_000
 
@@ -24,7 +24,7 @@ def row_priority(rows: np.ndarray, salt: int = 0) -> np.ndarray:
     """uint64 [rows]: splitmix64 of each int64 row number xor ``salt`` (uniform, and distinct
     rows never tie). Samples with different salts keep unrelated rows."""
     with np.errstate(over="ignore"):
-        return _splitmix64(rows.astype(np.uint64) ^ np.uint64(salt))
+        return splitmix64(rows.astype(np.uint64) ^ np.uint64(salt))
 
 
 @dataclass

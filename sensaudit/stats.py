@@ -223,7 +223,7 @@ class TopRows(Generic[T]):
 _POISSON1_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(16)])
 
 
-def _splitmix64(z: np.ndarray) -> np.ndarray:
+def splitmix64(z: np.ndarray) -> np.ndarray:
     # A counter-based hash (Steele et al.'s SplitMix64 finaliser): numpy uint64 arithmetic wraps.
     z = z + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -245,7 +245,7 @@ class PoissonBootstrap:
         with np.errstate(over="ignore"):
             replicate = np.arange(self.samples, dtype=np.uint64)[:, None]
             key = (np.uint64(self.seed) * np.uint64(0x100000001B3)) ^ (replicate << np.uint64(40))
-            z = _splitmix64(key + np.asarray(rows, dtype=np.uint64)[None, :])
+            z = splitmix64(key + np.asarray(rows, dtype=np.uint64)[None, :])
         uniform = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
         return torch.from_numpy(np.searchsorted(_POISSON1_CDF, uniform).astype(np.float64))
 

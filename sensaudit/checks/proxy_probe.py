@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..engine import Model, as_output_matrix, scores_and_jacobian
-from ..stats import _splitmix64
+from ..stats import splitmix64
 
 # Enough rows to see a step crossed: a threshold inside the data's bulk is crossed by a
 # half-std step on roughly 10-20% of rows each way, i.e. dozens of the 256; few enough that
@@ -80,7 +80,7 @@ class ProbeSample:
         if not mask.any():
             return
         with np.errstate(over="ignore"):
-            keys = _splitmix64(np.asarray(rows, dtype=np.int64)[mask].astype(np.uint64))
+            keys = splitmix64(np.asarray(rows, dtype=np.int64)[mask].astype(np.uint64))
         self._add(keys, x.detach()[torch.from_numpy(mask).to(x.device)].cpu())
 
     def merge(self, other: ProbeSample) -> None:

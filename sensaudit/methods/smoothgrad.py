@@ -16,7 +16,7 @@ import torch
 
 from ..config_settings import AuditSettings
 from ..engine import Model, as_output_matrix, default_batch_size, scores_and_jacobian
-from ..stats import _splitmix64
+from ..stats import splitmix64
 from .base import AttributionMethod, Attributions
 
 # Noisy copies attributed per engine call, in engine chunks (as integrated_gradients does).
@@ -38,9 +38,9 @@ def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
     return (z >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def splitmix64(z: torch.Tensor) -> torch.Tensor:
+def splitmix64_torch(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64's finaliser on int64 tensors, wrapping as the uint64 original does (the
-    same bits as :func:`sensaudit.stats._splitmix64`; tests/test_methods.py checks)."""
+    same bits as :func:`sensaudit.stats.splitmix64`; tests/test_methods.py checks)."""
     z = z + _GAMMA
     z = (z ^ _shift_right(z, 30)) * _MIX1
     z = (z ^ _shift_right(z, 27)) * _MIX2
@@ -72,14 +72,14 @@ class GaussianNoise:
         self.tables = tables / tables.pow(2).mean(1, keepdim=True).sqrt() / 2**0.5
         self._placed: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         with np.errstate(over="ignore"):
-            self._key = _signed(int(_splitmix64(np.array([seed], dtype=np.uint64))[0]))
+            self._key = _signed(int(splitmix64(np.array([seed], dtype=np.uint64))[0]))
 
     def indices(self, rows: np.ndarray, samples: int,
                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """The table rows (int64 [rows, samples] each) the copies of these rows use."""
         row = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)
         sample = torch.arange(samples, device=device)
-        bits = splitmix64(splitmix64(row + self._key)[:, None] + sample[None, :])
+        bits = splitmix64_torch(splitmix64_torch(row + self._key)[:, None] + sample[None, :])
         mask = NOISE_TABLE_ROWS - 1
         return bits & mask, _shift_right(bits, 32) & mask
 
