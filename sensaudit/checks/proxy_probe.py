@@ -167,7 +167,8 @@ def _judge(output: str, name: str, constant: bool, rows: int,
             return figures
         if best is None or missed * best.predicted > best.missed * predicted:
             best = figures
-    assert best is not None
+    if best is None:  # python -O strips asserts: an empty trial list must still be an error
+        raise ValueError(f"no probe step was tried for {name!r}")
     return best
 
 
