@@ -7,9 +7,12 @@ through sensaudit. Models read 3 features, like ``helpers_bad.Scorer``.
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import pickle
 import struct
+import time
+import tracemalloc
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -19,7 +22,29 @@ import torch
 from helpers_bad import Payload, Scorer
 from torch import nn
 
+from sensaudit import ModelLoadError, load_model
+from sensaudit.config_settings import ModelConfig
+
 Edit = Callable[[str, bytes], bytes]
+
+
+def refusal_cost(path: Path) -> tuple[str, float, int]:
+    """load_model's refusal of ``path``: (its message, seconds taken, peak bytes of Python
+    allocations), measured after a collection so earlier tests' garbage is not counted."""
+    gc.collect()
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        load_model(ModelConfig(path=path, device="cpu"))
+    except ModelLoadError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError(f"{path} was loaded, not refused")
+    finally:
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return message, elapsed, peak
 
 
 def rebuild(source: Path, target: Path, edit: Edit | None = None,
