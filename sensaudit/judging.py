@@ -73,7 +73,7 @@ def rank_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
         ranked = add_group_rows(ranked, settings.groups)
     return Ranking(table=ranked, features=features, outputs=outputs,
                    per_unit=method.per_unit, model=model_pass.prepared.module,
-                   device=loaded.device)
+                   device=loaded.device, dtype=loaded.dtype)
 
 
 def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor,

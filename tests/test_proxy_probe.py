@@ -16,9 +16,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from sensaudit.api import audit_frame
-from sensaudit.checks.proxy_probe import ProbeSample
+from sensaudit.checks.proxies import ProxyLimits
+from sensaudit.checks.proxy_probe import SAMPLE_ROWS
 from sensaudit.cli import app
 from sensaudit.config_settings import ProxyLimit
+from sensaudit.methods.base import Attributions
 
 ROWS = 400
 
@@ -168,18 +170,25 @@ def test_smooth_models_never_trigger_the_probe(act, depth, seed, trained):
 def test_the_sample_is_the_same_however_the_rows_are_split():
     x = torch.randn(1000, 3, dtype=torch.float64)
     rows = np.arange(1, 1001)
-    finite = torch.ones(1000, dtype=torch.bool)
-    finite[::7] = False  # rows the statistics leave out are never probed
-    whole = ProbeSample(keep=50)
-    whole.update(rows, x, finite)
-    parts = [ProbeSample(keep=50) for _ in range(3)]
+    scores = torch.zeros(1000, 1, dtype=torch.float64)
+    scores[::7] = float("nan")  # rows the statistics leave out are never probed
+    values = torch.zeros(1000, 1, 3, dtype=torch.float64)
+
+    def check() -> ProxyLimits:
+        return ProxyLimits((ProxyLimit(feature="a", max_share=0.5),))
+
+    whole = check()
+    whole.update(rows, x, Attributions(scores=scores, values=values), None)
+    parts = [check() for _ in range(3)]
     for part, idx in zip(parts, np.array_split(np.arange(1000), 3), strict=True):
-        part.update(rows[idx], x[idx], finite[idx])
+        part.update(rows[idx], x[idx], Attributions(scores=scores[idx], values=values[idx]),
+                    None)
     parts[2].merge(parts[0])
     parts[2].merge(parts[1])
-    assert whole.x is not None and parts[2].x is not None
-    assert torch.equal(whole.x, parts[2].x) and len(whole.x) == 50
-    kept = {tuple(r) for r in whole.x.tolist()}
+    kept_whole, kept_parts = whole.sample.values, parts[2].sample.values
+    assert kept_whole is not None and kept_parts is not None
+    assert np.array_equal(kept_whole, kept_parts) and len(kept_whole) == SAMPLE_ROWS
+    kept = {tuple(r) for r in kept_whole.tolist()}
     assert not kept & {tuple(r) for r in x[::7].tolist()}
 
 

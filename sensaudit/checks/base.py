@@ -94,6 +94,7 @@ class Ranking:
     # on rows they kept during the read (proxy_limits); None where no model is at hand.
     model: Model | None = None
     device: torch.device | None = None
+    dtype: torch.dtype | None = None  # the model's input dtype, the one x reaches it in
 
 
 @dataclass

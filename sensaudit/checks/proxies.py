@@ -15,9 +15,10 @@ import torch
 from ..config_checks import FeatureGroup
 from ..config_settings import AuditSettings, ProxyLimit
 from ..methods.base import Attributions
+from ..row_sample import RowSample
 from ..stats import finite_rows
 from .base import Check, CheckResult, Gate, Notice, Ranking
-from .proxy_probe import ProbeFigures, ProbeSample, probe
+from .proxy_probe import SAMPLE_ROWS, ProbeFigures, probe
 
 
 class ProxyLimits(Check):
@@ -27,7 +28,9 @@ class ProxyLimits(Check):
     def __init__(self, proxies: tuple[ProxyLimit, ...], groups: tuple[FeatureGroup, ...] = ()):
         self.proxies = {p.feature: p for p in proxies}
         self.members = {g.name: list(g.columns) for g in groups}
-        self.sample = ProbeSample()
+        # The rows the probe moves: the same bottom-k sample of row numbers as the charts'
+        # (mergeable, the same rows whatever the chunks or workers), of the model's inputs.
+        self.sample = RowSample(SAMPLE_ROWS)
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> ProxyLimits:
@@ -36,8 +39,15 @@ class ProxyLimits(Check):
 
     def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
                labels: np.ndarray | None) -> None:
-        if self.proxies:  # the rows the probe moves, kept only when there is a gate to judge
-            self.sample.update(rows, x, finite_rows(attributions.scores, attributions.values))
+        if not self.proxies:  # rows are kept only when there is a gate to judge
+            return
+        finite = finite_rows(attributions.scores, attributions.values).cpu().numpy()
+        numbers = np.asarray(rows, dtype=np.int64)[finite]
+        wanted = self.sample.wanted(numbers)
+        take = torch.from_numpy(np.flatnonzero(finite)[wanted]).to(x.device)
+        # float64 holds every float16, bfloat16 and float32 input exactly: _probe casts back.
+        self.sample.update(numbers[wanted], x.detach()[take].cpu().double().numpy(),
+                           offered=len(numbers))
 
     def merge(self, other: Check) -> None:
         if not isinstance(other, ProxyLimits):
@@ -112,9 +122,10 @@ class ProxyLimits(Check):
 
     def _probe(self, ranking: Ranking) -> dict[tuple[str, str], ProbeFigures]:
         """Each declared proxy feature (a group's members), probed per output."""
-        x = self.sample.x
-        if ranking.model is None or x is None or not len(x):
+        values = self.sample.values
+        if ranking.model is None or values is None or not len(values):
             return {}
+        x = torch.from_numpy(values).to(ranking.dtype or torch.float64)
         features = ranking.features
         names = [m for p in self.proxies for m in self.members.get(p, [p]) if m in features]
         if not names:

@@ -12,19 +12,17 @@ makes the gradient blind, the observed change is the model's actual response.
 
 Only declared proxies are probed (two model calls each on the sample, and one Jacobian of the
 sample): the gate is what a silent pass would betray. The sample is the ``SAMPLE_ROWS`` rows
-with the smallest hash of their row number, so it merges across chunks and workers and is the
-same on every engine.
+with the smallest hash of their row number (:class:`sensaudit.row_sample.RowSample`, kept by
+the proxy check), so it merges across chunks and workers and is the same on every engine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..engine import Model, as_output_matrix, scores_and_jacobian
-from ..stats import splitmix64
 
 # Enough rows to see a step crossed: a threshold inside the data's bulk is crossed by a
 # half-std step on roughly 10-20% of rows each way, i.e. dozens of the 256; few enough that
@@ -62,37 +60,6 @@ ROUNDING_FACTOR = 64
 # whatever the other features do: a network saturated on every row has every sensitivity ~0,
 # and its scores' last-digit flicker would otherwise count as a whole share.
 NEGLIGIBLE = 1e-6
-
-
-class ProbeSample:
-    """The audited rows the probe moves: the ``keep`` with the smallest row-number hash.
-    Mergeable: the same rows whatever the chunks or workers."""
-
-    def __init__(self, keep: int = SAMPLE_ROWS):
-        self.keep = keep
-        self.keys = np.empty(0, dtype=np.uint64)
-        self.x: torch.Tensor | None = None  # [rows, features], CPU, the model's dtype
-
-    def update(self, rows: np.ndarray, x: torch.Tensor, finite: torch.Tensor) -> None:
-        """rows: int64 row numbers; x: the model's inputs; finite: bool [rows], the rows the
-        audit's statistics use."""
-        mask = finite.detach().cpu().numpy().astype(bool)
-        if not mask.any():
-            return
-        with np.errstate(over="ignore"):
-            keys = splitmix64(np.asarray(rows, dtype=np.int64)[mask].astype(np.uint64))
-        self._add(keys, x.detach()[torch.from_numpy(mask).to(x.device)].cpu())
-
-    def merge(self, other: ProbeSample) -> None:
-        if other.x is not None:
-            self._add(other.keys, other.x)
-
-    def _add(self, keys: np.ndarray, x: torch.Tensor) -> None:
-        if self.x is not None:
-            keys = np.concatenate([self.keys, keys])
-            x = torch.cat([self.x, x.to(self.x.dtype)])
-        order = np.argsort(keys, kind="stable")[: self.keep]
-        self.keys, self.x = keys[order], x[torch.from_numpy(order)]
 
 
 @dataclass
