@@ -40,10 +40,11 @@ demo-run:
 docs-chart: demo
 	cp reports/compare/chart-compare-shares.png docs/compare-shares.png
 
-# Lint and type checks first: a check nobody runs rots.
+# Lint, type and layer checks first: a check nobody runs rots.
 test: $(STAMP)
 	$(BIN)/ruff check sensaudit tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # The quick loop while editing (under 2 minutes on 2 cores): every module's tests except those

@@ -39,8 +39,8 @@ from torch import nn
 
 from sensaudit.api import audit_frame
 from sensaudit.checks.proxy_probe import ProbeSample, probe
-from sensaudit.config_settings import ProxyLimit
-from sensaudit.engine import scores_and_jacobian
+from sensaudit.core.jacobian import scores_and_jacobian
+from sensaudit.settings.sections import ProxyLimit
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {

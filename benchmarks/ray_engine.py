@@ -37,7 +37,7 @@ import torch
 
 from sensaudit import load_config
 from sensaudit.api import run_audit
-from sensaudit.config_ray import RaySettings
+from sensaudit.config.ray import RaySettings
 
 FEATURES = 64
 

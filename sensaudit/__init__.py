@@ -18,17 +18,9 @@
 import importlib as _importlib
 import typing as _typing
 
-from ._version import __version__
-from .config import Config, load_config, parse_config
-from .config_checks import (
-    Expectation,
-    FeatureGroup,
-    LayerHealthSettings,
-    LinearitySettings,
-    RobustnessSettings,
-)
-from .config_settings import AuditSettings, MisscoredRule, ModelConfig, ProxyLimit
-from .errors import (
+from sensaudit._version import __version__
+from sensaudit.config.load import Config, load_config, parse_config
+from sensaudit.core.errors import (
     ConfigError,
     DataError,
     ModelError,
@@ -36,23 +28,32 @@ from .errors import (
     ReportError,
     SensauditError,
 )
+from sensaudit.settings.checks import (
+    Expectation,
+    FeatureGroup,
+    LayerHealthSettings,
+    LinearitySettings,
+    RobustnessSettings,
+)
+from sensaudit.settings.sections import AuditSettings, MisscoredRule, ModelConfig, ProxyLimit
 
 if _typing.TYPE_CHECKING:
-    from .api import attribute, audit, audit_frame, compare_models, run_audit, run_compare
-    from .compare import ComparisonResult
-    from .engine import input_jacobian, scores_and_jacobian
-    from .inputs.models import LoadedModel, load_model
-    from .resample import decorrelate, resample_file
-    from .results import AuditResult
+    from sensaudit.api import attribute, audit, audit_frame, compare_models, run_audit, run_compare
+    from sensaudit.core.jacobian import input_jacobian, scores_and_jacobian
+    from sensaudit.inputs.models import LoadedModel, load_model
+    from sensaudit.resample import decorrelate, resample_file
+    from sensaudit.results.audit_result import AuditResult
+    from sensaudit.results.comparison import ComparisonResult
 
 # Names whose modules import torch (seconds): loaded on first use, so that `sensaudit --help`
 # and `--version`, which import this package, do not pay for torch.
 _LAZY = {
     "attribute": ".api", "audit": ".api", "audit_frame": ".api", "compare_models": ".api",
     "run_audit": ".api",
-    "run_compare": ".api", "ComparisonResult": ".compare", "input_jacobian": ".engine",
-    "scores_and_jacobian": ".engine", "LoadedModel": ".inputs.models",
-    "load_model": ".inputs.models", "AuditResult": ".results",
+    "run_compare": ".api", "ComparisonResult": ".results.comparison",
+    "input_jacobian": ".core.jacobian", "scores_and_jacobian": ".core.jacobian",
+    "LoadedModel": ".inputs.models", "load_model": ".inputs.models",
+    "AuditResult": ".results.audit_result",
     "decorrelate": ".resample", "resample_file": ".resample",
 }
 
@@ -61,7 +62,7 @@ def __getattr__(name: str) -> _typing.Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sensaudit' has no attribute '{name}'")
-    from .torch_support import require_supported_torch
+    from sensaudit.core.torch_support import require_supported_torch
 
     require_supported_torch()
     value = getattr(_importlib.import_module(module, __name__), name)

@@ -1,5 +1,5 @@
 """`python -m sensaudit` runs the CLI."""
 
-from .cli import app
+from sensaudit.cli.app import app
 
 app(prog_name="sensaudit")

@@ -17,26 +17,34 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from .baselines import baseline_vector, reference_of
-from .checks.names import check_check_names, group_names
-from .compare import ComparisonResult, check_bootstrap_size, compare_on_rows
-from .config import Config
-from .config_settings import AUTO_EXAMPLE_ROWS, AuditSettings, DataConfig, ModelConfig, ProxyLimit
-from .engine import Model
-from .errors import ConfigError, ModelLoadError, did_you_mean
-from .examples import records_table
-from .inputs import tables
-from .inputs.dataset import protected_files
-from .inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
-from .inputs.models import LoadedModel, float_dtype, load_model, resolve_device
-from .inputs.regular import refuse_special
-from .methods import METHODS
-from .pipeline import ExampleSink, Progress, audit_models
-from .reports import open_writers
-from .reports.base import ReportWriter
-from .reports.staging import StagedReport
-from .results import AuditResult
-from .torch_support import require_supported_torch
+from sensaudit.checks.names import check_check_names, group_names
+from sensaudit.config.load import Config
+from sensaudit.core.errors import ConfigError, ModelLoadError, did_you_mean
+from sensaudit.core.jacobian import Model
+from sensaudit.core.torch_support import require_supported_torch
+from sensaudit.inputs import tables
+from sensaudit.inputs.dataset import protected_files
+from sensaudit.inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
+from sensaudit.inputs.models import LoadedModel, float_dtype, load_model, resolve_device
+from sensaudit.inputs.regular import refuse_special
+from sensaudit.methods import METHODS
+from sensaudit.pipeline.baselines import baseline_vector, reference_of
+from sensaudit.pipeline.compare import check_bootstrap_size, compare_on_rows
+from sensaudit.pipeline.examples import records_table
+from sensaudit.pipeline.pass_state import ExampleSink, Progress
+from sensaudit.pipeline.passes import audit_models
+from sensaudit.reports import open_writers
+from sensaudit.reports.base import ReportWriter
+from sensaudit.reports.staging import StagedReport
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult
+from sensaudit.settings.sections import (
+    AUTO_EXAMPLE_ROWS,
+    AuditSettings,
+    DataConfig,
+    ModelConfig,
+    ProxyLimit,
+)
 
 # The loader's .pt2 safety checks need torch's current archive layout (torch_support).
 require_supported_torch()
@@ -97,7 +105,7 @@ def audit(config: Config, *, progress: Progress | None = None,
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     if config.engine == "ray":  # the same audit over a pool of Ray actors
-        from .ray_engine.driver import audit_on_ray
+        from sensaudit.engines.ray.driver import audit_on_ray
 
         # The workers stream every row's examples; an all-or-none limit holds them back until
         # the rows are known to be at most that many (Parquet footers tell before any is read).
@@ -225,7 +233,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     check_proxies(config.audit, table.features, config.source)
     check_bootstrap_size(config.compare, len(table.features), config.source)
     if config.engine == "ray":  # both models in the same Ray actors, on the same units
-        from .ray_engine.driver import compare_on_ray
+        from sensaudit.engines.ray.driver import compare_on_ray
 
         return compare_on_ray(config, configs, data, table, progress=progress or _no_progress,
                               notes=_notes(inputs, table.features),

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .config_settings import MAX_SEED
-from .errors import DataError, ReportError, did_you_mean
-from .inputs.dataset import PARQUET_SUFFIXES
-from .inputs.regular import refuse_special
+from sensaudit.core.errors import DataError, ReportError, did_you_mean
+from sensaudit.inputs.dataset import PARQUET_SUFFIXES
+from sensaudit.inputs.regular import refuse_special
+from sensaudit.settings.sections import MAX_SEED
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 from typer.testing import CliRunner
 
-from sensaudit.cli import app
+from sensaudit.cli.app import app
 
 FEATURES = ("a", "b", "c")
 ROWS = [

@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 from typer.testing import CliRunner
 
-from sensaudit.cli import app
+from sensaudit.cli.app import app
 
 
 class LinearScorer(nn.Module):

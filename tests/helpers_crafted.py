@@ -23,7 +23,7 @@ from helpers_bad import Payload, Scorer
 from torch import nn
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config_settings import ModelConfig
+from sensaudit.settings.sections import ModelConfig
 
 Edit = Callable[[str, bytes], bytes]
 

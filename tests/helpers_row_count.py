@@ -9,8 +9,8 @@ import torch
 
 from sensaudit.checks import CHECKS
 from sensaudit.checks.base import Check, CheckResult, Ranking
-from sensaudit.config_settings import AuditSettings
 from sensaudit.methods.base import Attributions
+from sensaudit.settings.sections import AuditSettings
 
 
 class RowCount(Check):

@@ -1,6 +1,7 @@
-"""Streaming moments and gradient statistics (sensaudit.stats, sensaudit.results) against hand
-computations, per-example drivers (sensaudit.examples), gate rules of the proxy and dominance
-checks at their boundaries, and planted proxies found end to end."""
+"""Streaming moments and gradient statistics (sensaudit.stats.accumulators,
+sensaudit.results.audit_result) against hand
+computations, per-example drivers (sensaudit.pipeline.examples), gate rules of the proxy and
+dominance checks at their boundaries, and planted proxies found end to end."""
 
 from __future__ import annotations
 
@@ -16,10 +17,15 @@ from sensaudit import ProxyLimit
 from sensaudit.checks.base import Gate, Notice, Ranking
 from sensaudit.checks.dominance import Dominance
 from sensaudit.checks.proxies import ProxyLimits
-from sensaudit.config_settings import AuditSettings
-from sensaudit.examples import ExampleDrivers
-from sensaudit.results import SENSITIVITY_COLUMNS, Gates, rank_shares, sensitivity_table
-from sensaudit.stats import AttributionSums, FeatureMoments, finite_rows
+from sensaudit.pipeline.examples import ExampleDrivers
+from sensaudit.results.audit_result import (
+    SENSITIVITY_COLUMNS,
+    Gates,
+    rank_shares,
+    sensitivity_table,
+)
+from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.accumulators import AttributionSums, FeatureMoments, finite_rows
 
 FEATURES = ["a", "b", "c", "d"]
 
@@ -564,7 +570,7 @@ def test_nothing_per_row_asked_for_means_nothing_spilled_and_the_same_figures(mo
     # With no examples.csv and no check that replays, the audit keeps no per-row results (the
     # report's examples are chosen during the read: example_candidates); its figures are the
     # same with or without examples in the report.
-    import sensaudit.spill as spill_module
+    import sensaudit.pipeline.spill as spill_module
 
     appended = []
     real_append = spill_module.Spill.append

@@ -11,7 +11,7 @@ import pytest
 from helpers_bad import ROWS, Fn, Scorer, cli, cli_error, config, export, write_config, write_csv
 
 from sensaudit import load_config, run_audit
-from sensaudit.errors import ReportError
+from sensaudit.core.errors import ReportError
 
 REPORT_FILES = ["examples.csv", "report.md", "sensitivity.csv", "summary.json", "suspects.csv"]
 # sensaudit's own entries beside the reports (sorted before them).

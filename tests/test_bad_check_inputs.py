@@ -112,7 +112,7 @@ def test_bad_check_settings(tmp_path: Path, sections, expected):
 
 def test_a_check_with_its_own_key_is_refused_in_audit_checks_through_the_library():
     import sensaudit
-    from sensaudit.config_settings import AuditSettings
+    from sensaudit.settings.sections import AuditSettings
 
     settings = AuditSettings(checks={"monotonicity": {}})
     with pytest.raises(sensaudit.ConfigError) as err:
@@ -138,7 +138,7 @@ def test_a_check_with_its_own_key_is_refused_in_audit_checks_through_the_library
 ])
 def test_settings_built_in_python_are_checked(build, expected):
     import sensaudit
-    from sensaudit import config_checks
+    from sensaudit.settings import checks as config_checks
 
     with pytest.raises(sensaudit.ConfigError) as err:
         build(config_checks)

@@ -35,7 +35,7 @@ from helpers_bad import (
 
 import sensaudit
 from sensaudit import DataError, ModelLoadError, load_model
-from sensaudit.config_settings import ModelConfig
+from sensaudit.settings.sections import ModelConfig
 
 TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
               "file like code you run")

@@ -15,7 +15,7 @@ from models import Linear, save_exported
 
 from sensaudit import checks, load_config, run_audit, run_compare
 from sensaudit.checks.base import Check, CheckResult, Ranking
-from sensaudit.config_settings import AuditSettings
+from sensaudit.settings.sections import AuditSettings
 
 pytest.importorskip("matplotlib", reason="the charts extra (matplotlib) is not installed")
 

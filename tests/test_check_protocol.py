@@ -29,12 +29,12 @@ from sensaudit import checks
 from sensaudit.api import run_audit
 from sensaudit.checks.base import PER_CHUNK_HOOKS, Check, CheckResult, ReplayChunk
 from sensaudit.checks.monotonicity import Monotonicity
-from sensaudit.config_checks import Expectation
-from sensaudit.config_ray import RaySettings
-from sensaudit.config_settings import AuditSettings
+from sensaudit.cli.overrides import with_overrides
+from sensaudit.config.ray import RaySettings
 from sensaudit.methods.base import Attributions
-from sensaudit.overrides import with_overrides
-from sensaudit.stats import finite_rows
+from sensaudit.settings.checks import Expectation
+from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.accumulators import finite_rows
 
 
 def _update(self, rows, x, attributions, labels):

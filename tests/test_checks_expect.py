@@ -16,7 +16,7 @@ from helpers_checks import LinearScorer, check_result, run_cli, write_setup
 from torch import nn
 
 from sensaudit import AuditSettings, audit_frame
-from sensaudit.config_checks import Expectation
+from sensaudit.settings.checks import Expectation
 
 A = [0.5, 1.0, 1.5, 1.9, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 2.2, 0.0]  # 5 below 2, 1 at 2, 6 above
 

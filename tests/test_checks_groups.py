@@ -13,8 +13,8 @@ import pytest
 from helpers_checks import LinearScorer, check_result, run_cli, write_setup
 
 from sensaudit import AuditSettings, ProxyLimit, audit_frame
-from sensaudit.config_checks import FeatureGroup
-from sensaudit.results import SENSITIVITY_COLUMNS
+from sensaudit.results.audit_result import SENSITIVITY_COLUMNS
+from sensaudit.settings.checks import FeatureGroup
 
 
 def _split_frame(rows: int = 400) -> pd.DataFrame:

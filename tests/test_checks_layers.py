@@ -17,7 +17,7 @@ from torch import nn
 
 from sensaudit import AuditSettings, audit_frame
 from sensaudit.checks.layer_health import layer_jacobian_norms
-from sensaudit.config_checks import LayerHealthSettings
+from sensaudit.settings.checks import LayerHealthSettings
 
 WIDTHS = [3, 6, 5, 4]
 

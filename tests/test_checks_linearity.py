@@ -17,7 +17,7 @@ from helpers_checks import LinearScorer, check_result, frame, run_cli, write_set
 from torch import nn
 
 from sensaudit import AuditSettings, audit_frame
-from sensaudit.config_checks import LinearitySettings
+from sensaudit.settings.checks import LinearitySettings
 
 FAR = [-3.0, -2.0, -1.0, 0.0, 2.0, 3.0, 4.0, 5.0]
 NEAR = [0.999, 0.9995, 1.0005, 1.001]

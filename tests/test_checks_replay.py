@@ -11,9 +11,9 @@ from helpers_checks import LinearScorer, check_result, frame
 
 from sensaudit import AuditSettings, audit_frame
 from sensaudit.checks.base import CheckResult
-from sensaudit.config_checks import Expectation, LinearitySettings, RobustnessSettings
+from sensaudit.pipeline.spill import Spill
 from sensaudit.reports.json_report import audit_summary
-from sensaudit.spill import Spill
+from sensaudit.settings.checks import Expectation, LinearitySettings, RobustnessSettings
 
 
 @pytest.mark.parametrize("budget", [1 << 30, 0])  # in memory; in a temporary Arrow file

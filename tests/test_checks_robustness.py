@@ -16,8 +16,8 @@ import torch
 from helpers_checks import LinearScorer, check_result, frame, run_cli, write_setup
 
 from sensaudit import AuditSettings, audit_frame
-from sensaudit.config_checks import RobustnessSettings
-from sensaudit.perturb import adversarial_shift
+from sensaudit.core.perturb import adversarial_shift
+from sensaudit.settings.checks import RobustnessSettings
 
 W = [1.5, -0.5, 4.0]
 

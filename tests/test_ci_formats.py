@@ -17,8 +17,8 @@ from models import Linear, save_exported
 from typer.testing import CliRunner
 
 from sensaudit import load_config, run_audit
-from sensaudit.cli import app
-from sensaudit.github_actions import command
+from sensaudit.cli.app import app
+from sensaudit.cli.github_actions import command
 
 ROOT = Path(__file__).resolve().parents[1]
 

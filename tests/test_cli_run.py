@@ -17,8 +17,8 @@ from models import save_exported
 from typer.testing import CliRunner
 
 import sensaudit
-from sensaudit.cli import app
-from sensaudit.results import SENSITIVITY_COLUMNS
+from sensaudit.cli.app import app
+from sensaudit.results.audit_result import SENSITIVITY_COLUMNS
 
 ROWS = 40
 FEATURES = ["copy_length", "clarity", "noise"]

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import sensaudit
 from sensaudit import load_config, parse_config
-from sensaudit.cli import app
+from sensaudit.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "pandas", "numpy", "pyarrow", "matplotlib")
@@ -47,7 +47,7 @@ def _python(*args: str, cwd: Path, pythonpath: str | None = str(ROOT)
 
 
 def test_importing_the_cli_loads_no_torch_pandas_or_numpy(tmp_path):
-    code = ("import sys, sensaudit.cli; "
+    code = ("import sys, sensaudit.cli.app; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
     proc = _python("-c", code, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -95,20 +95,20 @@ def test_quiet_is_a_plain_flag():
 
 
 def _cli_loaded_from(verbose_stderr: str) -> Path:
-    """Where `python -v` says sensaudit/cli.py came from ("code object from <source>" when it
+    """Where `python -v` says sensaudit/cli/app.py came from ("code object from <source>" when it
     compiled it, "<pyc> matches <source>" when its cache was fresh)."""
     for line in verbose_stderr.splitlines():
-        if line.startswith("#") and line.endswith("cli.py") and (
+        if line.startswith("#") and line.endswith("cli/app.py") and (
                 "code object from" in line or " matches " in line):
             return Path(line.rsplit(" ", 1)[1]).resolve()
-    raise AssertionError("python -v shows no cli.py")
+    raise AssertionError("python -v shows no cli/app.py")
 
 
 def test_python_dash_m_from_the_checkout_folder(tmp_path):
     proc = _python("-v", "-m", "sensaudit", "--version", cwd=ROOT, pythonpath=None)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"sensaudit {sensaudit.__version__}\n"
-    assert _cli_loaded_from(proc.stderr) == (ROOT / "sensaudit" / "cli.py").resolve()
+    assert _cli_loaded_from(proc.stderr) == (ROOT / "sensaudit" / "cli" / "app.py").resolve()
 
 
 @pytest.mark.slow
@@ -119,7 +119,7 @@ def test_python_dash_m_from_the_folder_holding_the_checkout(tmp_path):
     proc = _python("-v", "-m", "sensaudit", "--version", cwd=tmp_path, pythonpath=None)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"sensaudit {sensaudit.__version__}\n"
-    assert _cli_loaded_from(proc.stderr) == (ROOT / "sensaudit" / "cli.py").resolve()
+    assert _cli_loaded_from(proc.stderr) == (ROOT / "sensaudit" / "cli" / "app.py").resolve()
     bad = _python("-m", "sensaudit", "run", "nope.yaml", cwd=tmp_path, pythonpath=None)
     assert (bad.returncode, bad.stderr) == (2, "Error: nope.yaml: config file not found\n")
 

@@ -20,9 +20,9 @@ import yaml
 from typer.testing import CliRunner
 
 from sensaudit import compare_models, load_config
-from sensaudit.cli import app
-from sensaudit.compare import kendall_tau, spearman, top_k_overlap
-from sensaudit.stats import PoissonBootstrap
+from sensaudit.cli.app import app
+from sensaudit.pipeline.compare import kendall_tau, spearman, top_k_overlap
+from sensaudit.stats.accumulators import PoissonBootstrap
 
 FEATURES = ["length", "clarity", "structure", "noise"]
 
@@ -267,7 +267,7 @@ def test_sample_models_show_the_story():
 def test_bootstrap_blocks_of_rows_give_the_same_intervals(setup, monkeypatch):
     # Many replicates are processed a block of rows at a time (bounded memory); the blocks
     # must not change any figure.
-    import sensaudit.compare as compare_module
+    import sensaudit.pipeline.compare as compare_module
 
     tmp, _, old, new = setup
     config = load_config(tmp / "cfg.yaml")

@@ -14,11 +14,11 @@ import yaml
 from typer.testing import CliRunner
 
 from sensaudit import audit_frame, compare_models, load_config
-from sensaudit.cli import app
-from sensaudit.compare import bootstrap_interval
-from sensaudit.compare_noise import t_quantile
-from sensaudit.config_settings import CompareSettings
-from sensaudit.stats import BootstrapMoments, PoissonBootstrap
+from sensaudit.cli.app import app
+from sensaudit.pipeline.compare import bootstrap_interval
+from sensaudit.pipeline.compare_noise import t_quantile
+from sensaudit.settings.sections import CompareSettings
+from sensaudit.stats.accumulators import BootstrapMoments, PoissonBootstrap
 
 FEATURES = ["a", "b", "c", "d"]
 

@@ -1,4 +1,4 @@
-"""sensaudit.config: a valid config parses into frozen objects; every bad one gets a one-line
+"""sensaudit.config.load: a valid config parses into frozen objects; every bad one gets a one-line
 message naming the file, the key, what was expected and what was found."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 import sensaudit
 from sensaudit import ConfigError, ProxyLimit, load_config, parse_config
-from sensaudit.config_settings import AuditSettings, CompareSettings
 from sensaudit.methods import METHODS
+from sensaudit.settings.sections import AuditSettings, CompareSettings
 
 MINIMAL = """\
 model:
@@ -330,10 +330,20 @@ def test_messages_are_one_line(tmp_path):
      "AuditSettings: dominance_warning must be a number in [0, 1] (got 1.5, a float)"),
     ({"batch_size": 0},
      "AuditSettings: batch_size must be an integer >= 1 or None (got 0, an int)"),
-    ({"method": "saliency"},
-     f"AuditSettings: method must be one of {', '.join(METHODS)} (got 'saliency', a str)"),
 ])
 def test_audit_settings_built_in_python_are_checked(kwargs, message):
     with pytest.raises(ConfigError) as err:
         AuditSettings(**kwargs)
     assert str(err.value) == message
+
+
+def test_an_unregistered_method_built_in_python_is_refused_before_any_row_is_read():
+    # The settings sit below the registries (they cannot ask them), so the name is checked
+    # when the audit builds its method: before the model is probed or a row attributed.
+    import torch
+
+    frame = __import__("pandas").DataFrame({"a": [0.0, 1.0, 2.0], "b": [1.0, 0.0, 1.0]})
+    with pytest.raises(ConfigError) as err:
+        sensaudit.audit_frame(torch.nn.Linear(2, 1), frame,
+                              settings=AuditSettings(method="saliency"))
+    assert f"audit.method must be one of {', '.join(METHODS)} (got 'saliency')" in str(err.value)

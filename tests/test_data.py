@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sensaudit import DataError
-from sensaudit.config_settings import DataConfig
 from sensaudit.inputs.tables import frame_table, iter_chunks, iter_frame_chunks, open_table
+from sensaudit.settings.sections import DataConfig
 
 
 def _frame(rows: int = 23) -> pd.DataFrame:

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from sensaudit import DataError
-from sensaudit.config_settings import DataConfig
 from sensaudit.inputs.dataset import WorkUnit, work_units
 from sensaudit.inputs.table_chunks import MissingValues
 from sensaudit.inputs.tables import iter_chunks, iter_unit_chunks, open_table
+from sensaudit.settings.sections import DataConfig
 
 SIZES = (37, 0, 120, 9)  # uneven, one file empty
 

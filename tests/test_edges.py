@@ -21,7 +21,7 @@ from sensaudit import (
     load_config,
     parse_config,
 )
-from sensaudit.cli import app
+from sensaudit.cli.app import app
 
 
 class Linear(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""sensaudit.engine: per-example input Jacobians against closed forms, autograd, and finite
+"""sensaudit.core.jacobian: per-example input Jacobians against closed forms, autograd, and finite
 differences; chunking; no side effects on the input or the model; refusing bad models."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from models import (
 from torch import nn
 
 import sensaudit
-from sensaudit import engine
-from sensaudit.engine import STRATEGIES, check_row_independence, scores_and_jacobian
-from sensaudit.errors import ModelError
+from sensaudit.core import jacobian as engine
+from sensaudit.core.errors import ModelError
+from sensaudit.core.jacobian import STRATEGIES, check_row_independence, scores_and_jacobian
 
 # float64 Jacobians agree with their formulas to a few units in the last place.
 CLOSE = dict(rtol=1e-12, atol=1e-13)
@@ -59,7 +59,7 @@ def test_auto_tunes_a_multi_output_model_once_and_stays_exact(x):
 
 
 def test_tuning_keeps_the_default_unless_another_is_clearly_faster():
-    from sensaudit.engine import _fastest
+    from sensaudit.core.jacobian import _fastest
 
     assert _fastest({"reverse": 1.0, "forward": 0.95}, default="reverse") == "reverse"
     assert _fastest({"reverse": 1.0, "forward": 0.85}, default="reverse") == "forward"

@@ -1,5 +1,5 @@
-"""The report's example rows chosen during the read pass (sensaudit.example_candidates) are the
-rows a replay of every row with the final baseline chooses: the same records, the same charts'
+"""The report's example rows chosen during the read pass (sensaudit.pipeline.example_candidates) are
+the rows a replay of every row with the final baseline chooses: the same records, the same charts'
 sample, under any chunking; and when the choice cannot be certified, the audit recomputes it
 over the data rather than guess."""
 
@@ -14,14 +14,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-import sensaudit.example_candidates as candidates_module
-import sensaudit.pipeline as pipeline
-import sensaudit.replay as replay_module
-from sensaudit.config_settings import AuditSettings, DataConfig, ProxyLimit
-from sensaudit.example_candidates import ExampleCandidates
-from sensaudit.examples import ExampleDrivers
+import sensaudit.pipeline.example_candidates as candidates_module
+import sensaudit.pipeline.passes as pipeline
+import sensaudit.pipeline.replay as replay_module
 from sensaudit.inputs import tables
 from sensaudit.inputs.models import LoadedModel
+from sensaudit.pipeline.example_candidates import ExampleCandidates
+from sensaudit.pipeline.examples import ExampleDrivers
+from sensaudit.settings.sections import AuditSettings, DataConfig, ProxyLimit
 
 
 class _Scorer(torch.nn.Module):

@@ -20,9 +20,9 @@ from torch import nn
 
 import sensaudit
 from sensaudit import AuditSettings, ProxyLimit
-from sensaudit.baselines import FeatureSummary
 from sensaudit.inputs import tables
-from sensaudit.results import ATTRIBUTION_COLUMNS, SENSITIVITY_COLUMNS
+from sensaudit.pipeline.baselines import FeatureSummary
+from sensaudit.results.audit_result import ATTRIBUTION_COLUMNS, SENSITIVITY_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 W = [2.0, -0.5, 0.25]

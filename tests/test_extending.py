@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import sensaudit
 from sensaudit import checks, methods, reports
-from sensaudit.cli import app
+from sensaudit.cli.app import app
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import yaml
 from models import MultiOutput, save_exported
 from typer.testing import CliRunner
 
-from sensaudit.cli import app
+from sensaudit.cli.app import app
 
 FEATURES = [
     "plain_name",  # an ordinary name, which must come out exactly as it is

@@ -14,8 +14,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from sensaudit.api import audit_frame
-from sensaudit.cli import app
-from sensaudit.stats import FeatureMoments
+from sensaudit.cli.app import app
+from sensaudit.stats.accumulators import FeatureMoments
 
 BIG = 2**62
 

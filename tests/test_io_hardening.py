@@ -26,7 +26,7 @@ from helpers_bad import (
     write_csv,
 )
 
-from sensaudit.errors import ReportError
+from sensaudit.core.errors import ReportError
 from sensaudit.inputs.dataset import glob_files, protected_files
 from sensaudit.reports.staging import MANIFEST_NAME, StagedReport
 

@@ -15,7 +15,7 @@ from models import save_exported
 from torch import nn
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config_settings import ModelConfig
+from sensaudit.settings.sections import ModelConfig
 
 REFUSED = ("refusing to unpickle: the file holds pickled Python objects (a whole module or "
            "other code), and unpickling runs whatever code the file names. Save a safe format "

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from sensaudit.baselines import FeatureSummary
 from sensaudit.checks.completeness import CompletenessGap
-from sensaudit.examples import ExampleDrivers
 from sensaudit.methods.base import Attributions
-from sensaudit.stats import (
+from sensaudit.pipeline.baselines import FeatureSummary
+from sensaudit.pipeline.examples import ExampleDrivers
+from sensaudit.stats.accumulators import (
     AgreementAccumulator,
     AttributionSums,
     BootstrapMoments,

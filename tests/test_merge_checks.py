@@ -16,16 +16,16 @@ from sensaudit.checks.linearity import Linearity
 from sensaudit.checks.monotonicity import Monotonicity
 from sensaudit.checks.one_hot import OneHotLevels
 from sensaudit.checks.robustness import Robustness
-from sensaudit.config_checks import (
+from sensaudit.settings.checks import (
     Expectation,
     FeatureGroup,
     LayerHealthSettings,
     LinearitySettings,
     RobustnessSettings,
 )
-from sensaudit.config_settings import AuditSettings
-from sensaudit.row_stats import FeatureRange, LogHistogram, RowColumns
-from sensaudit.stats import finite_rows
+from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.accumulators import finite_rows
+from sensaudit.stats.row_stats import FeatureRange, LogHistogram, RowColumns
 
 NAMES = list("abcde")
 OUTPUT_NAMES = ["p", "q"]

@@ -30,7 +30,7 @@ from sensaudit.methods.smoothgrad import (
     SmoothGrad,
     splitmix64_torch,
 )
-from sensaudit.stats import splitmix64
+from sensaudit.stats.accumulators import splitmix64
 
 CLOSE = dict(rtol=1e-12, atol=1e-12)
 # Captum's InputXGradient sets requires_grad on the tensor it is given, and says so.
@@ -51,7 +51,7 @@ class Cubic(nn.Module):
 
 
 def _baselines(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The named baselines computed here, independently of sensaudit.baselines."""
+    """The named baselines computed here, independently of sensaudit.pipeline.baselines."""
     values = x.numpy()
     return {"mean": torch.from_numpy(values.mean(0)), "zero": torch.zeros(x.shape[1],
                                                                          dtype=torch.float64),

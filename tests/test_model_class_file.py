@@ -19,7 +19,7 @@ from helpers_bad import MODELS_SOURCE, Scorer, cli, config, write_config, write_
 from torch import nn
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config_settings import ModelConfig
+from sensaudit.settings.sections import ModelConfig
 
 PAYLOAD = "open({marker!r}, 'w').write('payload ran')\n"
 

@@ -16,11 +16,11 @@ from models import MultiOutput
 from typer.testing import CliRunner
 
 from sensaudit import ConfigError, ModelConfig, load_config, run_audit
-from sensaudit.cli import app
-from sensaudit.engine import scores_and_jacobian
+from sensaudit.cli.app import app
+from sensaudit.core.jacobian import scores_and_jacobian
+from sensaudit.core.torch_support import MIN_TORCH, parse_version, unsupported_reason
 from sensaudit.inputs.models import LoadedModel
-from sensaudit.model_ready import prepare_model
-from sensaudit.torch_support import MIN_TORCH, parse_version, unsupported_reason
+from sensaudit.pipeline.model_ready import prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_torch_versions_are_compared_as_numbers(version, supported):
 def test_an_old_torch_is_refused_with_one_line(tmp_path, assets):
     config = write_config(tmp_path / "audit.yaml", assets)
     code = ("import sys, torch; torch.__version__ = '2.7.1+cpu'; "
-            "from sensaudit.cli import app; "
+            "from sensaudit.cli.app import app; "
             f"app(['run', {str(config)!r}], prog_name='sensaudit')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=tmp_path, timeout=300,

@@ -63,9 +63,9 @@ def test_the_wheel_has_the_command_and_the_extras(source, tmp_path):
         info = next(n for n in names if n.endswith(".dist-info/METADATA"))
         metadata = archive.read(info).decode()
         entry_points = archive.read(info.replace("METADATA", "entry_points.txt")).decode()
-    assert "sensaudit/py.typed" in names and "sensaudit/cli.py" in names
+    assert "sensaudit/py.typed" in names and "sensaudit/cli/app.py" in names
     assert "__main__.py" not in names  # the checkout's root helper is not packaged
-    assert "sensaudit = sensaudit.cli:app" in entry_points
+    assert "sensaudit = sensaudit.cli.app:app" in entry_points
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert "Requires-Dist: torch>=2.8" in requires
     assert any(r.startswith("Requires-Dist: matplotlib>=3.10") and "charts" in r

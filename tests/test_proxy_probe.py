@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from sensaudit.api import audit_frame
 from sensaudit.checks.proxies import ProxyLimits
 from sensaudit.checks.proxy_probe import SAMPLE_ROWS
-from sensaudit.cli import app
-from sensaudit.config_settings import ProxyLimit
+from sensaudit.cli.app import app
 from sensaudit.methods.base import Attributions
+from sensaudit.settings.sections import ProxyLimit
 
 ROWS = 400
 
@@ -107,8 +107,8 @@ def test_a_visible_proxy_and_an_unused_constant_one_are_judged_as_before():
 
 
 def test_a_group_with_a_blind_member_cannot_pass(tmp_path):
-    from sensaudit.config_checks import FeatureGroup
-    from sensaudit.config_settings import AuditSettings
+    from sensaudit.settings.checks import FeatureGroup
+    from sensaudit.settings.sections import AuditSettings
 
     settings = AuditSettings(groups=(FeatureGroup(name="size", columns=("length", "proxy")),),
                              proxies=(ProxyLimit(feature="size", max_share=0.9),))

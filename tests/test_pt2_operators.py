@@ -23,8 +23,8 @@ from helpers_bad import cli, cli_error, config, write_config, write_csv
 from torch import nn
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config_settings import ModelConfig
 from sensaudit.inputs import operator_policy, pt2_safety
+from sensaudit.settings.sections import ModelConfig
 
 TAIL = (". A crafted .pt2 can run code when loaded or run; re-export the model with "
         "torch.export.save, or set model.trust_model_code: true (--trust-model-code) only if you "

@@ -16,8 +16,8 @@ import torch
 from helpers_bad import Scorer, cli_error, config, export, tamper_pt2, write_config, write_csv
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config_settings import ModelConfig
 from sensaudit.inputs import archive_checks, pt2_safety
+from sensaudit.settings.sections import ModelConfig
 
 TAIL = (". A crafted .pt2 can run code when loaded or run; re-export the model with "
         "torch.export.save, or set model.trust_model_code: true (--trust-model-code) only if you "

@@ -31,8 +31,8 @@ from models import MLP, save_exported
 import sensaudit.api as api_module
 from sensaudit import ConfigError, load_config, parse_config
 from sensaudit.api import run_audit, run_compare
-from sensaudit.config_ray import RaySettings
-from sensaudit.overrides import with_overrides
+from sensaudit.cli.overrides import with_overrides
+from sensaudit.config.ray import RaySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ["csv", "json", "markdown"]
@@ -463,7 +463,7 @@ class _FakeActor:
         class Call:
             @staticmethod
             def remote(unit: int, plan: object) -> _Ref:
-                from sensaudit.ray_engine.job import Failure
+                from sensaudit.engines.ray.job import Failure
 
                 actor.ray.submitted.append(unit)
                 value = (Failure(ConfigError(f"unit {unit}")) if unit == actor.fail_at
@@ -475,7 +475,7 @@ class _FakeActor:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_units_are_handed_on_in_order_whatever_finishes_first(seed):
-    from sensaudit.ray_engine.schedule import LOOKAHEAD, run_units
+    from sensaudit.engines.ray.schedule import LOOKAHEAD, run_units
 
     fake = _FakeRay(seed)
     actors = [_FakeActor(fake, None) for _ in range(3)]
@@ -492,7 +492,7 @@ def test_units_are_handed_on_in_order_whatever_finishes_first(seed):
 
 
 def test_a_failure_is_raised_in_its_turn():
-    from sensaudit.ray_engine.schedule import run_units
+    from sensaudit.engines.ray.schedule import run_units
 
     fake = _FakeRay(0)
     seen: list[int] = []
@@ -510,7 +510,7 @@ def test_a_failure_is_raised_in_its_turn():
 SIGTERM_CHILD = """
 import os, signal, sys, threading
 import ray
-from sensaudit.cli import app
+from sensaudit.cli.app import app
 point = sys.argv[1]
 real_init, real_get = ray.init, ray.get
 def init(*args, **kwargs):

@@ -91,7 +91,7 @@ def test_demo_path_runs_and_tells_the_story(tmp_path):
 def test_every_cli_command_is_documented_with_an_example():
     from typer.testing import CliRunner
 
-    from sensaudit.cli import app
+    from sensaudit.cli.app import app
 
     readme = (ROOT / "README.md").read_text()
     for command in ("run", "compare", "resample"):
@@ -122,7 +122,7 @@ def test_the_ci_workflow_parses_and_runs_the_documented_commands(tmp_path, monke
     import typer
     from typer.testing import CliRunner
 
-    from sensaudit.cli import app
+    from sensaudit.cli.app import app
 
     workflow = _workflow()
     steps = workflow["jobs"]["audit"]["steps"]
@@ -168,7 +168,7 @@ def test_the_ci_workflow_parses_and_runs_the_documented_commands(tmp_path, monke
 def test_usage_lists_every_command_and_option():
     import typer
 
-    from sensaudit.cli import app
+    from sensaudit.cli.app import app
 
     usage = re.search(r"## Usage\n\n```text\n(.*?)```", (ROOT / "README.md").read_text(),
                       flags=re.S)

@@ -20,7 +20,7 @@ import pytest
 from helpers_bad import cli, cli_error, config, good_setup, write_config
 
 from sensaudit import load_config, run_audit
-from sensaudit.errors import ReportError
+from sensaudit.core.errors import ReportError
 from sensaudit.reports.staging import LOCK_NAME, MANIFEST_NAME, STAGING_PREFIX, StagedReport
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sensaudit import resample_file
-from sensaudit.cli import app
+from sensaudit.cli.app import app
 from sensaudit.resample import decorrelate, dependence
 
 ROWS = 6000

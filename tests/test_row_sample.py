@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from sensaudit.examples import ExampleDrivers
-from sensaudit.row_sample import RowSample, row_priority
-from sensaudit.stats import finite_rows
+from sensaudit.pipeline.examples import ExampleDrivers
+from sensaudit.stats.accumulators import finite_rows
+from sensaudit.stats.row_sample import RowSample, row_priority
 
 ROWS, OUTPUTS, FEATURES = 503, 2, 4
 SPLITS = [(2, 0), (5, 1), (11, 2)]

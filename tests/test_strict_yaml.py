@@ -13,8 +13,8 @@ import pytest
 from helpers_bad import cli_error
 
 from sensaudit import ConfigError, load_config
-from sensaudit.config_settings import MAX_SEED
-from sensaudit.errors import describe
+from sensaudit.core.errors import describe
+from sensaudit.settings.sections import MAX_SEED
 
 HEAD = """\
 model:

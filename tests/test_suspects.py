@@ -32,10 +32,10 @@ from sensaudit.checks.evidence import (
     top_bins,
 )
 from sensaudit.checks.suspects import SuspectedProxies
-from sensaudit.cli import app
-from sensaudit.config_settings import MisscoredRule
+from sensaudit.cli.app import app
 from sensaudit.methods.base import Attributions
-from sensaudit.stats import PoissonBootstrap
+from sensaudit.settings.sections import MisscoredRule
+from sensaudit.stats.accumulators import PoissonBootstrap
 
 FEATURES = ["r1", "r2", "r3", "nuisance", "c1", "c2"]
 REAL = ["r1", "r2", "r3"]

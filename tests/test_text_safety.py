@@ -1,4 +1,4 @@
-"""Each medium's escaping on its own (sensaudit.text_safety): hostile names are neutralised,
+"""Each medium's escaping on its own (sensaudit.core.text_safety): hostile names are neutralised,
 ordinary names come out exactly as they went in. tests/test_hostile_names.py runs the same
 names through the CLI."""
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from sensaudit.text_safety import (
+from sensaudit.core.text_safety import (
     csv_frame,
     csv_table,
     csv_text,

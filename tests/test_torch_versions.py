@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from sensaudit import load_model
-from sensaudit.config_settings import ModelConfig
 from sensaudit.inputs import pt2_safety, torchscript_safety
+from sensaudit.settings.sections import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITTEN_BY = sorted((ROOT / "tests" / "model_files").glob("torch*"))

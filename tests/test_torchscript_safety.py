@@ -23,10 +23,10 @@ from helpers_bad import Scorer, cli_error, config, write_config, write_csv
 from torch import nn
 
 from sensaudit import ModelLoadError, load_model
-from sensaudit.config_settings import ModelConfig
 from sensaudit.inputs import torchscript_safety
 from sensaudit.inputs.torchscript_code import UnsafeCode, check_code
 from sensaudit.inputs.torchscript_debug import BadDebugInfo, check_debug_pickle
+from sensaudit.settings.sections import ModelConfig
 
 REFUSED = "refusing to load this TorchScript file: "
 TAIL = ("TorchScript is code that runs when the file is loaded and run, and sensaudit accepts "

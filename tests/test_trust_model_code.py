@@ -15,8 +15,8 @@ from helpers_bad import cli, config, export, write_config, write_csv
 from typer.testing import CliRunner
 
 from sensaudit import ModelLoadError, load_config, load_model
-from sensaudit.cli import app
-from sensaudit.config_settings import ModelConfig
+from sensaudit.cli.app import app
+from sensaudit.settings.sections import ModelConfig
 
 
 def _crafted_pt2(folder: Path, marker: Path) -> Path:

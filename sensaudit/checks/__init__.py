@@ -6,18 +6,18 @@ To add a check, subclass :class:`~sensaudit.checks.base.Check` in a new file and
 
 from __future__ import annotations
 
-from ..config_settings import AuditSettings
-from ..errors import ConfigError
-from .base import Check
-from .completeness import Completeness
-from .dominance import Dominance
-from .layer_health import LayerHealth
-from .linearity import Linearity
-from .monotonicity import Monotonicity
-from .one_hot import OneHotLevels
-from .proxies import ProxyLimits
-from .robustness import Robustness
-from .suspects import SuspectedProxies
+from sensaudit.checks.base import Check
+from sensaudit.checks.completeness import Completeness
+from sensaudit.checks.dominance import Dominance
+from sensaudit.checks.layer_health import LayerHealth
+from sensaudit.checks.linearity import Linearity
+from sensaudit.checks.monotonicity import Monotonicity
+from sensaudit.checks.one_hot import OneHotLevels
+from sensaudit.checks.proxies import ProxyLimits
+from sensaudit.checks.robustness import Robustness
+from sensaudit.checks.suspects import SuspectedProxies
+from sensaudit.core.errors import ConfigError
+from sensaudit.settings.sections import AuditSettings
 
 CHECKS: list[type[Check]] = [
     ProxyLimits,

@@ -33,9 +33,9 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..config_settings import AuditSettings
-from ..engine import Model
-from ..methods.base import Attributions
+from sensaudit.core.jacobian import Model
+from sensaudit.methods.base import Attributions
+from sensaudit.settings.sections import AuditSettings
 
 
 @dataclass

@@ -15,12 +15,12 @@ import math
 import numpy as np
 import torch
 
-from ..config_settings import AuditSettings
-from ..errors import ConfigError
-from ..methods import METHODS
-from ..methods.base import Attributions
-from ..stats import finite_rows
-from .base import Check, CheckResult, Notice, Ranking
+from sensaudit.checks.base import Check, CheckResult, Notice, Ranking
+from sensaudit.core.errors import ConfigError
+from sensaudit.methods import METHODS
+from sensaudit.methods.base import Attributions
+from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.accumulators import finite_rows
 
 DEFAULT_MAX_RELATIVE_GAP = 0.01
 

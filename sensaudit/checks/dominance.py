@@ -3,8 +3,8 @@ unknown proxies show up, so it gets a warning (not a failed gate)."""
 
 from __future__ import annotations
 
-from ..config_settings import AuditSettings
-from .base import Check, CheckResult, Notice, Ranking
+from sensaudit.checks.base import Check, CheckResult, Notice, Ranking
+from sensaudit.settings.sections import AuditSettings
 
 
 class Dominance(Check):

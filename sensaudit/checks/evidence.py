@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config_settings import MisscoredRule
-from ..stats import PoissonBootstrap
+from sensaudit.settings.sections import MisscoredRule
+from sensaudit.stats.accumulators import PoissonBootstrap
 
 # Rows per block of bootstrap weights: [samples + 1, block] float64 stays a few MB.
 BLOCK_ROWS = 8192

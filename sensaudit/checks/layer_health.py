@@ -12,7 +12,7 @@ For a deep linear stack y = W_L ... W_1 x, the Jacobian at layer l's output is W
 the same for every row, so its norm is the norm of that product (tests/test_checks_layers.py).
 
 Per layer: median and spread (5th..95th percentile) of the rows' norms, from a mergeable
-log-scale histogram (:class:`sensaudit.row_stats.LogHistogram`), the share of rows where it is
+log-scale histogram (:class:`sensaudit.stats.row_stats.LogHistogram`), the share of rows where it is
 exactly zero (dead units), in layer_health.csv: the line chart per layer is that table's
 ``median_norm`` against ``depth``. The median at the first layer over the median at the last
 is the product's change through depth: beyond ``max_ratio`` (or below its inverse) the check
@@ -27,11 +27,19 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..config_checks import LayerHealthSettings
-from ..config_settings import AuditSettings
-from ..engine import as_output_matrix
-from ..row_stats import LogHistogram
-from .base import Check, CheckResult, Gate, ModelContext, Notice, Ranking, ReplayChunk
+from sensaudit.checks.base import (
+    Check,
+    CheckResult,
+    Gate,
+    ModelContext,
+    Notice,
+    Ranking,
+    ReplayChunk,
+)
+from sensaudit.core.jacobian import as_output_matrix
+from sensaudit.settings.checks import LayerHealthSettings
+from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.row_stats import LogHistogram
 
 INPUT = "(input)"
 SUBJECT = "layer Jacobians"

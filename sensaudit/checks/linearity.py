@@ -3,7 +3,7 @@
 A gradient is a local slope. Where the score saturates (a sigmoid near 0 or 1) or has a kink
 (ReLU, clipping, a tree-like step), a small but finite change of the feature moves the score by
 something else than gradient x change. For every row, feature and output, the feature alone is
-moved by ``step`` standard deviations each way (:func:`sensaudit.perturb.finite_steps`) and the
+moved by ``step`` standard deviations each way (:func:`sensaudit.core.perturb.finite_steps`) and the
 actual score change compared with the gradient's prediction. A row is *off* for a feature when,
 either way, the two differ by more than ``tolerance`` of the larger of: the two changes, and
 the feature's typical change for that step (step x its scaled sensitivity). The last keeps a
@@ -24,11 +24,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config_checks import LinearitySettings
-from ..config_settings import AuditSettings
-from ..engine import scores_and_jacobian
-from ..perturb import finite_steps
-from .base import Check, CheckResult, Gate, ModelContext, Notice, Ranking, ReplayChunk
+from sensaudit.checks.base import (
+    Check,
+    CheckResult,
+    Gate,
+    ModelContext,
+    Notice,
+    Ranking,
+    ReplayChunk,
+)
+from sensaudit.core.jacobian import scores_and_jacobian
+from sensaudit.core.perturb import finite_steps
+from sensaudit.settings.checks import LinearitySettings
+from sensaudit.settings.sections import AuditSettings
 
 # A finite difference of float scores carries rounding of about eps x |score| on each side.
 ROUNDING_FACTOR = 64

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..config_checks import Expectation
-from ..config_settings import AuditSettings
-from ..stats import TopRows, _item, _scalar
-from .base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
+from sensaudit.checks.base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
+from sensaudit.settings.checks import Expectation
+from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.accumulators import TopRows, arrow_as_python, as_python
 
 WORST_ROWS_KEPT = 5
 
@@ -74,7 +74,7 @@ class Monotonicity(Check):
                 if column[r] >= 0:
                     break
                 row = int(kept[r])
-                violation = Violation(id=_item(_scalar(chunk.ids[row])),
+                violation = Violation(id=as_python(arrow_as_python(chunk.ids[row])),
                                       gradient=float(column[r] * signs[e]))
                 self.worst[o][e].offer(-float(column[r]), int(chunk.rows[row]), int(o),
                                        lambda v=violation: v)

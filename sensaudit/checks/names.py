@@ -7,8 +7,8 @@ or an immutable feature must stop the audit, not silently switch a check off.
 
 from __future__ import annotations
 
-from ..config_settings import AuditSettings
-from ..errors import ConfigError, did_you_mean
+from sensaudit.core.errors import ConfigError, did_you_mean
+from sensaudit.settings.sections import AuditSettings
 
 
 def check_check_names(settings: AuditSettings, features: tuple[str, ...],

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config_checks import FeatureGroup
-from ..config_settings import AuditSettings
-from ..perturb import level_switches
-from .base import Check, CheckResult, ModelContext, Ranking, ReplayChunk
+from sensaudit.checks.base import Check, CheckResult, ModelContext, Ranking, ReplayChunk
+from sensaudit.core.perturb import level_switches
+from sensaudit.settings.checks import FeatureGroup
+from sensaudit.settings.sections import AuditSettings
 
 OTHER = "(other)"
 ANY = "(any)"

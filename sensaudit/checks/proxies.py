@@ -12,13 +12,13 @@ import math
 import numpy as np
 import torch
 
-from ..config_checks import FeatureGroup
-from ..config_settings import AuditSettings, ProxyLimit
-from ..methods.base import Attributions
-from ..row_sample import RowSample
-from ..stats import finite_rows
-from .base import Check, CheckResult, Gate, Notice, Ranking
-from .proxy_probe import SAMPLE_ROWS, ProbeFigures, probe
+from sensaudit.checks.base import Check, CheckResult, Gate, Notice, Ranking
+from sensaudit.checks.proxy_probe import SAMPLE_ROWS, ProbeFigures, probe
+from sensaudit.methods.base import Attributions
+from sensaudit.settings.checks import FeatureGroup
+from sensaudit.settings.sections import AuditSettings, ProxyLimit
+from sensaudit.stats.accumulators import finite_rows
+from sensaudit.stats.row_sample import RowSample
 
 
 class ProxyLimits(Check):

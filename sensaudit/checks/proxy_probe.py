@@ -12,7 +12,7 @@ makes the gradient blind, the observed change is the model's actual response.
 
 Only declared proxies are probed (two model calls each on the sample, and one Jacobian of the
 sample): the gate is what a silent pass would betray. The sample is the ``SAMPLE_ROWS`` rows
-with the smallest hash of their row number (:class:`sensaudit.row_sample.RowSample`, kept by
+with the smallest hash of their row number (:class:`sensaudit.stats.row_sample.RowSample`, kept by
 the proxy check), so it merges across chunks and workers and is the same on every engine.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import Model, as_output_matrix, scores_and_jacobian
+from sensaudit.core.jacobian import Model, as_output_matrix, scores_and_jacobian
 
 # Enough rows to see a step crossed: a threshold inside the data's bulk is crossed by a
 # half-std step on roughly 10-20% of rows each way, i.e. dozens of the 256; few enough that

@@ -1,7 +1,7 @@
 """``audit.robustness``: how far a small, plausible edit can push each row's score.
 
 The gradient direction is exactly how adversarial examples are made. For every audited row
-and output, a projected-gradient attack (:func:`sensaudit.perturb.adversarial_shift`) looks for
+and output, a projected-gradient attack (:func:`sensaudit.core.perturb.adversarial_shift`) looks for
 the largest score rise and fall within ``epsilon`` standard deviations per feature
 (L-infinity), with ``immutable`` features held fixed and, under ``bounds: observed``, every
 feature kept within the min..max of the rows read. The row's shift is the larger of the two.
@@ -24,11 +24,11 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..config_checks import RobustnessSettings
-from ..config_settings import AuditSettings
-from ..perturb import adversarial_shift, feature_effects
-from ..row_stats import RowColumns
-from .base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
+from sensaudit.checks.base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
+from sensaudit.core.perturb import adversarial_shift, feature_effects
+from sensaudit.settings.checks import RobustnessSettings
+from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.row_stats import RowColumns
 
 SUBJECT = "adversarial shift"  # what the gates test (summary.json's flags name it as feature)
 

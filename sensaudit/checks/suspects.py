@@ -27,13 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config_settings import AuditSettings, MisscoredRule
-from ..errors import ConfigError, describe, did_you_mean
-from ..methods.base import Attributions
-from ..stats import PoissonBootstrap, finite_rows
-from ..text_safety import markdown_name
-from .base import Check, CheckResult, Gate, Notice, Ranking
-from .evidence import (
+from sensaudit.checks.base import Check, CheckResult, Gate, Notice, Ranking
+from sensaudit.checks.evidence import (
     MISSCORED,
     REST,
     Evidence,
@@ -44,6 +39,11 @@ from .evidence import (
     shares,
     top_bins,
 )
+from sensaudit.core.errors import ConfigError, describe, did_you_mean
+from sensaudit.core.text_safety import markdown_name
+from sensaudit.methods.base import Attributions
+from sensaudit.settings.sections import AuditSettings, MisscoredRule
+from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
 
 DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
 LIMIT = "not a suspected proxy (audit.fail_on_suspects)"

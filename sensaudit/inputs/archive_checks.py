@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .pickle_walk import StorageRef
+from sensaudit.inputs.pickle_walk import StorageRef
 
 # The largest archive sensaudit opens without trusted mode (all members, inflated): far above
 # any scorer, far below what would take the machine down.
@@ -49,7 +49,7 @@ def check_torch_version() -> None:
 
     There is no upper bound: the checks read the running torch's own schema, operator registry
     and archive constants, and refuse what they do not recognise, whatever release wrote it."""
-    from ..torch_support import MIN_TORCH, MIN_TORCH_TEXT, parse_version
+    from sensaudit.core.torch_support import MIN_TORCH, MIN_TORCH_TEXT, parse_version
 
     try:
         running = parse_version(torch.__version__)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError, first_line
+from sensaudit.core.errors import DataError, first_line
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _GLOB_CHARACTERS = "*?["

@@ -20,8 +20,8 @@ import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config_settings import DataConfig, ModelConfig
-from ..errors import ConfigError, ModelLoadError
+from sensaudit.core.errors import ConfigError, ModelLoadError
+from sensaudit.settings.sections import DataConfig, ModelConfig
 
 METADATA_NAME = "sensaudit.json"
 _MAX_METADATA_BYTES = 1 << 20  # a list of column names; anything bigger is not ours

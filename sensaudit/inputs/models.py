@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from ..config_settings import ModelConfig
-from ..errors import ModelLoadError, first_line
-from . import pt2_safety, torchscript_safety
-from .archive_checks import DamagedArchive
-from .regular import check_regular
+from sensaudit.core.errors import ModelLoadError, first_line
+from sensaudit.inputs import pt2_safety, torchscript_safety
+from sensaudit.inputs.archive_checks import DamagedArchive
+from sensaudit.inputs.regular import check_regular
+from sensaudit.settings.sections import ModelConfig
 
 TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
               "file like code you run")

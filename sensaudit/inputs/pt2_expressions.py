@@ -20,8 +20,8 @@ from __future__ import annotations
 import ast
 import re
 
-from .archive_checks import UnsafeArchive
-from .pt2_names import SYMPY_NAMES
+from sensaudit.inputs.archive_checks import UnsafeArchive
+from sensaudit.inputs.pt2_names import SYMPY_NAMES
 
 # Shapes are 64-bit; products of a few sizes need a few hundred bits. Anything near this cap is
 # no tensor shape, and numbers of this size are computed in microseconds.

@@ -34,10 +34,10 @@ import torch
 from torch._export.serde import schema
 from torch._export.serde.union import _Union
 
-from . import operator_policy
-from .archive_checks import UnsafeArchive
-from .pt2_expressions import check_expression
-from .pt2_names import SYMBOLIC_OP_NAMES
+from sensaudit.inputs import operator_policy
+from sensaudit.inputs.archive_checks import UnsafeArchive
+from sensaudit.inputs.pt2_expressions import check_expression
+from sensaudit.inputs.pt2_names import SYMBOLIC_OP_NAMES
 
 VERIFIERS = frozenset({"ATEN", "TRAINING"})
 NODE_METADATA = frozenset({"stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn",

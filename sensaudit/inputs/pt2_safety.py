@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from torch._export.serde import schema
 
-from . import operator_policy
-from .archive_checks import (
+from sensaudit.inputs import operator_policy
+from sensaudit.inputs.archive_checks import (
     MAX_DOCUMENT_BYTES,
     DamagedArchive,
     Inventory,
@@ -50,9 +50,15 @@ from .archive_checks import (
     read_member,
     take_inventory,
 )
-from .pickle_walk import ORDERED_DICT, REBUILD_TENSOR, PicklePolicy, UnsafePickle, walk
-from .pt2_graph import SAFE_TEXT, check_fields, check_program
-from .pt2_names import SYMBOLIC_OPS
+from sensaudit.inputs.pickle_walk import (
+    ORDERED_DICT,
+    REBUILD_TENSOR,
+    PicklePolicy,
+    UnsafePickle,
+    walk,
+)
+from sensaudit.inputs.pt2_graph import SAFE_TEXT, check_fields, check_program
+from sensaudit.inputs.pt2_names import SYMBOLIC_OPS
 
 # What torch.export.save writes, by name below the archive's folder (the same from torch 2.8 to
 # 2.14 at least; tests/test_torch_versions.py loads files written by other releases).

@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..errors import SensauditError
+from sensaudit.core.errors import SensauditError
 
 MAX_CONFIG_BYTES = 1 << 20  # a sensaudit config is a few KB; a 1 MiB one is not ours
 MAX_MANIFEST_BYTES = 1 << 20  # a list of report file names

@@ -11,18 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..config_settings import DataConfig
-from ..errors import DataError
-
-if TYPE_CHECKING:
-    from .tables import Table
+from sensaudit.core.errors import DataError
+from sensaudit.inputs.table_layout import Table
+from sensaudit.settings.sections import DataConfig
 
 
 @dataclass

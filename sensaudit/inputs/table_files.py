@@ -11,19 +11,15 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
 
-from ..config_settings import DataConfig
-from ..errors import DataError, first_line
-from .dataset import is_parquet
-from .table_chunks import _MISSING_TEXT
-
-if TYPE_CHECKING:
-    from .tables import Table
-
+from sensaudit.core.errors import DataError, first_line
+from sensaudit.inputs.dataset import is_parquet
+from sensaudit.inputs.table_chunks import _MISSING_TEXT
+from sensaudit.inputs.table_layout import Table
+from sensaudit.settings.sections import DataConfig
 
 
 def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame, int | None]:

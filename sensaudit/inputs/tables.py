@@ -18,18 +18,16 @@ the reading sits beside it:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import pandas as pd
 import pyarrow as pa
 import torch
 
-from ..config_settings import DataConfig
-from ..errors import DataError, first_line
-from . import dataset
-from .dataset import WorkUnit
-from .table_chunks import (
+from sensaudit.core.errors import DataError, first_line
+from sensaudit.inputs import dataset
+from sensaudit.inputs.dataset import WorkUnit
+from sensaudit.inputs.table_chunks import (
     _MISSING_TEXT,
     Chunk,
     MissingValues,
@@ -38,29 +36,9 @@ from .table_chunks import (
     _numeric,
     _numeric_column,
 )
-from .table_files import _check_duplicates, _header, _read_blocks, _read_frames
-
-
-@dataclass(frozen=True)
-class Table:
-    """What the audit reads from the extract: which columns play which part."""
-
-    path: Path
-    features: tuple[str, ...]
-    label: str | None
-    id: str | None
-    row_count: int | None = None  # known up front for Parquet, not for CSV
-    # Columns left out of the default features (text), named when the model's width differs.
-    skipped: tuple[str, ...] = ()
-    # CSV feature columns whose first rows hold integers beyond float32's exact 2**24: parsed
-    # as text and then as int64, so their statistics (and the warning that the model's dtype
-    # rounds them) see the exact values a float64 parse would round.
-    large_integers: tuple[str, ...] = ()
-
-    @property
-    def columns(self) -> list[str]:
-        extra = [c for c in (self.id, self.label) if c is not None and c not in self.features]
-        return list(self.features) + extra
+from sensaudit.inputs.table_files import _check_duplicates, _header, _read_blocks, _read_frames
+from sensaudit.inputs.table_layout import Table
+from sensaudit.settings.sections import DataConfig
 
 
 def open_table(cfg: DataConfig) -> Table:

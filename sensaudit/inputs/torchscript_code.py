@@ -18,9 +18,13 @@ import tokenize
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .torchscript_limits import MAX_CODE_DEPTH, nesting
-from .torchscript_names import CUSTOM_CLASSES, method_name_allowed, resolves_outside_archive
-from .torchscript_ops import (
+from sensaudit.inputs.torchscript_limits import MAX_CODE_DEPTH, nesting
+from sensaudit.inputs.torchscript_names import (
+    CUSTOM_CLASSES,
+    method_name_allowed,
+    resolves_outside_archive,
+)
+from sensaudit.inputs.torchscript_ops import (
     ATEN_OPS,
     ATTRIBUTE_BUILTINS,
     BUILTIN_CALLS,

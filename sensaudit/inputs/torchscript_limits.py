@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ast
 
-from .archive_checks import Inventory, UnsafeArchive
+from sensaudit.inputs.archive_checks import Inventory, UnsafeArchive
 
 # Per code file: 35 times the largest measured (a Sequential of thousands of layers is about
 # 50 bytes of code each), and a few hundred MB at most for Python's parser on hostile input.

@@ -20,7 +20,7 @@ from functools import lru_cache
 
 import torch
 
-from .torchscript_ops import ATEN_OPS
+from sensaudit.inputs.torchscript_ops import ATEN_OPS
 
 CUSTOM_CLASSES = "__torch__.torch.classes"
 # The namespaces TorchScript resolves a method call or builtin to (SimpleValue::attr builds an

@@ -24,7 +24,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from .archive_checks import (
+from sensaudit.inputs.archive_checks import (
     MAX_DOCUMENT_BYTES,
     Inventory,
     UnsafeArchive,
@@ -33,7 +33,7 @@ from .archive_checks import (
     read_member,
     take_inventory,
 )
-from .pickle_walk import (
+from sensaudit.inputs.pickle_walk import (
     ORDERED_DICT,
     REBUILD_TENSOR,
     PickleFacts,
@@ -41,10 +41,10 @@ from .pickle_walk import (
     UnsafePickle,
     walk,
 )
-from .torchscript_code import CodeFacts, UnsafeCode, check_code, check_type_string
-from .torchscript_debug import BadDebugInfo, check_debug_pickle
-from .torchscript_limits import check_lines, check_sizes
-from .torchscript_names import resolves_outside_archive
+from sensaudit.inputs.torchscript_code import CodeFacts, UnsafeCode, check_code, check_type_string
+from sensaudit.inputs.torchscript_debug import BadDebugInfo, check_debug_pickle
+from sensaudit.inputs.torchscript_limits import check_lines, check_sizes
+from sensaudit.inputs.torchscript_names import resolves_outside_archive
 
 # File format versions torch 2.x writes for TorchScript (3, raised up to 10 by the operators a
 # model uses); older or newer ones were not reviewed for these checks.

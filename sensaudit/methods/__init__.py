@@ -6,11 +6,11 @@ and add it to :data:`METHODS` with one line (README, "Extending").
 
 from __future__ import annotations
 
-from .base import AttributionMethod
-from .gradient import Gradient
-from .gradient_x_input import GradientXInput
-from .integrated_gradients import IntegratedGradients
-from .smoothgrad import SmoothGrad
+from sensaudit.methods.base import AttributionMethod
+from sensaudit.methods.gradient import Gradient
+from sensaudit.methods.gradient_x_input import GradientXInput
+from sensaudit.methods.integrated_gradients import IntegratedGradients
+from sensaudit.methods.smoothgrad import SmoothGrad
 
 METHODS: dict[str, type[AttributionMethod]] = {
     Gradient.name: Gradient,

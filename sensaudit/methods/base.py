@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from ..engine import Model
+from sensaudit.core.jacobian import Model
 
 if TYPE_CHECKING:
-    from ..config_settings import AuditSettings
+    from sensaudit.settings.sections import AuditSettings
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..engine import Model, scores_and_jacobian
-from .base import AttributionMethod, Attributions
+from sensaudit.core.jacobian import Model, scores_and_jacobian
+from sensaudit.methods.base import AttributionMethod, Attributions
 
 
 class Gradient(AttributionMethod):

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config_settings import AuditSettings
-from ..engine import Model, as_output_matrix, default_batch_size, scores_and_jacobian
-from .base import AttributionMethod, Attributions
+from sensaudit.core.jacobian import Model, as_output_matrix, default_batch_size, scores_and_jacobian
+from sensaudit.methods.base import AttributionMethod, Attributions
+from sensaudit.settings.sections import AuditSettings
 
 # Path points attributed per engine call, in engine chunks: enough to keep the engine busy,
 # few enough that the [points, outputs, features] Jacobian stays small.

@@ -2,9 +2,9 @@
 2017), which smooths out the kinks and saturation a single gradient is sensitive to.
 
 The noise is a pure function of (seed, row number, sample): a counter-based hash (SplitMix64,
-as :class:`~sensaudit.stats.PoissonBootstrap` uses for its weights) picks it from tables of
-normal draws made from the seed (:class:`GaussianNoise`). So a row gets the same noise whatever
-chunk it is read in, and the same seed gives the same report.
+as :class:`~sensaudit.stats.accumulators.PoissonBootstrap` uses for its weights) picks it from
+tables of normal draws made from the seed (:class:`GaussianNoise`). So a row gets the same noise
+whatever chunk it is read in, and the same seed gives the same report.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config_settings import AuditSettings
-from ..engine import Model, as_output_matrix, default_batch_size, scores_and_jacobian
-from ..stats import splitmix64
-from .base import AttributionMethod, Attributions
+from sensaudit.core.jacobian import Model, as_output_matrix, default_batch_size, scores_and_jacobian
+from sensaudit.methods.base import AttributionMethod, Attributions
+from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.accumulators import splitmix64
 
 # Noisy copies attributed per engine call, in engine chunks (as integrated_gradients does).
 _ENGINE_CHUNKS_PER_CALL = 4
@@ -40,7 +40,7 @@ def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
 
 def splitmix64_torch(z: torch.Tensor) -> torch.Tensor:
     """SplitMix64's finaliser on int64 tensors, wrapping as the uint64 original does (the
-    same bits as :func:`sensaudit.stats.splitmix64`; tests/test_methods.py checks)."""
+    same bits as :func:`sensaudit.stats.accumulators.splitmix64`; tests/test_methods.py checks)."""
     z = z + _GAMMA
     z = (z ^ _shift_right(z, 30)) * _MIX1
     z = (z ^ _shift_right(z, 27)) * _MIX2

@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 
-from .base import ReportWriter
-from .csv_report import CsvReport
-from .html_report import HtmlReport
-from .json_report import JsonReport
-from .junit_report import JunitReport
-from .markdown_report import MarkdownReport
-from .parquet_report import ParquetReport
-from .png_report import PngReport
-from .staging import StagedReport
+from sensaudit.reports.base import ReportWriter
+from sensaudit.reports.csv_report import CsvReport
+from sensaudit.reports.html_report import HtmlReport
+from sensaudit.reports.json_report import JsonReport
+from sensaudit.reports.junit_report import JunitReport
+from sensaudit.reports.markdown_report import MarkdownReport
+from sensaudit.reports.parquet_report import ParquetReport
+from sensaudit.reports.png_report import PngReport
+from sensaudit.reports.staging import StagedReport
 
 WRITERS: dict[str, type[ReportWriter]] = {
     CsvReport.format: CsvReport,

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, ClassVar
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ..compare import ComparisonResult
-    from ..results import AuditResult
-    from .staging import StagedReport
+    from sensaudit.reports.staging import StagedReport
+    from sensaudit.results.audit_result import AuditResult
+    from sensaudit.results.comparison import ComparisonResult
 
 
 def nulls_as_text(schema: pa.Schema) -> pa.Schema:

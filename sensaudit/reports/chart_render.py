@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .charts import ChartPlan
+from sensaudit.reports.charts import ChartPlan
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..compare import ComparisonResult
-from ..results import AuditResult
-from ..row_sample import ContributionSample
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult
+from sensaudit.stats.row_sample import ContributionSample
 
 # The distribution chart shows this many of each output's strongest features.
 TOP_FEATURES = 8

@@ -12,11 +12,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from ..compare import ComparisonResult
-from ..results import AuditResult
-from ..text_safety import csv_frame, csv_table
-from .base import ReportWriter, nulls_as_text
-from .staging import StagedReport
+from sensaudit.core.text_safety import csv_frame, csv_table
+from sensaudit.reports.base import ReportWriter, nulls_as_text
+from sensaudit.reports.staging import StagedReport
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult
 
 
 class CsvReport(ReportWriter):

@@ -16,12 +16,12 @@ from html import escape
 
 import pandas as pd
 
-from .._version import __version__
-from ..compare import ComparisonResult, gate_change
-from ..gate_text import figures, subject
-from ..results import AuditResult
-from .base import ReportWriter
-from .charts import ChartPlan, audit_plans, comparison_plans
+from sensaudit._version import __version__
+from sensaudit.reports.base import ReportWriter
+from sensaudit.reports.charts import ChartPlan, audit_plans, comparison_plans
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult, gate_change
+from sensaudit.results.gate_text import figures, subject
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
@@ -114,7 +114,7 @@ def _page(title: str, body: list[str]) -> str:
 
 
 def _figure(plan: ChartPlan) -> str:
-    from .chart_render import png_bytes
+    from sensaudit.reports.chart_render import png_bytes
 
     data = base64.b64encode(png_bytes(plan)).decode("ascii")
     return (f'<figure id="{escape(plan.name)}">\n'

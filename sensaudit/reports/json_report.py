@@ -9,11 +9,11 @@ import json
 import math
 from typing import Any
 
-from .._version import __version__
-from ..checks.base import Gate, Notice
-from ..compare import ComparisonResult
-from ..results import AuditResult
-from .base import ReportWriter
+from sensaudit._version import __version__
+from sensaudit.checks.base import Gate, Notice
+from sensaudit.reports.base import ReportWriter
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult
 
 
 class JsonReport(ReportWriter):

@@ -14,11 +14,11 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from ..compare import ComparisonResult
-from ..gate_text import finding_for, gate_line, notice_line
-from ..results import AuditResult
-from ..text_safety import xml_text
-from .base import ReportWriter
+from sensaudit.core.text_safety import xml_text
+from sensaudit.reports.base import ReportWriter
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult
+from sensaudit.results.gate_text import finding_for, gate_line, notice_line
 
 
 @dataclass

@@ -8,12 +8,12 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .._version import __version__
-from ..compare import ComparisonResult, gate_change, noise_name
-from ..results import AuditResult, Driver
-from ..text_safety import markdown_code, markdown_line, markdown_name, visible
-from .base import ReportWriter
-from .charts import audit_plans, comparison_plans
+from sensaudit._version import __version__
+from sensaudit.core.text_safety import markdown_code, markdown_line, markdown_name, visible
+from sensaudit.reports.base import ReportWriter
+from sensaudit.reports.charts import audit_plans, comparison_plans
+from sensaudit.results.audit_result import AuditResult, Driver
+from sensaudit.results.comparison import ComparisonResult, gate_change, noise_name
 
 
 class MarkdownReport(ReportWriter):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..compare import ComparisonResult
-from ..results import AuditResult
-from .base import ReportWriter, nulls_as_text
-from .staging import StagedReport
+from sensaudit.reports.base import ReportWriter, nulls_as_text
+from sensaudit.reports.staging import StagedReport
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult
 
 
 class ParquetReport(ReportWriter):

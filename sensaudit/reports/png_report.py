@@ -4,10 +4,10 @@ and comparison.md link them when this format is asked for."""
 
 from __future__ import annotations
 
-from ..compare import ComparisonResult
-from ..results import AuditResult
-from .base import ReportWriter
-from .charts import ChartPlan, audit_plans, comparison_plans
+from sensaudit.reports.base import ReportWriter
+from sensaudit.reports.charts import ChartPlan, audit_plans, comparison_plans
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult
 
 
 class PngReport(ReportWriter):
@@ -22,7 +22,7 @@ class PngReport(ReportWriter):
         self._write(comparison_plans(result))
 
     def _write(self, plans: list[ChartPlan]) -> None:
-        from .chart_render import png_bytes
+        from sensaudit.reports.chart_render import png_bytes
 
         for plan in plans:
             self._save(plan.name, png_bytes(plan))

@@ -33,8 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ..errors import ReportError
-from ..inputs.regular import MAX_MANIFEST_BYTES, read_capped
+from sensaudit.core.errors import ReportError
+from sensaudit.inputs.regular import MAX_MANIFEST_BYTES, read_capped
 
 try:
     import fcntl

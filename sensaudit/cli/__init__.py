@@ -1,0 +1,1 @@
+"""The command line: `sensaudit run`, `compare`, `resample`, `init` and their console output."""

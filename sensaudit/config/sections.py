@@ -1,0 +1,255 @@
+"""The YAML section parsers: ``model``, ``data``, ``audit``, ``compare`` and ``report``.
+
+Each takes the section's raw mapping and returns its settings object
+(:mod:`sensaudit.settings.sections`), refusing unknown keys and bad values with a one-line
+ConfigError that names the file and the dotted key (:mod:`sensaudit.config.validate`). The
+checks' ``audit:`` keys are parsed in :mod:`sensaudit.settings.checks`;
+:func:`~sensaudit.config.load.parse_config` walks the top level and calls the parsers here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sensaudit.config.check_sections import CHECK_KEYS, parse_check_keys
+from sensaudit.config.registries import registered
+from sensaudit.config.validate import _Validator
+from sensaudit.core.errors import ConfigError, did_you_mean
+from sensaudit.core.values import is_int
+from sensaudit.settings.sections import (
+    BASELINE_EXPECTED,
+    BASELINE_KINDS,
+    DEVICES,
+    EXAMPLES,
+    MAX_BOOTSTRAP_SAMPLES,
+    MAX_SAMPLES,
+    MAX_SEED,
+    MAX_STEPS,
+    MISSCORED_RULES,
+    ON_MISSING,
+    REPORT_FORMATS,
+    RULE_RANGE,
+    TRANSFORMS,
+    AuditSettings,
+    CompareSettings,
+    DataConfig,
+    MisscoredRule,
+    ModelConfig,
+    ProxyLimit,
+    ReportConfig,
+)
+
+
+def _model(v: _Validator, raw: Any) -> ModelConfig:
+    m = v.mapping(raw, "model")
+    v.keys(m, "model", required=("path",),
+           optional=("class", "class_file", "kwargs", "trust_model_code", "output",
+                     "output_names", "device", "features", "transform"),
+           # the removed old name: an old config is told the new one, not just "unknown"
+           renamed={"trust_pickle": "trust_model_code"})
+    output = m.get("output")
+    if output is not None and not isinstance(output, str):
+        output = v.integer(output, "model.output", minimum=0)
+    names = m.get("output_names")
+    class_file = v.path(m["class_file"], "model.class_file") if "class_file" in m else None
+    if class_file is not None and "class" not in m:
+        raise ConfigError(f"{v.source}: model.class_file needs model.class: the name of the "
+                          "class to build from it")
+    return ModelConfig(
+        path=v.path(m["path"], "model.path"),
+        class_path=v.class_path(m["class"], "model.class", class_file) if "class" in m
+        else None,
+        class_file=class_file,
+        kwargs=dict(v.mapping(m.get("kwargs", {}), "model.kwargs")),
+        trust_model_code=v.boolean(m.get("trust_model_code", False), "model.trust_model_code"),
+        output=output,
+        output_names=v.names(names, "model.output_names") if names is not None else None,
+        device=v.choice(m.get("device", "auto"), "model.device", DEVICES),
+        features=(v.names(m["features"], "model.features") if m.get("features") is not None
+                  else None),
+        transform=v.choice(m.get("transform", "none"), "model.transform", TRANSFORMS),
+    )
+
+
+def _data(v: _Validator, raw: Any) -> DataConfig:
+    d = v.mapping(raw, "data")
+    v.keys(d, "data", required=("path",),
+           optional=("features", "label", "id", "on_missing", "chunk_rows"))
+    features = d.get("features")
+    return DataConfig(
+        path=v.path(d["path"], "data.path"),
+        features=v.names(features, "data.features") if features is not None else None,
+        label=v.string(d["label"], "data.label") if d.get("label") is not None else None,
+        id=v.string(d["id"], "data.id") if d.get("id") is not None else None,
+        on_missing=v.choice(d.get("on_missing", "error"), "data.on_missing", ON_MISSING),
+        chunk_rows=v.integer(d.get("chunk_rows", 100_000), "data.chunk_rows", minimum=1),
+    )
+
+
+def _audit(v: _Validator, raw: Any) -> AuditSettings:
+    a = v.mapping(raw if raw is not None else {}, "audit")
+    v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
+                                 "batch_size", "allow_nonfinite", "method", "checks",
+                                 "baseline", "samples", "noise", "seed", "steps", "misscored",
+                                 "fail_on_suspects", *CHECK_KEYS))
+    proxies_raw = a.get("proxies")
+    proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
+    if not isinstance(proxies_raw, list):
+        v.fail("audit.proxies", "a list of {feature, max_share, max_rank}", proxies_raw)
+    proxies = tuple(_proxy(v, p, f"audit.proxies[{i}]") for i, p in enumerate(proxies_raw))
+    seen: set[str] = set()
+    for i, proxy in enumerate(proxies):
+        if proxy.feature in seen:
+            raise ConfigError(f"{v.source}: audit.proxies[{i}].feature '{proxy.feature}' "
+                              "is declared twice")
+        seen.add(proxy.feature)
+    batch_size = a.get("batch_size")
+    method = v.choice(a.get("method", "gradient"), "audit.method", registered("methods"))
+    _method_keys(v, a, method)
+    return AuditSettings(
+        proxies=proxies,
+        dominance_warning=v.fraction(a.get("dominance_warning", 0.5), "audit.dominance_warning"),
+        top_k=v.integer(a.get("top_k", 3), "audit.top_k", minimum=1),
+        examples_in_report=v.integer(a.get("examples_in_report", 10), "audit.examples_in_report",
+                                     minimum=0),
+        batch_size=(v.integer(batch_size, "audit.batch_size", minimum=1)
+                    if batch_size is not None else None),
+        allow_nonfinite=v.boolean(a.get("allow_nonfinite", False), "audit.allow_nonfinite"),
+        method=method,
+        checks=_checks(v, a.get("checks", {})),
+        **parse_check_keys(v, a),
+        misscored=_misscored(v, a["misscored"]) if a.get("misscored") is not None else None,
+        fail_on_suspects=v.boolean(a.get("fail_on_suspects", False), "audit.fail_on_suspects"),
+        baseline=_baseline(v, a.get("baseline", "mean")),
+        samples=v.integer(a.get("samples", 50), "audit.samples", minimum=1,
+                          maximum=MAX_SAMPLES),
+        noise=v.positive(a.get("noise", 0.2), "audit.noise"),
+        seed=v.integer(a.get("seed", 0), "audit.seed", minimum=0, maximum=MAX_SEED,
+                       maximum_text="2**64 - 1"),
+        steps=v.integer(a.get("steps", 50), "audit.steps", minimum=1, maximum=MAX_STEPS),
+    )
+
+
+def _misscored(v: _Validator, raw: Any) -> MisscoredRule:
+    m = v.mapping(raw, "audit.misscored")
+    v.keys(m, "audit.misscored", optional=MISSCORED_RULES)
+    if len(m) != 1:
+        v.fail("audit.misscored", "a mapping with exactly one of " + ", ".join(MISSCORED_RULES),
+               dict(m))
+    (kind, value), = m.items()
+    try:
+        MisscoredRule(kind, value)  # the one place its range is checked
+    except ConfigError:
+        v.fail(f"audit.misscored.{kind}", RULE_RANGE[kind], value)
+    return MisscoredRule(kind, float(value))
+
+
+def _baseline(v: _Validator, raw: Any) -> str | dict[str, float]:
+    if isinstance(raw, Mapping):
+        v.mapping(raw, "audit.baseline")
+        if not raw:
+            v.fail("audit.baseline", BASELINE_EXPECTED, raw)
+        return {name: v.finite(value, f"audit.baseline.{name}")
+                for name, value in raw.items()}
+    if not isinstance(raw, str) or raw not in BASELINE_KINDS:
+        v.fail("audit.baseline", BASELINE_EXPECTED, raw)
+    return raw
+
+
+def _method_keys(v: _Validator, a: Mapping[str, Any], method: str) -> None:
+    """A setting of another method (audit.steps under smoothgrad) would be silently
+    ignored: refuse it, as an unknown key is refused."""
+    from sensaudit.methods import METHODS
+
+    for key in ("samples", "noise", "seed", "steps"):
+        if key not in a or key in METHODS[method].settings_keys:
+            continue
+        users = [name for name, cls in METHODS.items() if key in cls.settings_keys]
+        raise ConfigError(f"{v.source}: audit.{key} is a setting of audit.method "
+                          f"{' or '.join(users)}, not of '{method}'")
+
+
+def _checks(v: _Validator, raw: Any) -> dict[str, Mapping[str, Any]]:
+    checks = v.mapping(raw if raw is not None else {}, "audit.checks")
+    known = registered("checks")
+    for name, options in checks.items():
+        if name not in known:
+            raise ConfigError(f"{v.source}: unknown check '{name}' in audit.checks"
+                              f"{did_you_mean(name, known)} (registered: {', '.join(known)})")
+        v.mapping(options if options is not None else {}, f"audit.checks.{name}")
+    return {name: dict(options or {}) for name, options in checks.items()}
+
+
+def _proxy(v: _Validator, raw: Any, key: str) -> ProxyLimit:
+    p = v.mapping(raw, key)
+    v.keys(p, key, required=("feature",), optional=("max_share", "max_rank", "reason"))
+    if "max_share" not in p and "max_rank" not in p:
+        raise ConfigError(f"{v.source}: {key} needs a limit: max_share, max_rank or both")
+    return ProxyLimit(
+        feature=v.string(p["feature"], f"{key}.feature"),
+        max_share=v.fraction(p["max_share"], f"{key}.max_share") if "max_share" in p else None,
+        max_rank=v.integer(p["max_rank"], f"{key}.max_rank", minimum=1) if "max_rank" in p
+        else None,
+        reason=v.string(p["reason"], f"{key}.reason") if "reason" in p else None,
+    )
+
+
+def _compare(v: _Validator, raw: Any) -> CompareSettings:
+    c = v.mapping(raw if raw is not None else {}, "compare")
+    v.keys(c, "compare", optional=("max_proxy_share_increase", "bootstrap_samples", "confidence",
+                                   "seed", "top_k", "min_change"))
+    margin = c.get("max_proxy_share_increase")
+    confidence = v.fraction(c.get("confidence", 0.95), "compare.confidence")
+    if not 0 < confidence < 1:
+        v.fail("compare.confidence", "a number strictly between 0 and 1", confidence)
+    return CompareSettings(
+        max_proxy_share_increase=(v.fraction(margin, "compare.max_proxy_share_increase")
+                                  if margin is not None else None),
+        bootstrap_samples=v.integer(c.get("bootstrap_samples", 1000), "compare.bootstrap_samples",
+                                    minimum=0, maximum=MAX_BOOTSTRAP_SAMPLES),
+        confidence=confidence,
+        seed=v.integer(c.get("seed", 0), "compare.seed", minimum=0, maximum=MAX_SEED,
+                       maximum_text="2**64 - 1"),
+        top_k=v.integer(c.get("top_k", 3), "compare.top_k", minimum=1),
+        min_change=v.number(c.get("min_change", 2.0), "compare.min_change", 0, 100),
+    )
+
+
+def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:
+    r = v.mapping(raw if raw is not None else {}, "report")
+    v.keys(r, "report", optional=("dir", "formats", "examples"))
+    formats = r.get("formats", list(REPORT_FORMATS))
+    known = registered("formats")
+    if not isinstance(formats, list) or not formats:
+        v.fail("report.formats", f"a non-empty list drawn from {list(known)}", formats)
+    chosen = tuple(v.choice(f, f"report.formats[{i}]", known)
+                   for i, f in enumerate(formats))
+    check_available(chosen, f"{v.source}: report.formats")
+    examples = r.get("examples", "auto")
+    if not (examples in EXAMPLES or is_int(examples) and examples >= 1):
+        v.fail("report.examples", "auto, all, top, none or a row limit (an integer >= 1)",
+               examples)
+    return ReportConfig(dir=v.path(r["dir"], "report.dir") if "dir" in r else default_dir,
+                        formats=tuple(dict.fromkeys(chosen)), examples=examples)
+
+
+def _default_report_dir(source: str | Path, base_dir: Path) -> Path:
+    """Without report.dir: reports/<config name> beside the config, so two configs in one
+    folder (scorer_v1.yaml, scorer_v2.yaml) keep their reports apart."""
+    name = Path(str(source)).name
+    stem = Path(name).stem if name.endswith((".yaml", ".yml")) else ""
+    return Path(os.path.normpath(base_dir / "reports" / stem))
+
+
+def check_available(formats: tuple[str, ...], where: str) -> None:
+    """A format whose optional packages are missing (png, html without matplotlib) is
+    refused before any data is read, with the command that installs them."""
+    from sensaudit.reports import unavailable
+
+    for name in formats:
+        reason = unavailable(name)
+        if reason is not None:
+            raise ConfigError(f"{where}: '{name}' {reason}")

@@ -1,0 +1,2 @@
+"""What every layer uses: errors, the input-Jacobian engine, perturbations, score transforms, torch
+support, text escaping."""

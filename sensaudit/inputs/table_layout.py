@@ -1,0 +1,28 @@
+"""Which columns of an extract play which part: the features, the label, the ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Table:
+    """What the audit reads from the extract: which columns play which part."""
+
+    path: Path
+    features: tuple[str, ...]
+    label: str | None
+    id: str | None
+    row_count: int | None = None  # known up front for Parquet, not for CSV
+    # Columns left out of the default features (text), named when the model's width differs.
+    skipped: tuple[str, ...] = ()
+    # CSV feature columns whose first rows hold integers beyond float32's exact 2**24: parsed
+    # as text and then as int64, so their statistics (and the warning that the model's dtype
+    # rounds them) see the exact values a float64 parse would round.
+    large_integers: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        extra = [c for c in (self.id, self.label) if c is not None and c not in self.features]
+        return list(self.features) + extra

@@ -1,0 +1,334 @@
+"""Two audits of the same rows -> how the sensitivities moved, with their noise. No I/O.
+
+Both models see the same chunks, so per-row agreement (cosine of the two rows' contribution
+vectors) and score changes are exact. Confidence intervals come from a Poisson bootstrap over
+rows: every row gets a Poisson(1) weight per replicate, drawn from a hash of (seed, replicate,
+row number), so the weights, and the report, are the same for the same input whatever the
+chunk size, and old and new models are resampled together (a paired bootstrap). The resampled
+feature standard deviations come from the same weights in the first pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sensaudit.core.errors import ConfigError
+from sensaudit.inputs.models import LoadedModel
+from sensaudit.inputs.table_chunks import Chunk
+from sensaudit.inputs.table_layout import Table
+from sensaudit.methods.base import Attributions
+from sensaudit.pipeline.compare_noise import RetrainingNoise, change_interval, retraining_noise
+from sensaudit.pipeline.pass_state import Chunks, Progress, ReadPass
+from sensaudit.pipeline.passes import audit_models, make_method
+from sensaudit.pipeline.spill import SpilledChunk
+from sensaudit.results.audit_result import AuditResult
+from sensaudit.results.comparison import ComparisonResult, noise_name
+from sensaudit.settings.sections import AuditSettings, CompareSettings, ModelConfig
+from sensaudit.stats.accumulators import (
+    AgreementAccumulator,
+    BootstrapMoments,
+    BootstrapSensitivity,
+    PoissonBootstrap,
+    finite_rows,
+)
+
+# The bootstrap weights of a block of rows are [samples, rows] float64: blocks of rows keep
+# that near 2**24 elements (128 MiB) however many replicates compare.bootstrap_samples asks for.
+WEIGHT_ELEMENTS = 2**24
+# The intervals' accumulators are [samples, features] per statistic (two feature moments, one
+# sum per model and output) and are all needed at the end, when each replicate's shares are
+# normalised over every feature: one pass over the rows cannot hold less. Their size is
+# bounded before any row is read: 2**25 float64 values (256 MiB) per accumulator, about 1 GiB
+# in all, instead of a run that grows until the machine kills it (exit 3).
+MAX_BOOTSTRAP_ELEMENTS = 2**25
+
+
+def check_bootstrap_size(cmp: CompareSettings, features: int, source: object,
+                         outputs: int = 1) -> None:
+    """Refuse compare.bootstrap_samples x features (x the model's outputs, once known) over
+    MAX_BOOTSTRAP_ELEMENTS, naming the key and the largest replicate count that fits."""
+    per_sample = features * outputs
+    if cmp.bootstrap_samples * per_sample <= MAX_BOOTSTRAP_ELEMENTS:
+        return
+    fits = MAX_BOOTSTRAP_ELEMENTS // max(per_sample, 1)
+    shape = f"{features:,} features" + (f" x {outputs:,} outputs" if outputs > 1 else "")
+    raise ConfigError(
+        f"{source}: compare.bootstrap_samples {cmp.bootstrap_samples:,} x {shape} "
+        f"is {cmp.bootstrap_samples * per_sample:,} values per accumulator, over the limit of "
+        f"{MAX_BOOTSTRAP_ELEMENTS:,} (about 256 MiB each); set compare.bootstrap_samples to "
+        f"at most {fits:,} (0 turns the row bootstrap off)")
+
+
+def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
+                    settings: AuditSettings, cmp: CompareSettings, *,
+                    model_cfg: ModelConfig | None, source: object,
+                    progress: Progress, notes: list[str] | None = None,
+                    replicas: tuple[int, int] = (0, 0)) -> ComparisonResult:
+    """Audit the old and new model on the same chunks (one read of the data) and measure how
+    their sensitivities moved, with paired bootstrap intervals and per-row agreement.
+
+    ``models``: old, new, then ``replicas[0]`` retrained copies of old and ``replicas[1]`` of
+    new (the same training, other seeds): their spread is the retraining noise the change's
+    interval adds to the rows' (:func:`retraining_noise`).
+    """
+    bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
+    boot_moments = BootstrapMoments(bootstrap, len(table.features))
+    boots = [BootstrapSensitivity(bootstrap) for _ in models[:2]]
+    per_unit = make_method(settings, source).per_unit
+    agreements: list[AgreementAccumulator] = []
+
+    def resample(chunk: Chunk, results: list[Attributions]) -> None:
+        # The outputs are known once a model ran: [samples, outputs, features] sums.
+        check_bootstrap_size(cmp, len(table.features), source,
+                             outputs=results[0].values.shape[1])
+        add_bootstrap(boot_moments, boots, chunk.rows, chunk.x, results)
+
+    def agree(read: ReadPass, std: torch.Tensor):
+        agreement = AgreementAccumulator(len(read.models[0].prepared.outputs),
+                                         keep=settings.examples_in_report)
+        agreements.append(agreement)
+
+        def each(chunk: SpilledChunk) -> None:
+            add_agreement(agreement, chunk.rows, chunk.ids, chunk.results, std, per_unit)
+
+        return each
+
+    audits, _, _ = audit_models(models, chunks, table, settings, model_cfg=model_cfg,
+                                source=source, progress=progress, on_chunk=resample,
+                                on_replay=agree, notes=notes)
+    return comparison_result(audits, boot_moments, boots, agreements[0], settings, cmp,
+                             replicas=replicas, per_unit=per_unit)
+
+
+def add_bootstrap(boot_moments: BootstrapMoments, boots: list[BootstrapSensitivity],
+                  rows: np.ndarray, x: torch.Tensor, results: list[Attributions]) -> None:
+    """One chunk's rows into the paired bootstrap: the resampled feature moments and each
+    model's resampled sensitivities (the first two models: old and new)."""
+    bootstrap = boot_moments.bootstrap
+    block = max(1, WEIGHT_ELEMENTS // max(bootstrap.samples, 1))
+    for start in range(0, len(rows), block):
+        part = slice(start, start + block)
+        weights = bootstrap.weights(rows[part])
+        boot_moments.update(rows[part], x[part], weights)
+        # Each model's intervals use the rows its own statistics use. Only old and new have
+        # intervals (boots); the seed replicas that may follow them in results have none.
+        for attributions, boot in zip(results[:len(boots)], boots, strict=True):
+            scores, values = attributions.scores[part], attributions.values[part]
+            boot.update(weights, values, finite_rows(scores, values))
+
+
+def add_agreement(agreement: AgreementAccumulator, rows: np.ndarray, ids: object,
+                  results: list[tuple[torch.Tensor, torch.Tensor]], std: torch.Tensor,
+                  per_unit: bool) -> None:
+    """One chunk's per-row agreement of the old and new model (``results``: each model's
+    scores and values, on the CPU), contributions in score units (x ``std`` when per unit)."""
+    (s_old, v_old), (s_new, v_new) = results[:2]
+    finite = finite_rows(s_old, v_old) & finite_rows(s_new, v_new)
+    scale = std if per_unit else 1.0
+    agreement.update(rows, ids, s_old, s_new, v_old * scale, v_new * scale, finite)
+
+
+def comparison_result(audits: list[AuditResult], boot_moments: BootstrapMoments,
+                      boots: list[BootstrapSensitivity], agreement: AgreementAccumulator,
+                      settings: AuditSettings, cmp: CompareSettings, *,
+                      replicas: tuple[int, int], per_unit: bool) -> ComparisonResult:
+    """The comparison from the audits of every model (old, new, then the replicas) and the
+    merged bootstrap and agreement accumulators."""
+    old, new = audits[:2]
+    boot_std = boot_moments.std if per_unit else None
+    noise = retraining_noise([old, *audits[2 : 2 + replicas[0]]],
+                             [new, *audits[2 + replicas[0] :]])
+    table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
+                                 cmp.confidence, min_change=cmp.min_change / 100, noise=noise)
+    overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
+                        **agreement.summary(i, output)}
+               for i, output in enumerate(new.outputs)}
+    increases = []
+    if cmp.max_proxy_share_increase is not None:
+        proxies = {p.feature for p in settings.proxies}
+        grown = table_cmp[table_cmp["feature"].isin(proxies)
+                          & (table_cmp["delta_share"] > cmp.max_proxy_share_increase)]
+        increases = [{"feature": r.feature, "output": r.output, "delta_share": r.delta_share,
+                      "margin": cmp.max_proxy_share_increase} for r in grown.itertuples()]
+    result = ComparisonResult(
+        table=table_cmp, overall=overall, old=old, new=new, proxy_increases=increases,
+        settings={"bootstrap_samples": cmp.bootstrap_samples, "confidence": cmp.confidence,
+                  "seed": cmp.seed, "top_k": cmp.top_k,
+                  "max_proxy_share_increase": cmp.max_proxy_share_increase,
+                  "min_change": cmp.min_change,
+                  "noise": "rows and retraining" if noise is not None else "rows",
+                  "old_replicas": [a.model_path for a in audits[2 : 2 + replicas[0]]],
+                  "new_replicas": [a.model_path for a in audits[2 + replicas[0] :]],
+                  "retraining_dof": noise.dof if noise is not None else None})
+    result.findings = comparison_findings(result, [p.feature for p in settings.proxies])
+    return result
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); nan when a ranking is constant."""
+    ra = pd.Series(a).rank(method="average").to_numpy()
+    rb = pd.Series(b).rank(method="average").to_numpy()
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    """Kendall's tau-b (tie-corrected); nan when a ranking is constant."""
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    upper = np.triu_indices(len(a), k=1)
+    da, db = da[upper], db[upper]
+    concordance = float((da * db).sum())
+    denominator = math.sqrt(float((da != 0).sum()) * float((db != 0).sum()))
+    return concordance / denominator if denominator else float("nan")
+
+
+def top_k_overlap(share_old: np.ndarray, share_new: np.ndarray, k: int) -> float:
+    """Fraction of the old top-k features still in the new top-k."""
+    k = min(k, len(share_old))
+    top_old = set(np.argsort(-share_old, kind="stable")[:k].tolist())
+    top_new = set(np.argsort(-share_new, kind="stable")[:k].tolist())
+    return len(top_old & top_new) / k if k else float("nan")
+
+
+def comparison_table(old: AuditResult, new: AuditResult, shares_old: torch.Tensor,
+                     shares_new: torch.Tensor, confidence: float, *, min_change: float = 0.0,
+                     noise: RetrainingNoise | None = None) -> pd.DataFrame:
+    """Per (output, feature) before/after figures with bootstrap intervals.
+
+    shares_*: [samples, outputs, features] bootstrap replicates (samples may be 0).
+    ``min_change`` (a share, 0.02 = 2 points): a smaller change is never marked ``changed``.
+    ``noise``: the retraining noise the change's interval adds to row sampling.
+    """
+    lo_q, hi_q = (1 - confidence) / 2, (1 + confidence) / 2
+    frames = []
+    for i, output in enumerate(new.outputs):
+        a = old.table[old.table["output"] == old.outputs[i]].set_index("feature")
+        b = new.table[new.table["output"] == output].set_index("feature")
+        features = new.features
+        frame = pd.DataFrame({"output": output, "feature": features})
+        frame["share_old"] = a.loc[features, "share"].to_numpy()
+        frame["share_new"] = b.loc[features, "share"].to_numpy()
+        frame["delta_share"] = frame["share_new"] - frame["share_old"]
+        low = high = None
+        if shares_old.shape[0]:
+            delta = (shares_new[:, i, :] - shares_old[:, i, :]).numpy()
+            frame["share_old_low"] = np.quantile(shares_old[:, i, :].numpy(), lo_q, axis=0)
+            frame["share_old_high"] = np.quantile(shares_old[:, i, :].numpy(), hi_q, axis=0)
+            frame["share_new_low"] = np.quantile(shares_new[:, i, :].numpy(), lo_q, axis=0)
+            frame["share_new_high"] = np.quantile(shares_new[:, i, :].numpy(), hi_q, axis=0)
+            low, high = bootstrap_interval(delta, confidence)
+        sd = noise.sd[output] if noise is not None else None
+        interval = change_interval(frame["delta_share"].to_numpy(), low, high, sd,
+                                   noise.dof if noise is not None else 0, confidence)
+        if sd is not None:
+            frame["retraining_sd"] = sd
+        if interval is not None:
+            frame["delta_share_low"], frame["delta_share_high"] = interval
+            # Outside its noise: the change's interval excludes zero.
+            frame["significant"] = (frame["delta_share_low"] > 0) | (frame["delta_share_high"] < 0)
+        else:
+            # No bootstrap, no measure of noise: no change is called larger than it.
+            frame["significant"] = False
+        # Marked as a change only when it is outside its noise and large enough to matter.
+        frame["changed"] = frame["significant"] & (frame["delta_share"].abs() >= min_change)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frame["relative_change"] = frame["delta_share"] / frame["share_old"]
+        frame["scaled_sensitivity_old"] = a.loc[features, "scaled_sensitivity"].to_numpy()
+        frame["scaled_sensitivity_new"] = b.loc[features, "scaled_sensitivity"].to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frame["sensitivity_ratio"] = (frame["scaled_sensitivity_new"]
+                                          / frame["scaled_sensitivity_old"])
+        frame["rank_old"] = a.loc[features, "rank"].to_numpy()
+        frame["rank_new"] = b.loc[features, "rank"].to_numpy()
+        frame["flagged_old"] = a.loc[features, "flagged"].to_numpy()
+        frame["flagged_new"] = b.loc[features, "flagged"].to_numpy()
+        frame["gate_changed"] = frame["flagged_old"] != frame["flagged_new"]
+        frames.append(frame.sort_values(["rank_new", "feature"], kind="stable"))
+    return pd.concat(frames, ignore_index=True)
+
+
+def bootstrap_interval(replicates: np.ndarray, confidence: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval of replicates [samples, ...] over the first axis."""
+    return (np.quantile(replicates, (1 - confidence) / 2, axis=0),
+            np.quantile(replicates, (1 + confidence) / 2, axis=0))
+
+
+def rank_agreement(table: pd.DataFrame, output: str, k: int) -> dict:
+    group = table[table["output"] == output]
+    old, new = group["share_old"].to_numpy(), group["share_new"].to_numpy()
+    return {"spearman": spearman(old, new), "kendall_tau": kendall_tau(old, new),
+            "top_k": min(k, len(old)), "top_k_overlap": top_k_overlap(old, new, k)}
+
+
+def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[str]:
+    """Plain-words sentences: what fell, what rose, what gates changed, how scores moved.
+    With several outputs every sentence names its output."""
+    lines: list[str] = []
+    multi = len(result.new.outputs) > 1
+    table = result.table
+    has_intervals = "delta_share_low" in table.columns
+    noise = noise_name(result.settings)
+
+    def where(output: str) -> str:
+        return f"Output '{output}': " if multi else ""
+
+    for output in result.new.outputs:
+        group = table[table["output"] == output]
+        for r in group.itertuples():
+            noteworthy = abs(r.delta_share) >= 0.05 and (r.changed or not has_intervals)
+            if r.feature in proxies or noteworthy:
+                lines.append(where(output) + _movement(r, has_intervals, noise))
+        leader_new = group.sort_values("rank_new").iloc[0]
+        leader_old = group.sort_values("rank_old").iloc[0]
+        if leader_new["feature"] != leader_old["feature"]:
+            lines.append(f"{where(output)}{leader_new['feature']} is now the strongest driver "
+                         f"({leader_new['share_new']:.0%}), replacing {leader_old['feature']}.")
+        agreement = result.overall[output]
+        lines.append(
+            f"{where(output)}Rankings agree with Spearman {_fmt(agreement['spearman'])} and "
+            f"Kendall tau {_fmt(agreement['kendall_tau'])}; {agreement['top_k_overlap']:.0%} of "
+            f"the old top {agreement['top_k']} remain. Per row, the two models' contribution "
+            f"vectors have median cosine {_fmt(agreement['cosine']['median'])}. Scores moved by "
+            f"{agreement['score_change']['mean_abs']:.3g} on average (largest "
+            f"{agreement['score_change']['max_abs']:.3g}).")
+    for r in table[table["gate_changed"]].itertuples():
+        state = ("passed its gate in the old model and fails it in the new one"
+                 if r.flagged_new else
+                 "was flagged by the old model and passes its gate in the new one")
+        lines.append(f"{where(r.output)}{r.feature} {state}.")
+    for inc in result.proxy_increases:
+        lines.append(f"{where(inc['output'])}{inc['feature']}'s share grew by "
+                     f"{_points(inc['delta_share'])}, more than the allowed "
+                     f"{_points(inc['margin'], sign=False)} (compare.max_proxy_share_increase).")
+    return lines
+
+
+def _movement(r, has_intervals: bool, noise: str) -> str:
+    verb = "fell" if r.delta_share < 0 else "rose"
+    ci = ""
+    if has_intervals:
+        ci = (f" (change {_points(r.delta_share)}, interval {r.delta_share_low * 100:+.1f} to "
+              f"{_points(r.delta_share_high)}; {noise})")
+    caveat = ""
+    if has_intervals and not r.significant:
+        caveat = "; within its noise"
+    elif has_intervals and not r.changed:
+        caveat = "; below compare.min_change"
+    return (f"{r.feature}'s share {verb} from {r.share_old:.0%} to {r.share_new:.0%}{ci}, rank "
+            f"{r.rank_old} -> {r.rank_new}{caveat}.")
+
+
+def _points(share: float, sign: bool = True) -> str:
+    """A share difference in points: 0.136 -> '+13.6 points'."""
+    return f"{share * 100:{'+' if sign else ''}.1f} points"
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"

@@ -1,0 +1,68 @@
+"""What the audit's passes hand each other: one model's partial results, the read pass's
+results, and the callbacks an engine gives the passes (progress, example rows, chunks)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+import torch
+
+from sensaudit.checks.base import Check
+from sensaudit.inputs.table_chunks import Chunk
+from sensaudit.methods.base import Attributions
+from sensaudit.pipeline.baselines import FeatureSummary
+from sensaudit.pipeline.example_candidates import ExampleCandidates
+from sensaudit.pipeline.model_ready import PreparedModel
+from sensaudit.pipeline.spill import Spill
+from sensaudit.stats.accumulators import AttributionSums, FeatureMoments
+from sensaudit.stats.row_stats import FeatureRange
+
+# progress(stage, rows_done, rows_total): stage "statistics" (the pre-pass some methods need),
+# "audit" (the read pass: attributions) or "examples" (the replay: per-row contributions);
+# rows_total is None while unknown.
+Progress = Callable[[str, int, "int | None"], None]
+ExampleSink = Callable[[pa.Table], None]
+Chunks = Callable[[], Iterator[Chunk]]
+# on_chunk(chunk, [attributions per model]) sees every chunk of the read pass.
+ChunkHook = Callable[[Chunk, list[Attributions]], None]
+# The baseline as it stands after a chunk of the read pass (float64 [features]), given the
+# statistics read so far: what the example candidates are ranked against.
+ProvisionalBaseline = Callable[[FeatureSummary], torch.Tensor]
+
+
+@dataclass
+class ModelPass:
+    """One model's partial results from the read pass."""
+
+    prepared: PreparedModel
+    sums: AttributionSums
+    checks: list[Check]
+    # Moments of the inputs as the model sees them, kept only when its dtype is narrower than
+    # the data's (float64 CSV values into a float32 model): see precision_warnings.
+    seen: FeatureMoments | None = None
+    # The report's example rows chosen during the read (when no replay of every row follows).
+    candidates: ExampleCandidates | None = None
+
+
+@dataclass
+class ReadPass:
+    moments: FeatureMoments
+    dropped: int
+    models: list[ModelPass]
+    spill: Spill
+    ranges: FeatureRange | None = None  # per-feature min..max, for checks that replay
+    summary: FeatureSummary | None = None  # the read's feature statistics (moments, medians)
+    # False when the spill was dropped for passing its row limit (see read_pass).
+    spilled: bool = True
+
+
+class ChunkState(Protocol):
+    """What one model accumulates over the chunks it reads (a :class:`ModelPass` here, a
+    work unit's partial on another engine)."""
+
+    sums: AttributionSums
+    checks: list[Check]
+    seen: FeatureMoments | None
