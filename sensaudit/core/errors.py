@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import itertools
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class SensauditError(Exception):
@@ -99,7 +100,7 @@ def _bounded_repr(value: object, depth: int) -> str:
     return repr(value)
 
 
-def _items(open_: str, close: str, items: Iterable, size: int, depth: int, *,
+def _items(open_: str, close: str, items: Iterable[Any], size: int, depth: int, *,
            pairs: bool = False) -> str:
     if size == 0:
         return open_ + close

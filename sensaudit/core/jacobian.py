@@ -23,6 +23,8 @@ from torch.autograd.functional import jacobian
 from sensaudit.core.errors import ModelError, first_line
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+# What a tuned choice is remembered under: the call's shape and settings (dtype, outputs, ...).
+Key = tuple[object, ...]
 
 STRATEGIES = ("auto", "reverse", "reverse-vmap", "forward", "vmap-jacrev")
 # For multi-output models no strategy wins everywhere (it depends on outputs, features, the
@@ -149,10 +151,10 @@ class StrategyTuner:
     """
 
     def __init__(self) -> None:
-        self._chosen: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        self._rows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._chosen: weakref.WeakKeyDictionary[Model, Any] = weakref.WeakKeyDictionary()
+        self._rows: weakref.WeakKeyDictionary[Model, Any] = weakref.WeakKeyDictionary()
 
-    def chunk_rows(self, model: Model, key: tuple, rows: int, default: int, cap: int
+    def chunk_rows(self, model: Model, key: Key, rows: int, default: int, cap: int
                    ) -> tuple[int, Callable[[float], None] | None]:
         """Rows per chunk for this call, and a callback for the call's seconds per row when
         the call is a trial.
@@ -189,7 +191,7 @@ class StrategyTuner:
 
         return trial, record
 
-    def start(self, model: Model, strategy: str, key: tuple, *, n_outputs: int,
+    def start(self, model: Model, strategy: str, key: Key, *, n_outputs: int,
               n_features: int, chunks: int) -> Tuning:
         """The plan for one call: a fixed strategy, a remembered choice, or a tuning run."""
         if strategy != "auto":
@@ -202,13 +204,14 @@ class StrategyTuner:
         active = n_outputs > 1 and chunks > _TUNING_ROUNDS * len(_TUNED)
         return Tuning(self, model, key, default, active=active)
 
-    def _remembered(self, model: Model, key: tuple) -> str | None:
+    def _remembered(self, model: Model, key: Key) -> str | None:
         try:
-            return self._chosen.get(model, {}).get(key)
+            chosen: str | None = self._chosen.get(model, {}).get(key)
+            return chosen
         except TypeError:  # not weak-referenceable: tune on every call
             return None
 
-    def remember(self, model: Model, key: tuple, strategy: str) -> None:
+    def remember(self, model: Model, key: Key, strategy: str) -> None:
         try:
             self._chosen.setdefault(model, {})[key] = strategy
         except TypeError:
@@ -219,7 +222,7 @@ class Tuning:
     """One call's tuning run: chunk 0 runs the default untimed, chunks 1.._TUNING_ROUNDS x
     len(_TUNED) each time one candidate, then the fastest is used for the rest."""
 
-    def __init__(self, tuner: StrategyTuner, model: Model, key: tuple, strategy: str, *,
+    def __init__(self, tuner: StrategyTuner, model: Model, key: Key, strategy: str, *,
                  active: bool):
         self.tuner, self.model, self.key = tuner, model, key
         self.strategy = strategy
@@ -377,8 +380,9 @@ def _forward_mode(model: Model, x: torch.Tensor) -> torch.Tensor:
     derivative of row r's outputs with respect to its own feature j.
     """
     delta = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
-    return jacobian(lambda d: model(x + d).reshape(x.shape[0], -1), delta,
-                    strategy="forward-mode", vectorize=True)  # [rows, outputs, features]
+    jac: torch.Tensor = jacobian(lambda d: model(x + d).reshape(x.shape[0], -1), delta,
+                                 strategy="forward-mode", vectorize=True)
+    return jac  # [rows, outputs, features]
 
 
 def _vmap_jacrev(model: Model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

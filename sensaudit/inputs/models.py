@@ -169,8 +169,10 @@ def _load_exported(path: Path, device: torch.device, trust: bool) -> torch.nn.Mo
     # Exported graphs fix their train/eval behaviour at export time and refuse .eval().
     # Untrusted: no guard function, which torch builds as Python source and exec's; the
     # module's input checks (a pre-hook) still run.
-    return _guard(path, "torch.export program",
-                  lambda: program.module() if trust else program.module(check_guards=False))
+    module: torch.nn.Module = _guard(
+        path, "torch.export program",
+        lambda: program.module() if trust else program.module(check_guards=False))
+    return module
 
 
 def _load_torchscript(path: Path, device: torch.device, trust: bool) -> Any:
@@ -283,7 +285,7 @@ def _state_dict_of(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
                          "state_dict of tensors nor a model")
 
 
-def _all_tensors(mapping: Mapping) -> bool:
+def _all_tensors(mapping: Mapping[object, object]) -> bool:
     return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in mapping.items())
 
 

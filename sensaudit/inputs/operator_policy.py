@@ -134,7 +134,7 @@ def refusal(op: Any) -> str | None:
     return None
 
 
-def call_refusal(op: Any, args: tuple, kwargs: dict) -> str | None:
+def call_refusal(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """Why this call of an admitted operator may not run, or None: dropout in training mode."""
     if isinstance(op, torch._ops.OpOverload) and op._schema.name.split("::")[-1] in \
             RANDOM_WHEN_TRAINING:

@@ -103,7 +103,7 @@ class _Container:
         self.sealed = False
 
 
-class _Tuple(tuple):
+class _Tuple(tuple[Any, ...]):
     """A tuple that knows how deep it nests, and how many tuples deep (``tuple_depth``)."""
 
     depth: int

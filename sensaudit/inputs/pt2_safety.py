@@ -161,7 +161,7 @@ def _document(archive: zipfile.ZipFile, inventory: Inventory, name: str, cls: ty
 
 
 def _check_payloads(inventory: Inventory, entries: dict[str, Any], folder: str,
-                    member_name: re.Pattern) -> None:
+                    member_name: re.Pattern[str]) -> None:
     """Weights or constants: raw tensor bytes only, each member sized as its tensors say."""
     needed: dict[str, list[int]] = {}  # member -> [bytes the tensors cover, element sizes...]
     for fqn, entry in entries.items():

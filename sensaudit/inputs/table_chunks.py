@@ -128,7 +128,8 @@ def _id_array(column: pd.Series) -> pa.Array:
 
 
 def _arrow_numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                or pa.types.is_boolean(kind))
 
 
 def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, table: Table,
@@ -186,19 +187,22 @@ def _integer_values(series: pd.Series) -> np.ndarray | None:
     """A column's exact int64 values when it holds integers only (an integer dtype, or text
     a CSV's large-integer column was read as), else None."""
     if pd.api.types.is_signed_integer_dtype(series):
-        return None if series.hasnans else series.to_numpy(dtype=np.int64)
+        if series.hasnans:
+            return None
+        exact: np.ndarray = series.to_numpy(dtype=np.int64)
+        return exact
     if series.dtype == object or pd.api.types.is_string_dtype(series):
         numbers = pd.to_numeric(series.astype(str).str.strip(), errors="coerce")
         if pd.api.types.is_signed_integer_dtype(numbers):
-            return numbers.to_numpy(dtype=np.int64)
+            parsed: np.ndarray = numbers.to_numpy(dtype=np.int64)
+            return parsed
     return None
 
 
 def _numeric_column(series: pd.Series, name: str, path: Path, first_row: int) -> np.ndarray:
-    if _numeric(series):
-        return series.to_numpy(dtype=np.float64)
-    if pd.api.types.is_bool_dtype(series):
-        return series.to_numpy(dtype=np.float64)
+    if _numeric(series) or pd.api.types.is_bool_dtype(series):
+        values: np.ndarray = series.to_numpy(dtype=np.float64)
+        return values
     text = series.astype(str).str.strip()
     numbers = pd.to_numeric(text, errors="coerce")
     not_number = numbers.isna() & ~text.isin(_MISSING_TEXT)
@@ -207,7 +211,7 @@ def _numeric_column(series: pd.Series, name: str, path: Path, first_row: int) ->
         raise DataError(f"{path}: column '{name}' has text in row {first_row + pos} "
                         f"({text.iloc[pos]!r}); expected numbers")
     # copy: pandas may hand out a read-only view, and missing markers are written into it.
-    out = numbers.to_numpy(dtype=np.float64, copy=True)
+    out: np.ndarray = numbers.to_numpy(dtype=np.float64, copy=True)
     out[text.isin(_MISSING_TEXT).to_numpy()] = np.nan
     return out
 

@@ -61,7 +61,7 @@ def _entry(entry: Any, table: tuple[str, ...]) -> int:
     # one byte past the end is its own, and its error printing copes with it.
     if not (0 <= start <= end <= text_bytes + 1 and line >= 0 and offset >= 0):
         raise BadDebugInfo("a debug pickle range outside its text")
-    return offset
+    return int(offset)
 
 
 class _Unpickler(pickle.Unpickler):

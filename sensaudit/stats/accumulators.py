@@ -121,7 +121,7 @@ class AttributionSums:
         self.nonfinite_rows = 0
         self._nonfinite: list[tuple[int, object]] = []  # (row number, id), the lowest rows
 
-    def update(self, rows: np.ndarray, ids: Sequence, scores: torch.Tensor,
+    def update(self, rows: np.ndarray, ids: Sequence[object], scores: torch.Tensor,
                values: torch.Tensor, finite: torch.Tensor | None = None) -> None:
         """rows: int [rows] row numbers; scores: [rows, outputs]; values: [rows, outputs,
         features], in any float dtype (summed in float64)."""
@@ -157,7 +157,7 @@ class AttributionSums:
                                  key=lambda t: t[0])[:NONFINITE_IDS_KEPT]
 
     @property
-    def nonfinite_ids(self) -> list:
+    def nonfinite_ids(self) -> list[object]:
         return [row_id for _, row_id in self._nonfinite]
 
 
@@ -228,7 +228,8 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
     z = z + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    mixed: np.ndarray = z ^ (z >> np.uint64(31))
+    return mixed
 
 
 class PoissonBootstrap:
@@ -418,7 +419,7 @@ class AgreementAccumulator:
         index = int(np.searchsorted(cumulative, q * self.rows, side="left"))
         return -1 + (min(index, COSINE_BINS - 1) + 0.5) * 2 / COSINE_BINS
 
-    def summary(self, output: int, name: str) -> dict:
+    def summary(self, output: int, name: str) -> dict[str, Any]:
         """The agreement figures comparison.json reports for output number ``output``."""
         rows = max(self.rows, 1)
         quantiles = (("p05", 0.05), ("p25", 0.25), ("median", 0.5), ("p75", 0.75),

@@ -72,7 +72,8 @@ class RowSample:
         priority = row_priority(rows, self.salt)
         if len(self.priority) < self.keep:
             return np.ones(len(rows), dtype=bool)
-        return priority < self.priority.max()
+        wanted: np.ndarray = priority < self.priority.max()
+        return wanted
 
     def update(self, rows: np.ndarray, values: np.ndarray, offered: int | None = None) -> None:
         """rows: int64 [n] row numbers (distinct); values: float64 [n, ...] (cast to float64).

@@ -135,7 +135,7 @@ class RowColumns:
     def __len__(self) -> int:
         return sum(len(r) for r in self._rows)
 
-    def sorted(self) -> tuple[np.ndarray, list, np.ndarray]:
+    def sorted(self) -> tuple[np.ndarray, list[object], np.ndarray]:
         """(row numbers [n], ids [n] as Python values, values [n, columns]) by row number."""
         if not self._rows:
             return (np.zeros(0, dtype=np.int64), [],
