@@ -19,6 +19,7 @@ import torch
 
 from sensaudit.checks.names import check_check_names, group_names
 from sensaudit.config.load import Config
+from sensaudit.config.sections import check_report_formats
 from sensaudit.core.errors import ConfigError, ModelLoadError, did_you_mean
 from sensaudit.core.jacobian import Model
 from sensaudit.core.torch_support import require_supported_torch
@@ -53,6 +54,7 @@ require_supported_torch()
 def run_audit(config: Config, *, progress: Progress | None = None,
               trust_model_code: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
+    check_report_formats(config.source, config.report.formats)
     with StagedReport(config.report.dir, config.report.formats, protect=(
             config.source, *protected_files(config.data.path), _model_path(config))) as staged:
         choice = config.report.examples
@@ -255,6 +257,7 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
                 trust_model_code: bool | None = None) -> tuple[ComparisonResult, list[Path]]:
     """``compare_models`` and write comparison.csv/json/md atomically into ``out_dir``
     (default: the config's report.dir)."""
+    check_report_formats(config.source, config.report.formats)
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats, kind="compare", protect=(
             config.source, *protected_files(config.data.path),
