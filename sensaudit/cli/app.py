@@ -238,8 +238,10 @@ def init(
                                            show_default=False)] = None,
     debug: Debug = False,
 ) -> None:
-    """Write a commented starter config for MODEL audited on DATA: the features are the data's
-    numeric columns (less --id and --label), checked against the model's input width.
+    """Write a commented starter config for MODEL audited on DATA: the features are the input
+    names saved in the model file, else the data's numeric columns (less --id and --label),
+    checked against the model's input width; columns the model does not take are left out,
+    with a comment saying which.
 
     Example:
 
@@ -253,6 +255,8 @@ def init(
         starter = starter_config(model, data, config, label=label, id=id)
         write_new(config, starter.text)
     _plain(f"Wrote {config}: {len(starter.features)} features"
+           + (f" ({len(starter.left_out)} numeric column(s) left out: see the comment above "
+              "data.features)" if starter.left_out else "")
            + (f", id {starter.id}" if starter.id else "")
            + (f", label {starter.label}" if starter.label else "")
            + f", {starter.outputs} output(s). Declare the proxies in audit.proxies, then run: "
