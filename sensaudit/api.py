@@ -25,7 +25,14 @@ from sensaudit.core.jacobian import Model
 from sensaudit.core.torch_support import require_supported_torch
 from sensaudit.inputs import tables
 from sensaudit.inputs.dataset import protected_files
-from sensaudit.inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
+from sensaudit.inputs.model_inputs import (
+    ModelInputs,
+    PairedInputs,
+    declared_inputs,
+    match_data,
+    order_note,
+    paired_inputs,
+)
 from sensaudit.inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from sensaudit.inputs.regular import refuse_special
 from sensaudit.methods import METHODS
@@ -229,7 +236,12 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     base = config.model or ModelConfig(path=Path(old_path))
     configs = [replace(base, path=Path(p), trust_model_code=False)
                for p in (old_path, new_path, *old_replicas, *new_replicas)]
-    inputs = _same_inputs([declared_inputs(c, config.data) for c in configs[:2]], configs[:2])
+    paired = paired_inputs(declared_inputs(configs[0], config.data),
+                           declared_inputs(configs[1], config.data), configs[0].path,
+                           configs[1].path)
+    inputs = paired.table
+    if paired.differ:  # each model takes its own columns of the union both read
+        configs = _own_columns(configs, paired, config.data, replicas=len(old_replicas))
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
@@ -240,14 +252,16 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
         return compare_on_ray(config, configs, data, table, progress=progress or _no_progress,
                               notes=_notes(inputs, table.features),
                               replicas=(len(old_replicas), len(new_replicas)),
-                              trust_model_code=trust_model_code)
+                              trust_model_code=trust_model_code,
+                              inputs=(paired.old, paired.new))
     models = [load_model(c, trust_model_code=trust_model_code) for c in configs]
     # Every model sees the same rows, each converted to its own dtype.
     return compare_on_rows(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
                            table, config.audit, config.compare, model_cfg=config.model,
                            source=config.source, progress=progress or _no_progress,
                            notes=_notes(inputs, table.features),
-                           replicas=(len(old_replicas), len(new_replicas)))
+                           replicas=(len(old_replicas), len(new_replicas)),
+                           inputs=(paired.old, paired.new))
 
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
@@ -338,14 +352,24 @@ def _notes(inputs: ModelInputs, features: tuple[str, ...]) -> list[str]:
     return [note] if note else []
 
 
-def _same_inputs(inputs: list[ModelInputs], configs: list[ModelConfig]) -> ModelInputs:
-    """compare feeds both models the same columns: their declared orders must agree."""
-    old, new = inputs
-    if old.features and new.features and old.features != new.features:
-        raise ModelLoadError(f"{configs[1].path} takes its inputs as {', '.join(new.features)}"
-                             f" but {configs[0].path} as {', '.join(old.features)}; compare "
-                             "needs models that take the same columns")
-    return old if old.features else new
+def _own_columns(configs: list[ModelConfig], paired: PairedInputs, data: DataConfig,
+                 replicas: int) -> list[ModelConfig]:
+    """Each model's config with where its inputs are among the union's columns: old, new, and
+    each replica by its own saved names, else as the model it retrains."""
+    union = paired.table.features or ()
+    sides = [paired.old, paired.new, *[paired.old] * replicas,
+             *[paired.new] * (len(configs) - 2 - replicas)]
+    placed = []
+    for i, (cfg, side) in enumerate(zip(configs, sides, strict=True)):
+        own = side if i < 2 else (declared_inputs(cfg, data).features or side)
+        if own is not None:
+            outside = [f for f in own if f not in union]
+            if outside:
+                raise ModelLoadError(f"{cfg.path}: takes '{outside[0]}', which neither "
+                                     "compared model takes (a replica retrains OLD or NEW, "
+                                     "on the same columns)")
+        placed.append(replace(cfg, columns=paired.columns(own)))
+    return placed
 
 
 def _model_path(config: Config) -> Path | None:

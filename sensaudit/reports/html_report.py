@@ -168,6 +168,8 @@ def _table(header: list[str], rows: list[list[str]], *, text: set[int],
 
 
 def _cell(value: object) -> str:
+    if value is pd.NA:  # a rank of a model that does not take the feature (compare)
+        return ""
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
     if isinstance(value, float):
