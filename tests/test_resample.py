@@ -159,6 +159,8 @@ def test_cli_prints_the_dependence_before_and_after(tmp_path):
      "--bins must be at least 2 (got 1)"),
     (["--proxy", "proxy", "--label", "label", "--seed", "-1"],
      "--seed must be between 0 and 18446744073709551615 (got -1)"),
+    (["--proxy", "proxy", "--label", "label", "--method", "shuffle"],
+     "--method must be one of rows, weights, permute, residual (got 'shuffle')"),
     (["--proxy", "proxy", "--label", "label", "--method", "weights", "--weight-column", "a"],
      "{train}: already has a column 'a'; name the weights column another way "
      "(--weight-column)"),
