@@ -223,6 +223,8 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
 
     ``old_replicas`` / ``new_replicas``: the same models retrained with other seeds; their
     spread on these rows (retraining noise) widens the change's interval.
+    Models whose saved input names differ (a column dropped, added or reordered) both read
+    the union of their columns, each fed its own (see :mod:`sensaudit.pipeline.compare`).
     The config's data, proxies and compare settings apply; its ``model`` section, if any,
     only lends both models its class/kwargs/output/device settings: its ``trust_model_code``
     does not carry over to the files named here (pass ``trust_model_code=True`` for that).

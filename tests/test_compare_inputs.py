@@ -219,3 +219,25 @@ def test_each_model_is_audited_as_if_alone_on_its_own_columns(tmp_path):
     compared, single = layers(result.new), layers(alone)
     assert compared["layer"].tolist() == ["(input)", "0", "1", "2"]
     np.testing.assert_allclose(compared["median_norm"], single["median_norm"], rtol=1e-12)
+
+
+def test_replicas_take_the_columns_of_the_model_they_retrain(retrain):
+    """An old replica without saved names takes old's columns; a new replica with its names
+    takes its own. The retraining noise of a common feature is their spread; a removed
+    feature has none (it has no change)."""
+    tmp, _ = retrain
+    export_named(tmp / "old_seed2.pt2", [1.1, 0.5, 2.0, 0.9], None)
+    export_named(tmp / "new_seed2.pt2", [0.28, 0.5, 2.1], ["a", "b", "c"])
+    result = compare_models(load_config(tmp / "cfg.yaml"), tmp / "old.pt2", tmp / "new.pt2",
+                            old_replicas=[tmp / "old_seed2.pt2"],
+                            new_replicas=[tmp / "new_seed2.pt2"])
+    table = result.table.set_index("feature")
+    assert result.settings["noise"] == "rows and retraining"
+    assert (table.loc[NEW_INPUTS, "retraining_sd"] > 0).all()
+    assert math.isnan(table.loc["leak", "retraining_sd"])
+    # new_seed2 is new with its columns reordered and c's weight a little off: its shares
+    # are close to new's, which it would not be if it were fed new's column order.
+    (tmp / "plain.yaml").write_text(yaml.safe_dump({"data": {"path": "data.csv", "id": "id"}}))
+    replica = compare_models(load_config(tmp / "plain.yaml"), tmp / "new.pt2",
+                             tmp / "new_seed2.pt2").table
+    assert replica["delta_share"].abs().max() < 0.05
