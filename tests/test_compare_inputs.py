@@ -172,6 +172,7 @@ def test_cli_end_to_end_in_every_format(retrain):
     assert "| leak | 49.7% | — | removed | | 1 -> — | cleared |" in markdown
     assert "Each model's shares are normalised over its own inputs" in markdown
     html = re.sub(r"data:image/png;base64,[^\"]*", "", (out / "comparison.html").read_text())
+    assert "Each model&#x27;s shares are normalised over its own inputs" in html
     assert "leak was removed" in html and "&lt;NA&gt;" not in html and "nan" not in html
     assert 'failures="0"' in (out / "comparison-junit.xml").read_text()
     assert (out / "chart-compare-shares.png").stat().st_size > 0
