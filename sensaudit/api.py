@@ -19,12 +19,20 @@ import torch
 
 from sensaudit.checks.names import check_check_names, group_names
 from sensaudit.config.load import Config
+from sensaudit.config.sections import check_report_formats
 from sensaudit.core.errors import ConfigError, ModelLoadError, did_you_mean
 from sensaudit.core.jacobian import Model
 from sensaudit.core.torch_support import require_supported_torch
 from sensaudit.inputs import tables
 from sensaudit.inputs.dataset import protected_files
-from sensaudit.inputs.model_inputs import ModelInputs, declared_inputs, match_data, order_note
+from sensaudit.inputs.model_inputs import (
+    ModelInputs,
+    PairedInputs,
+    declared_inputs,
+    match_data,
+    order_note,
+    paired_inputs,
+)
 from sensaudit.inputs.models import LoadedModel, float_dtype, load_model, resolve_device
 from sensaudit.inputs.regular import refuse_special
 from sensaudit.methods import METHODS
@@ -53,6 +61,7 @@ require_supported_torch()
 def run_audit(config: Config, *, progress: Progress | None = None,
               trust_model_code: bool | None = None) -> tuple[AuditResult, list[Path]]:
     """Audit as the config says and write its reports; return the result and files written."""
+    check_report_formats(config.source, config.report.formats)
     with StagedReport(config.report.dir, config.report.formats, protect=(
             config.source, *protected_files(config.data.path), _model_path(config))) as staged:
         choice = config.report.examples
@@ -214,6 +223,8 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
 
     ``old_replicas`` / ``new_replicas``: the same models retrained with other seeds; their
     spread on these rows (retraining noise) widens the change's interval.
+    Models whose saved input names differ (a column dropped, added or reordered) both read
+    the union of their columns, each fed its own (see :mod:`sensaudit.pipeline.compare`).
     The config's data, proxies and compare settings apply; its ``model`` section, if any,
     only lends both models its class/kwargs/output/device settings: its ``trust_model_code``
     does not carry over to the files named here (pass ``trust_model_code=True`` for that).
@@ -227,7 +238,12 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     base = config.model or ModelConfig(path=Path(old_path))
     configs = [replace(base, path=Path(p), trust_model_code=False)
                for p in (old_path, new_path, *old_replicas, *new_replicas)]
-    inputs = _same_inputs([declared_inputs(c, config.data) for c in configs[:2]], configs[:2])
+    paired = paired_inputs(declared_inputs(configs[0], config.data),
+                           declared_inputs(configs[1], config.data), configs[0].path,
+                           configs[1].path)
+    inputs = paired.table
+    if paired.differ:  # each model takes its own columns of the union both read
+        configs = _own_columns(configs, paired, config.data, replicas=len(old_replicas))
     data = match_data(config.data, inputs, config.source)
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
@@ -238,14 +254,16 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
         return compare_on_ray(config, configs, data, table, progress=progress or _no_progress,
                               notes=_notes(inputs, table.features),
                               replicas=(len(old_replicas), len(new_replicas)),
-                              trust_model_code=trust_model_code)
+                              trust_model_code=trust_model_code,
+                              inputs=(paired.old, paired.new))
     models = [load_model(c, trust_model_code=trust_model_code) for c in configs]
     # Every model sees the same rows, each converted to its own dtype.
     return compare_on_rows(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
                            table, config.audit, config.compare, model_cfg=config.model,
                            source=config.source, progress=progress or _no_progress,
                            notes=_notes(inputs, table.features),
-                           replicas=(len(old_replicas), len(new_replicas)))
+                           replicas=(len(old_replicas), len(new_replicas)),
+                           inputs=(paired.old, paired.new))
 
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
@@ -255,6 +273,7 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
                 trust_model_code: bool | None = None) -> tuple[ComparisonResult, list[Path]]:
     """``compare_models`` and write comparison.csv/json/md atomically into ``out_dir``
     (default: the config's report.dir)."""
+    check_report_formats(config.source, config.report.formats)
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats, kind="compare", protect=(
             config.source, *protected_files(config.data.path),
@@ -335,14 +354,24 @@ def _notes(inputs: ModelInputs, features: tuple[str, ...]) -> list[str]:
     return [note] if note else []
 
 
-def _same_inputs(inputs: list[ModelInputs], configs: list[ModelConfig]) -> ModelInputs:
-    """compare feeds both models the same columns: their declared orders must agree."""
-    old, new = inputs
-    if old.features and new.features and old.features != new.features:
-        raise ModelLoadError(f"{configs[1].path} takes its inputs as {', '.join(new.features)}"
-                             f" but {configs[0].path} as {', '.join(old.features)}; compare "
-                             "needs models that take the same columns")
-    return old if old.features else new
+def _own_columns(configs: list[ModelConfig], paired: PairedInputs, data: DataConfig,
+                 replicas: int) -> list[ModelConfig]:
+    """Each model's config with where its inputs are among the union's columns: old, new, and
+    each replica by its own saved names, else as the model it retrains."""
+    union = paired.table.features or ()
+    sides = [paired.old, paired.new, *[paired.old] * replicas,
+             *[paired.new] * (len(configs) - 2 - replicas)]
+    placed = []
+    for i, (cfg, side) in enumerate(zip(configs, sides, strict=True)):
+        own = side if i < 2 else (declared_inputs(cfg, data).features or side)
+        if own is not None:
+            outside = [f for f in own if f not in union]
+            if outside:
+                raise ModelLoadError(f"{cfg.path}: takes '{outside[0]}', which neither "
+                                     "compared model takes (a replica retrains OLD or NEW, "
+                                     "on the same columns)")
+        placed.append(replace(cfg, columns=paired.columns(own)))
+    return placed
 
 
 def _model_path(config: Config) -> Path | None:

@@ -1,23 +1,36 @@
 """The fix for a proxy: training data in which it no longer tracks the label.
 
 A proxy helps a model in training because it is tied to the label there (copy length and
-quality, both raised by revision effort). :func:`decorrelate` cuts that tie: the proxy is
-binned into quantile bins (or taken as it is when it has few values), the label likewise
-(classes, or quantile bins of a continuous label), and every proxy bin is given the label's
-overall mix:
+quality, both raised by revision effort). :func:`decorrelate` cuts that tie, by one of four
+methods (``method``; ``--method`` on the command line):
 
-- **resample** (default): each (proxy bin, label class) cell keeps a seeded random subset of
-  its rows, without replacement, as many as the bin's scarcest class allows at that mix; rows
-  are never duplicated or changed and keep their file order (bins where the label was lopsided
-  shrink most);
-- **weights**: every row keeps its place and gets weight P(bin) P(class) / P(bin, class)
-  (mean 1), for a training loop that takes sample weights; the proxy's bins keep their shares.
+- **rows** (default): the proxy is binned into quantile bins (or taken as it is when it has
+  few values), the label likewise (classes, or quantile bins of a continuous label), and each
+  (proxy bin, label class) cell keeps a seeded random subset of its rows, without replacement,
+  so that every proxy bin holds the label's overall mix, as many rows as the bin's scarcest
+  class allows. Rows are never duplicated or changed and keep their file order (bins where the
+  label was lopsided shrink most). Inside a cell rows are kept alike, so what the other
+  features say about the label given the proxy's bin is kept, and the label's overall mix is
+  kept. A proxy tied strongly to the label leaves few rows (or a cell with none: then no
+  selection of rows can cut the tie at that resolution);
+- **weights**: the same cells, but every row keeps its place and gets weight
+  P(bin) P(class) / P(bin, class) (mean 1), for a training loop that takes sample weights;
+- **permute**: every row is kept and the proxy's values are shuffled across rows (seeded): the
+  proxy keeps its distribution and loses every tie, to the label and to the other features
+  alike (a model can no longer learn anything from it);
+- **residual**: every row is kept and the proxy is replaced by what the label does not
+  explain: proxy - E[proxy | label] + mean(proxy), with E[proxy | label] the class means for a
+  label with at most ``bins`` values, else the least-squares line on the label. Its
+  correlation with the label is then 0 (to rounding) and what it says beyond the label is
+  kept; a tie that is not linear in a continuous label can remain, and the figures after show
+  it.
 
-Inside a cell rows are kept (or weighted) alike, so what the other features say about the
-label given the proxy's bin is kept, and the label's overall mix is kept. The proxy's values
-within a bin can still lean with the label a little, so more bins cut the tie finer, as long
-as every cell has rows. The dependence before and after is measured as the correlation of the
-proxy with the label and the mutual information of their bins.
+The dependence before and after is measured on the data as written (:func:`measure`): the
+correlation of the proxy with the label, and the mutual information of their quantile bins,
+``max(bins, MEASURE_BINS)`` of each chosen afresh on each data (weighted quantiles for the
+weights; a variable with that few values: its values), with what independent columns would
+show by chance at that size beside it. Balancing on 2 bins and measuring on the same 2 would
+call a proxy independent that still tracks the label inside each bin.
 """
 
 from __future__ import annotations
@@ -38,21 +51,36 @@ from sensaudit.inputs.dataset import PARQUET_SUFFIXES
 from sensaudit.inputs.regular import refuse_special
 from sensaudit.settings.sections import MAX_SEED
 
+METHODS = ("rows", "weights", "permute", "residual")
+# Below this share of the input kept by the rows method, the command suggests a method that
+# keeps every row.
+FEW_ROWS = 0.25
+# The dependence is measured with at least this many quantile bins of each variable: finer
+# than coarse balancing bins, so a tie left inside them shows.
+MEASURE_BINS = 10
+
 
 @dataclass(frozen=True)
 class Dependence:
     """How much the proxy tells about the label: Pearson correlation (nan when the label is
     not a number with two or more values), and the mutual information of the proxy's bins and
-    the label's classes, in bits (0: independent)."""
+    the label's classes, in bits (0: independent). ``chance``: the mutual information
+    independent columns show on average at this many rows and cells (the plug-in estimate's
+    bias, (proxy cells - 1)(label cells - 1) / (2 rows ln 2), rows being the weights'
+    effective count), below which a figure says nothing."""
 
     correlation: float
     mutual_information: float
+    chance: float = 0.0
+    proxy_bins: int = 0
+    label_classes: int = 0
 
 
 @dataclass
 class Resampled:
-    """What :func:`decorrelate` made: ``rows`` (0-based positions kept, in file order) or
-    ``weights`` (one per row), and the dependence before and after."""
+    """What :func:`decorrelate` made: ``rows`` (0-based positions kept, in file order),
+    ``weights`` (one per row) or ``proxy`` (the proxy's new values, one per row), and the
+    dependence before (on the input) and after (on the output)."""
 
     rows: np.ndarray | None
     weights: np.ndarray | None
@@ -61,6 +89,9 @@ class Resampled:
     proxy_bins: int
     label_classes: int
     input_rows: int
+    method: str = "rows"
+    proxy: np.ndarray | None = None
+    order: np.ndarray | None = None  # permute: row i takes the proxy of row order[i]
 
     @property
     def output_rows(self) -> int:
@@ -68,36 +99,45 @@ class Resampled:
 
 
 def decorrelate(proxy: np.ndarray, label: np.ndarray, *, bins: int = 10, seed: int = 0,
-                weights: bool = False) -> Resampled:
-    """Rows (or weights) under which ``proxy`` [rows] is independent of ``label`` [rows] at the
-    resolution of ``bins`` quantile bins; both float, finite. Raises DataError (no file
-    named) when a cell of proxy bin x label class has no row: independence cannot be reached
-    by keeping rows, so fewer bins are needed."""
+                method: str = "rows") -> Resampled:
+    """Rows, weights or new proxy values (``method``, see the module) under which ``proxy``
+    [rows] no longer tracks ``label`` [rows]; both float, finite. ``bins``: the quantile bins
+    of the proxy (and of a continuous label) the rows and weights methods balance; the
+    dependence is measured with ``max(bins, MEASURE_BINS)``. Raises DataError (no file named)
+    when rows or weights cannot reach independence: a cell of proxy bin x label class has no
+    row; the message names the bins that can, and the methods that keep every row."""
+    if method not in METHODS:
+        raise DataError(f"--method must be one of {', '.join(METHODS)} (got {method!r})")
     proxy = np.asarray(proxy, dtype=np.float64)
     label = np.asarray(label, dtype=np.float64)
+    n = len(proxy)
+    resolution = max(bins, MEASURE_BINS)
+    before = measure(proxy, label, resolution)
+    rng = np.random.default_rng(seed)
+    if method == "permute":
+        order = rng.permutation(n)
+        return _changed(proxy[order], label, before, resolution, method, order=order)
+    if method == "residual":
+        return _changed(residual(proxy, label, bins), label, before, resolution, method)
     p_cell, p_names = _cells(proxy, bins)
     l_cell, l_names = _cells(label, bins)
-    n = len(proxy)
-    counts = np.zeros((len(p_names), len(l_names)))
-    np.add.at(counts, (p_cell, l_cell), 1)
+    counts = _counts(p_cell, l_cell, len(p_names), len(l_names))
     empty = np.argwhere(counts == 0)
     if len(empty):
         p, c = empty[0]
-        raise DataError(f"no row has label {l_names[c]} with the proxy in {p_names[p]}: its tie "
-                        "to the label cannot be removed by keeping rows; use fewer bins")
+        raise DataError(f"no row has label {l_names[c]} with the proxy in {p_names[p]}: "
+                        f"{_without_empty_cells(proxy, label, bins)}")
     target = np.outer(counts.sum(1), counts.sum(0)) / n  # expected counts under independence
-    before = dependence(proxy, label, p_cell, l_cell)
-    if weights:
+    if method == "weights":
         w = (target / counts)[p_cell, l_cell]
         return Resampled(rows=None, weights=w, before=before,
-                         after=dependence(proxy, label, p_cell, l_cell, w),
-                         proxy_bins=len(p_names), label_classes=len(l_names), input_rows=n)
+                         after=measure(proxy, label, resolution, w), proxy_bins=len(p_names),
+                         label_classes=len(l_names), input_rows=n, method=method)
     # Every proxy bin keeps the label's overall mix; a bin holds as many rows as its scarcest
     # class allows, so bins may shrink by different amounts (the weights keep them all).
     mix = counts.sum(0) / n
     bin_rows = (counts / mix).min(1)
     keep_counts = np.floor(np.outer(bin_rows, mix) + 1e-9).astype(np.int64)
-    rng = np.random.default_rng(seed)
     kept = []
     for p in range(len(p_names)):
         for c in range(len(l_names)):
@@ -105,23 +145,83 @@ def decorrelate(proxy: np.ndarray, label: np.ndarray, *, bins: int = 10, seed: i
             kept.append(rng.choice(members, size=int(keep_counts[p, c]), replace=False))
     rows = np.sort(np.concatenate(kept))
     return Resampled(rows=rows, weights=None, before=before,
-                     after=dependence(proxy[rows], label[rows], p_cell[rows], l_cell[rows]),
-                     proxy_bins=len(p_names), label_classes=len(l_names), input_rows=n)
+                     after=measure(proxy[rows], label[rows], resolution),
+                     proxy_bins=len(p_names), label_classes=len(l_names), input_rows=n,
+                     method=method)
 
 
-def _cells(values: np.ndarray, bins: int) -> tuple[np.ndarray, list[str]]:
+def residual(proxy: np.ndarray, label: np.ndarray, bins: int) -> np.ndarray:
+    """proxy - E[proxy | label] + mean(proxy): class means for a label with at most ``bins``
+    values, else the least-squares line on the label (a constant label: the proxy as is)."""
+    classes = np.unique(label)
+    if len(classes) <= bins:
+        cls = np.searchsorted(classes, label)
+        means = np.bincount(cls, weights=proxy) / np.bincount(cls)
+        return proxy - means[cls] + proxy.mean()
+    centred = label - label.mean()
+    slope = float((centred * (proxy - proxy.mean())).sum() / (centred**2).sum())
+    return proxy - slope * centred
+
+
+def _changed(new_proxy: np.ndarray, label: np.ndarray, before: Dependence, resolution: int,
+             method: str, order: np.ndarray | None = None) -> Resampled:
+    return Resampled(rows=None, weights=None, before=before,
+                     after=measure(new_proxy, label, resolution), proxy_bins=before.proxy_bins,
+                     label_classes=before.label_classes, input_rows=len(label), method=method,
+                     proxy=new_proxy, order=order)
+
+
+def _counts(p_cell: np.ndarray, l_cell: np.ndarray, p: int, c: int) -> np.ndarray:
+    counts = np.zeros((p, c))
+    np.add.at(counts, (p_cell, l_cell), 1)
+    return counts
+
+
+def _without_empty_cells(proxy: np.ndarray, label: np.ndarray, bins: int) -> str:
+    """The rest of the refusal: the largest --bins with no empty cell, if any, and the
+    methods that keep every row."""
+    for fewer in range(bins - 1, 1, -1):
+        p_cell, p_names = _cells(proxy, fewer)
+        l_cell, l_names = _cells(label, fewer)
+        if (_counts(p_cell, l_cell, len(p_names), len(l_names)) > 0).all():
+            return (f"rows cannot be kept or weighted to cut its tie to the label at --bins "
+                    f"{bins}; --bins {fewer} can (coarser), or --method residual (or permute) "
+                    "keeps every row and changes the proxy instead")
+    return ("no number of bins lets rows be kept or weighted to cut its tie to the label; "
+            "--method residual (or permute) keeps every row and changes the proxy instead")
+
+
+def _cells(values: np.ndarray, bins: int, weights: np.ndarray | None = None
+           ) -> tuple[np.ndarray, list[str]]:
     """Each value's cell: the value itself when there are at most ``bins`` distinct values,
-    else its quantile bin (edges that coincide merge). Returns cells [rows] and their names."""
+    else its quantile bin (weighted quantiles when ``weights`` are given; edges that coincide
+    merge). Returns cells [rows] and their names."""
     distinct = np.unique(values)
     if len(distinct) <= bins:
         return np.searchsorted(distinct, values), [f"{v:g}" for v in distinct]
-    edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
+    q = np.linspace(0, 1, bins + 1)
+    edges = np.unique(np.quantile(values, q) if weights is None else
+                      np.quantile(values, q, weights=weights, method="inverted_cdf"))
     cell = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
     used = np.unique(cell)  # a bin can be empty when a value repeats across an edge
     cell = np.searchsorted(used, cell)
     names = [f"[{edges[i]:g}, {edges[i + 1]:g}{']' if i == len(edges) - 2 else ')'}"
              for i in used]
     return cell, names
+
+
+def measure(proxy: np.ndarray, label: np.ndarray, bins: int,
+            weights: np.ndarray | None = None) -> Dependence:
+    """The dependence of ``proxy`` on ``label`` in this data, with ``bins`` quantile bins of
+    each (a variable with at most ``bins`` values: its values) chosen on this data."""
+    p_cell, p_names = _cells(proxy, bins, weights)
+    l_cell, l_names = _cells(label, bins, weights)
+    found = dependence(proxy, label, p_cell, l_cell, weights)
+    w = np.ones(len(proxy)) if weights is None else weights
+    effective = float(w.sum() ** 2 / (w**2).sum())
+    chance = (len(p_names) - 1) * (len(l_names) - 1) / (2 * effective * math.log(2))
+    return Dependence(found.correlation, found.mutual_information, chance=chance,
+                      proxy_bins=len(p_names), label_classes=len(l_names))
 
 
 def dependence(proxy: np.ndarray, label: np.ndarray, p_cell: np.ndarray, l_cell: np.ndarray,
@@ -145,12 +245,18 @@ def dependence(proxy: np.ndarray, label: np.ndarray, p_cell: np.ndarray, l_cell:
 
 
 def resample_file(path: str | Path, out: str | Path, *, proxy: str, label: str,
-                  bins: int = 10, seed: int = 0, weights: bool = False,
+                  bins: int = 10, seed: int = 0, method: str = "rows",
                   weight_column: str = "weight") -> Resampled:
     """:func:`decorrelate` on a CSV or Parquet training file, written to ``out`` (CSV, or
-    Parquet by its suffix): the kept rows as they were, or every row with ``weight_column``
-    added. Refuses an ``out`` that exists. The file is read into memory (Arrow)."""
+    Parquet by its suffix): the kept rows as they were (rows), every row with
+    ``weight_column`` added (weights), or every row with the proxy's column replaced
+    (permute: the same values, shuffled; residual: new numbers). Refuses an ``out`` that
+    exists. The file is read into memory (Arrow); ``out`` gets the mode a new report gets
+    (0666 less the umask)."""
     path, out = Path(path), Path(out)
+    if method not in METHODS:
+        raise DataError(f"--method must be one of {', '.join(METHODS)} (got {method!r})")
+    weights = method == "weights"
     if bins < 2:
         raise DataError(f"--bins must be at least 2 (got {bins})")
     if not 0 <= seed <= MAX_SEED:  # numpy's generators take non-negative seeds only
@@ -164,13 +270,19 @@ def resample_file(path: str | Path, out: str | Path, *, proxy: str, label: str,
                         "column another way (--weight-column)")
     try:
         result = decorrelate(numeric[proxy], numeric[label], bins=bins, seed=seed,
-                             weights=weights)
+                             method=method)
     except DataError as exc:
-        raise DataError(f"{path}: {exc} (--bins {bins})") from None
+        raise DataError(f"{path}: {exc}") from None
     if result.weights is not None:
         table = table.append_column(weight_column, pa.array(result.weights))
-    elif result.rows is not None:  # decorrelate returns weights or rows
+    elif result.rows is not None:
         table = table.take(pa.array(result.rows))
+    elif result.order is not None:  # the proxy's own values (as written), shuffled
+        index = table.column_names.index(proxy)
+        table = table.set_column(index, proxy, table.column(proxy).take(pa.array(result.order)))
+    elif result.proxy is not None:
+        index = table.column_names.index(proxy)
+        table = table.set_column(index, proxy, pa.array(result.proxy))
     _write_new(table, out)
     return result
 
@@ -229,6 +341,8 @@ def _write_new(table: pa.Table, out: Path) -> None:
                 # pandas quotes a field only when it must (Arrow quotes every text field), so
                 # kept rows read as they did in the input.
                 table.to_pandas().to_csv(staged, index=False, lineterminator="\n")
+            # mkstemp makes the file 0600; the output is data like any report (0666 - umask).
+            os.chmod(staged, 0o666 & ~_umask())
             os.link(staged, out)
         finally:
             os.unlink(staged)
@@ -238,3 +352,9 @@ def _write_new(table: pa.Table, out: Path) -> None:
     except OSError as exc:
         raise ReportError(f"{out}: cannot write the resampled data ({exc.strerror or exc})"
                           ) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -159,15 +159,73 @@ def test_init_refuses_to_overwrite(tmp_path, assets):
     assert target.read_text(encoding="utf-8") == "# hand-written\n"
 
 
-def test_init_checks_the_models_input_width(tmp_path, assets):
-    # Without --label the numeric label is a 4th column; the model takes 3.
+def test_init_leaves_out_a_column_the_model_does_not_take(tmp_path, assets):
+    """Without --label the numeric label is a 4th column and the model takes 3: the config is
+    written with it left out, a comment saying so and a TODO to check the choice, and runs
+    (issue 20, defect 8: init used to refuse)."""
+    target = tmp_path / "s.yaml"
     result = _run("init", str(assets / "scorer.pt2"), str(assets / "eval.csv"), "--config",
+                  str(target))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Wrote {target}: 3 features (1 numeric column(s) left "
+                                    "out: see the comment above data.features), id ad_id")
+    text = target.read_text(encoding="utf-8")
+    assert ("  # The model takes 3 inputs but the data has 4 numeric columns: quality left "
+            "out.\n  # TODO: check these are the model's inputs in its order") in text
+    assert yaml.safe_load(text)["data"]["features"] == FEATURES
+    assert _run("run", str(target), "--quiet").exit_code == 0
+
+
+def test_init_refuses_a_model_wider_than_the_data(tmp_path, assets):
+    save_exported(Linear(torch.ones(5), n_features=5), tmp_path / "wide.pt2", n_features=5,
+                  dtype=torch.float64)
+    result = _run("init", str(tmp_path / "wide.pt2"), str(assets / "eval.csv"), "--config",
                   str(tmp_path / "s.yaml"))
     assert result.exit_code == 2
-    assert result.stderr == (f"Error: {assets / 'scorer.pt2'}: {assets / 'eval.csv'} has 4 "
+    assert result.stderr == (f"Error: {tmp_path / 'wide.pt2'}: {assets / 'eval.csv'} has 4 "
                              "numeric feature columns (length, clarity, noise, quality) but the "
-                             "model takes 3 input features; pass --label or --id for columns "
+                             "model takes 5 input features; pass --label or --id for columns "
                              "that are not inputs, or write data.features by hand\n")
+    assert not (tmp_path / "s.yaml").exists()
+
+
+def test_init_uses_the_input_names_saved_in_the_model_file(tmp_path):
+    """The file names its inputs c, a, b (its order); the data has them plus two numeric
+    columns it does not take, one called target: the config lists c, a, b, leaves the others
+    out by name and suggests target as the label (issue 20, defect 8)."""
+    rng = torch.Generator().manual_seed(0)
+    values = torch.randn(40, 5, generator=rng, dtype=torch.float64)
+    frame = pd.DataFrame(values.numpy(), columns=["a", "extra", "b", "c", "target"])
+    frame.insert(0, "id", range(40))
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    program = torch.export.export(Linear(torch.tensor([3.0, 1.0, 0.5]), n_features=3),
+                                  (torch.zeros(4, 3, dtype=torch.float64),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "m.pt2"),
+                      extra_files={"sensaudit.json": '{"features": ["c", "a", "b"]}'})
+    target = tmp_path / "named.yaml"
+    result = _run("init", str(tmp_path / "m.pt2"), str(tmp_path / "d.csv"), "--config",
+                  str(target))
+    assert result.exit_code == 0, result.output
+    text = target.read_text(encoding="utf-8")
+    assert yaml.safe_load(text)["data"]["features"] == ["c", "a", "b"]
+    assert "  # Left out: extra, target, numeric column(s) of the data the model" in text
+    assert "  # TODO: \"target\" looks like the target" in text
+    assert _run("run", str(target), "--quiet").exit_code == 0
+
+
+def test_init_names_saved_inputs_the_data_lacks(tmp_path, assets):
+    program = torch.export.export(Linear(torch.ones(3), n_features=3),
+                                  (torch.zeros(4, 3, dtype=torch.float64),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(tmp_path / "m.pt2"), extra_files={
+        "sensaudit.json": '{"features": ["length", "clarity", "width"]}'})
+    result = _run("init", str(tmp_path / "m.pt2"), str(assets / "eval.csv"), "--config",
+                  str(tmp_path / "s.yaml"))
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: {assets / 'eval.csv'}: has no column 'width', which "
+                             f"{tmp_path / 'm.pt2'} names among its inputs (length, clarity, "
+                             "width); audit it on data that has every input column\n")
     assert not (tmp_path / "s.yaml").exists()
 
 

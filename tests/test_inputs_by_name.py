@@ -109,17 +109,6 @@ def test_a_model_input_missing_from_the_data(tmp_path):
         "the data (columns: id, a, b, c, label)")
 
 
-def test_compare_refuses_models_that_take_different_inputs(tmp_path):
-    _export_with_names(Scorer(), tmp_path / "old.pt2", ["a", "b", "c"])
-    _export_with_names(Scorer(), tmp_path / "new.pt2", ["c", "b", "a"])
-    write_csv(tmp_path / "data.csv")
-    cfg = write_config(tmp_path, config(tmp_path, model=None))
-    assert cli_error("compare", str(tmp_path / "old.pt2"), str(tmp_path / "new.pt2"),
-                     "--config", str(cfg)) == (
-        f"{tmp_path / 'new.pt2'} takes its inputs as c, b, a but {tmp_path / 'old.pt2'} as "
-        "a, b, c; compare needs models that take the same columns")
-
-
 def test_bad_saved_inputs_are_named(tmp_path):
     program = torch.export.export(Scorer(), (torch.ones(4, 3),))
     torch.export.save(program, str(tmp_path / "model.pt2"),

@@ -201,3 +201,34 @@ def test_charts_without_matplotlib_exit_2_with_the_install_command(tmp_path, ass
     assert result.stderr == (f"Error: {where}: '{name}' needs matplotlib, which is not "
                              "installed; install it with: pip install 'sensaudit[charts]'\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_format_flag_replaces_the_configs_formats_completely(tmp_path, assets, monkeypatch,
+                                                             command):
+    """The config lists png and html; --format csv writes CSV only, so matplotlib is not
+    needed (issue 20, defect 8: it used to be demanded because the config lists png)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    config = write_config(tmp_path / "audit.yaml", assets,
+                          report="report:\n  dir: out\n  formats: [csv, png, html]\n"
+                                 "compare:\n  bootstrap_samples: 0\n")
+    args = ([command, *[str(assets / "scorer.pt2")] * 2, "--config", str(config)]
+            if command == "compare" else [command, str(config)])
+    result = CliRunner().invoke(app, [*args, "--format", "csv"])
+    assert result.exit_code in (0, 1), result.stderr
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+    assert written and all(name.endswith(".csv") for name in written), written
+    assert ("comparison.csv" if command == "compare" else "sensitivity.csv") in written
+
+
+def test_config_formats_are_still_checked_before_any_row_is_read(tmp_path, assets,
+                                                                 monkeypatch):
+    """Without --format, the config's png still needs matplotlib, named by its key, and the
+    library's run_audit refuses it too (not only the CLI)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    config = write_config(tmp_path / "audit.yaml", assets,
+                          report="report:\n  dir: out\n  formats: [csv, png]\n")
+    with pytest.raises(ConfigError, match=r"audit\.yaml: report\.formats: 'png' needs "
+                                          "matplotlib"):
+        run_audit(load_config(config))
+    assert not (tmp_path / "out").exists()

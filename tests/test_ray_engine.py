@@ -169,6 +169,37 @@ def test_sample_compare_matches_local(ray_up, tmp_path):
     assert results["local"].passed == results["ray"].passed
 
 
+@pytest.mark.slow
+def test_compare_of_models_with_other_inputs_matches_local(ray_up, tmp_path):
+    """compare across a retrain that dropped a column (issue 20, defect 6): the Ray workers
+    load each model to take its own columns of the union, as the local engine does."""
+    def save(path: Path, names: list[str], seed: int) -> Path:
+        torch.manual_seed(seed)
+        model = MLP(n_features=len(names), n_outputs=1).double().eval()
+        program = torch.export.export(model, (torch.ones(4, len(names), dtype=torch.float64),),
+                                      dynamic_shapes=({0: torch.export.Dim("rows")},))
+        torch.export.save(program, str(path),
+                          extra_files={"sensaudit.json": json.dumps({"features": names})})
+        return path
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame(rng.normal(size=(400, 4)), columns=["a", "b", "c", "leak"])
+    frame.insert(0, "id", range(400))
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    old = save(tmp_path / "old.pt2", ["a", "b", "c", "leak"], 0)
+    new = save(tmp_path / "new.pt2", ["c", "a", "b"], 1)
+    cfg = parse_config({"data": {"path": "data.csv", "id": "id", "chunk_rows": 64},
+                        "audit": {"proxies": [{"feature": "leak", "max_share": 0.2}]},
+                        "compare": {"bootstrap_samples": 50},
+                        "report": {"formats": FORMATS}}, source=tmp_path / "cfg.yaml",
+                       base_dir=tmp_path)
+    for engine in ("local", "ray"):
+        run_compare(replace(cfg, engine=engine), old, new, out_dir=tmp_path / engine)
+    _same_csv(tmp_path / "local" / "comparison.csv", tmp_path / "ray" / "comparison.csv")
+    table = pd.read_csv(tmp_path / "ray" / "comparison.csv").set_index("feature")
+    assert table.loc["leak", "status"] == "removed"
+
+
 # --- a planted proxy -----------------------------------------------------------------------------
 
 

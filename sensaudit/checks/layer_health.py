@@ -37,6 +37,7 @@ from sensaudit.checks.base import (
     ReplayChunk,
 )
 from sensaudit.core.jacobian import as_output_matrix
+from sensaudit.inputs.model_inputs import SelectedColumns
 from sensaudit.settings.checks import LayerHealthSettings
 from sensaudit.settings.sections import AuditSettings
 from sensaudit.stats.row_stats import LogHistogram
@@ -188,11 +189,14 @@ def layer_jacobian_norms(module: object, model: Any, x: torch.Tensor,
 
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
+        fed = x
+        if isinstance(module, SelectedColumns):  # compare: the model takes some of x's columns
+            fed, module = module.select(x), module.inner
         graph_layers = _graph_layers(module)
         if graph_layers:
             if not isinstance(module, torch.fx.GraphModule):  # _graph_layers found a graph
                 raise TypeError(f"expected a graph module, got {type(module).__name__}")
-            out = _Tap(module, graph_layers, keep).run(x)
+            out = _Tap(module, graph_layers, keep).run(fed)
             y = as_output_matrix(out, rows)
             if output_index is not None:
                 y = y.reshape(rows, -1)[:, output_index : output_index + 1]

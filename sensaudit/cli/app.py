@@ -238,8 +238,10 @@ def init(
                                            show_default=False)] = None,
     debug: Debug = False,
 ) -> None:
-    """Write a commented starter config for MODEL audited on DATA: the features are the data's
-    numeric columns (less --id and --label), checked against the model's input width.
+    """Write a commented starter config for MODEL audited on DATA: the features are the input
+    names saved in the model file, else the data's numeric columns (less --id and --label),
+    checked against the model's input width; columns the model does not take are left out,
+    with a comment saying which.
 
     Example:
 
@@ -253,6 +255,8 @@ def init(
         starter = starter_config(model, data, config, label=label, id=id)
         write_new(config, starter.text)
     _plain(f"Wrote {config}: {len(starter.features)} features"
+           + (f" ({len(starter.left_out)} numeric column(s) left out: see the comment above "
+              "data.features)" if starter.left_out else "")
            + (f", id {starter.id}" if starter.id else "")
            + (f", label {starter.label}" if starter.label else "")
            + f", {starter.outputs} output(s). Declare the proxies in audit.proxies, then run: "
@@ -269,20 +273,25 @@ def resample(
                                        show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The file to write (CSV, or Parquet "
                                       "by its suffix); must not exist.", show_default=False)],
-    weights: Annotated[bool, typer.Option(
-        "--weights", help="Keep every row and add a weight column instead of resampling.")
-    ] = False,
+    method: Annotated[str, typer.Option(
+        "--method", help="rows: keep a subset of rows; weights: keep every row, add a weight "
+        "column; permute: keep every row, shuffle the proxy; residual: keep every row, replace "
+        "the proxy by what the label does not explain.")] = "rows",
     weight_column: Annotated[str, typer.Option("--weight-column",
                                                help="Name of the weight column.")] = "weight",
     bins: Annotated[int, typer.Option("--bins", help="Quantile bins of the proxy (and of a "
-                                      "continuous label).")] = 10,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the row draw.")] = 0,
+                                      "continuous label): what rows and weights balance, and "
+                                      "the resolution of the mutual information.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the row draw or the "
+                                      "shuffle.")] = 0,
     debug: Debug = False,
 ) -> None:
     """Write training data in which PROXY no longer tracks the label: rows resampled (or
-    weighted, --weights) so every proxy bin holds the label's overall mix, keeping what the
-    other features say about the label. Prints the proxy-label dependence before and after.
-    Retrain on the result, then `sensaudit compare` the old and new model.
+    weighted, --method weights) so every proxy bin holds the label's overall mix, keeping what
+    the other features say about the label; or, keeping every row, the proxy shuffled
+    (--method permute) or replaced by its residual on the label (--method residual). Prints
+    the proxy-label dependence before and after, measured on the file written. Retrain on the
+    result, then `sensaudit compare` the old and new model.
 
     Example:
 
@@ -290,18 +299,27 @@ def resample(
             --label quality --out reports/ad_copy_train_resampled.csv
     """
     with _errors(debug):
-        from sensaudit.resample import resample_file
+        from sensaudit.resample import FEW_ROWS, resample_file
 
         result = resample_file(train, out, proxy=proxy, label=label, bins=bins, seed=seed,
-                               weights=weights, weight_column=weight_column)
+                               method=method, weight_column=weight_column)
     before, after = result.before, result.after
     _plain(f"{proxy} vs {label}: correlation {before.correlation:+.3f} -> "
-           f"{after.correlation:+.3f}; mutual information of {result.proxy_bins} proxy bins x "
-           f"{result.label_classes} label classes {before.mutual_information:.4f} -> "
-           f"{after.mutual_information:.4f} bits")
-    kind = (f"weights in column '{weight_column}'" if weights else
-            f"{result.output_rows:,} of {result.input_rows:,} rows")
+           f"{after.correlation:+.3f}; mutual information {before.mutual_information:.4f} -> "
+           f"{after.mutual_information:.4f} bits ({after.proxy_bins} proxy bins x "
+           f"{after.label_classes} label classes, chosen afresh on the file written; "
+           f"independent columns would show about {after.chance:.4f} by chance)")
+    kind = {"weights": f"every row, weights in column '{weight_column}'",
+            "permute": f"every row, {proxy} shuffled across rows",
+            "residual": f"every row, {proxy} replaced by its residual on {label}"}.get(
+                method, f"{result.output_rows:,} of {result.input_rows:,} rows")
     _plain(f"wrote {out}: {kind}")
+    if result.rows is not None and result.output_rows < FEW_ROWS * result.input_rows:
+        _plain(f"only {result.output_rows / result.input_rows:.0%} of the rows are left: "
+               f"{proxy} is tied strongly to {label}; --method residual keeps every row")
+    if after.mutual_information > 2 * after.chance and method in ("rows", "weights"):
+        _plain(f"{proxy} still tracks {label} within the --bins {bins} bins (mutual information "
+               f"over twice what chance gives): more --bins, or --method residual")
 
 
 def _expand(patterns: list[str], option: str) -> list[Path]:

@@ -142,7 +142,14 @@ def _plain(text: str) -> None:
 
 
 def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
-    from sensaudit.results.comparison import gate_change, noise_name
+    from sensaudit.results.comparison import (
+        INPUTS_NOTE,
+        gate_change,
+        input_status,
+        noise_name,
+        rank_move,
+        share_cell,
+    )
 
     for output, group in result.table.groupby("output", sort=False):
         title = "Before -> after" + (f" ({terminal(output)})" if len(result.new.outputs) > 1
@@ -151,13 +158,17 @@ def _print_comparison(result: ComparisonResult, written: list[Path]) -> None:
         for name in ("feature", "share old", "share new", "change", "rank", "gate"):
             table.add_column(name, justify="left" if name in ("feature", "gate") else "right")
         for r in group.itertuples():
-            change = f"{r.delta_share * 100:+.1f}" + ("*" if r.changed else "")
+            status = input_status(r)
+            change = (status if status != "common"
+                      else f"{r.delta_share * 100:+.1f}" + ("*" if r.changed else ""))
             gate = gate_change(r.flagged_old, r.flagged_new)
             gate = f"[{'green' if gate == 'cleared' else 'red'}]{gate}[/]" if gate else ""
-            table.add_row(terminal(r.feature), f"{r.share_old:.1%}", f"{r.share_new:.1%}", change,
-                          f"{r.rank_old} -> {r.rank_new}", gate)
+            table.add_row(terminal(r.feature), share_cell(r.share_old), share_cell(r.share_new),
+                          change, rank_move(r), gate)
         stdout.print(table)
     _plain("change: new share - old share, in share points")
+    if "status" in result.table.columns:
+        _plain(INPUTS_NOTE)
     if "delta_share_low" in result.table.columns:
         _plain(f"* outside its {result.settings['confidence']:.0%} interval "
                f"({noise_name(result.settings)}) and at least "

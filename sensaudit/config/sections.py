@@ -227,7 +227,8 @@ def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:
         v.fail("report.formats", f"a non-empty list drawn from {list(known)}", formats)
     chosen = tuple(v.choice(f, f"report.formats[{i}]", known)
                    for i, f in enumerate(formats))
-    check_available(chosen, f"{v.source}: report.formats")
+    # Whether png/html can be written here is checked when reports are written
+    # (check_report_formats): --format may replace these formats first.
     examples = r.get("examples", "auto")
     if not (examples in EXAMPLES or is_int(examples) and examples >= 1):
         v.fail("report.examples", "auto, all, top, none or a row limit (an integer >= 1)",
@@ -242,6 +243,12 @@ def _default_report_dir(source: str | Path, base_dir: Path) -> Path:
     name = Path(str(source)).name
     stem = Path(name).stem if name.endswith((".yaml", ".yml")) else ""
     return Path(os.path.normpath(base_dir / "reports" / stem))
+
+
+def check_report_formats(config_source: object, formats: tuple[str, ...]) -> None:
+    """The config's report.formats, as they stand when reports are written (after any
+    --format), must be writable here."""
+    check_available(formats, f"{config_source or '<config>'}: report.formats")
 
 
 def check_available(formats: tuple[str, ...], where: str) -> None:

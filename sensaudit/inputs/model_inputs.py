@@ -11,14 +11,22 @@ audit matches columns by name whenever the order is known:
   without loading the model.
 
 Without either, the data's column order is assumed, and the report says so.
+
+``compare`` may pair models whose inputs differ by name (a retrain that dropped a leaky
+column): both then read the union of their columns in one pass, and each model takes its own
+columns of every chunk (:class:`SelectedColumns`), so a column a model does not take has an
+exact zero gradient and no part of its sensitivity (:func:`paired_inputs`).
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
 
 from sensaudit.core.errors import ConfigError, ModelLoadError
 from sensaudit.settings.sections import DataConfig, ModelConfig
@@ -108,3 +116,63 @@ def order_note(inputs: ModelInputs, features: tuple[str, ...]) -> str | None:
             " was assumed to be the order the model takes them in. If it is not, every figure "
             "is wrong: declare the order with model.features, or save it with the model "
             "(README, \"Declaring the model's inputs\").")
+
+
+@dataclass(frozen=True)
+class PairedInputs:
+    """What compare's two models read: ``table`` the columns of the data both read (their
+    union, old's first, when they differ by name), and each model's own inputs in its order
+    (``old`` / ``new``, None when it takes ``table`` as it is)."""
+
+    table: ModelInputs
+    old: tuple[str, ...] | None = None
+    new: tuple[str, ...] | None = None
+
+    @property
+    def differ(self) -> bool:
+        return self.old is not None or self.new is not None
+
+    def columns(self, features: tuple[str, ...] | None) -> tuple[int, ...] | None:
+        """Where a model's inputs are among the table's columns (None: all, in order)."""
+        if features is None or self.table.features is None:
+            return None
+        return tuple(self.table.features.index(f) for f in features)
+
+
+def paired_inputs(old: ModelInputs, new: ModelInputs, old_path: Path, new_path: Path
+                  ) -> PairedInputs:
+    """The columns compare's two models read. Models whose names are known and differ (other
+    columns, or the same in another order) read the union; a model whose names are unknown
+    is taken to read the other's columns (when its width differs, it fails on its first
+    rows, named)."""
+    if not (old.features and new.features) or old.features == new.features:
+        return PairedInputs(table=old if old.features else new)
+    union = (*old.features, *(f for f in new.features if f not in old.features))
+    source = (f"the models' inputs ({_source_name(old, old_path)}, "
+              f"{_source_name(new, new_path)})")
+    return PairedInputs(table=ModelInputs(union, source),
+                        old=old.features if old.features != union else None,
+                        new=new.features)
+
+
+def _source_name(inputs: ModelInputs, path: Path) -> str:
+    return f"{path.name}: {inputs.source}"
+
+
+class SelectedColumns(torch.nn.Module):
+    """A model fed its own columns, in its order, of wider rows: ``forward(x)`` is
+    ``model(x[:, columns])``. The columns it leaves out get an exact zero gradient."""
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor],
+                 columns: tuple[int, ...], device: torch.device):
+        super().__init__()
+        self.inner = model
+        self.columns = columns
+        self.index = torch.tensor(columns, dtype=torch.long, device=device)
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        index = self.index if self.index.device == x.device else self.index.to(x.device)
+        return x.index_select(-1, index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.select(x))

@@ -35,6 +35,7 @@ import torch
 from sensaudit.core.errors import ModelLoadError, first_line
 from sensaudit.inputs import pt2_safety, torchscript_safety
 from sensaudit.inputs.archive_checks import DamagedArchive
+from sensaudit.inputs.model_inputs import SelectedColumns
 from sensaudit.inputs.regular import check_regular
 from sensaudit.settings.sections import ModelConfig
 
@@ -95,8 +96,10 @@ def load_model(cfg: ModelConfig, *, trust_model_code: bool | None = None,
         module, kind = _load_pickle_based(cfg, path, trust, device)
     if isinstance(module, torch.nn.Module) and kind != "torch.export":
         module.eval()
-    return LoadedModel(module=module, path=path, format=kind, device=device,
-                       dtype=float_dtype(module))
+    dtype = float_dtype(module)
+    if cfg.columns is not None:  # compare: this model's columns of the union both read
+        module = SelectedColumns(module, cfg.columns, device)
+    return LoadedModel(module=module, path=path, format=kind, device=device, dtype=dtype)
 
 
 def _sniff(path: Path) -> str:

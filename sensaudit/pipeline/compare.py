@@ -1,5 +1,15 @@
 """Two audits of the same rows -> how the sensitivities moved, with their noise. No I/O.
 
+The two models may take different columns (a retrain that dropped a leaky column): both then
+read the union of their columns, each fed its own (``inputs``; the loader's
+:class:`~sensaudit.inputs.model_inputs.SelectedColumns`), so a column a model does not take
+has exactly zero sensitivity in it, and every share, normalised over all the columns read, is
+the share over that model's own inputs. A feature one model takes and the other does not is
+marked ``added`` or ``removed`` (column ``status``), with its figures on the side that has it
+and none for the change; rank agreement is measured on the common features, the gates and
+intervals of the common features as for equal inputs, and an added proxy's share counts as
+grown from zero for compare.max_proxy_share_increase.
+
 Both models see the same chunks, so per-row agreement (cosine of the two rows' contribution
 vectors) and score changes are exact. Confidence intervals come from a Poisson bootstrap over
 rows: every row gets a Poisson(1) weight per replicate, drawn from a hash of (seed, replicate,
@@ -36,6 +46,10 @@ from sensaudit.stats.accumulators import (
     finite_rows,
 )
 
+# Each compared model's own input columns, in its order, where they differ from the columns
+# both read (None: it takes them all); (old, new).
+ModelPair = tuple[tuple[str, ...] | None, tuple[str, ...] | None]
+
 # The bootstrap weights of a block of rows are [samples, rows] float64: blocks of rows keep
 # that near 2**24 elements (128 MiB) however many replicates compare.bootstrap_samples asks for.
 WEIGHT_ELEMENTS = 2**24
@@ -67,13 +81,16 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
                     settings: AuditSettings, cmp: CompareSettings, *,
                     model_cfg: ModelConfig | None, source: object,
                     progress: Progress, notes: list[str] | None = None,
-                    replicas: tuple[int, int] = (0, 0)) -> ComparisonResult:
+                    replicas: tuple[int, int] = (0, 0),
+                    inputs: ModelPair = (None, None)) -> ComparisonResult:
     """Audit the old and new model on the same chunks (one read of the data) and measure how
     their sensitivities moved, with paired bootstrap intervals and per-row agreement.
 
     ``models``: old, new, then ``replicas[0]`` retrained copies of old and ``replicas[1]`` of
     new (the same training, other seeds): their spread is the retraining noise the change's
-    interval adds to the rows' (:func:`retraining_noise`).
+    interval adds to the rows' (:func:`retraining_noise`). ``inputs``: old's and new's own
+    columns when they take different ones (each model is loaded to take its own columns of
+    the table's; see the module).
     """
     bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
     boot_moments = BootstrapMoments(bootstrap, len(table.features))
@@ -101,7 +118,7 @@ def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
                                 source=source, progress=progress, on_chunk=resample,
                                 on_replay=agree, notes=notes)
     return comparison_result(audits, boot_moments, boots, agreements[0], settings, cmp,
-                             replicas=replicas, per_unit=per_unit)
+                             replicas=replicas, per_unit=per_unit, inputs=inputs)
 
 
 def add_bootstrap(boot_moments: BootstrapMoments, boots: list[BootstrapSensitivity],
@@ -135,25 +152,33 @@ def add_agreement(agreement: AgreementAccumulator, rows: np.ndarray, ids: object
 def comparison_result(audits: list[AuditResult], boot_moments: BootstrapMoments,
                       boots: list[BootstrapSensitivity], agreement: AgreementAccumulator,
                       settings: AuditSettings, cmp: CompareSettings, *,
-                      replicas: tuple[int, int], per_unit: bool) -> ComparisonResult:
+                      replicas: tuple[int, int], per_unit: bool,
+                      inputs: ModelPair = (None, None)) -> ComparisonResult:
     """The comparison from the audits of every model (old, new, then the replicas) and the
-    merged bootstrap and agreement accumulators."""
+    merged bootstrap and agreement accumulators; ``inputs`` as for :func:`compare_on_rows`."""
     old, new = audits[:2]
     boot_std = boot_moments.std if per_unit else None
     noise = retraining_noise([old, *audits[2 : 2 + replicas[0]]],
                              [new, *audits[2 + replicas[0] :]])
     table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
-                                 cmp.confidence, min_change=cmp.min_change / 100, noise=noise)
+                                 cmp.confidence, min_change=cmp.min_change / 100, noise=noise,
+                                 inputs=inputs)
     overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
                         **agreement.summary(i, output)}
                for i, output in enumerate(new.outputs)}
     increases = []
     if cmp.max_proxy_share_increase is not None:
         proxies = {p.feature for p in settings.proxies}
+        # An added feature's share grew from nothing: the old model does not take it.
+        grown_by = table_cmp["delta_share"]
+        if "status" in table_cmp.columns:
+            grown_by = grown_by.where(table_cmp["status"] != "added", table_cmp["share_new"])
         grown = table_cmp[table_cmp["feature"].isin(proxies)
-                          & (table_cmp["delta_share"] > cmp.max_proxy_share_increase)]
-        increases = [{"feature": r.feature, "output": r.output, "delta_share": r.delta_share,
-                      "margin": cmp.max_proxy_share_increase} for r in grown.itertuples()]
+                          & (grown_by > cmp.max_proxy_share_increase)]
+        increases = [{"feature": r.feature, "output": r.output,
+                      "delta_share": float(grown_by[i]),
+                      "margin": cmp.max_proxy_share_increase}
+                     for i, r in zip(grown.index, grown.itertuples(), strict=True)]
     result = ComparisonResult(
         table=table_cmp, overall=overall, old=old, new=new, proxy_increases=increases,
         settings={"bootstrap_samples": cmp.bootstrap_samples, "confidence": cmp.confidence,
@@ -198,12 +223,15 @@ def top_k_overlap(share_old: np.ndarray, share_new: np.ndarray, k: int) -> float
 
 def comparison_table(old: AuditResult, new: AuditResult, shares_old: torch.Tensor,
                      shares_new: torch.Tensor, confidence: float, *, min_change: float = 0.0,
-                     noise: RetrainingNoise | None = None) -> pd.DataFrame:
+                     noise: RetrainingNoise | None = None,
+                     inputs: ModelPair = (None, None)) -> pd.DataFrame:
     """Per (output, feature) before/after figures with bootstrap intervals.
 
     shares_*: [samples, outputs, features] bootstrap replicates (samples may be 0).
     ``min_change`` (a share, 0.02 = 2 points): a smaller change is never marked ``changed``.
     ``noise``: the retraining noise the change's interval adds to row sampling.
+    ``inputs``: old's and new's own columns when they differ (see the module): a ``status``
+    column (common, added, removed) follows the feature's.
     """
     lo_q, hi_q = (1 - confidence) / 2, (1 + confidence) / 2
     frames = []
@@ -249,8 +277,42 @@ def comparison_table(old: AuditResult, new: AuditResult, shares_old: torch.Tenso
         frame["flagged_old"] = a.loc[features, "flagged"].to_numpy()
         frame["flagged_new"] = b.loc[features, "flagged"].to_numpy()
         frame["gate_changed"] = frame["flagged_old"] != frame["flagged_new"]
-        frames.append(frame.sort_values(["rank_new", "feature"], kind="stable"))
+        order = ["rank_new", "feature"]
+        if inputs != (None, None):
+            frame = _mark_inputs(frame, *inputs)
+            order = ["rank_new", "rank_old", "feature"]  # removed features last, by old rank
+        frames.append(frame.sort_values(order, kind="stable"))
     return pd.concat(frames, ignore_index=True)
+
+
+_OLD_SIDE = ("share_old", "share_old_low", "share_old_high", "scaled_sensitivity_old", "rank_old")
+_NEW_SIDE = ("share_new", "share_new_low", "share_new_high", "scaled_sensitivity_new", "rank_new")
+_CHANGE = ("delta_share", "delta_share_low", "delta_share_high", "retraining_sd",
+           "relative_change", "sensitivity_ratio")
+
+
+def _mark_inputs(frame: pd.DataFrame, old: tuple[str, ...] | None,
+                 new: tuple[str, ...] | None) -> pd.DataFrame:
+    """A feature only one model takes: ``status`` added / removed, its figures on the side
+    that has it only (the other side's, an exact zero, is no measurement of that model), no
+    change, no significance, no gate change."""
+    in_old = frame["feature"].isin(old) if old is not None else pd.Series(True, frame.index)
+    in_new = frame["feature"].isin(new) if new is not None else pd.Series(True, frame.index)
+    frame.insert(2, "status", np.where(~in_old, "added", np.where(~in_new, "removed", "common")))
+    for side, present in ((_OLD_SIDE, in_old), (_NEW_SIDE, in_new)):
+        for column in side:
+            if column in frame.columns:
+                kind = "Int64" if column.startswith("rank") else "float64"
+                frame[column] = frame[column].astype(kind).where(present)
+    both = in_old & in_new
+    for column in _CHANGE:
+        if column in frame.columns:
+            frame[column] = frame[column].where(both)
+    for column in ("significant", "changed", "gate_changed"):
+        frame[column] = frame[column] & both
+    frame["flagged_old"] = frame["flagged_old"] & in_old
+    frame["flagged_new"] = frame["flagged_new"] & in_new
+    return frame
 
 
 def bootstrap_interval(replicates: np.ndarray, confidence: float
@@ -261,7 +323,10 @@ def bootstrap_interval(replicates: np.ndarray, confidence: float
 
 
 def rank_agreement(table: pd.DataFrame, output: str, k: int) -> dict:
+    """Spearman, Kendall and top-k overlap of the shares, over the features both models take."""
     group = table[table["output"] == output]
+    if "status" in group.columns:
+        group = group[group["status"] == "common"]
     old, new = group["share_old"].to_numpy(), group["share_new"].to_numpy()
     return {"spearman": spearman(old, new), "kendall_tau": kendall_tau(old, new),
             "top_k": min(k, len(old)), "top_k_overlap": top_k_overlap(old, new, k)}
@@ -282,6 +347,9 @@ def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[st
     for output in result.new.outputs:
         group = table[table["output"] == output]
         for r in group.itertuples():
+            if getattr(r, "status", "common") != "common":
+                lines.append(where(output) + _presence(r))
+                continue
             noteworthy = abs(r.delta_share) >= 0.05 and (r.changed or not has_intervals)
             if r.feature in proxies or noteworthy:
                 lines.append(where(output) + _movement(r, has_intervals, noise))
@@ -308,6 +376,14 @@ def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[st
                      f"{_points(inc['delta_share'])}, more than the allowed "
                      f"{_points(inc['margin'], sign=False)} (compare.max_proxy_share_increase).")
     return lines
+
+
+def _presence(r) -> str:
+    if r.status == "removed":
+        return (f"{r.feature} was removed: the new model does not take it (it held "
+                f"{r.share_old:.0%} of the old model's sensitivity, rank {r.rank_old}).")
+    return (f"{r.feature} was added: the old model does not take it (it holds "
+            f"{r.share_new:.0%} of the new model's sensitivity, rank {r.rank_new}).")
 
 
 def _movement(r, has_intervals: bool, noise: str) -> str:

@@ -108,8 +108,10 @@ def _compare(axes: Axes, plan: ChartPlan) -> None:
     ends = data[[c for c in ("share_old", "share_new", "share_old_high", "share_new_high")
                  if c in data]].max(axis=1)
     for i, (r, end) in enumerate(zip(data.itertuples(), ends, strict=True)):
+        status = getattr(r, "status", "common")
         mark = " *" if r.significant else ""
-        axes.text(end, i, f"  {r.delta_share:+.1%}{mark}", va="center", fontsize=8)
+        text = f"  {r.delta_share:+.1%}{mark}" if status == "common" else f"  {status}"
+        axes.text(end, i, text, va="center", fontsize=8)
     labels = [f"{f}  ({'flagged' if n else 'cleared'})" if o != n else f
               for f, o, n in zip(data["feature"], data["flagged_old"], data["flagged_new"],
                                  strict=True)]

@@ -91,6 +91,8 @@ def comparison_plans(result: ComparisonResult) -> list[ChartPlan]:
         if has_ci:
             columns += ["share_old_low", "share_old_high", "share_new_low", "share_new_high"]
         columns += ["rank_old", "rank_new", "significant", "flagged_old", "flagged_new"]
+        if "status" in group.columns:  # models that take different columns
+            columns.insert(1, "status")
         interval = (f"; bars: {result.settings['confidence']:.0%} bootstrap intervals"
                     if has_ci else "")
         plans.append(ChartPlan(

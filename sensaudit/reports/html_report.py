@@ -20,7 +20,7 @@ from sensaudit._version import __version__
 from sensaudit.reports.base import ReportWriter
 from sensaudit.reports.charts import ChartPlan, audit_plans, comparison_plans
 from sensaudit.results.audit_result import AuditResult
-from sensaudit.results.comparison import ComparisonResult, gate_change
+from sensaudit.results.comparison import INPUTS_NOTE, ComparisonResult, gate_change
 from sensaudit.results.gate_text import figures, subject
 
 _CSS = """
@@ -99,6 +99,7 @@ def comparison_html(result: ComparisonResult) -> str:
             "<h2>Findings</h2>", _list(result.findings),
             "<h2>Charts</h2>", *map(_figure, comparison_plans(result)),
             "<h2>Before and after</h2>", "<p>As in comparison.csv.</p>",
+            *([f"<p>{escape(INPUTS_NOTE)}</p>"] if "status" in table.columns else []),
             _frame(table, failed=table["flagged_new"].tolist())]
     return _page(f"sensaudit compare: {verdict}", body)
 
@@ -168,6 +169,8 @@ def _table(header: list[str], rows: list[list[str]], *, text: set[int],
 
 
 def _cell(value: object) -> str:
+    if value is pd.NA:  # a rank of a model that does not take the feature (compare)
+        return ""
     if isinstance(value, bool) or value is None:
         return "" if value is None else str(value)
     if isinstance(value, float):

@@ -9,6 +9,8 @@ import json
 import math
 from typing import Any
 
+import pandas as pd
+
 from sensaudit._version import __version__
 from sensaudit.checks.base import Gate, Notice
 from sensaudit.reports.base import ReportWriter
@@ -102,6 +104,8 @@ def _json_safe(value: Any) -> Any:
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
+    if value is pd.NA:  # a rank of a model that does not take the feature (compare)
+        return None
     value = _plain(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -13,7 +13,15 @@ from sensaudit.core.text_safety import markdown_code, markdown_line, markdown_na
 from sensaudit.reports.base import ReportWriter
 from sensaudit.reports.charts import audit_plans, comparison_plans
 from sensaudit.results.audit_result import AuditResult, Driver
-from sensaudit.results.comparison import ComparisonResult, gate_change, noise_name
+from sensaudit.results.comparison import (
+    INPUTS_NOTE,
+    ComparisonResult,
+    gate_change,
+    input_status,
+    noise_name,
+    rank_move,
+    share_cell,
+)
 
 
 class MarkdownReport(ReportWriter):
@@ -244,6 +252,8 @@ def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, st
                      "differ by more than this; compare with retrained copies "
                      "(--old-replica / --new-replica) to include it."
                      if settings.get("noise") == "rows" else ""), ""]
+    if "status" in result.table.columns:
+        lines += [INPUTS_NOTE, ""]
     for output, group in result.table.groupby("output", sort=False):
         if len(result.new.outputs) > 1:
             lines += [f"### Output {markdown_code(output)}", ""]
@@ -251,12 +261,17 @@ def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, st
                   + (f"{ci} interval | " if has_ci else "") + "rank old -> new | gate |",
                   "|---|---:|---:|---:|" + ("---:|" if has_ci else "") + "---|---|"]
         for r in group.itertuples():
-            change = f"{r.delta_share * 100:+.1f}" + (" *" if r.changed else "")
-            interval = (f"{r.delta_share_low * 100:+.1f} to {r.delta_share_high * 100:+.1f} | "
-                        if has_ci else "")
+            status = input_status(r)
+            if status != "common":  # one model does not take it: no change to measure
+                change, interval = status, "| " if has_ci else ""
+            else:
+                change = f"{r.delta_share * 100:+.1f}" + (" *" if r.changed else "")
+                interval = (f"{r.delta_share_low * 100:+.1f} to "
+                            f"{r.delta_share_high * 100:+.1f} | " if has_ci else "")
             gate = gate_change(r.flagged_old, r.flagged_new)
-            lines.append(f"| {markdown_name(r.feature)} | {r.share_old:.1%} | {r.share_new:.1%} "
-                         f"| {change} | {interval}{r.rank_old} -> {r.rank_new} | {gate} |")
+            lines.append(f"| {markdown_name(r.feature)} | {share_cell(r.share_old)} | "
+                         f"{share_cell(r.share_new)} | {change} | {interval}{rank_move(r)} | "
+                         f"{gate} |")
         lines.append("")
         overall = result.overall[output]
         rows = overall["least_agreeing_rows"]

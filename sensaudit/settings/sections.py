@@ -64,6 +64,9 @@ class ModelConfig:
     features: tuple[str, ...] | None = None  # the model's input columns, in its order
     class_file: Path | None = None
     transform: str = "none"  # TRANSFORMS: audit probabilities instead of logits
+    # Set by compare, never by YAML: where in the audited columns this model's inputs are (in
+    # its order), when two models take different columns and both read their union.
+    columns: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from sensaudit.inputs.table_chunks import Chunk, MissingValues
 from sensaudit.inputs.table_layout import Table
 from sensaudit.methods.base import AttributionMethod
 from sensaudit.pipeline.baselines import FeatureSummary, Reference, baseline_vector, check_baseline
-from sensaudit.pipeline.compare import comparison_result
+from sensaudit.pipeline.compare import ModelPair, comparison_result
 from sensaudit.pipeline.examples import ExampleDrivers
 from sensaudit.pipeline.judging import (
     audit_result,
@@ -120,10 +120,11 @@ def audit_on_ray(config: Config, data: DataConfig, table: Table, *, progress: Pr
 
 def compare_on_ray(config: Config, models: Sequence[ModelConfig], data: DataConfig,
                    table: Table, *, progress: Progress, notes: list[str],
-                   replicas: tuple[int, int],
-                   trust_model_code: bool | None) -> ComparisonResult:
+                   replicas: tuple[int, int], trust_model_code: bool | None,
+                   inputs: ModelPair = (None, None)) -> ComparisonResult:
     """``api.compare_models`` on the Ray engine: every model in the same actors, on the same
-    units; the bootstrap weights are a function of (seed, replicate, row number)."""
+    units; the bootstrap weights are a function of (seed, replicate, row number).
+    ``inputs``: see :func:`~sensaudit.pipeline.compare.compare_on_rows`."""
     results, compared = _run(config, tuple(models), data, table, progress=progress,
                              example_sink=None, notes=notes, compare=True,
                              trust=trust_model_code)
@@ -132,7 +133,7 @@ def compare_on_ray(config: Config, models: Sequence[ModelConfig], data: DataConf
     method = make_method(config.audit, config.source)
     return comparison_result(results, compared.boot_moments, compared.boots, compared.agreement,
                              config.audit, config.compare, replicas=replicas,
-                             per_unit=method.per_unit)
+                             per_unit=method.per_unit, inputs=inputs)
 
 
 def _run(config: Config, model_cfgs: tuple[ModelConfig, ...], data: DataConfig, table: Table,
