@@ -24,9 +24,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
-from typing import cast
+from typing import Any, cast
 
 import torch
 
@@ -114,26 +114,41 @@ def compare_on_ray(config: Config, models: Sequence[ModelConfig], data: DataConf
 def _run(config: Config, plan: Plan, model_cfgs: tuple[ModelConfig, ...], data: DataConfig,
          *, progress: Progress, sink: ExampleSink | None, trust: bool | None) -> Outcome:
     require_ray(config.source)  # before any model is loaded: say how to install it first
-    table = plan.table
+    job, passes = prepare_job(config, plan, model_cfgs, data, trust=trust)
+    with ray_session(config.ray, plan.source) as ray:
+        size = pool_size(ray, config.ray, len(job.units), plan.source)
+        with worker_pool(ray, config.ray, job, size) as actors:
+
+            def units(call: str, task: object, each: Callable[[int, Any], None]) -> None:
+                run_units(ray, actors, call, task, len(job.units), each)
+
+            engine = RayEngine(job, passes, units, progress=progress, sink=sink, workers=size)
+            return run(plan, engine)
+
+
+def prepare_job(config: Config, plan: Plan, model_cfgs: tuple[ModelConfig, ...],
+                data: DataConfig, *, trust: bool | None) -> tuple[Job, list[ModelPass]]:
+    """The models loaded and probed on the driver (a bad model or config fails before any
+    worker starts), the data's work units, and the job every worker is given."""
     # The driver's copies are for probing and for the results' names and paths; the workers
     # load their own, on their own devices.
     loaded = [load_model(cfg, trust_model_code=trust, device=torch.device("cpu"))
               for cfg in model_cfgs]
     read_dtype = _narrowest(loaded)
-    probe = _probe(table, data, read_dtype)
-    passes = [start_model(model, probe, table, plan.settings, plan.model_cfg, plan.source)
+    probe = _probe(plan.table, data, read_dtype)
+    passes = [start_model(model, probe, plan.table, plan.settings, plan.model_cfg, plan.source)
               for model in loaded]
     check_same_outputs(passes)
     units = work_units(data.path, config.ray.rows_per_batch)
     job = Job(models=model_cfgs, trust_model_code=trust, plan=plan, data=data,
               units=tuple(units), read_dtype=read_dtype, probe=probe,
               threads=max(1, int(config.ray.cpus_per_worker)), cwd=os.getcwd())
-    with ray_session(config.ray, plan.source) as ray:
-        size = pool_size(ray, config.ray, len(units), plan.source)
-        with worker_pool(ray, config.ray, job, size) as actors:
-            engine = RayEngine(ray, actors, job, passes, progress=progress, sink=sink,
-                               workers=size)
-            return run(plan, engine)
+    return job, passes
+
+
+# units(call, task, each): run the workers' ``call`` on every unit with ``task`` and hand each
+# unit's result to ``each(unit, result)`` in unit order (schedule.run_units on the pool).
+Units = Callable[[str, object, Callable[[int, Any], None]], None]
 
 
 class RayEngine:
@@ -142,15 +157,12 @@ class RayEngine:
 
     statistics_first = True  # no per-row results are kept: the read does the per-row work
 
-    def __init__(self, ray: object, actors: list, job: Job, passes: list[ModelPass], *,
+    def __init__(self, job: Job, passes: list[ModelPass], units: Units, *,
                  progress: Progress, sink: ExampleSink | None, workers: int):
-        self.ray, self.actors, self.job, self.passes = ray, actors, job, passes
+        self.job, self.passes, self._units = job, passes, units
         self.progress, self.sink, self.workers = progress, sink, workers
         self.drivers: list[ExampleDrivers] = []
         self.inputs: MethodInputs | None = None
-
-    def _units(self, call: str, task: object, each) -> None:
-        run_units(self.ray, self.actors, call, task, len(self.job.units), each)
 
     def statistics(self, plan: Plan) -> Statistics:
         job = self.job
