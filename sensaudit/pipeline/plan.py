@@ -33,7 +33,7 @@ from typing import Protocol
 import torch
 
 from sensaudit.checks import build_checks
-from sensaudit.checks.base import Ranking
+from sensaudit.checks.base import Check, Ranking
 from sensaudit.core.errors import ConfigError, DataError
 from sensaudit.inputs.table_chunks import Chunk
 from sensaudit.inputs.table_layout import Table
@@ -164,7 +164,7 @@ def merge_models(into: Sequence[ChunkState], parts: Sequence[ChunkState],
             mine.seen.merge(theirs.seen)
 
 
-def merge_checks(into: Sequence, parts: Sequence) -> None:
+def merge_checks(into: Sequence[Check], parts: Sequence[Check]) -> None:
     """Checks of the same registry order, pairwise; one that reads only the ranking has
     nothing to merge."""
     for mine, theirs in zip(into, parts, strict=True):
