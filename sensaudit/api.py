@@ -3,8 +3,11 @@
 ``run_audit(load_config(path))`` is what ``sensaudit run`` does. Computing and writing are
 separate: :func:`audit` returns an :class:`AuditResult` and :func:`compare_models` a
 :class:`ComparisonResult`; :func:`run_audit` and :func:`run_compare` also write the reports,
-atomically (``run_audit`` streams per-example rows to disk as they are produced). Library code
-never prints; pass ``progress`` to follow long runs.
+atomically (``run_audit`` hands the per-row file's writers an
+:class:`~sensaudit.pipeline.example_rows.ExampleRows`, so rows stream to disk as the engine
+produces them). The engine (``engine: local | ray``) runs the audit's plan
+(:mod:`sensaudit.pipeline.plan`). Library code never prints; pass ``progress`` to follow long
+runs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sensaudit.config.sections import check_report_formats
 from sensaudit.core.errors import ConfigError, ModelLoadError, did_you_mean
 from sensaudit.core.jacobian import Model
 from sensaudit.core.torch_support import require_supported_torch
+from sensaudit.engines.local import audit_local, compare_local
 from sensaudit.inputs import tables
 from sensaudit.inputs.dataset import protected_files
 from sensaudit.inputs.model_inputs import (
@@ -37,17 +41,16 @@ from sensaudit.inputs.models import LoadedModel, float_dtype, load_model, resolv
 from sensaudit.inputs.regular import refuse_special
 from sensaudit.methods import METHODS
 from sensaudit.pipeline.baselines import baseline_vector, reference_of
-from sensaudit.pipeline.compare import check_bootstrap_size, compare_on_rows
-from sensaudit.pipeline.examples import records_table
-from sensaudit.pipeline.pass_state import ExampleSink, Progress
-from sensaudit.pipeline.passes import audit_models
+from sensaudit.pipeline.compare import check_bootstrap_size
+from sensaudit.pipeline.example_rows import ExampleRows
+from sensaudit.pipeline.pass_state import Progress
+from sensaudit.pipeline.plan import audit_plan
 from sensaudit.reports import open_writers
 from sensaudit.reports.base import ReportWriter
 from sensaudit.reports.staging import StagedReport
 from sensaudit.results.audit_result import AuditResult
 from sensaudit.results.comparison import ComparisonResult
 from sensaudit.settings.sections import (
-    AUTO_EXAMPLE_ROWS,
     AuditSettings,
     DataConfig,
     ModelConfig,
@@ -66,34 +69,19 @@ def run_audit(config: Config, *, progress: Progress | None = None,
             config.source, *protected_files(config.data.path), _model_path(config))) as staged:
         choice = config.report.examples
         writers = open_writers(staged, config.report.formats, examples=choice != "none")
-        # Only formats that write per-row files are fed the rows as they stream.
-        sinks = [w for w in writers if type(w).examples is not ReportWriter.examples]
+        # Only formats that write per-row files are given the rows (report.examples says
+        # which: pipeline.example_rows).
+        takers = [w for w in writers if type(w).examples is not ReportWriter.examples]
 
-        def to_sinks(rows: pa.Table) -> None:
-            for writer in sinks:
+        def write(rows: pa.Table) -> None:
+            for writer in takers:
                 writer.examples(rows)
 
-        # report.examples: every row streams, or the first N, or (auto) every row of an audit
-        # of at most AUTO_EXAMPLE_ROWS rows; top and none stream nothing.
-        sink: ExampleSink | None = None
-        limit: int | None = None
-        if sinks and choice in ("all", "auto"):
-            sink = to_sinks
-            limit = AUTO_EXAMPLE_ROWS if choice == "auto" else None
-        elif sinks and isinstance(choice, int):
-            sink, limit = _first_rows(to_sinks, choice), choice
-        result = audit(config, progress=progress, trust_model_code=trust_model_code,
-                       example_sink=sink, sink_limit=limit, sink_all_or_none=choice == "auto")
-        if sinks and not result.examples_streamed:
-            result.notes = [*result.notes, (
-                f"The per-row file holds the rows this report lists: the audit has "
-                f"{result.rows + result.nonfinite_rows:,} rows, more than report.examples: auto "
-                f"writes one by one ({AUTO_EXAMPLE_ROWS:,}); report.examples: all writes every "
-                "row.")]
-        if sinks and (choice == "top" or not result.examples_streamed):
-            # The rows report.md lists, with all their drivers.
-            to_sinks(records_table(result.examples, with_label=config.data.label is not None,
-                                   per_unit=result.per_unit))
+        examples = ExampleRows(write, choice) if takers else None
+        result = _audit(config, progress=progress, trust_model_code=trust_model_code,
+                        examples=examples)
+        if examples is not None:
+            result = examples.finish(result, with_label=config.data.label is not None)
         for writer in writers:
             writer.audit(result)
         written = staged.commit()
@@ -101,12 +89,14 @@ def run_audit(config: Config, *, progress: Progress | None = None,
 
 
 def audit(config: Config, *, progress: Progress | None = None,
-          trust_model_code: bool | None = None, example_sink: ExampleSink | None = None,
-          sink_limit: int | None = None,
-          sink_all_or_none: bool = False) -> AuditResult:
-    """Load the config's model and data, compute every row's attributions, rank, and check.
-    ``example_sink`` receives the per-row examples rows (see pipeline.audit_models for
-    ``sink_limit`` and ``sink_all_or_none``)."""
+          trust_model_code: bool | None = None) -> AuditResult:
+    """Load the config's model and data, compute every row's attributions, rank, and check."""
+    return _audit(config, progress=progress, trust_model_code=trust_model_code)
+
+
+def _audit(config: Config, *, progress: Progress | None, trust_model_code: bool | None,
+           examples: ExampleRows | None = None) -> AuditResult:
+    """:func:`audit`; ``examples``: the per-row file's rows, as report.examples asks."""
     if config.model is None:
         raise ConfigError(f"{config.source}: missing required key 'model'")
     inputs = declared_inputs(config.model, config.data)
@@ -116,29 +106,15 @@ def audit(config: Config, *, progress: Progress | None = None,
     if config.engine == "ray":  # the same audit over a pool of Ray actors
         from sensaudit.engines.ray.driver import audit_on_ray
 
-        # The workers stream every row's examples; an all-or-none limit holds them back until
-        # the rows are known to be at most that many (Parquet footers tell before any is read).
-        held, wanted = None, example_sink is not None
-        if example_sink is not None and sink_all_or_none and sink_limit is not None:
-            if table.row_count is not None and table.row_count > sink_limit:
-                example_sink = None
-            elif table.row_count is None:  # a CSV: count as the rows come
-                held = _HeldRows(example_sink, sink_limit)
-                example_sink = held.take
-        result = audit_on_ray(config, data, table, progress=progress or _no_progress,
-                              example_sink=example_sink, notes=_notes(inputs, table.features),
-                              trust_model_code=trust_model_code)
-        streamed = not wanted or (example_sink is not None
-                                  and (held is None or held.release()))
-        return result if streamed else replace(result, examples_streamed=False)
+        return audit_on_ray(config, data, table, progress=progress or _no_progress,
+                            examples=examples, notes=_notes(inputs, table.features),
+                            trust_model_code=trust_model_code)
+    plan = audit_plan(config.audit, table, config.source, model_cfg=config.model,
+                      notes=_notes(inputs, table.features))
     loaded = load_model(config.model, trust_model_code=trust_model_code)
-    (result,), _, _ = audit_models(
-        [loaded], lambda: tables.iter_chunks(table, data, loaded.dtype), table,
-        config.audit, model_cfg=config.model, source=config.source,
-        progress=progress or _no_progress, example_sink=example_sink,
-        notes=_notes(inputs, table.features), sink_limit=sink_limit,
-        sink_all_or_none=sink_all_or_none)
-    return result
+    outcome = audit_local([loaded], lambda: tables.iter_chunks(table, data, loaded.dtype), plan,
+                          progress=progress or _no_progress, examples=examples)
+    return outcome.results[0]
 
 
 def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
@@ -168,11 +144,12 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
     try:
         loaded = LoadedModel(module=model, path=Path("<in-memory model>"), format="in-memory",
                              device=target, dtype=float_dtype(model))
-        (result,), _, _ = audit_models(
+        plan = audit_plan(settings, table, name, model_cfg=None,
+                          notes=_notes(declared_inputs(None, data_cfg), table.features))
+        outcome = audit_local(
             [loaded], lambda: tables.iter_frame_chunks(frame, table, data_cfg, loaded.dtype),
-            table, settings, model_cfg=None, source=name, progress=_no_progress,
-            notes=_notes(declared_inputs(None, data_cfg), table.features))
-        return result
+            plan, progress=_no_progress)
+        return outcome.results[0]
     finally:
         if module is not None and was_training:
             module.train()
@@ -258,12 +235,12 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
                               inputs=(paired.old, paired.new))
     models = [load_model(c, trust_model_code=trust_model_code) for c in configs]
     # Every model sees the same rows, each converted to its own dtype.
-    return compare_on_rows(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
-                           table, config.audit, config.compare, model_cfg=config.model,
-                           source=config.source, progress=progress or _no_progress,
-                           notes=_notes(inputs, table.features),
-                           replicas=(len(old_replicas), len(new_replicas)),
-                           inputs=(paired.old, paired.new))
+    return compare_local(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
+                         table, config.audit, config.compare, model_cfg=config.model,
+                         source=config.source, progress=progress or _no_progress,
+                         notes=_notes(inputs, table.features),
+                         replicas=(len(old_replicas), len(new_replicas)),
+                         inputs=(paired.old, paired.new))
 
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
@@ -287,46 +264,6 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
             writer.comparison(result)
         written = staged.commit()
     return result, written
-
-
-class _HeldRows:
-    """An all-or-none row limit on a sink: rows are held until :meth:`release`, which passes
-    them on when there were at most ``limit`` (and drops them otherwise)."""
-
-    def __init__(self, sink: ExampleSink, limit: int):
-        self.sink, self.limit = sink, limit
-        self.rows: list[pa.Table] | None = []
-        self.count = 0
-
-    def take(self, rows: pa.Table) -> None:
-        # One examples row per data row and output: the limit counts data rows.
-        outputs = len(rows.column("output").unique()) if rows.num_rows else 1
-        self.count += rows.num_rows // outputs
-        if self.count > self.limit:
-            self.rows = None  # past the limit: none of them will be written
-        elif self.rows is not None:
-            self.rows.append(rows)
-
-    def release(self) -> bool:
-        if self.rows is None:
-            return False
-        for rows in self.rows:
-            self.sink(rows)
-        return True
-
-
-def _first_rows(sink: ExampleSink, limit: int) -> ExampleSink:
-    """``report.examples: N``: the first N examples rows, in the order they are audited."""
-    left = limit
-
-    def take(rows: pa.Table) -> None:
-        nonlocal left
-        if left > 0:
-            part = rows.slice(0, left)
-            left -= part.num_rows
-            sink(part)
-
-    return take
 
 
 def check_proxies(settings: AuditSettings, features: tuple[str, ...], source: object) -> None:

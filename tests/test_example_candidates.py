@@ -15,12 +15,15 @@ import pytest
 import torch
 
 import sensaudit.pipeline.example_candidates as candidates_module
-import sensaudit.pipeline.passes as pipeline
+import sensaudit.pipeline.example_rows as example_rows_module
 import sensaudit.pipeline.replay as replay_module
+from sensaudit.engines.local import audit_local
 from sensaudit.inputs import tables
 from sensaudit.inputs.models import LoadedModel
 from sensaudit.pipeline.example_candidates import ExampleCandidates
+from sensaudit.pipeline.example_rows import ExampleRows
 from sensaudit.pipeline.examples import ExampleDrivers
+from sensaudit.pipeline.plan import audit_plan
 from sensaudit.settings.sections import AuditSettings, DataConfig, ProxyLimit
 
 
@@ -53,18 +56,18 @@ def _frame(rows: int, *, discrete: bool = False, seed: int = 0) -> pd.DataFrame:
 def _audit(frame: pd.DataFrame, settings: AuditSettings, *, chunk_rows: int,
            replay_every_row: bool, outputs: int = 1, dtype: torch.dtype = torch.float64):
     """Audit through the pipeline; ``replay_every_row`` forces the spill-and-replay path
-    (a per-row sink), the reference the candidates must match."""
+    (a per-row file of every row), the reference the candidates must match."""
     cfg = DataConfig(path=Path("<frame>"), features=tuple(f"f{j}" for j in range(5)),
                      label="label", id="id", chunk_rows=chunk_rows)
     table = tables.frame_table(frame, cfg)
     loaded = LoadedModel(module=_Scorer(5, outputs).to(dtype).eval(), path=Path("<model>"),
                          format="in-memory", device=torch.device("cpu"), dtype=dtype)
-    sink = (lambda rows: None) if replay_every_row else None
-    (result,), _, _ = pipeline.audit_models(
-        [loaded], lambda: tables.iter_frame_chunks(frame, table, cfg, dtype), table,
-        settings, model_cfg=None, source="<test>", progress=lambda *a: None,
-        example_sink=sink)
-    return result
+    examples = ExampleRows(lambda rows: None, "all") if replay_every_row else None
+    outcome = audit_local(
+        [loaded], lambda: tables.iter_frame_chunks(frame, table, cfg, dtype),
+        audit_plan(settings, table, "<test>", model_cfg=None), progress=lambda *a: None,
+        examples=examples)
+    return outcome.results[0]
 
 
 def _same_examples(a, b) -> None:
@@ -188,7 +191,6 @@ def test_memory_stays_bounded_to_the_candidates():
 
 
 def test_run_audit_auto_writes_every_row_only_for_small_audits(tmp_path, monkeypatch):
-    import sensaudit.api as api
     from sensaudit import load_config, run_audit
 
     frame = _frame(600)
@@ -205,7 +207,7 @@ def test_run_audit_auto_writes_every_row_only_for_small_audits(tmp_path, monkeyp
     small, _ = run_audit(load_config(config))
     rows = pd.read_csv(tmp_path / "out" / "examples.csv")
     assert len(rows) == 600 and small.examples_streamed
-    monkeypatch.setattr(api, "AUTO_EXAMPLE_ROWS", 250)
+    monkeypatch.setattr(example_rows_module, "AUTO_EXAMPLE_ROWS", 250)
     large, _ = run_audit(load_config(config))
     rows = pd.read_csv(tmp_path / "out" / "examples.csv")
     assert not large.examples_streamed
@@ -224,10 +226,10 @@ def test_a_row_limit_streams_the_first_rows_and_keeps_every_rows_examples(tmp_pa
     loaded = LoadedModel(module=_Scorer(5).eval(), path=Path("<model>"), format="in-memory",
                          device=torch.device("cpu"), dtype=torch.float64)
     streamed: list[pa.Table] = []
-    (limited,), _, _ = pipeline.audit_models(
-        [loaded], lambda: tables.iter_frame_chunks(frame, table, cfg, torch.float64), table,
-        replace(settings), model_cfg=None, source="<test>", progress=lambda *a: None,
-        example_sink=streamed.append, sink_limit=200)
+    (limited,) = audit_local(
+        [loaded], lambda: tables.iter_frame_chunks(frame, table, cfg, torch.float64),
+        audit_plan(replace(settings), table, "<test>", model_cfg=None),
+        progress=lambda *a: None, examples=ExampleRows(streamed.append, 200)).results
     ids = pa.concat_tables(streamed).column("id").to_pylist()
     assert ids[:200] == [f"row-{i}" for i in range(200)] and len(ids) < 1_000
     full = _audit(frame, settings, chunk_rows=128, replay_every_row=True)

@@ -28,11 +28,11 @@ from audit_setup import write_assets, write_config
 from helpers_bad import cli, cli_error, payload_bytes
 from models import MLP, save_exported
 
-import sensaudit.api as api_module
 from sensaudit import ConfigError, load_config, parse_config
 from sensaudit.api import run_audit, run_compare
 from sensaudit.cli.overrides import with_overrides
 from sensaudit.config.ray import RaySettings
+from sensaudit.pipeline.example_rows import HeldRows
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ["csv", "json", "markdown"]
@@ -122,9 +122,9 @@ def test_auto_examples_beyond_the_limit_match_local(ray_up, tmp_path, monkeypatc
     """report.examples: auto over more rows than it writes one by one: on both engines the
     per-row file holds the rows report.md lists (the sample is a CSV, whose row count Ray
     learns only as the rows come)."""
-    import sensaudit.api as api
+    import sensaudit.pipeline.example_rows as example_rows
 
-    monkeypatch.setattr(api, "AUTO_EXAMPLE_ROWS", 1_000)  # the sample has 1,500 rows
+    monkeypatch.setattr(example_rows, "AUTO_EXAMPLE_ROWS", 1_000)  # the sample has 1,500 rows
     config = ROOT / "configs" / "scorer_v2.yaml"
     local = _audit(config, tmp_path / "local", "local")
     on_ray = _audit(config, tmp_path / "ray", "ray", workers=2)
@@ -139,16 +139,16 @@ def test_held_rows_are_written_only_within_the_limit():
                          "output": [f"o{k}" for _ in ids for k in range(outputs)]})
 
     written: list[pa.Table] = []
-    held = api_module._HeldRows(written.append, limit=5)
+    held = HeldRows(written.append, limit=5)
     held.take(rows([1, 2, 3]))
     held.take(rows([4, 5]))
     assert written == [] and held.release() and len(written) == 2
     written.clear()
-    held = api_module._HeldRows(written.append, limit=4)
+    held = HeldRows(written.append, limit=4)
     held.take(rows([1, 2, 3]))
     held.take(rows([4, 5]))
     assert not held.release() and written == []
-    held = api_module._HeldRows(written.append, limit=5)  # the limit counts data rows
+    held = HeldRows(written.append, limit=5)  # the limit counts data rows
     held.take(rows([1, 2, 3, 4, 5], outputs=3))
     assert held.release() and written[0].num_rows == 15
 

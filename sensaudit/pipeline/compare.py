@@ -10,6 +10,10 @@ and none for the change; rank agreement is measured on the common features, the 
 intervals of the common features as for equal inputs, and an added proxy's share counts as
 grown from zero for compare.max_proxy_share_increase.
 
+The plan (:mod:`sensaudit.pipeline.plan`, ``compare`` given) audits every model on the same
+rows on either engine; its steps call :func:`add_bootstrap` and :func:`add_agreement` per chunk,
+and :func:`comparison_result` turns the merged accumulators into the comparison.
+
 Both models see the same chunks, so per-row agreement (cosine of the two rows' contribution
 vectors) and score changes are exact. Confidence intervals come from a Poisson bootstrap over
 rows: every row gets a Poisson(1) weight per replicate, drawn from a hash of (seed, replicate,
@@ -27,22 +31,15 @@ import pandas as pd
 import torch
 
 from sensaudit.core.errors import ConfigError
-from sensaudit.inputs.models import LoadedModel
-from sensaudit.inputs.table_chunks import Chunk
-from sensaudit.inputs.table_layout import Table
 from sensaudit.methods.base import Attributions
 from sensaudit.pipeline.compare_noise import RetrainingNoise, change_interval, retraining_noise
-from sensaudit.pipeline.pass_state import Chunks, Progress, ReadPass
-from sensaudit.pipeline.passes import audit_models, make_method
-from sensaudit.pipeline.spill import SpilledChunk
 from sensaudit.results.audit_result import AuditResult
 from sensaudit.results.comparison import ComparisonResult, noise_name
-from sensaudit.settings.sections import AuditSettings, CompareSettings, ModelConfig
+from sensaudit.settings.sections import AuditSettings, CompareSettings
 from sensaudit.stats.accumulators import (
     AgreementAccumulator,
     BootstrapMoments,
     BootstrapSensitivity,
-    PoissonBootstrap,
     finite_rows,
 )
 
@@ -75,50 +72,6 @@ def check_bootstrap_size(cmp: CompareSettings, features: int, source: object,
         f"is {cmp.bootstrap_samples * per_sample:,} values per accumulator, over the limit of "
         f"{MAX_BOOTSTRAP_ELEMENTS:,} (about 256 MiB each); set compare.bootstrap_samples to "
         f"at most {fits:,} (0 turns the row bootstrap off)")
-
-
-def compare_on_rows(models: list[LoadedModel], chunks: Chunks, table: Table,
-                    settings: AuditSettings, cmp: CompareSettings, *,
-                    model_cfg: ModelConfig | None, source: object,
-                    progress: Progress, notes: list[str] | None = None,
-                    replicas: tuple[int, int] = (0, 0),
-                    inputs: ModelPair = (None, None)) -> ComparisonResult:
-    """Audit the old and new model on the same chunks (one read of the data) and measure how
-    their sensitivities moved, with paired bootstrap intervals and per-row agreement.
-
-    ``models``: old, new, then ``replicas[0]`` retrained copies of old and ``replicas[1]`` of
-    new (the same training, other seeds): their spread is the retraining noise the change's
-    interval adds to the rows' (:func:`retraining_noise`). ``inputs``: old's and new's own
-    columns when they take different ones (each model is loaded to take its own columns of
-    the table's; see the module).
-    """
-    bootstrap = PoissonBootstrap(cmp.bootstrap_samples, cmp.seed)
-    boot_moments = BootstrapMoments(bootstrap, len(table.features))
-    boots = [BootstrapSensitivity(bootstrap) for _ in models[:2]]
-    per_unit = make_method(settings, source).per_unit
-    agreements: list[AgreementAccumulator] = []
-
-    def resample(chunk: Chunk, results: list[Attributions]) -> None:
-        # The outputs are known once a model ran: [samples, outputs, features] sums.
-        check_bootstrap_size(cmp, len(table.features), source,
-                             outputs=results[0].values.shape[1])
-        add_bootstrap(boot_moments, boots, chunk.rows, chunk.x, results)
-
-    def agree(read: ReadPass, std: torch.Tensor):
-        agreement = AgreementAccumulator(len(read.models[0].prepared.outputs),
-                                         keep=settings.examples_in_report)
-        agreements.append(agreement)
-
-        def each(chunk: SpilledChunk) -> None:
-            add_agreement(agreement, chunk.rows, chunk.ids, chunk.results, std, per_unit)
-
-        return each
-
-    audits, _, _ = audit_models(models, chunks, table, settings, model_cfg=model_cfg,
-                                source=source, progress=progress, on_chunk=resample,
-                                on_replay=agree, notes=notes)
-    return comparison_result(audits, boot_moments, boots, agreements[0], settings, cmp,
-                             replicas=replicas, per_unit=per_unit, inputs=inputs)
 
 
 def add_bootstrap(boot_moments: BootstrapMoments, boots: list[BootstrapSensitivity],

@@ -19,16 +19,17 @@ from sensaudit.pipeline.model_ready import precision_warnings
 from sensaudit.pipeline.pass_state import ModelPass, ReadPass
 from sensaudit.results.audit_result import AuditResult, sensitivity_table
 from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.accumulators import FeatureMoments
 
 
-def feature_std(read: ReadPass, table: Table) -> torch.Tensor:
+def feature_std(moments: FeatureMoments, table: Table) -> torch.Tensor:
     """The features' standard deviations over every row read, checked usable."""
-    std = read.moments.std
+    std = moments.std
     if not bool((std > 0).any()):
         # No verdict on nothing: with no feature varying, every share would be 0 and every
         # feature rank alike, and a proxy limit would pass for lack of evidence.
         raise DataError(f"{table.path}: every feature is constant over the "
-                        f"{read.moments.count:,} rows read, so no feature can be ranked by how "
+                        f"{moments.count:,} rows read, so no feature can be ranked by how "
                         "much it moves the score; audit rows where the features vary")
     return checked_std(std, table)
 

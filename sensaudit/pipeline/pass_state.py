@@ -1,5 +1,5 @@
-"""What the audit's passes hand each other: one model's partial results, the read pass's
-results, and the callbacks an engine gives the passes (progress, example rows, chunks)."""
+"""What the audit's passes hand each other: one model's partial results, compare's, the read
+pass's results, and the callbacks an engine gives the passes (progress, example rows, chunks)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,19 @@ import torch
 
 from sensaudit.checks.base import Check
 from sensaudit.inputs.table_chunks import Chunk
-from sensaudit.methods.base import Attributions
 from sensaudit.pipeline.baselines import FeatureSummary
 from sensaudit.pipeline.example_candidates import ExampleCandidates
 from sensaudit.pipeline.model_ready import PreparedModel
 from sensaudit.pipeline.spill import Spill
-from sensaudit.stats.accumulators import AttributionSums, FeatureMoments
+from sensaudit.settings.sections import CompareSettings
+from sensaudit.stats.accumulators import (
+    AgreementAccumulator,
+    AttributionSums,
+    BootstrapMoments,
+    BootstrapSensitivity,
+    FeatureMoments,
+    PoissonBootstrap,
+)
 from sensaudit.stats.row_stats import FeatureRange
 
 # progress(stage, rows_done, rows_total): stage "statistics" (the pre-pass some methods need),
@@ -26,8 +33,6 @@ from sensaudit.stats.row_stats import FeatureRange
 Progress = Callable[[str, int, "int | None"], None]
 ExampleSink = Callable[[pa.Table], None]
 Chunks = Callable[[], Iterator[Chunk]]
-# on_chunk(chunk, [attributions per model]) sees every chunk of the read pass.
-ChunkHook = Callable[[Chunk, list[Attributions]], None]
 # The baseline as it stands after a chunk of the read pass (float64 [features]), given the
 # statistics read so far: what the example candidates are ranked against.
 ProvisionalBaseline = Callable[[FeatureSummary], torch.Tensor]
@@ -48,6 +53,35 @@ class ModelPass:
 
 
 @dataclass
+class Compared:
+    """``compare``'s partial results over some rows: the paired bootstrap (filled by the read
+    step) and the old and new model's per-row agreement (the rows step)."""
+
+    settings: CompareSettings
+    boot_moments: BootstrapMoments
+    boots: list[BootstrapSensitivity]
+    keep: int  # audit.examples_in_report: the rows that disagree most, kept per output
+    agreement: AgreementAccumulator | None = None
+
+    @classmethod
+    def start(cls, settings: CompareSettings, features: int, keep: int) -> Compared:
+        bootstrap = PoissonBootstrap(settings.bootstrap_samples, settings.seed)
+        # Only old and new have intervals; the seed replicas that may follow them have none.
+        return cls(settings, BootstrapMoments(bootstrap, features),
+                   [BootstrapSensitivity(bootstrap) for _ in range(2)], keep)
+
+    def merge(self, other: Compared) -> None:
+        self.boot_moments.merge(other.boot_moments)
+        for boot, theirs in zip(self.boots, other.boots, strict=True):
+            boot.merge(theirs)
+        if other.agreement is not None:
+            if self.agreement is None:
+                self.agreement = other.agreement
+            else:
+                self.agreement.merge(other.agreement)
+
+
+@dataclass
 class ReadPass:
     moments: FeatureMoments
     dropped: int
@@ -55,8 +89,9 @@ class ReadPass:
     spill: Spill
     ranges: FeatureRange | None = None  # per-feature min..max, for checks that replay
     summary: FeatureSummary | None = None  # the read's feature statistics (moments, medians)
-    # False when the spill was dropped for passing its row limit (see read_pass).
+    # False when the spill was dropped for passing its row limit (see the local engine).
     spilled: bool = True
+    compared: Compared | None = None  # compare's bootstrap (and agreement once the rows step ran)
 
 
 class ChunkState(Protocol):

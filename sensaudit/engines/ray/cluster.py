@@ -129,7 +129,7 @@ def worker_pool(ray: Any, settings: RaySettings, job: Job, size: int) -> Iterato
         try:
             answers = ray.get([actor.info.remote() for actor in actors])
         except ray.exceptions.RayActorError as exc:
-            raise ConfigError(f"{job.source}: a Ray worker could not start "
+            raise ConfigError(f"{job.plan.source}: a Ray worker could not start "
                               f"({first_line(exc)}); every node needs sensaudit {__version__} "
                               "and its dependencies installed") from None
         for info in answers:

@@ -3,16 +3,16 @@
 Everything here is plain data (settings, paths, tensors, mergeable accumulators): a worker
 receives the model's *path* and config, never a model object, and loads it with sensaudit's own
 loader under the same trust rules as the local engine (:mod:`sensaudit.inputs.models`).
-Partial results are the accumulators of :mod:`sensaudit.stats.accumulators`,
-:mod:`sensaudit.pipeline.baselines`,
-:mod:`sensaudit.stats.row_stats`, the checks and
-:class:`~sensaudit.pipeline.examples.ExampleDrivers`, whose
-``merge`` gives the single-pass answer on any partition of the rows.
+The audit itself travels as its :class:`~sensaudit.pipeline.plan.Plan`. Partial results are the
+plan's partials (:class:`~sensaudit.pipeline.plan.Statistics`, each model's sums and checks,
+:class:`~sensaudit.pipeline.examples.ExampleDrivers`,
+:class:`~sensaudit.pipeline.pass_state.Compared`), which the driver merges with the plan's merges
+into the single-pass answer on any partition of the rows.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
@@ -22,17 +22,11 @@ from sensaudit.checks.base import Check
 from sensaudit.core.errors import SensauditError
 from sensaudit.inputs.dataset import WorkUnit
 from sensaudit.inputs.table_chunks import MissingValues
-from sensaudit.inputs.table_layout import Table
-from sensaudit.pipeline.baselines import FeatureSummary
 from sensaudit.pipeline.examples import ExampleDrivers
-from sensaudit.settings.sections import AuditSettings, CompareSettings, DataConfig, ModelConfig
-from sensaudit.stats.accumulators import (
-    AgreementAccumulator,
-    AttributionSums,
-    BootstrapMoments,
-    BootstrapSensitivity,
-    FeatureMoments,
-)
+from sensaudit.pipeline.pass_state import Compared
+from sensaudit.pipeline.plan import MethodInputs, Plan, Statistics
+from sensaudit.settings.sections import DataConfig, ModelConfig
+from sensaudit.stats.accumulators import AttributionSums, FeatureMoments
 from sensaudit.stats.row_stats import FeatureRange
 
 
@@ -42,12 +36,9 @@ class Job:
 
     models: tuple[ModelConfig, ...]  # each model's file and loading settings (old, new, ...)
     trust_model_code: bool | None  # as the caller passed it to the local loader
-    prepare_cfg: ModelConfig | None  # model.output, output_names, transform (pipeline)
+    plan: Plan  # the audit: settings, table, method, checks, compare (pipeline.plan)
     data: DataConfig  # with the features resolved (model_inputs.match_data)
-    table: Table
     units: tuple[WorkUnit, ...]
-    settings: AuditSettings
-    source: object  # the config file, for messages
     read_dtype: torch.dtype  # the dtype rows are read for (the model's, or the narrowest)
     # The first usable rows of the data, float [<= 8, features]: every worker probes its
     # models on the same rows the driver did (input width, outputs, row independence).
@@ -57,39 +48,30 @@ class Job:
 
 
 @dataclass(frozen=True)
-class StatisticsPlan:
-    """The pre-pass: feature moments, ranges and (for a median baseline) the median sample."""
-
-    median: bool
-
-
-@dataclass(frozen=True)
-class MethodInputs:
-    """What the method is prepared with before its first row, as the local engine does."""
-
-    baseline: torch.Tensor | None  # float64 [features]; None: the method needs nothing
-    std: torch.Tensor | None
+class StatisticsTask:
+    """The statistics pass over a unit: feature moments, ranges and (for a median baseline)
+    the median sample."""
 
 
 @dataclass(frozen=True)
-class AuditPlan:
-    """The read pass, fused with the per-row outputs: the final feature statistics are known
-    from the pre-pass, so examples rows and per-row agreement need no second read."""
+class ReadTask:
+    """The read pass over a unit, fused with the rows step: the final feature statistics are
+    known from the statistics pass, so example rows and compare's agreement need no second
+    read."""
 
-    token: int  # names the plan, so a worker prepares its method once per plan
+    token: int  # names the task, so a worker prepares its method once per audit
     method: MethodInputs
     std: torch.Tensor  # float64 [features], over every row
     baseline: torch.Tensor  # float64 [features]: where each row's contributions start
-    # Per-row outputs are computed only where the local engine would keep the rows for its
-    # replay (pipeline.audit_models' keep_rows): examples, the charts' sample, agreement.
+    # The rows step runs only where the local engine would keep the rows for it
+    # (engines.local): example rows, the charts' sample, agreement, the per-row file.
     per_row: bool
-    examples_table: bool  # build the first model's examples rows (examples.csv)
-    compare: CompareSettings | None  # the paired bootstrap and agreement of `compare`
+    examples_table: bool  # build the first model's rows for the per-row file
 
 
 @dataclass(frozen=True)
-class ReplayPlan:
-    """The checks that replay rows with the model and the final ranking."""
+class ReplayTask:
+    """The rows step of the checks that replay rows with the model and the final ranking."""
 
     token: int
     method: MethodInputs
@@ -100,16 +82,14 @@ class ReplayPlan:
 
 @dataclass
 class UnitStatistics:
-    summary: FeatureSummary
-    ranges: FeatureRange
-    dropped: int
-    rows_read: int  # rows in the unit, kept or dropped
+    statistics: Statistics
     missing: MissingValues | None  # None for a CSV, which checks its own at its end
 
 
 @dataclass
 class ModelPartial:
-    """One model's results over one work unit."""
+    """One model's read over one work unit (a :class:`~sensaudit.pipeline.pass_state.ChunkState`
+    and its example rows)."""
 
     sums: AttributionSums
     checks: list[Check]
@@ -118,13 +98,11 @@ class ModelPartial:
 
 
 @dataclass
-class UnitAudit:
+class UnitRead:
     models: list[ModelPartial]
     rows_read: int
-    examples: pa.Table | None = None  # the first model's examples rows, in row order
-    boot_moments: BootstrapMoments | None = None
-    boots: list[BootstrapSensitivity] = field(default_factory=list)
-    agreement: AgreementAccumulator | None = None
+    examples: pa.Table | None = None  # the first model's per-row file rows, in row order
+    compared: Compared | None = None
 
 
 @dataclass
