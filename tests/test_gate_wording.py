@@ -91,6 +91,18 @@ def test_the_limit_and_the_largest_shift_have_different_names(failed):
         report)
 
 
+def test_contribution_means_one_thing(failed):
+    """examples: contribution = gradient x (value - baseline); the chart of per-row values
+    (gradient x std) is called the scaled gradient, and says so."""
+    _, out = failed
+    page = html.unescape((out / "report.html").read_text(encoding="utf-8"))
+    assert "Contribution: gradient x (value - baseline)" in page
+    assert "Per-row scaled gradient of the top 3 features" in page
+    assert "contribution to the score per row (gradient x std)" not in page
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "(contribution: gradient x (value - baseline)" in report
+
+
 def test_figures_in_their_units():
     assert figures({"share": 0.39, "rank": 1, "max_share": 0.15}) == "share 39.0%, rank 1"
     assert figures({"evidence_share": 0.041, "evidence_high": 0.1486, "reliance_gap": 0.349,
