@@ -57,7 +57,7 @@ def test_share_bars_are_sensitivity_csv(tmp_path, assets):
     image = imread(tmp_path / "out" / "chart-shares.png")
     assert image.shape[1] == 750 and image.std() > 0.05  # drawn, not blank
     report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
-    assert "![Feature shares of the score's sensitivity](chart-shares.png)" in report
+    assert "![Share of the score's sensitivity per feature](chart-shares.png)" in report
     assert "](chart-contributions.png)" in report
 
 
@@ -96,19 +96,20 @@ def test_compare_bars_and_intervals_are_comparison_csv(tmp_path, assets):
     csv = pd.read_csv(tmp_path / "out" / "comparison.csv")
     plan = comparison_plans(result)[0]
     figure = render(plan)
-    bars = [p for p in figure.axes[0].patches if isinstance(p, Rectangle)]
+    axes = figure.axes[0]
+    bars = [p for p in axes.patches if isinstance(p, Rectangle)]
+    # One bar per feature: its change in share points, not a fraction drawn as %.
     assert [b.get_width() for b in bars] == pytest.approx(
-        csv["share_old"].tolist() + csv["share_new"].tolist(), rel=1e-7)
-    # Each error bar spans the bootstrap interval of comparison.csv.
-    segments = [seg for collection in figure.axes[0].collections
-                for seg in collection.get_segments()]
+        (csv["delta_share"] * 100).tolist(), rel=1e-7)
+    # Each error bar spans the change's interval of comparison.csv, in points.
+    segments = [seg for collection in axes.collections for seg in collection.get_segments()]
     spans = sorted((float(s[0][0]), float(s[1][0])) for s in segments)
-    expected = sorted(zip(csv["share_old_low"].tolist() + csv["share_new_low"].tolist(),
-                          csv["share_old_high"].tolist() + csv["share_new_high"].tolist(),
-                          strict=True))
-    assert len(spans) == len(expected) == 6
+    expected = sorted(zip((csv["delta_share_low"] * 100).tolist(),
+                          (csv["delta_share_high"] * 100).tolist(), strict=True))
+    assert len(spans) == len(expected) == 3
     for (low, high), (want_low, want_high) in zip(spans, expected, strict=True):
         assert (low, high) == pytest.approx((want_low, want_high), rel=1e-7)
+    assert "points" in axes.get_xlabel() and "%" not in axes.get_xlabel()
     assert "chart-compare-shares.png" in {p.name for p in written}
     assert "](chart-compare-shares.png)" in (tmp_path / "out" / "comparison.md").read_text()
 
@@ -158,3 +159,116 @@ def test_names_are_drawn_as_text_and_files_named_safely():
     names = _Names()
     assert [names.take("chart-shares", o) for o in ("a/b", "a b", "../x")] == [
         "chart-shares-a-b.png", "chart-shares-a-b-2.png", "chart-shares-x.png"]
+
+
+# --- issue 20 (4): one purpose-built chart per check, its limit drawn ----------------------------
+
+CHECKS_EXTRA = ("  fail_on_suspects: false\n  threshold: 3.0\n"
+                "  expect:\n    - {feature: clarity, direction: increasing, "
+                "max_violation_rate: 0.02}\n"
+                "  robustness: {epsilon: 0.1, steps: 2, bounds: none, max_shift: 0.2}\n")
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory, assets):
+    folder = tmp_path_factory.mktemp("checked")
+    config = write_config(folder / "audit.yaml", assets, max_share=0.95, extra=CHECKS_EXTRA,
+                          report="report:\n  dir: out\n  formats: [csv, png, markdown]\n")
+    result, _ = run_audit(load_config(config))
+    return result, folder / "out"
+
+
+def _lines_at(axes, x: float) -> list:
+    return [line for line in axes.get_lines()
+            if len(set(line.get_xdata())) == 1 and line.get_xdata()[0] == pytest.approx(x)]
+
+
+def test_the_robustness_chart_is_the_rows_shifts_with_the_limit(checked):
+    result, out = checked
+    plan = next(p for p in audit_plans(result) if p.name == "chart-robustness.png")
+    csv = pd.read_csv(out / "robustness.csv")
+    (record,) = next(c for c in result.checks if c.check == "robustness").summary["robustness"]
+    axes = render(plan).axes[0]
+    heights = [b.get_height() for b in axes.patches if isinstance(b, Rectangle)]
+    assert sum(heights) == len(csv) == result.rows  # every row counted once
+    # The histogram's bins hold the rows' shifts (robustness.csv's shift column).
+    counts = [((csv["shift"] >= r.shift_from) & ((csv["shift"] < r.shift_to)
+                                                  | (r.Index == len(plan.data) - 1)
+                                                  & (csv["shift"] <= r.shift_to))).sum()
+              for r in plan.data.itertuples()]
+    assert heights == counts
+    assert _lines_at(axes, 0.2) and _lines_at(axes, record["p95_shift"])  # limit and p95
+    assert "score units" in axes.get_xlabel() and axes.get_ylabel() == "rows"
+    assert "Robustness" in axes.get_title(loc="left") and "attack" in axes.get_title(loc="left")
+
+
+def test_the_monotonicity_chart_is_each_expectations_rate_and_limit(checked):
+    result, out = checked
+    plan = next(p for p in audit_plans(result) if p.name == "chart-monotonicity.png")
+    csv = pd.read_csv(out / "monotonicity.csv")
+    axes = render(plan).axes[0]
+    bars = [b for b in axes.patches if isinstance(b, Rectangle)]
+    assert [b.get_width() for b in bars] == pytest.approx(csv["violation_rate"].tolist())
+    assert _lines_at(axes, 0.02)  # the limit, max_violation_rate
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["clarity (increasing)"]
+    assert "%" in axes.get_xlabel() and "Monotonicity" in axes.get_title(loc="left")
+
+
+def test_the_suspects_chart_is_labelled_by_feature_with_the_evidence(checked):
+    result, out = checked
+    plan = next(p for p in audit_plans(result) if p.name == "chart-suspects.png")
+    csv = pd.read_csv(out / "suspects.csv").sort_values(["share", "feature"],
+                                                         ascending=[False, True])
+    axes = render(plan).axes[0]
+    assert [t.get_text() for t in axes.get_yticklabels()] == csv["feature"].tolist()
+    bars = [b for b in axes.patches if isinstance(b, Rectangle)]
+    assert [b.get_width() for b in bars] == pytest.approx(csv["share"].tolist())
+    # The label's support: a segment from its share to its upper bound, per feature.
+    segments = [s for c in axes.collections for s in c.get_segments()]
+    assert [(float(s[0][0]), float(s[1][0])) for s in segments] == [
+        pytest.approx(pair) for pair in zip(csv["evidence_share"], csv["evidence_high"],
+                                            strict=True)]
+    assert csv["evidence_limit"].tolist() == pytest.approx(
+        (csv["evidence_high"] + 0.10).tolist())  # the default min_gap
+    for limit in csv["evidence_limit"]:
+        assert _lines_at(axes, limit)
+
+
+def test_the_compare_chart_marks_what_the_table_marks_in_points(tmp_path, assets):
+    """A change that is significant but under compare.min_change is not marked, in the
+    chart as in comparison.md (the chart used to mark every significant change)."""
+    save_exported(Linear(torch.tensor([WEIGHTS[0] / 4, *WEIGHTS[1:]]), n_features=3),
+                  tmp_path / "old.pt2", n_features=3, dtype=torch.float64)
+
+    def compare(min_change: float):
+        config = write_config(tmp_path / "audit.yaml", assets, max_share=0.95,
+                              extra=f"compare:\n  bootstrap_samples: 50\n"
+                                    f"  min_change: {min_change}\n",
+                              report="report:\n  dir: out\n  formats: [csv, markdown]\n")
+        return run_compare(load_config(config), tmp_path / "old.pt2", assets / "scorer.pt2")[0]
+
+    first = compare(0)
+    changes = sorted(abs(first.table["delta_share"]) * 100)
+    result = compare(round((changes[0] + changes[-1]) / 2, 3))
+    table = result.table
+    assert table["significant"].all() and 0 < table["changed"].sum() < len(table)
+    plan = comparison_plans(result)[0]
+    axes = render(plan).axes[0]
+    texts = {t.get_text().strip() for t in axes.texts}
+    for r in table.itertuples():
+        mark = f"{r.delta_share * 100:+.1f}" + (" *" if r.changed else "")
+        assert mark in texts
+        assert f"| {mark} |" in (tmp_path / "out" / "comparison.md").read_text()
+    assert _lines_at(axes, result.settings["min_change"])
+    assert "percentage points" in axes.get_xlabel()
+
+
+def test_a_failed_gate_under_its_share_is_not_called_over_its_limit():
+    """A blind proxy fails its gate at 0.5%: the shares chart's legend must not say "over its
+    limit"."""
+    data = pd.DataFrame({"feature": ["a", "blind"], "share": [0.995, 0.005], "rank": [1, 2],
+                         "flagged": [False, True], "proxy": [False, True]})
+    figure = render(ChartPlan(name="x.png", title="t", kind="shares", data=data))
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert legend == ["feature", "fails a gate"]
+    assert not any("over" in t for t in legend)

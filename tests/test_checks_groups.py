@@ -118,3 +118,21 @@ def test_groups_through_the_cli_and_every_report(tmp_path):
     assert csv["group"].tolist() == ["", "size", "size", "size"]
     assert csv["feature"].tolist()[3] == "size"
     assert "| 1 | size (group) | 60.0% |" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_groups_with_the_png_and_html_formats(tmp_path):
+    """Issue 20 (3): any audit.groups entry with png or html crashed the chart of per-row
+    values ("'size' is not in list", exit 3): a group has no per-row values of its own. The
+    charts now draw the features' spread, and the shares chart lists the group after them."""
+    pytest.importorskip("matplotlib", reason="the charts extra (matplotlib) is not installed")
+    config = write_setup(tmp_path, LinearScorer(MODEL), _split_frame(),
+                         {"groups": {"size": ["length", "words"]}})
+    config.write_text(config.read_text() + "  formats: [png, html, markdown, json]\n")
+    code, _ = run_cli(config)
+    assert code == 0
+    out = tmp_path / "out"
+    assert {"chart-shares.png", "chart-contributions.png", "report.html"} <= {
+        p.name for p in out.iterdir()}
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "size (group)" in html
+    assert "](chart-contributions.png)" in (out / "report.md").read_text(encoding="utf-8")

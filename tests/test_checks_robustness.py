@@ -141,7 +141,8 @@ def test_gate_and_every_report_format(tmp_path):
     code, summary = run_cli(config)
     assert code == 1 and summary["passed"] is False
     (flag,) = summary["flags"]
-    assert flag["feature"] == "adversarial shift" and flag["limit"].startswith("p95 shift <= ")
+    assert flag["feature"] == "adversarial shift" and flag["limit"].startswith(
+        "95th-percentile shift <= ")
     (record,) = summary["robustness"]
     assert {"output", "epsilon", "mean_shift", "p95_shift", "max_shift", "limit",
             "passed"} <= set(record)

@@ -104,6 +104,11 @@ def test_compare_junit_has_a_case_per_declared_proxy_growth(tmp_path, assets):
     assert cases[("sensaudit.compare.max_proxy_share_increase", "noise")].find("failure") is None
     assert ("sensaudit.proxy_limits", "length") in cases
     assert result.stdout.splitlines()[0].startswith("FAILED length: share grew by")
+    # A change of a share is in points, in every place it is said (issue 20, 5).
+    first = result.stdout.splitlines()[0]
+    assert first.endswith(" points; limit an increase of at most 0.0 points "
+                          "(compare.max_proxy_share_increase)") and "%" not in first
+    assert "%" not in (grown.get("message") or "")
 
 
 # --- GitHub Actions ---------------------------------------------------------------------------

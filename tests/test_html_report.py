@@ -6,7 +6,11 @@ sensitivity.csv's."""
 from __future__ import annotations
 
 import base64
+import html
+import io
+import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -95,13 +99,19 @@ def _shares_table(page: _Page) -> pd.DataFrame:
     return pd.DataFrame(rows[1:], columns=rows[0])
 
 
+def _percents(cells: pd.Series) -> list[float]:
+    """Shares as the page shows them ("39.01%"), as fractions."""
+    assert cells.str.endswith("%").all(), cells.tolist()
+    return (cells.str.rstrip("%").astype(float) / 100).tolist()
+
+
 def test_the_page_loads_nothing_from_outside(report):
     text = (report / "report.html").read_text(encoding="utf-8")
     page = _parse(text)
     names = {tag for tag, _ in page.tags}
     assert not names & {"script", "link", "iframe", "object", "embed", "base"}
     images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
-    assert len(images) == 3  # shares, contributions, and the suspects check's table
+    assert len(images) == 3  # shares, contributions, and the suspects check's chart
     for src in images:
         assert src is not None and src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -116,7 +126,7 @@ def test_chart_numbers_are_the_csv_numbers(report):
     shown = _shares_table(page)
     csv = pd.read_csv(report / "sensitivity.csv").sort_values("rank")
     assert shown["feature"].tolist() == csv["feature"].tolist()
-    assert shown["share"].astype(float).tolist() == csv["share"].tolist()
+    assert _percents(shown["share"]) == pytest.approx(csv["share"].tolist(), abs=5e-5)
 
 
 @needs_chromium
@@ -141,7 +151,7 @@ def test_chromium_dom_holds_the_csv_numbers(report, tmp_path):
     shown = _shares_table(page)
     csv = pd.read_csv(report / "sensitivity.csv").sort_values("rank")
     assert shown["feature"].tolist() == csv["feature"].tolist()
-    assert shown["share"].astype(float).tolist() == csv["share"].tolist()
+    assert _percents(shown["share"]) == pytest.approx(csv["share"].tolist(), abs=5e-5)
     assert "chart-contributions.png" in page.tables
 
 
@@ -157,5 +167,148 @@ def test_comparison_page_draws_in_chromium(tmp_path):
     rows = _parse(done.stdout).tables["chart-compare-shares.png"]
     shown = pd.DataFrame(rows[1:], columns=rows[0])
     csv = pd.read_csv(tmp_path / "out" / "comparison.csv")
-    for column in ("share_old", "share_new", "share_new_low", "share_new_high"):
-        assert shown[column].astype(float).tolist() == csv[column].tolist()
+    for column in ("share_old", "share_new", "delta_share", "delta_share_low",
+                   "delta_share_high"):
+        assert _percents(shown[column]) == pytest.approx(csv[column].tolist(), abs=5e-5)
+
+
+# --- issue 20 (4): every table report.md holds, charts that draw, a page that fits 1280 px -------
+
+FULL_EXTRA = ("  fail_on_suspects: true\n  threshold: 3.0\n"
+              "  expect:\n    - {feature: clarity, direction: increasing, "
+              "max_violation_rate: 0.02}\n"
+              "  robustness: {epsilon: 0.1, steps: 2, bounds: none, max_shift: 0.2}\n")
+WINDOW = 1280
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> Path:
+    """An audit with every check that draws a chart, its reports in markdown and html, and a
+    feature name long enough to overflow a table that does not wrap it."""
+    folder = tmp_path_factory.mktemp("full")
+    assets = write_assets(folder / "assets")
+    data = pd.read_csv(assets / "eval.csv")
+    data = data.rename(columns={"noise": "noise_" + "x" * 120})
+    data.to_csv(assets / "eval.csv", index=False)
+    config = write_config(folder / "audit.yaml", assets, max_share=0.95, extra=FULL_EXTRA,
+                          report="report:\n  dir: out\n  formats: [csv, markdown, html]\n")
+    config.write_text(config.read_text().replace("feature: noise\n",
+                                                 f"feature: noise_{'x' * 120}\n"))
+    run_audit(load_config(config))
+    return folder / "out"
+
+
+class _Headings(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.h2: list[str] = []
+        self._in: str | None = None
+        self.css = ""
+
+    def handle_starttag(self, tag, attrs):
+        self._in = tag if tag in ("h2", "style") else None
+        if tag == "h2":
+            self.h2.append("")
+
+    def handle_endtag(self, tag):
+        self._in = None
+
+    def handle_data(self, data):
+        if self._in == "h2":
+            self.h2[-1] += data
+        elif self._in == "style":
+            self.css += data
+
+
+def test_the_page_holds_every_table_of_report_md(full):
+    """Structurally, without a browser: every section and table report.md has is on the
+    page, shares are percentages, every chart decodes to a drawn image, and the CSS keeps
+    the page, its tables and its images within a 1280 px window."""
+    markdown = (full / "report.md").read_text(encoding="utf-8")
+    text = (full / "report.html").read_text(encoding="utf-8")
+    page, headings = _parse(text), _Headings()
+    headings.feed(text)
+    sections = [line[3:] for line in markdown.splitlines() if line.startswith("## ")]
+    assert {"Suspected proxies", "Monotonicity expectations", "Adversarial shift",
+            "Feature sensitivity", "Rows most easily pushed across the threshold 3"} <= set(
+        sections)
+    assert set(sections) <= set(headings.h2)
+    method = next(line for line in markdown.splitlines() if line.startswith("- Method: "))
+    assert method[len("- Method: "):].replace("`", "") in html.unescape(text)
+    # Every markdown table's header row has its table on the page (same cells).
+    md_headers = [[c.strip() for c in line.strip("|").split("|")]
+                  for i, line in enumerate(markdown.splitlines())
+                  if line.startswith("| ") and markdown.splitlines()[i + 1].startswith("|-")]
+    html_headers = _table_headers(text)
+    for header in md_headers:
+        assert header in html_headers or header[:-1] in html_headers, header
+    images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
+    assert len(images) == 5  # shares, per-row spread, suspects, monotonicity, robustness
+    for src in images:
+        pixels = imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
+        assert pixels.shape[1] == 750 and pixels[:, :, :3].std() > 0.05  # drawn, not blank
+    css = headings.css.replace("\n", "")
+    body = re.search(r"body\{[^}]*max-width:(\d+)rem", css)
+    assert body and int(body.group(1)) * 16 <= WINDOW - 64
+    assert "figure img{max-width:100%" in css and "max-width:100%" in css.split("table{")[1]
+    assert "overflow-wrap:anywhere" in css
+    sensitivity = _table_after(text, "Feature sensitivity")
+    assert all(row[2].endswith("%") for row in sensitivity[1:])
+    assert "['" not in text and '["' not in text
+
+
+def _table_headers(text: str) -> list[list[str]]:
+    headers = []
+    for table in re.findall(r"<table[^>]*>(.*?)</table>", text, flags=re.S):
+        cells = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table, flags=re.S)
+        headers.append([html.unescape(c) for c in cells])
+    return headers
+
+
+def _table_after(text: str, heading: str) -> list[list[str]]:
+    part = text.split(f"<h2>{heading}</h2>", 1)[1]
+    table = re.search(r"<table[^>]*>(.*?)</table>", part, flags=re.S).group(1)
+    return [[html.unescape(re.sub("<[^>]+>", "", c)) for c in
+             re.findall(r"<t[hd](?: [^>]*)?>(.*?)</t[hd]>", row, flags=re.S)]
+            for row in re.findall(r"<tr(?: [^>]*)?>(.*?)</tr>", table, flags=re.S)]
+
+
+# Run in the browser on a copy of the page (its policy forbids scripts): what overflows the
+# 1280 px window or its container, and which images did not draw.
+_PROBE = """<script>
+window.addEventListener('load', () => {
+  const wide = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    const box = el.getBoundingClientRect();
+    if (box.right > window.innerWidth + 0.5 || el.scrollWidth > el.clientWidth + 1
+        && getComputedStyle(el).overflowX !== 'visible') wide.push(el.tagName + ' ' +
+        (el.textContent || '').slice(0, 60));
+  }
+  const images = [...document.images].map(i => [i.naturalWidth, i.naturalHeight,
+                                                 Math.round(i.getBoundingClientRect().width)]);
+  const probe = document.createElement('pre');
+  probe.id = 'probe';
+  probe.textContent = JSON.stringify({scroll: document.documentElement.scrollWidth,
+                                      inner: window.innerWidth, wide, images});
+  document.body.appendChild(probe);
+});
+</script>"""
+
+
+@needs_chromium
+def test_chromium_shows_every_chart_and_nothing_overflows_1280px(full, tmp_path):
+    text = (full / "report.html").read_text(encoding="utf-8")
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text)
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
+    done = _chromium(f"--window-size={WINDOW},2000", "--virtual-time-budget=10000",
+                     "--dump-dom", probe.as_uri(), cwd=tmp_path)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, flags=re.S)
+    assert found, done.stderr[-2000:]
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["inner"] == WINDOW
+    assert seen["scroll"] <= WINDOW, seen
+    assert seen["wide"] == [], seen["wide"]
+    assert len(seen["images"]) == 5
+    for width, height, shown in seen["images"]:
+        assert width == 750 and height > 100 and 0 < shown <= WINDOW

@@ -115,8 +115,14 @@ class ProxyLimits(Check):
                 top = group.sort_values("rank").head(3)
                 names = ", ".join(f"{r.feature} ({r.share:.1%})" for r in top.itertuples())
                 where = f"Output '{output}': " if multi else ""
-                result.notes.append(f"{where}No declared proxy is over its limit. The strongest "
-                                    f"drivers are {names}.")
+                declared = [p for p in self.proxies
+                            if p in set(table.loc[table["output"] == output, "feature"])]
+                one = len(declared) == 1
+                state = (f"the declared prox{'y' if one else 'ies'} {', '.join(declared)} "
+                         f"{'is' if one else 'are'} within {'its limit' if one else 'their limits'}"
+                         if declared else "no proxy declared (audit.proxies)")
+                result.notes.append(f"{where}Proxy limits: {state}. The strongest drivers are "
+                                    f"{names}.")
         return result
 
 

@@ -46,7 +46,6 @@ from sensaudit.settings.sections import AuditSettings, MisscoredRule
 from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
 
 DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
-LIMIT = "not a suspected proxy (audit.fail_on_suspects)"
 
 
 @dataclass(frozen=True)
@@ -280,7 +279,8 @@ class SuspectedProxies(Check):
             details = _record(r)
             if self.fail:
                 result.gates.append(Gate(check=self.name, subject=r.feature, output=r.output,
-                                         passed=False, limit=LIMIT, details=details))
+                                         passed=False, limit=self._limit(r),
+                                         details=details))
             else:
                 result.warnings.append(Notice(check=self.name, subject=r.feature,
                                               output=r.output, details=details))
@@ -295,13 +295,32 @@ class SuspectedProxies(Check):
         if not_run:
             result.notes.append("Suspected proxies: " + "; ".join(
                 f"{k.replace('_', ' ')} {v}" for k, v in not_run.items()) + ".")
+        # evidence_limit: the share over which a feature is suspected on its evidence alone.
         result.tables["suspects.csv"] = table.assign(
-            reasons=table["reasons"].map(" | ".join))
+            reasons=table["reasons"].map(" | ".join),
+            evidence_limit=table["evidence_high"] + self.options.min_gap)
         result.summary["suspects"] = [_record(r) for r in suspects.itertuples()]
         result.summary["suspect_signals"] = status
         result.sections["Suspected proxies"] = self._section(
             suspects, table[table["declared_with_signs"]], status)
         return result
+
+    def _limit(self, r: Any) -> str:
+        """The rule a suspect broke, as a limit: its share within the label's support (plus
+        min_gap), and no larger on the misscored rows."""
+        opts = self.options
+        parts = []
+        if math.isfinite(r.evidence_high):
+            parts.append(f"share below {r.evidence_high + opts.min_gap:.1%} (the label's "
+                         f"support at most {r.evidence_high:.1%}, plus {opts.min_gap * 100:g} "
+                         "points)")
+        if math.isfinite(r.contrast):
+            parts.append(f"no more than {opts.min_contrast * 100:g} points larger on misscored "
+                         "rows")
+        if not parts:
+            parts.append(f"share at most {self.dominance:.0%} (audit.dominance_warning)")
+        return ("for a feature nobody declared: " + " and ".join(parts)
+                + " (audit.fail_on_suspects)")
 
     def _section(self, suspects: pd.DataFrame, declared: pd.DataFrame,
                  status: dict[str, str]) -> list[str]:

@@ -209,9 +209,10 @@ def compare(
         _print_comparison(result, written)
     else:
         _print_gates(result.new)
+        from sensaudit.results.gate_text import increase_line
+
         for inc in result.proxy_increases:
-            _plain(f"FAILED {inc['feature']}: share grew by {inc['delta_share']:.1%}; limit "
-                   f"{inc['margin']:.1%} (compare.max_proxy_share_increase)")
+            _plain("FAILED " + increase_line(inc["feature"], inc["delta_share"], inc["margin"]))
     _to_github(comparison_markdown(result), github_actions.comparison_annotations(result,
                                                                                   config))
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sensaudit.core.text_safety import github_data, github_property, visible
-from sensaudit.results.gate_text import finding_for, gate_line, notice_line
+from sensaudit.results.gate_text import finding_for, gate_line, increase_line, notice_line
 
 if TYPE_CHECKING:
     from sensaudit.results.audit_result import AuditResult
@@ -66,10 +66,8 @@ def comparison_annotations(result: ComparisonResult, config: Path | None = None)
     lines = audit_annotations(result.new, config)
     for increase in result.proxy_increases:
         lines.append(command("error", f"sensaudit: {increase['feature']}'s share grew",
-                             f"{increase['feature']}'s share grew by "
-                             f"{increase['delta_share']:.1%}, more than the allowed "
-                             f"{increase['margin']:.1%} (compare.max_proxy_share_increase)",
-                             config))
+                             increase_line(increase["feature"], increase["delta_share"],
+                                           increase["margin"]), config))
     return lines
 
 

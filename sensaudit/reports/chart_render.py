@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sensaudit.core.text_safety import visible
 from sensaudit.reports.charts import ChartPlan
 
 if TYPE_CHECKING:
@@ -35,11 +36,11 @@ def render(plan: ChartPlan) -> Figure:
     with rc_context(_RC):
         rows = max(len(plan.data), 1)
         per_row = 0.46 if plan.kind == "compare" else 0.3
-        figure = Figure(figsize=(WIDTH_IN, 1.3 + per_row * rows), dpi=DPI,
-                        layout="constrained")
+        height = 3.9 if plan.kind == "histogram" else 1.9 + per_row * rows
+        figure = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
         axes = figure.add_subplot()
         _DRAW[plan.kind](axes, plan)
-        axes.set_title(plan.title, loc="left", fontsize=10, fontweight="bold")
+        axes.set_title(_wrap(visible(plan.title)), loc="left", fontsize=10, fontweight="bold")
     return figure
 
 
@@ -61,18 +62,20 @@ def _shares(axes: Axes, plan: ChartPlan) -> None:
     axes.barh(y, data["share"], color=colors, height=0.7)
     for i, r in enumerate(data.itertuples()):
         axes.text(r.share, i, f" {r.share:.1%}", va="center", fontsize=8)
-    _feature_axis(axes, y, data["feature"])
-    axes.set_xlabel("share of the score's sensitivity")
+    groups = data["group"] if "group" in data else [False] * len(data)
+    _feature_axis(axes, y, [f"{f} (group)" if g else f
+                            for f, g in zip(data["feature"], groups, strict=True)])
+    axes.set_xlabel("share of the score's sensitivity (%)")
     axes.set_xlim(0, max(float(data["share"].max()) * 1.18, 0.05))
     axes.xaxis.set_major_formatter(_percent())
     from matplotlib.patches import Patch
 
     handles = [Patch(color=OTHER, label="feature")]
-    if data["proxy"].any():
-        handles.append(Patch(color=PROXY, label="declared proxy"))
+    if (data["proxy"] & ~data["flagged"]).any():
+        handles.append(Patch(color=PROXY, label="declared proxy, gate passed"))
     if data["flagged"].any():
-        handles.append(Patch(color=FLAGGED, label="flagged (over its limit)"))
-    axes.legend(handles=handles, loc="lower right", fontsize=8, frameon=False)
+        handles.append(Patch(color=FLAGGED, label="fails a gate"))
+    _legend(axes, handles)
 
 
 def _distribution(axes: Axes, plan: ChartPlan) -> None:
@@ -88,39 +91,133 @@ def _distribution(axes: Axes, plan: ChartPlan) -> None:
                         "markeredgecolor": "#333333", "markersize": 4})
     axes.axvline(0, color="#555555", linewidth=0.8)
     _feature_axis(axes, y, data["feature"])
-    axes.set_xlabel("contribution to the score per row (gradient x std); diamond: mean")
+    axes.set_xlabel("scaled gradient per row: gradient x std (score units); diamond: mean"
+                    if plan.options.get("per_unit", True) else
+                    "attribution per row (score units); diamond: mean")
 
 
 def _compare(axes: Axes, plan: ChartPlan) -> None:
     data = plan.data
     y = np.arange(len(data))
-    height = 0.38
-    for column, offset, color, label in (("share_old", -height / 2, OLD, "old"),
-                                         ("share_new", height / 2, OTHER, "new")):
-        error = None
-        if f"{column}_low" in data:
-            # Clipped at 0: a replicate's quantile can sit a rounding error past the share.
-            error = np.vstack([(data[column] - data[f"{column}_low"]).clip(lower=0),
-                               (data[f"{column}_high"] - data[column]).clip(lower=0)])
-        axes.barh(y + offset, data[column], height=height, color=color, label=label,
-                  xerr=error, error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "#333333"})
-    # The change is written past the longer bar and its interval.
-    ends = data[[c for c in ("share_old", "share_new", "share_old_high", "share_new_high")
-                 if c in data]].max(axis=1)
-    for i, (r, end) in enumerate(zip(data.itertuples(), ends, strict=True)):
+    # A feature only one model takes (compare of models with other inputs) has no change: its
+    # bar is empty and its status is written instead.
+    change = (data["delta_share"] * 100).fillna(0.0)
+    colors = [OTHER if r.changed else OLD for r in data.itertuples()]
+    error = None
+    if "delta_share_low" in data:
+        # Clipped at 0: a replicate's quantile can sit a rounding error past the change.
+        error = np.vstack([(change - data["delta_share_low"] * 100).clip(lower=0).fillna(0),
+                           (data["delta_share_high"] * 100 - change).clip(lower=0).fillna(0)])
+    axes.barh(y, change, color=colors, height=0.6, xerr=error,
+              error_kw={"elinewidth": 0.9, "capsize": 2, "ecolor": "#333333"})
+    axes.axvline(0, color="#555555", linewidth=0.8)
+    limit = plan.options.get("min_change", 0.0)
+    if limit:
+        for side in (-limit, limit):
+            axes.axvline(side, color="#777777", linewidth=0.8, linestyle="--")
+    high = (data["delta_share_high"] * 100 if "delta_share_high" in data else change).fillna(0)
+    low = (data["delta_share_low"] * 100 if "delta_share_low" in data else change).fillna(0)
+    for i, r in enumerate(data.itertuples()):
         status = getattr(r, "status", "common")
-        mark = " *" if r.significant else ""
-        text = f"  {r.delta_share:+.1%}{mark}" if status == "common" else f"  {status}"
-        axes.text(end, i, text, va="center", fontsize=8)
-    labels = [f"{f}  ({'flagged' if n else 'cleared'})" if o != n else f
+        text = (f"{r.delta_share * 100:+.1f}" + (" *" if r.changed else "")
+                if status == "common" else status)
+        if status != "common" or r.delta_share >= 0:
+            axes.text(max(float(high.iloc[i]), 0.0), i, f"  {text}", va="center", fontsize=8)
+        else:
+            axes.text(min(float(low.iloc[i]), 0.0), i, f"{text}  ", va="center", ha="right",
+                      fontsize=8)
+    labels = [f"{f}  ({'fails its gate' if n else 'gate cleared'})" if o != n else f
               for f, o, n in zip(data["feature"], data["flagged_old"], data["flagged_new"],
                                  strict=True)]
     _feature_axis(axes, y, labels)
-    top = float(np.nanmax(data[[c for c in data.columns if c.startswith("share_")]].to_numpy()))
-    axes.set_xlim(0, max(top * 1.25, 0.05))
+    reach = float(np.nanmax(np.abs(np.concatenate([low, high, [limit]])))) if len(data) else 1
+    axes.set_xlim(-reach * 1.35 - 0.5, reach * 1.35 + 0.5)
+    axes.set_xlabel("change in share: new minus old (percentage points)")
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=OTHER, label="changed (*)")]
+    if not data["changed"].all():
+        handles.append(Patch(color=OLD, label="not marked: within its noise or under "
+                                              "compare.min_change"))
+    _legend(axes, handles)
+
+
+def _histogram(axes: Axes, plan: ChartPlan) -> None:
+    data = plan.data
+    widths = data["shift_to"] - data["shift_from"]
+    axes.bar(data["shift_from"], data["rows"], width=widths, align="edge", color=OTHER,
+             edgecolor="white", linewidth=0.4)
+    p95, limit = plan.options.get("p95"), plan.options.get("limit")
+    if p95 is not None:
+        axes.axvline(p95, color="#333333", linewidth=1.2,
+                     label=f"95th percentile of the rows: {p95:.4g}")
+    if limit is not None:
+        axes.axvline(limit, color=FLAGGED, linewidth=1.4, linestyle="--",
+                     label=f"limit on the 95th percentile (robustness.max_shift): {limit:g}")
+    largest = plan.options.get("largest")
+    if largest is not None:
+        axes.plot([], [], " ", label=f"largest shift of any row: {largest:.4g}")
+    axes.set_xlabel("largest score shift the attack reaches at the row (score units)")
+    axes.set_ylabel("rows")
+    axes.set_xlim(0, float(data["shift_to"].max()) * 1.05)
+    _legend(axes, None)
+
+
+def _rates(axes: Axes, plan: ChartPlan) -> None:
+    data = plan.data
+    y = np.arange(len(data))
+    colors = [OTHER if r.passed else FLAGGED for r in data.itertuples()]
+    axes.barh(y, data["violation_rate"], color=colors, height=0.6)
+    for i, r in enumerate(data.itertuples()):
+        axes.plot([r.max_violation_rate] * 2, [i - 0.4, i + 0.4], color=FLAGGED,
+                  linestyle="--", linewidth=1.4)
+        axes.text(max(r.violation_rate, r.max_violation_rate), i,
+                  f"  {r.violation_rate:.1%} (limit {r.max_violation_rate:.1%})", va="center",
+                  fontsize=8)
+    _feature_axis(axes, y, data["label"])
+    top = float(max(data["violation_rate"].max(), data["max_violation_rate"].max()))
+    axes.set_xlim(0, max(top * 1.6, 0.02))
+    axes.xaxis.set_major_formatter(_percent(decimals=None))
+    axes.set_xlabel("rows where the score moves against the expected direction (%)")
+
+
+def _evidence(axes: Axes, plan: ChartPlan) -> None:
+    data = plan.data
+    y = np.arange(len(data))
+    colors = [FLAGGED if r.suspect else PROXY if r.declared else OTHER
+              for r in data.itertuples()]
+    axes.barh(y, data["share"], color=colors, height=0.6)
+    has_evidence = "evidence_share" in data and data["evidence_share"].notna().any()
+    if has_evidence:
+        axes.hlines(y, data["evidence_share"], data["evidence_high"], color="#333333",
+                    linewidth=2.2)
+        axes.plot(data["evidence_share"], y, "D", color="#333333", markersize=4)
+        if "evidence_limit" in data:
+            for i, value in enumerate(data["evidence_limit"]):
+                axes.plot([value] * 2, [i - 0.35, i + 0.35], color=FLAGGED, linestyle="--",
+                          linewidth=1.2)
+    for i, r in enumerate(data.itertuples()):
+        axes.text(r.share, i, f" {r.share:.1%}", va="bottom", fontsize=7)
+    _feature_axis(axes, y, data["feature"])
+    columns = [c for c in ("share", "evidence_high", "evidence_limit") if c in data]
+    top = float(np.nanmax(data[columns].to_numpy(dtype=float)))
+    axes.set_xlim(0, max(top * 1.12, 0.05))
     axes.xaxis.set_major_formatter(_percent())
-    axes.set_xlabel("share of the score's sensitivity")
-    axes.legend(loc="lower right", fontsize=8, frameon=False)
+    axes.set_xlabel("share of the score's sensitivity, and the label's support (%)")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = [Patch(color=OTHER, label="share of the sensitivity")]
+    if data["suspect"].any():
+        handles.append(Patch(color=FLAGGED, label="suspected proxy"))
+    if data["declared"].any():
+        handles.append(Patch(color=PROXY, label="declared proxy"))
+    if has_evidence:
+        handles += [Line2D([], [], color="#333333", marker="D", markersize=4, linewidth=2.2,
+                           label="label's support, up to its upper bound"),
+                    Line2D([], [], color=FLAGGED, linestyle="--",
+                           label="suspected over this share")]
+    _legend(axes, handles)
 
 
 def _table(axes: Axes, plan: ChartPlan) -> None:
@@ -135,7 +232,8 @@ def _table(axes: Axes, plan: ChartPlan) -> None:
 
 def _feature_axis(axes: Axes, y: np.ndarray, names: Any) -> None:
     """Names down the y axis, the first row on top."""
-    axes.set_yticks(y, [_short(str(n)) for n in names])
+    # Control characters in a name are drawn as their escapes, as every report shows them.
+    axes.set_yticks(y, [_short(visible(str(n))) for n in names])
     axes.set_ylim(len(y) - 0.5, -0.5)
 
 
@@ -143,11 +241,27 @@ def _short(name: str) -> str:
     return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
 
 
-def _percent() -> Any:
+def _legend(axes: Axes, handles: list | None) -> None:
+    """The legend under the plot, where it hides no bar."""
+    if handles is None:
+        handles, _ = axes.get_legend_handles_labels()
+    figure = axes.get_figure()
+    if figure is not None:
+        figure.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8,
+                      frameon=False)
+
+
+def _percent(decimals: int | None = 0) -> Any:
     from matplotlib.ticker import PercentFormatter
 
-    return PercentFormatter(1.0, decimals=0)
+    return PercentFormatter(1.0, decimals=decimals)
+
+
+def _wrap(title: str, width: int = 80) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width)) or title
 
 
 _DRAW = {"shares": _shares, "distribution": _distribution, "compare": _compare,
-         "table": _table}
+         "table": _table, "histogram": _histogram, "rates": _rates, "evidence": _evidence}

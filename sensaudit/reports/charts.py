@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from sensaudit.checks.base import CheckResult
 from sensaudit.results.audit_result import AuditResult
-from sensaudit.results.comparison import ComparisonResult
+from sensaudit.results.comparison import ComparisonResult, noise_name
 from sensaudit.stats.row_sample import ContributionSample
 
 # The distribution chart shows this many of each output's strongest features.
@@ -26,6 +27,8 @@ TOP_FEATURES = 8
 WHISKERS = (5, 95)
 # A check table is charted as bars of its first numeric column, at most this many rows.
 TABLE_ROWS = 25
+# The robustness chart's histogram of per-row shifts has this many bins.
+SHIFT_BINS = 30
 
 
 @dataclass
@@ -42,8 +45,9 @@ class ChartPlan:
 
 
 def audit_plans(result: AuditResult) -> list[ChartPlan]:
-    """Per output: feature shares, then the per-row spread of the top features'
-    contributions; then one chart per table the checks produced."""
+    """Per output: feature shares, then the per-row spread of the top features' scaled
+    gradients (or attributions); then each check's chart (a purpose-built one where the check
+    has one, else a bar chart of its first table)."""
     names = _Names()
     plans = []
     multi = len(result.outputs) > 1
@@ -52,26 +56,44 @@ def audit_plans(result: AuditResult) -> list[ChartPlan]:
         group = result.table[result.table["output"] == output].sort_values(["rank", "feature"])
         data = group[["feature", "share", "rank", "flagged"]].reset_index(drop=True)
         data["proxy"] = data["feature"].isin(result.proxies)
+        # audit.groups' rows after the features': a group's share is its members' sum.
+        data["group"] = ~data["feature"].isin(result.features)
+        data = pd.concat([data[~data["group"]], data[data["group"]]], ignore_index=True)
         plans.append(ChartPlan(
             name=names.take("chart-shares", output if multi else None),
-            title="Feature shares of the score's sensitivity" + suffix, kind="shares",
+            title="Share of the score's sensitivity per feature" + suffix, kind="shares",
             data=data,
-            caption="Each feature's share of the total scaled sensitivity (sensitivity.csv). "
-                    "Red: flagged, over its limit; orange: a declared proxy within its limit."))
+            caption="Each feature's share of the total scaled sensitivity, in % "
+                    "(sensitivity.csv). Red: the feature fails a gate (see Gates); orange: a "
+                    "declared proxy that passes its gate."
+                    + (" Groups (audit.groups) follow the features." if data["group"].any()
+                       else "")))
         sample = result.contributions
         if sample is not None and len(sample.rows):
-            spread = _distribution(sample, output, group["feature"].head(TOP_FEATURES).tolist())
+            # The sample holds features only: audit.groups' rows have no per-row values.
+            top = [f for f in group["feature"] if f in sample.features][:TOP_FEATURES]
+            spread = _distribution(sample, output, top)
             shown = len(sample.rows)
+            what = ("scaled gradient (gradient x the feature's std: the score change for a "
+                    "one-std change at the row)" if result.per_unit else
+                    f"{result.method} attribution (score units)")
             plans.append(ChartPlan(
                 name=names.take("chart-contributions", output if multi else None),
-                title=f"Per-row contributions of the top {len(spread)} features" + suffix,
+                title=(f"Per-row {'scaled gradient' if result.per_unit else 'attribution'} "
+                       f"of the top {len(spread)} features" + suffix),
                 kind="distribution", data=spread,
-                caption=("Contribution = gradient x the feature's std, in score units, over "
+                caption=(f"Each row's {what}, over "
                          + (f"all {shown:,} rows" if shown == sample.seen else
                             f"a uniform sample of {shown:,} of {sample.seen:,} rows")
                          + f". Boxes: quartiles; whiskers: {WHISKERS[0]}th to "
-                         f"{WHISKERS[1]}th percentile; line: median.")))
+                         f"{WHISKERS[1]}th percentile; line: median; diamond: mean. Not the "
+                         "examples' contribution, which is measured from the baseline."),
+                options={"per_unit": result.per_unit}))
     for check in result.checks:
+        build = _CHECK_CHARTS.get(check.check)
+        if build is not None:
+            plans += build(names, check, multi)
+            continue
         for table_name, table in check.tables.items():
             plan = _table_plan(names, check.check, table_name, table)
             if plan is not None:
@@ -80,27 +102,35 @@ def audit_plans(result: AuditResult) -> list[ChartPlan]:
 
 
 def comparison_plans(result: ComparisonResult) -> list[ChartPlan]:
-    """Per output: each feature's share before and after, with its bootstrap interval."""
+    """Per output: each feature's change of share, in points, with its interval, marked
+    (*) exactly where comparison.md marks it (``changed``)."""
     names = _Names()
     multi = len(result.new.outputs) > 1
     plans = []
-    has_ci = "share_old_low" in result.table.columns
+    settings = result.settings
+    has_ci = "delta_share_low" in result.table.columns
     for output in result.new.outputs:
         group = result.table[result.table["output"] == output]
         columns = ["feature", "share_old", "share_new", "delta_share"]
         if has_ci:
-            columns += ["share_old_low", "share_old_high", "share_new_low", "share_new_high"]
-        columns += ["rank_old", "rank_new", "significant", "flagged_old", "flagged_new"]
+            columns += ["delta_share_low", "delta_share_high"]
+        columns += ["changed", "flagged_old", "flagged_new"]
+        interval = (f"; whiskers: its {settings['confidence']:.0%} interval "
+                    f"({noise_name(settings)})" if has_ci else "")
+        marked = (f"* marks a change whose interval excludes zero and that is at least "
+                  f"{settings['min_change']:g} points (compare.min_change; dashed lines), as "
+                  "in the table" if has_ci else "* marks a change of at least "
+                  f"{settings['min_change']:g} points (compare.min_change)")
         if "status" in group.columns:  # models that take different columns
             columns.insert(1, "status")
-        interval = (f"; bars: {result.settings['confidence']:.0%} bootstrap intervals"
-                    if has_ci else "")
         plans.append(ChartPlan(
             name=names.take("chart-compare-shares", output if multi else None),
-            title="Feature shares before and after" + (f" ({output})" if multi else ""),
+            title="Change in each feature's share of the sensitivity, old to new"
+                  + (f" ({output})" if multi else ""),
             kind="compare", data=group[columns].reset_index(drop=True),
-            caption=f"Old model grey, new model blue (comparison.csv){interval}. "
-                    "* marks a change larger than its bootstrap noise."))
+            caption=f"New share minus old share, in percentage points (comparison.csv)"
+                    f"{interval}. {marked}.",
+            options={"min_change": float(settings["min_change"])}))
     return plans
 
 
@@ -129,11 +159,92 @@ def _table_plan(names: _Names, check: str, table_name: str,
     data = table[[labels[0], numbers[0]]].head(TABLE_ROWS).reset_index(drop=True)
     stem = table_name.rsplit(".", 1)[0]
     return ChartPlan(name=names.take(f"chart-{check}-{stem}", None),
-                     title=f"{check}: {stem}", kind="table", data=data,
+                     title=f"{check} check: {numbers[0].replace('_', ' ')} per "
+                           f"{labels[0].replace('_', ' ')}", kind="table", data=data,
                      caption=f"{numbers[0]} by {labels[0]}, from the {check} check's "
                              f"{table_name}" + (f" (first {TABLE_ROWS} rows)"
                                                 if len(table) > TABLE_ROWS else ""),
                      options={"label": labels[0], "value": numbers[0]})
+
+
+def _robustness(names: _Names, check: CheckResult, multi: bool) -> list[ChartPlan]:
+    """Per output: the distribution of the rows' shifts, with the limit on the 95th
+    percentile (robustness.max_shift) and the observed 95th percentile drawn."""
+    table = check.tables.get("robustness.csv")
+    records = check.summary.get("robustness", [])
+    plans = []
+    for record in records:
+        output = record["output"]
+        shift = (table.loc[table["output"] == output, "shift"].to_numpy(dtype=float)
+                 if table is not None and len(table) else np.zeros(0))
+        shift = shift[np.isfinite(shift)]
+        if not len(shift):
+            continue
+        top = max(float(shift.max()), float(record["limit"] or 0.0))
+        edges = np.linspace(0.0, top if top > 0 else 1.0, SHIFT_BINS + 1)
+        counts, _ = np.histogram(shift, bins=edges)
+        data = pd.DataFrame({"shift_from": edges[:-1], "shift_to": edges[1:], "rows": counts})
+        plans.append(ChartPlan(
+            name=names.take("chart-robustness", output if multi else None),
+            title="Robustness: how far an attack moves each row's score"
+                  + (f" ({output})" if multi else ""),
+            kind="histogram", data=data,
+            caption=(f"Rows by the largest score shift an attack within {record['epsilon']:g} "
+                     f"std per feature reaches ({record['steps']} projected-gradient steps), in "
+                     f"score units (robustness.csv, {len(shift):,} rows). Solid line: the 95th "
+                     "percentile"
+                     + (", dashed red: its limit (robustness.max_shift)"
+                        if record["limit"] is not None else "") + "."),
+            options={"p95": record["p95_shift"], "limit": record["limit"],
+                     "largest": record["max_shift"]}))
+    return plans
+
+
+def _monotonicity(names: _Names, check: CheckResult, multi: bool) -> list[ChartPlan]:
+    """Every expectation's violation rate beside its limit."""
+    table = check.tables.get("monotonicity.csv")
+    if table is None or table.empty:
+        return []
+    data = table[["output", "feature", "direction", "violation_rate", "max_violation_rate",
+                  "passed"]].reset_index(drop=True)
+    data["label"] = [f"{r.feature} ({r.direction})" + (f" [{r.output}]" if multi else "")
+                     for r in data.itertuples()]
+    return [ChartPlan(
+        name=names.take("chart-monotonicity", None),
+        title="Monotonicity: rows where the score moves the wrong way", kind="rates",
+        data=data,
+        caption="Per expectation (audit.expect): the share of rows, in %, whose gradient has "
+                "the sign the expectation rules out (monotonicity.csv). Dashed red tick: its "
+                "limit (max_violation_rate); red bar: over it.")]
+
+
+def _suspects(names: _Names, check: CheckResult, multi: bool) -> list[ChartPlan]:
+    """Per output: each feature's share against the label's support for it."""
+    table = check.tables.get("suspects.csv")
+    if table is None or table.empty:
+        return []
+    plans = []
+    for output, group in table.groupby("output", sort=False):
+        columns = ["feature", "share", "evidence_share", "evidence_high", "evidence_limit",
+                   "suspect", "declared"]
+        data = (group[[c for c in columns if c in group.columns]]
+                .sort_values(["share", "feature"], ascending=[False, True], kind="stable")
+                .reset_index(drop=True))
+        plans.append(ChartPlan(
+            name=names.take("chart-suspects", str(output) if multi else None),
+            title="Suspected proxies: each feature's share against the label's support"
+                  + (f" ({output})" if multi else ""),
+            kind="evidence", data=data,
+            caption="Bars: each feature's share of the sensitivity, in % (suspects.csv); red: a "
+                    "suspected proxy, orange: a declared one. Grey line: the label's support "
+                    "for the feature (its share of the label's fit, diamond) up to its upper "
+                    "bound; dashed tick: the share over which a feature is suspected on its "
+                    "evidence alone (upper bound plus audit.checks.suspects.min_gap)."))
+    return plans
+
+
+_CHECK_CHARTS = {"robustness": _robustness, "monotonicity": _monotonicity,
+                 "suspects": _suspects}
 
 
 class _Names:

@@ -18,7 +18,7 @@ from sensaudit.core.text_safety import xml_text
 from sensaudit.reports.base import ReportWriter
 from sensaudit.results.audit_result import AuditResult
 from sensaudit.results.comparison import ComparisonResult
-from sensaudit.results.gate_text import finding_for, gate_line, notice_line
+from sensaudit.results.gate_text import finding_for, gate_line, increase_line, notice_line
 
 
 @dataclass
@@ -77,8 +77,7 @@ def _increase_cases(result: ComparisonResult) -> list[_Case]:
                          name=f"{feature} [{output}]" if multi else feature)
             increase = grown.get((feature, output))
             if increase is not None:
-                case.failure = (f"{feature}: share grew by {increase['delta_share']:.1%}; "
-                                f"limit {margin:.1%} (compare.max_proxy_share_increase)")
+                case.failure = increase_line(feature, increase["delta_share"], margin)
                 case.details = case.failure
             cases.append(case)
     return cases

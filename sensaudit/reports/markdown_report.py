@@ -50,7 +50,7 @@ def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) 
         f"- Data: {markdown_code(result.data_path)}, {result.rows:,} rows audited"
         + (f", {result.rows_dropped:,} dropped for missing values" if result.rows_dropped else ""),
         f"- Features: {len(result.features)}; outputs: {_names(result.outputs)}",
-        *_method_line(result),
+        *[f"- {line}" for line in [method_sentence(result)] if line],
         "",
         "## Findings",
         "",
@@ -119,9 +119,23 @@ def frame_markdown(frame: pd.DataFrame) -> list[str]:
         frame[c]) for c in frame.columns]
     lines = ["| " + " | ".join(markdown_name(c) for c in frame.columns) + " |",
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    percent = [is_share_column(c) for c in frame.columns]
     for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+        lines.append("| " + " | ".join(
+            _percent(v) if p else _cell(v) for v, p in zip(row, percent, strict=True)) + " |")
     return lines
+
+
+def is_share_column(name: object) -> bool:
+    """A column of shares or rates (fractions), shown as percentages in every report."""
+    text = str(name)
+    return "share" in text or text.endswith("rate")
+
+
+def _percent(value: object) -> str:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return _cell(value)
+    return "" if math.isnan(float(value)) else f"{float(value):.1%}"
 
 
 def _cell(value: object) -> str:
@@ -145,14 +159,14 @@ def _num(value: float) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.4g}"
 
 
-def _method_line(result: AuditResult) -> list[str]:
+def method_sentence(result: AuditResult) -> str | None:
     """One sentence: the method, its settings and baseline, and what it measures."""
     details = result.method_details
     if not details:
-        return []
+        return None
     settings = ", ".join(f"{k} {v}" for k, v in details.get("parameters", {}).items())
-    return [f"- Method: `{details['name']}`" + (f" ({settings})" if settings else "")
-            + f", baseline {_baseline_words(details['baseline'])}: {details['measures']}."]
+    return (f"Method: `{details['name']}`" + (f" ({settings})" if settings else "")
+            + f", baseline {_baseline_words(details['baseline'])}: {details['measures']}.")
 
 
 def _baseline_words(baseline: dict) -> str:

@@ -1,6 +1,7 @@
 """PNG charts (the ``charts`` extra, matplotlib): feature shares, the per-row spread of the
-top features' contributions, the checks' tables, and compare's before/after shares. report.md
-and comparison.md link them when this format is asked for."""
+top features' scaled gradients, one chart per check (its limit drawn), and compare's change of
+each share with its interval. report.md and comparison.md link them when this format is asked
+for."""
 
 from __future__ import annotations
 
