@@ -79,3 +79,54 @@ def test_gate_true_fails_the_audit(tmp_path):
     ranked = [r["feature"] for r in summary["ranking"]["score"]]
     assert pd.read_csv(out / "linearity.csv")["feature"].tolist() == ranked
     assert "## Local linearity (gradient vs a finite step)" in (out / "report.md").read_text()
+
+
+def _trained(model: nn.Module, x: np.ndarray, y: np.ndarray, loss, steps: int, lr: float):
+    """``model`` fitted to (x, y) by Adam from a fixed seed: a model nobody tuned the check on."""
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    optimiser = torch.optim.Adam(model.parameters(), lr)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss(model(xt)[:, 0], yt).backward()
+        optimiser.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_trained_relu_mlp_does_not_cry_wolf(seed):
+    # Every ReLU network has kinks, and a 0.1-std step crosses some on many rows: 15-45% of
+    # rows are off per feature, yet the gradient misses a one-std move by a few percent of
+    # the score's spread at most. Not material: no warning (main warned on all 11 features).
+    generator = np.random.default_rng(seed)
+    x = generator.normal(size=(600, 11))
+    y = (np.sin(x[:, 0]) + x[:, 1] * x[:, 2] + 0.5 * x[:, 3] ** 2 - x[:, 4]
+         + 0.3 * x[:, 5:].sum(1) + 0.1 * generator.normal(size=600))
+    torch.manual_seed(seed)
+    mlp = nn.Sequential(nn.Linear(11, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                        nn.Linear(32, 1)).double()
+    _trained(mlp, x, y, nn.functional.mse_loss, 300, 1e-2)
+    result, check, table = _linearity(mlp, pd.DataFrame(x, columns=[f"f{i}" for i in range(11)]))
+    assert (table["off_rate"] > 0.05).sum() >= 8  # the premise: kinks put many rows off
+    assert (table["agreement"] - 1).abs().max() < 0.03
+    assert table["material_error"].max() < 0.1
+    assert not check.warnings and result.passed
+    assert any("not material" in n for n in check.notes)
+
+
+def test_a_saturated_sigmoid_warns():
+    # A logistic model fitted to separable classes saturates: its weights grow until a 0.1-std
+    # step moves the logit by about 2, and the gradient at the rows on the slope badly
+    # mispredicts such a step, by a third of the score's spread.
+    generator = np.random.default_rng(4)
+    x = generator.normal(size=(600, 6))
+    y = (x @ np.array([2.0, -1.0, 1.0, 0.5, 0.0, 0.3]) > 0).astype(float)
+    torch.manual_seed(4)
+    logistic = nn.Sequential(nn.Linear(6, 1), nn.Sigmoid()).double()
+    _trained(logistic, x, y, nn.functional.binary_cross_entropy, 2000, 0.1)
+    assert logistic[0].weight.abs().max() > 15  # the premise: saturated
+    result, check, table = _linearity(logistic,
+                                      pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]))
+    assert table.loc["f0", "material_error"] > 0.3
+    assert "f0" in {w.subject for w in check.warnings}
+    assert "f4" not in {w.subject for w in check.warnings}  # weight ~0: nothing to mispredict
+    assert result.passed  # warnings, not failed gates

@@ -349,3 +349,22 @@ def test_chunk_size_is_tuned_per_model_on_calls_that_count(monkeypatch, cost, ex
     steps.clear()
     engine.input_jacobian(model, x, batch_size=1000)
     assert max(steps) == 1000
+
+
+@pytest.mark.parametrize("outputs", [1, 5])
+def test_partial_derivatives_are_the_jacobians_columns(outputs):
+    # 5 outputs > 2 columns: forward mode over the two columns only; 1 output: reverse mode.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, outputs)).double()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    full = scores_and_jacobian(model, x)[1]
+    columns = [4, 1]
+    got = engine.partial_derivatives(model, x, columns)
+    torch.testing.assert_close(got, full[:, :, columns], rtol=1e-12, atol=1e-12)
+    # and both against central finite differences
+    h = 1e-6
+    for k, j in enumerate(columns):
+        step = torch.zeros(6, dtype=torch.float64)
+        step[j] = h
+        difference = (model(x + step) - model(x - step)) / (2 * h)
+        torch.testing.assert_close(got[:, :, k], difference, rtol=1e-6, atol=1e-8)

@@ -311,11 +311,15 @@ def test_report_shows_proxy_rows_and_misscored_rows_in_words(tmp_path):
                 f"takes {-W[0] * (first['a'] - mean[0]):.2g} off the score"))
     assert f"- `{proxy_rows[0]}`: score " in report and words in report
     scores = frame[["a", "b", "c"]].to_numpy() @ np.asarray(W) + 1
-    off = np.abs(scores - frame["label"].to_numpy())
+    # A 0/1 label against scores outside [0, 1]: the scores are read as logits and the rows
+    # furthest from their label are those furthest on the probability (issue 20).
+    probability = 1 / (1 + np.exp(-scores))
+    off = np.abs(probability - frame["label"].to_numpy())
     misscored = re.findall(r"^- `(r\d+)`: score", report.split("### Rows scored")[1], re.M)
     assert misscored == frame["id"][np.argsort(-off, kind="stable")[:4]].tolist()
     top = frame["id"].tolist().index(misscored[0])
-    assert f"label {frame['label'][top]:g} (off by {off[top]:.3g})" in report
+    assert (f"label {frame['label'][top]:g} (probability {probability[top]:.3g}, off by "
+            f"{off[top]:.3g})") in report
 
 
 def test_a_proxy_outside_the_top_drivers_is_still_shown_with_its_contribution():

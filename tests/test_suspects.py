@@ -23,11 +23,10 @@ from typer.testing import CliRunner
 
 from sensaudit import AuditSettings, ProxyLimit, audit_frame
 from sensaudit.checks.evidence import (
-    MISSCORED,
-    REST,
     GroupedMoments,
     LabelGram,
     additive_evidence,
+    misscored_groups,
     misscored_keys,
     top_bins,
 )
@@ -245,20 +244,44 @@ def test_evidence_sees_a_u_shaped_effect():
     assert evidence is not None and evidence.share[0] > 0.98
 
 
+def _misscored(scores, labels, rule, on_probability=False) -> list[int]:
+    keys = misscored_keys(np.asarray(scores, float), np.asarray(labels, float), rule)
+    counts = {int(k): float((keys == k).sum()) for k in np.unique(keys)}
+    chosen, _ = misscored_groups(counts, rule, on_probability)
+    return np.flatnonzero(np.isin(keys, list(chosen))).tolist()
+
+
 def test_misscored_rules():
     scores = np.array([0.9, 0.2, 0.6, 0.4, 0.5])
     labels = np.array([1.0, 1.0, 0.0, 0.0, 0.5])
-    assert misscored_keys(scores, labels, MisscoredRule("threshold", 0.5)).tolist() == [
-        REST, MISSCORED, MISSCORED, REST, REST]
-    assert misscored_keys(scores, labels, MisscoredRule("abs_error_above", 0.5)).tolist() == [
-        REST, MISSCORED, MISSCORED, REST, REST]
+    assert _misscored(scores, labels, MisscoredRule("threshold", 0.5)) == [1, 2]
+    assert _misscored(scores, labels, MisscoredRule("abs_error_above", 0.5)) == [1, 2]
     errors = np.array([0.0, 0.01, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8])
-    keys = misscored_keys(errors, np.zeros(10), MisscoredRule("top_error_quantile", 0.3))
+    rule = MisscoredRule("top_error_quantile", 0.3)
+    assert _misscored(errors + 0.5, np.full(10, 0.5), rule) == [7, 8, 9]  # not a 0/1 label
+    keys = misscored_keys(errors, np.zeros(10), rule)
     counts = {int(k): float((keys == k).sum()) for k in np.unique(keys)}
-    chosen, fraction = top_bins(counts, 0.3)
+    chosen, fraction = misscored_groups(counts, rule, False)
     assert fraction == pytest.approx(0.3)
     assert sorted(np.flatnonzero(np.isin(keys, list(chosen)))) == [7, 8, 9]
     assert top_bins({5: 10.0}, 0.1) is None
+
+
+def test_misscored_on_a_0_1_label_is_judged_in_the_label_units():
+    # Logits against 0/1 labels: the decision at 0 against the class, not the logit's side of
+    # 0 against the label's (main: every negative logit was misscored, label 0 or not).
+    logits = np.array([265.0, 3.0, -2.0, -7.0, 0.5, -0.2, 40.0, -30.0])
+    labels = np.array([1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    assert _misscored(logits, labels, MisscoredRule("threshold", 0.0)) == [4, 5]
+    # On the probability: the confident right answers (265 for a 1, -30 for a 0) are the
+    # least wrong, the two rows on the wrong side the most.
+    top = MisscoredRule("top_error_quantile", 0.25)
+    assert _misscored(logits, labels, top, on_probability=True) == [4, 5]
+    assert 0 in _misscored(logits, labels, top)  # |265 - 1| on the raw scale
+    assert _misscored(logits, labels, MisscoredRule("abs_error_above", 0.5),
+                      on_probability=True) == [4, 5]
+    # A label that is not 0/1 keeps its own side of the threshold.
+    assert _misscored([0.2, 2.5, 3.5], [3.0, 2.0, 2.5], MisscoredRule("threshold", 3.0)) == [0, 2]
 
 
 # --- accumulators merge -------------------------------------------------------------------------
@@ -461,3 +484,4 @@ def test_a_misscored_rule_built_in_python_is_checked():
     with pytest.raises(Exception, match="top_error_quantile must be a number strictly between"):
         MisscoredRule("top_error_quantile", 0.0)
     assert replace(MisscoredRule(), value=0.5).value == 0.5
+

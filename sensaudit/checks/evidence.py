@@ -33,21 +33,116 @@ BLOCK_ROWS = 8192
 # requested one to within the mass of one bin (the report states the fraction it used).
 ERROR_BINS_PER_OCTAVE = 8
 ZERO_ERROR_KEY = -(2**40)  # |error| == 0 exactly: below every other bin
-MISSCORED, REST = 1, 0
+# A row's group key holds what every reading the end may settle on needs. Its low TAG_BITS tag
+# the label: for a 0/1 label the end judges in the label's units (the class for a decision; the
+# probability sigmoid(score) when the scores are logits), which only the whole audit can tell
+# (every label 0/1? any score outside [0, 1]?), so each row keeps both readings' facts.
+TAG_BITS = 3
+TAGS = 1 << TAG_BITS
+REST = -1  # a key no row has: the rest when every row is misscored
+JUDGED = TAGS - 1  # threshold in (0, 1]: the key is misscored or not, for every label
+
+
+def _sigmoid(scores: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-scores))
 
 
 def misscored_keys(scores: np.ndarray, labels: np.ndarray, rule: MisscoredRule) -> np.ndarray:
-    """int64 [rows] group keys for finite scores and labels [rows]: MISSCORED or REST for the
-    fixed rules, the |error| bin for ``top_error_quantile`` (grouped in :func:`top_bins`)."""
+    """int64 [rows] group keys for finite scores and labels [rows], grouped at the end by
+    :func:`misscored_groups`.
+
+    - ``threshold``: the decision (score >= value) and a tag: 0/1 a label that is not 0 or 1,
+      below / at or above value; 2/3 a 0/1 label (its class). For a value in (0, 1], where a
+      0/1 label's side is its class, whether the row is misscored, tagged JUDGED.
+    - ``abs_error_above``: |score - label| > value, and a tag: 0 a label that is not 0 or 1;
+      1/2 a 0/1 label with |sigmoid(score) - label| within / over value.
+    - ``top_error_quantile``: the |score - label| bin (1/8 of an octave) and a tag: 0 a label
+      that is not 0 or 1; 1 + 2 x label + (score > label) for a 0/1 label, so each key is an
+      interval of scores on which |sigmoid(score) - label| is monotone.
+    """
+    binary = (labels == 0) | (labels == 1)
+    y = np.where(binary, labels, 0).astype(np.int64)
+    if rule.kind == "threshold":
+        decision = (scores >= rule.value).astype(np.int64)
+        side = (labels >= rule.value).astype(np.int64)
+        if 0 < rule.value <= 1:  # a 0/1 label's side is its class already: judged here
+            return (decision != side).astype(np.int64) * TAGS + JUDGED
+        return decision * TAGS + np.where(binary, 2 + y, side)
     error = np.abs(scores - labels)
     if rule.kind == "abs_error_above":
-        return np.where(error > rule.value, MISSCORED, REST).astype(np.int64)
-    if rule.kind == "threshold":
-        wrong = (scores >= rule.value) != (labels >= rule.value)
-        return np.where(wrong, MISSCORED, REST).astype(np.int64)
+        wrong = (error > rule.value).astype(np.int64)
+        on_probability = np.abs(_sigmoid(scores) - labels) > rule.value
+        return wrong * TAGS + np.where(binary, 1 + on_probability.astype(np.int64), 0)
     with np.errstate(divide="ignore"):
         bins = np.floor(np.log2(error) * ERROR_BINS_PER_OCTAVE)
-    return np.where(error > 0, bins, ZERO_ERROR_KEY).astype(np.int64)
+    bins = np.where(error > 0, bins, ZERO_ERROR_KEY).astype(np.int64)
+    return bins * TAGS + np.where(binary, 1 + 2 * y + (scores > labels), 0)
+
+
+def binary_labels(counts: dict[int, float], rule: MisscoredRule) -> bool:
+    """Every row's label was 0 or 1 (read from the keys' tags)."""
+    other = {0, 1, JUDGED} if rule.kind == "threshold" else {0}
+    return bool(counts) and not any(key % TAGS in other for key in counts)
+
+
+def misscored_groups(counts: dict[int, float], rule: MisscoredRule, on_probability: bool
+                     ) -> tuple[set[int], float] | None:
+    """The keys of the misscored rows' groups and their fraction of the rows; None when the
+    rule cannot split the rows (every row in one error bin).
+
+    ``on_probability``: every label is 0 or 1 and the scores are logits, so the error is
+    judged on sigmoid(score). A 0/1 label's side of a ``threshold`` is its class whatever the
+    scale (the decision score >= value against label 1), as long as every label is 0 or 1.
+    """
+    total = sum(counts.values())
+    if total <= 0:
+        return None
+    if rule.kind == "threshold":
+        binary = binary_labels(counts, rule)
+
+        def wrong(key: int) -> bool:
+            decision, tag = divmod(key, TAGS)
+            return bool(decision) if tag == JUDGED else bool(decision) != positive(tag)
+
+        def positive(tag: int) -> bool:
+            if binary:
+                return tag == 3
+            return tag == 1 or (tag == 3 and 1 >= rule.value) or (tag == 2 and 0 >= rule.value)
+
+        chosen = {k for k in counts if wrong(k)}
+    elif rule.kind == "abs_error_above":
+        chosen = {k for k in counts if (k % TAGS == 2 if on_probability else k // TAGS == 1)}
+    else:
+        return _top_groups(counts, rule.value, on_probability)
+    return chosen, sum(counts[k] for k in chosen) / total
+
+
+def _top_groups(counts: dict[int, float], fraction: float, on_probability: bool
+                ) -> tuple[set[int], float] | None:
+    if not on_probability:  # the error bins, whatever the tags
+        bins: dict[int, float] = {}
+        for key, count in counts.items():
+            bins[key // TAGS] = bins.get(key // TAGS, 0.0) + count
+        top = top_bins(bins, fraction)
+        if top is None:
+            return None
+        return {k for k in counts if k // TAGS in top[0]}, top[1]
+    # Each key is an interval of scores of one label: ordered by |sigmoid(score) - label| at
+    # its bin's geometric middle (the bins are 9% wide in |score - label|).
+    def error(key: int) -> float:
+        bin_, tag = divmod(key, TAGS)
+        y, above = divmod(tag - 1, 2)
+        gap = 0.0 if bin_ == ZERO_ERROR_KEY else 2.0 ** ((bin_ + 0.5) / ERROR_BINS_PER_OCTAVE)
+        return float(abs(_sigmoid(np.array(y + (gap if above else -gap))) - y))
+
+    keys = sorted(counts, key=lambda k: (-error(k), k))
+    if len(keys) < 2:
+        return None
+    total = sum(counts.values())
+    cumulative = np.cumsum([counts[k] for k in keys])[:-1] / total
+    best = int(np.argmin(np.abs(cumulative - fraction)))
+    return set(keys[: best + 1]), float(cumulative[best])
 
 
 def top_bins(counts: dict[int, float], fraction: float) -> tuple[set[int], float] | None:

@@ -7,8 +7,12 @@ over the rows the statistics use (finite results), per output; above ``max_viola
 expectation fails the audit. The worst rows (the largest gradient the wrong way) are kept,
 ties to the lower row number, so partial results merge exactly.
 
-It reads the method's per-row attributions: with the default ``gradient`` method those are the
-gradients (other per-unit methods estimate the same derivative).
+The verdict is about the model, not about the attribution method: it judges d score / d x_j
+at the row whatever ``audit.method`` is. With ``gradient`` (a method whose values are the row's
+gradient, ``row_gradient``) it reads the method's values as they are; with any other method
+(gradient x input and integrated gradients attribute, smoothgrad averages slopes around the
+row) it computes the gradient of the expected features only
+(:func:`sensaudit.core.jacobian.partial_derivatives`), in the replay.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from sensaudit.checks.base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
+from sensaudit.core.jacobian import partial_derivatives
+from sensaudit.methods import METHODS
 from sensaudit.settings.checks import Expectation
 from sensaudit.settings.sections import AuditSettings
 from sensaudit.stats.accumulators import TopRows, arrow_as_python, as_python
@@ -37,8 +44,10 @@ class Monotonicity(Check):
     config_key = "expect"
     replays = True  # the per-row gradients, with the rows' ids
 
-    def __init__(self, expectations: tuple[Expectation, ...]):
+    def __init__(self, expectations: tuple[Expectation, ...], *, reads_gradient: bool = False):
         self.expectations = expectations
+        # True: the method's values are the rows' gradients; else the check computes them.
+        self.reads_gradient = reads_gradient
         self.rows: np.ndarray | None = None  # [outputs] rows counted
         self.violations: np.ndarray | None = None  # [outputs, expectations]
         self.worst: list[list[TopRows[Violation]]] = []
@@ -46,7 +55,10 @@ class Monotonicity(Check):
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> Monotonicity | None:
-        return cls(settings.expect) if settings.expect else None
+        if not settings.expect:
+            return None
+        method = METHODS.get(settings.method)
+        return cls(settings.expect, reads_gradient=method is not None and method.row_gradient)
 
     def _start(self, context: ModelContext) -> None:
         m, e = len(context.outputs), len(self.expectations)
@@ -63,7 +75,7 @@ class Monotonicity(Check):
         kept = chunk.finite.nonzero().flatten().numpy()
         # [rows, outputs, expectations]: each gradient times its expected sign; < 0 is wrong.
         signs = np.array([x.sign for x in self.expectations], dtype=np.float64)
-        signed = chunk.values[:, :, self.index].double().numpy()[kept] * signs
+        signed = self._gradients(chunk, context, kept) * signs
         self.rows += len(kept)
         wrong = signed < 0
         self.violations += wrong.sum(0)
@@ -78,6 +90,18 @@ class Monotonicity(Check):
                                       gradient=float(column[r] * signs[e]))
                 self.worst[o][e].offer(-float(column[r]), int(chunk.rows[row]), int(o),
                                        lambda v=violation: v)
+
+    def _gradients(self, chunk: ReplayChunk, context: ModelContext, kept: np.ndarray
+                   ) -> np.ndarray:
+        """float64 [kept rows, outputs, expectations]: d score / d feature at each row."""
+        if self.reads_gradient:
+            return chunk.values[:, :, self.index].double().numpy()[kept]
+        columns = sorted(set(self.index))
+        if not len(kept):
+            return np.zeros((0, len(context.outputs), len(self.index)))
+        x = chunk.x[torch.from_numpy(kept).to(chunk.x.device)]
+        slopes = partial_derivatives(context.model, x, columns).double().cpu().numpy()
+        return slopes[:, :, [columns.index(j) for j in self.index]]
 
     def merge(self, other: Check) -> None:
         if not isinstance(other, Monotonicity):

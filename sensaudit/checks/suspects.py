@@ -29,15 +29,15 @@ import torch
 
 from sensaudit.checks.base import Check, CheckResult, Gate, Notice, Ranking
 from sensaudit.checks.evidence import (
-    MISSCORED,
     REST,
     Evidence,
     GroupedMoments,
     LabelGram,
     additive_evidence,
+    binary_labels,
+    misscored_groups,
     misscored_keys,
     shares,
-    top_bins,
 )
 from sensaudit.core.errors import ConfigError, describe, did_you_mean
 from sensaudit.core.text_safety import markdown_name
@@ -98,6 +98,9 @@ class SuspectedProxies(Check):
         self.missing_labels = 0
         self.contrast: GroupedMoments | None = None
         self.gram: LabelGram | None = None
+        # The labelled rows' lowest and highest score: scores outside [0, 1] against 0/1
+        # labels are logits, and misscored is then judged on sigmoid(score).
+        self.score_range = (math.inf, -math.inf)
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> SuspectedProxies:
@@ -125,6 +128,9 @@ class SuspectedProxies(Check):
         values = attributions.values[on_model, 0].detach().to("cpu", torch.float64)
         xs = x[index.to(x.device)].detach().to("cpu", torch.float64)
         y = labels[keep]
+        if len(y):
+            low, high = self.score_range
+            self.score_range = (min(low, float(scores.min())), max(high, float(scores.max())))
         keys = misscored_keys(scores.numpy(), y, self.rule)
         self.contrast.update(rows[keep], keys, xs, values.abs())
         self.gram.update(xs, torch.from_numpy(y))
@@ -135,6 +141,8 @@ class SuspectedProxies(Check):
         self.labelled = self.labelled or other.labelled
         self.outputs = max(self.outputs, other.outputs)
         self.missing_labels += other.missing_labels
+        self.score_range = (min(self.score_range[0], other.score_range[0]),
+                            max(self.score_range[1], other.score_range[1]))
         if other.contrast is not None and other.gram is not None:
             if self.contrast is None or self.gram is None:
                 self.contrast = GroupedMoments(self.bootstrap, other.gram.n_features)
@@ -174,14 +182,11 @@ class SuspectedProxies(Check):
         if moments is None or not moments.groups:
             return None, "not run: no row has a label"
         counts = moments.counts()
-        if self.rule.kind == "top_error_quantile":
-            top = top_bins(counts, self.rule.value)
-            if top is None:
-                return None, "not run: every row has the same error"
-            misscored, fraction = top
-        else:
-            misscored = {MISSCORED}
-            fraction = counts.get(MISSCORED, 0.0) / sum(counts.values())
+        on_probability = self._on_probability(counts)
+        top = misscored_groups(counts, self.rule, on_probability)
+        if top is None:
+            return None, "not run: every row has the same error"
+        misscored, fraction = top
         rest = set(counts) - misscored
         n_mis = sum(counts[k] for k in misscored if k in counts)
         n_rest = sum(counts[k] for k in rest)
@@ -201,8 +206,24 @@ class SuspectedProxies(Check):
         found = {"share_misscored": share_mis[0].numpy(), "share_rest": share_rest[0].numpy(),
                  "contrast": diff[0], "low": low, "high": high, "misscored_rows": int(n_mis),
                  "rest_rows": int(n_rest), "fraction": fraction}
-        return found, (f"ran: {int(n_mis):,} misscored rows ({fraction:.1%}, "
-                       f"{describe_rule(self.rule)}) against {int(n_rest):,} others")
+        rule = describe_rule(self.rule, on_probability, binary_labels(counts, self.rule))
+        return found, (f"ran: {int(n_mis):,} misscored rows ({fraction:.1%}, {rule}"
+                       f"{self._scale_note(on_probability)}) against {int(n_rest):,} others")
+
+    def _on_probability(self, counts: dict[int, float]) -> bool:
+        """Every label is 0 or 1 and some score is outside [0, 1]: the scores are logits, and
+        an error in the label's units is one on sigmoid(score)."""
+        low, high = self.score_range
+        return binary_labels(counts, self.rule) and (low < 0 or high > 1)
+
+    def _scale_note(self, on_probability: bool) -> str:
+        if not on_probability or self.rule.kind == "threshold":
+            return ""
+        low, high = self.score_range
+        return (f"; the label is 0/1 and the scores, from {low:.3g} to {high:.3g}, are not "
+                "probabilities, so they are read as logits (model.transform: sigmoid audits "
+                "the probabilities themselves; audit.misscored: {threshold: T} judges the "
+                "decision at T)")
 
     # --- judging ----------------------------------------------------------------------------
 
@@ -345,12 +366,16 @@ class SuspectedProxies(Check):
         return lines
 
 
-def describe_rule(rule: MisscoredRule) -> str:
+def describe_rule(rule: MisscoredRule, on_probability: bool = False,
+                  binary: bool = False) -> str:
+    score = "sigmoid(score)" if on_probability else "score"
     if rule.kind == "abs_error_above":
-        return f"|score - label| > {rule.value:g}"
+        return f"|{score} - label| > {rule.value:g}"
     if rule.kind == "threshold":
+        if binary and not 0 < rule.value <= 1:  # within (0, 1] the label's side is its class
+            return f"the decision score >= {rule.value:g} against the 0/1 label"
         return f"score and label on different sides of {rule.value:g}"
-    return f"the top {rule.value:.0%} of |score - label|"
+    return f"the top {rule.value:.0%} of |{score} - label|"
 
 
 def _record(r: Any) -> dict[str, Any]:

@@ -435,3 +435,35 @@ def check_row_independence(model: Model, x: torch.Tensor, *, probe_rows: int = 8
         raise ModelError("the model's score for a row depends on the other rows in its batch "
                          "(BatchNorm in training mode?), so per-example gradients would be "
                          "wrong; put the model in eval mode before auditing")
+
+
+def partial_derivatives(model: Model, x: torch.Tensor, columns: list[int]) -> torch.Tensor:
+    """d output_i / d feature_j at every row, for the features in ``columns`` only:
+    float [rows, outputs, len(columns)], detached, on x's device and dtype.
+
+    For checks that judge a few features' slopes whatever attribution the audit chose
+    (monotonicity): forward mode with one tangent per column costs ``len(columns)`` passes,
+    where the full Jacobian would cost one per feature (forward) or per output (reverse);
+    reverse mode is used when the outputs are no more than the columns, or when an op has no
+    forward-mode formula.
+    """
+    if not columns:
+        return torch.zeros(x.shape[0], 0, 0, dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        n_outputs = as_output_matrix(model(x[:1].detach()), 1).shape[1]
+    if n_outputs > len(columns):
+        basis = torch.zeros(len(columns), x.shape[1], dtype=x.dtype, device=x.device)
+        basis[torch.arange(len(columns)), torch.tensor(columns)] = 1
+        delta = torch.zeros(len(columns), dtype=x.dtype, device=x.device)
+        chunk = x.detach()
+        try:
+            with torch.no_grad():  # forward mode needs no graph kept on the parameters
+                jac = jacobian(lambda d: model(chunk + d @ basis).reshape(chunk.shape[0], -1),
+                               delta, strategy="forward-mode", vectorize=True)
+        except RuntimeError as exc:
+            if "forward" not in str(exc).lower():
+                raise
+        else:
+            if bool(jac.any()):  # all zeros may mean no gradient path: reverse mode decides
+                return jac.detach()
+    return scores_and_jacobian(model, x)[1][:, :, columns]

@@ -48,6 +48,9 @@ class AttributionMethod(ABC):
     and/or "std" (the features' standard deviations). ``complete``: the attributions of a row
     sum to f(x) - f(baseline) (the completeness check measures how closely).
     ``settings_keys``: the audit.* config keys only this kind of method reads.
+    ``row_gradient``: the values are the input gradient at the row itself, d output / d
+    feature, so checks that judge the model's slope there (monotonicity) read them as they
+    are; for any other method those checks compute the gradient they need.
     """
 
     name: ClassVar[str]
@@ -56,6 +59,7 @@ class AttributionMethod(ABC):
     needs: ClassVar[frozenset[str]] = frozenset()
     complete: ClassVar[bool] = False
     settings_keys: ClassVar[tuple[str, ...]] = ()
+    row_gradient: ClassVar[bool] = False
 
     def __init__(self, *, batch_size: int | None = None):
         self.batch_size = batch_size

@@ -11,6 +11,7 @@ from sensaudit.methods.base import AttributionMethod, Attributions
 class Gradient(AttributionMethod):
     name = "gradient"
     per_unit = True
+    row_gradient = True
     description = ("how much each output changes per unit of each feature at the row (the "
                    "input gradient), scaled by each feature's std so that features measured on "
                    "different scales compare")

@@ -15,7 +15,9 @@ out), and when that is below the worst row kept, no row left out could have made
 is not (near-ties at the boundary, a baseline that moved a lot), :func:`certify` says so and the
 pipeline recomputes the selection exactly over the data (a second pass): never a guess.
 
-Misscored rows (|score - label|) do not depend on the baseline, so their selection is exact here.
+Misscored rows (|score - label|, and |sigmoid(score) - label| for a 0/1 label, which is shown
+when the scores are logits: :class:`~sensaudit.pipeline.examples.LabelScale`) do not depend on the
+baseline, so their selection is exact here.
 The charts' row sample (:class:`~sensaudit.stats.row_sample.RowSample`) is chosen by row number, so
 it is taken here too, unscaled, and scaled by the final standard deviations at the end.
 
@@ -32,7 +34,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from sensaudit.pipeline.examples import ExampleDrivers
+from sensaudit.pipeline.examples import (
+    MISSCORED_REASONS,
+    ExampleDrivers,
+    LabelScale,
+    misscored_keys,
+)
 from sensaudit.stats.row_sample import RowSample
 
 # Float rounding of a provisional key, relative, in units of its dtype's epsilon (the key is a
@@ -133,7 +140,7 @@ class ExampleCandidates:
         self.primary = "proxies" if proxy_index else "strongest"
         size = candidates_kept(keep)
         self.buffers = {reason: [_Buffer(size) for _ in range(n_outputs)]
-                        for reason in (self.primary, "misscored")}
+                        for reason in (self.primary, *MISSCORED_REASONS)}
         self.left_out: dict[str, list[dict[int, tuple[float, float]]]] = {
             reason: [{} for _ in range(n_outputs)] for reason in self.buffers}
         self.baselines: list[torch.Tensor] = []  # the provisional baseline of each chunk
@@ -142,6 +149,7 @@ class ExampleCandidates:
         self.rounding: list[tuple[float, float]] = []
         self.kept: dict[int, _Rows] = {}  # chunk -> its rows that are (or were) candidates
         self.sample = RowSample() if sample_keep is None else RowSample(sample_keep)
+        self.label_scale = LabelScale()  # over every row read (drivers see only candidates)
 
     def update(self, rows: np.ndarray, ids: pa.Array | np.ndarray, labels: np.ndarray | None,
                scores: torch.Tensor, values: torch.Tensor, finite: torch.Tensor,
@@ -152,6 +160,8 @@ class ExampleCandidates:
         values = values.detach().cpu()
         x = x.detach().cpu()
         ok = finite.cpu().numpy()
+        if labels is not None:
+            self.label_scale.update(scores, np.asarray(labels, np.float64), ok)
         self._sample(rows, values, ok)
         keys = self._keys(values, scores.detach().to("cpu", torch.float64), x, labels,
                           baseline.detach().to("cpu", torch.float64))
@@ -188,6 +198,7 @@ class ExampleCandidates:
                     left_out[chunk + offset] = (key, bound)
                 buffer.merge(other.buffers[reason][output], offset, left_out)
         self.sample.merge(other.sample)
+        self.label_scale.merge(other.label_scale)
         self._forget()
 
     def _keys(self, values: torch.Tensor, scores: torch.Tensor, x: torch.Tensor,
@@ -225,8 +236,8 @@ class ExampleCandidates:
                 bound = torch.zeros(values.shape[:2])
         keys[self.primary] = (key.double().numpy().copy(), bound.double().numpy())
         if labels is not None:
-            misscored = (scores - torch.from_numpy(np.array(labels, np.float64))[:, None]).abs()
-            keys["misscored"] = (misscored.numpy().copy(), np.zeros(misscored.shape))
+            for reason, key in misscored_keys(scores, labels).items():
+                keys[reason] = (key.numpy().copy(), np.zeros(key.shape))
         return keys
 
     def _sample(self, rows: np.ndarray, values: torch.Tensor, ok: np.ndarray) -> None:
@@ -271,6 +282,8 @@ class ExampleCandidates:
         if scale is not None and sample.values is not None:
             sample.values = sample.values * scale.to(torch.float64).numpy()
         drivers.sample = sample
+        drivers.label_scale = LabelScale(self.label_scale.binary, self.label_scale.low,
+                                         self.label_scale.high)
         return self.certified(drivers)
 
     def certified(self, drivers: ExampleDrivers) -> bool:
@@ -295,7 +308,7 @@ class ExampleCandidates:
         for chunk, (key, bound) in left_out.items():
             rounding, relative = self.rounding[chunk]
             moved = 0.0
-            if reason != "misscored" and self.per_unit:
+            if reason not in MISSCORED_REASONS and self.per_unit:
                 moved = float((final[features] - self.baselines[chunk][features]).abs().max())
                 moved += rounding
             reach = max(reach, (key + bound * moved) * (1 + relative))

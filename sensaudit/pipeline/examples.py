@@ -10,6 +10,7 @@ this row get this score".
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,51 @@ import torch
 from sensaudit.results.audit_result import EXAMPLE_REASONS, Driver, ExampleRecord
 from sensaudit.stats.accumulators import TopRows
 from sensaudit.stats.row_sample import ContributionSample, RowSample
+
+# The rows furthest from their label on the probability sigmoid(score), kept beside those
+# furthest on the score itself: which list is "misscored" is known once every row is read.
+ON_PROBABILITY = "misscored_on_probability"
+MISSCORED_REASONS = ("misscored", ON_PROBABILITY)
+
+
+@dataclass
+class LabelScale:
+    """Whether the labelled rows' scores are logits of a 0/1 label: every finite label is 0
+    or 1 and some score is outside [0, 1]. Then a row's distance from its label is measured
+    on sigmoid(score), in the label's units (|logit - label| would list a confident right
+    answer, 265 for a label 1, as the worst). Merges by and/min/max."""
+
+    binary: bool = True
+    low: float = np.inf
+    high: float = -np.inf
+
+    def update(self, scores: torch.Tensor, labels: np.ndarray, finite: np.ndarray) -> None:
+        known = finite & np.isfinite(labels)
+        if not known.any():
+            return
+        y = labels[known]
+        self.binary = self.binary and bool(((y == 0) | (y == 1)).all())
+        s = scores.detach().to("cpu", torch.float64).numpy()[known]
+        self.low, self.high = min(self.low, float(s.min())), max(self.high, float(s.max()))
+
+    def merge(self, other: LabelScale) -> None:
+        self.binary = self.binary and other.binary
+        self.low, self.high = min(self.low, other.low), max(self.high, other.high)
+
+    @property
+    def logits(self) -> bool:
+        return self.binary and (self.low < 0 or self.high > 1)
+
+
+def misscored_keys(scores: torch.Tensor, labels: np.ndarray) -> dict[str, torch.Tensor]:
+    """float64 [rows, outputs] per misscored reason: |score - label|, and |sigmoid(score) -
+    label| for 0/1 labels (NaN for any other label: no candidate on that list)."""
+    y = torch.from_numpy(np.array(labels, np.float64))[:, None]
+    s = scores.detach().to("cpu", torch.float64)
+    binary = (y == 0) | (y == 1)
+    on_probability = torch.where(binary, (torch.sigmoid(s) - y).abs(),
+                                 torch.full_like(s, float("nan")))
+    return {"misscored": (s - y).abs(), ON_PROBABILITY: on_probability}
 
 
 class ExampleDrivers:
@@ -41,13 +87,14 @@ class ExampleDrivers:
         self.proxy_index = [self.features.index(p) for p in proxies if p in self.features]
         self.baseline = baseline.detach().to("cpu", torch.float64)  # [features]
         self.per_unit = per_unit
-        reasons = ["proxies" if self.proxy_index else "strongest", "misscored"]
+        reasons = ["proxies" if self.proxy_index else "strongest", *MISSCORED_REASONS]
         self.selections: dict[str, list[TopRows[ExampleRecord]]] = {
             reason: [TopRows(keep) for _ in self.outputs] for reason in reasons}
         # The charts' sample of per-row contributions, in score units (x the feature's std
         # for per-unit methods).
         self.scale = None if scale is None else scale.to(torch.float64)
         self.sample = RowSample()  # every feature's contribution in a uniform sample of rows
+        self.label_scale = LabelScale()
         self._names = pa.array(self.features, type=pa.string())
         self._output_names = pa.array(self.outputs, type=pa.string())
 
@@ -78,6 +125,8 @@ class ExampleDrivers:
                            contribution=contrib.reshape(n_rows * m, k).numpy(),
                            value=x[:, None, :].expand(n_rows, m, n).gather(2, top)
                            .reshape(n_rows * m, k).numpy())
+        if labels is not None:
+            self.label_scale.update(scores, np.asarray(labels, np.float64), finite.cpu().numpy())
         if any(s.keep for selection in self.selections.values() for s in selection):
             self._offer(rows, ids, labels, scores, values, x, finite, drivers)
         if sample:
@@ -115,8 +164,7 @@ class ExampleDrivers:
         else:  # the strongest driver's magnitude, chosen above
             keys["strongest"] = torch.from_numpy(np.abs(drivers.contribution[:, 0])).reshape(-1, m)
         if labels is not None:
-            keys["misscored"] = (scores - torch.from_numpy(np.array(labels, np.float64))[:, None]
-                                 ).abs()
+            keys.update(misscored_keys(scores, labels))
         # Rows left out of the statistics as non-finite are not examples of what drives the
         # score: an infinite gradient would otherwise head the list.
         for reason, key in keys.items():
@@ -184,6 +232,7 @@ class ExampleDrivers:
             for mine, theirs in zip(selection, other.selections[reason], strict=True):
                 mine.merge(theirs)
         self.sample.merge(other.sample)
+        self.label_scale.merge(other.label_scale)
 
     def contributions(self) -> ContributionSample:
         return self.sample.result(self.features, self.outputs)
@@ -192,8 +241,13 @@ class ExampleDrivers:
         """Every kept row: by reason (proxies or strongest, then misscored), within it by
         output in the order given (default: the model's), best first."""
         order = [self.outputs.index(o) for o in outputs] if outputs else range(len(self.outputs))
-        return [record for reason in EXAMPLE_REASONS if reason in self.selections
-                for o in order for record in self.selections[reason][o].best_first()]
+        kept = {reason: [rows.best_first() for rows in selection]
+                for reason, selection in self.selections.items()}
+        if self.label_scale.logits:  # misscored in the label's units: on the probability
+            kept["misscored"] = [[replace(r, reason="misscored") for r in rows]
+                                 for rows in kept[ON_PROBABILITY]]
+        return [record for reason in EXAMPLE_REASONS if reason in kept
+                for o in order for record in kept[reason][o]]
 
 
 class _Drivers:

@@ -213,8 +213,11 @@ def examples_markdown(result: AuditResult) -> list[str]:
         label = ""
         if ex.label is not None:
             label = f", label {ex.label:g}"
-            if ex.reason == "misscored":
-                label += f" (off by {abs(ex.score - ex.label):.3g})"
+            if ex.reason == "misscored" and ex.rank_value == abs(ex.score - ex.label):
+                label += f" (off by {ex.rank_value:.3g})"
+            elif ex.reason == "misscored":  # a logit against a 0/1 label: on the probability
+                label += (f" (probability {abs(ex.label - ex.rank_value):.3g}, off by "
+                          f"{ex.rank_value:.3g})")
         why = "; ".join(_driver_words(d, labels.get(d.feature, "baseline")) for d in ex.drivers)
         if ex.proxies:
             why += ("; declared prox" + ("y: " if len(ex.proxies) == 1 else "ies: ") + "; ".join(

@@ -104,7 +104,8 @@ class LinearitySettings:
     """Per feature, does the gradient predict the score change of a step of ``step`` feature
     standard deviations (each way)? A row is off when the two differ by more than
     ``tolerance`` of the larger; more than ``max_off_rate`` of rows off warns (fails with
-    ``gate``)."""
+    ``gate``) when the mismatch is also material: a one-std move mispredicted, on average, by
+    more than ``tolerance`` of the score's std (checks/linearity.py)."""
 
     step: float = 0.1
     tolerance: float = 0.1

@@ -111,7 +111,9 @@ MISSCORED_RULES = ("abs_error_above", "top_error_quantile", "threshold")
 class MisscoredRule:
     """A row is misscored when |score - label| > value (``abs_error_above``), when its
     |score - label| is among the top ``value`` fraction of rows (``top_error_quantile``), or
-    when score and label fall on different sides of ``value`` (``threshold``)."""
+    when score and label fall on different sides of ``value`` (``threshold``). For a 0/1 label
+    the error is in the label's units: on sigmoid(score) when the scores are logits, and a
+    label's side of the threshold is its class (checks/evidence.py)."""
 
     kind: str = "top_error_quantile"
     value: float = 0.1
