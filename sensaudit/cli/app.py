@@ -210,8 +210,8 @@ def compare(
     else:
         _print_gates(result.new)
         for inc in result.proxy_increases:
-            _plain(f"FAILED {inc['feature']}: share grew by {inc['delta_share']:.1%}; limit "
-                   f"{inc['margin']:.1%} (compare.max_proxy_share_increase)")
+            _plain(f"FAILED {inc.feature}: share grew by {inc.delta_share:.1%}; limit "
+                   f"{inc.margin:.1%} (compare.max_proxy_share_increase)")
     _to_github(comparison_markdown(result), github_actions.comparison_annotations(result,
                                                                                   config))
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"

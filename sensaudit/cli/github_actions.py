@@ -65,10 +65,10 @@ def audit_annotations(result: AuditResult, config: Path | None = None) -> list[s
 def comparison_annotations(result: ComparisonResult, config: Path | None = None) -> list[str]:
     lines = audit_annotations(result.new, config)
     for increase in result.proxy_increases:
-        lines.append(command("error", f"sensaudit: {increase['feature']}'s share grew",
-                             f"{increase['feature']}'s share grew by "
-                             f"{increase['delta_share']:.1%}, more than the allowed "
-                             f"{increase['margin']:.1%} (compare.max_proxy_share_increase)",
+        lines.append(command("error", f"sensaudit: {increase.feature}'s share grew",
+                             f"{increase.feature}'s share grew by "
+                             f"{increase.delta_share:.1%}, more than the allowed "
+                             f"{increase.margin:.1%} (compare.max_proxy_share_increase)",
                              config))
     return lines
 

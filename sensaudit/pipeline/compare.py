@@ -11,6 +11,7 @@ feature standard deviations come from the same weights in the first pass.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,15 @@ from sensaudit.pipeline.pass_state import Chunks, Progress, ReadPass
 from sensaudit.pipeline.passes import audit_models, make_method
 from sensaudit.pipeline.spill import SpilledChunk
 from sensaudit.results.audit_result import AuditResult
-from sensaudit.results.comparison import ComparisonResult, noise_name
+from sensaudit.results.comparison import (
+    ChangedRow,
+    ComparisonResult,
+    CosineSummary,
+    OutputAgreement,
+    ProxyIncrease,
+    ScoreChange,
+    noise_name,
+)
 from sensaudit.settings.sections import AuditSettings, CompareSettings, ModelConfig
 from sensaudit.stats.accumulators import (
     AgreementAccumulator,
@@ -144,16 +153,18 @@ def comparison_result(audits: list[AuditResult], boot_moments: BootstrapMoments,
                              [new, *audits[2 + replicas[0] :]])
     table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
                                  cmp.confidence, min_change=cmp.min_change / 100, noise=noise)
-    overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
-                        **agreement.summary(i, output)}
+    overall = {output: output_agreement(table_cmp, output, cmp.top_k,
+                                        agreement.summary(i, output))
                for i, output in enumerate(new.outputs)}
     increases = []
     if cmp.max_proxy_share_increase is not None:
         proxies = {p.feature for p in settings.proxies}
         grown = table_cmp[table_cmp["feature"].isin(proxies)
                           & (table_cmp["delta_share"] > cmp.max_proxy_share_increase)]
-        increases = [{"feature": r.feature, "output": r.output, "delta_share": r.delta_share,
-                      "margin": cmp.max_proxy_share_increase} for r in grown.itertuples()]
+        increases = [ProxyIncrease(feature=r.feature, output=r.output,
+                                   delta_share=r.delta_share,
+                                   margin=cmp.max_proxy_share_increase)
+                     for r in grown.itertuples()]
     result = ComparisonResult(
         table=table_cmp, overall=overall, old=old, new=new, proxy_increases=increases,
         settings={"bootstrap_samples": cmp.bootstrap_samples, "confidence": cmp.confidence,
@@ -260,11 +271,18 @@ def bootstrap_interval(replicates: np.ndarray, confidence: float
             np.quantile(replicates, (1 + confidence) / 2, axis=0))
 
 
-def rank_agreement(table: pd.DataFrame, output: str, k: int) -> dict:
+def output_agreement(table: pd.DataFrame, output: str, k: int,
+                     per_row: dict[str, Any]) -> OutputAgreement:
+    """One output's agreement: the rank correlations and top-k overlap of its shares in the
+    comparison table, and ``per_row``, the figures of :meth:`AgreementAccumulator.summary`."""
     group = table[table["output"] == output]
     old, new = group["share_old"].to_numpy(), group["share_new"].to_numpy()
-    return {"spearman": spearman(old, new), "kendall_tau": kendall_tau(old, new),
-            "top_k": min(k, len(old)), "top_k_overlap": top_k_overlap(old, new, k)}
+    return OutputAgreement(
+        spearman=spearman(old, new), kendall_tau=kendall_tau(old, new), top_k=min(k, len(old)),
+        top_k_overlap=top_k_overlap(old, new, k), cosine=CosineSummary(**per_row["cosine"]),
+        score_change=ScoreChange(**per_row["score_change"]),
+        least_agreeing_rows=tuple(ChangedRow(**r) for r in per_row["least_agreeing_rows"]),
+        most_moved_rows=tuple(ChangedRow(**r) for r in per_row["most_moved_rows"]))
 
 
 def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[str]:
@@ -292,21 +310,21 @@ def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[st
                          f"({leader_new['share_new']:.0%}), replacing {leader_old['feature']}.")
         agreement = result.overall[output]
         lines.append(
-            f"{where(output)}Rankings agree with Spearman {_fmt(agreement['spearman'])} and "
-            f"Kendall tau {_fmt(agreement['kendall_tau'])}; {agreement['top_k_overlap']:.0%} of "
-            f"the old top {agreement['top_k']} remain. Per row, the two models' contribution "
-            f"vectors have median cosine {_fmt(agreement['cosine']['median'])}. Scores moved by "
-            f"{agreement['score_change']['mean_abs']:.3g} on average (largest "
-            f"{agreement['score_change']['max_abs']:.3g}).")
+            f"{where(output)}Rankings agree with Spearman {_fmt(agreement.spearman)} and "
+            f"Kendall tau {_fmt(agreement.kendall_tau)}; {agreement.top_k_overlap:.0%} of "
+            f"the old top {agreement.top_k} remain. Per row, the two models' contribution "
+            f"vectors have median cosine {_fmt(agreement.cosine.median)}. Scores moved by "
+            f"{agreement.score_change.mean_abs:.3g} on average (largest "
+            f"{agreement.score_change.max_abs:.3g}).")
     for r in table[table["gate_changed"]].itertuples():
         state = ("passed its gate in the old model and fails it in the new one"
                  if r.flagged_new else
                  "was flagged by the old model and passes its gate in the new one")
         lines.append(f"{where(r.output)}{r.feature} {state}.")
     for inc in result.proxy_increases:
-        lines.append(f"{where(inc['output'])}{inc['feature']}'s share grew by "
-                     f"{_points(inc['delta_share'])}, more than the allowed "
-                     f"{_points(inc['margin'], sign=False)} (compare.max_proxy_share_increase).")
+        lines.append(f"{where(inc.output)}{inc.feature}'s share grew by "
+                     f"{_points(inc.delta_share)}, more than the allowed "
+                     f"{_points(inc.margin, sign=False)} (compare.max_proxy_share_increase).")
     return lines
 
 
