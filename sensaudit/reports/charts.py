@@ -60,7 +60,9 @@ def audit_plans(result: AuditResult) -> list[ChartPlan]:
                     "Red: flagged, over its limit; orange: a declared proxy within its limit."))
         sample = result.contributions
         if sample is not None and len(sample.rows):
-            spread = _distribution(sample, output, group["feature"].head(TOP_FEATURES).tolist())
+            # The table ranks audit.groups too; the rows were sampled per feature.
+            sampled = [f for f in group["feature"] if f in sample.features]
+            spread = _distribution(sample, output, sampled[:TOP_FEATURES])
             shown = len(sample.rows)
             plans.append(ChartPlan(
                 name=names.take("chart-contributions", output if multi else None),
