@@ -225,12 +225,12 @@ def write_reports(result: AuditResult | ComparisonResult, directory: str | Path,
         missing = unavailable(name)
         if missing is not None:
             raise ConfigError(f"write_reports: report format '{name}' {missing}")
-    comparison = isinstance(result, ComparisonResult)
     audits = [result.old, result.new] if isinstance(result, ComparisonResult) else [result]
+    # The files the result was computed from (not an in-memory model's or frame's <name>).
     inputs = [Path(p) for a in audits for p in (a.model_path, a.data_path)
               if not p.startswith("<")]
-    with StagedReport(directory, formats, kind="compare" if comparison else "audit",
-                      protect=inputs) as staged:
+    kind = "compare" if isinstance(result, ComparisonResult) else "audit"
+    with StagedReport(directory, formats, kind=kind, protect=inputs) as staged:
         writers = open_writers(staged, formats)
         for writer in writers:
             if isinstance(result, ComparisonResult):
