@@ -1094,7 +1094,8 @@ METHOD_NAMES = ", ".join(METHODS)
      "audit.samples is a setting of audit.method smoothgrad, not of 'gradient_x_input'"),
     ({"checks": {"completeness": {}}},
      "audit.checks.completeness applies to methods whose attributions add up to the score "
-     "(integrated_gradients); audit.method is 'gradient'"),
+     f"({', '.join(name for name, m in METHODS.items() if m.complete)}); audit.method is "
+     "'gradient'"),
     ({"method": "integrated_gradients", "checks": {"completeness": {"max_relative_gap": 2}}},
      "audit.checks.completeness.max_relative_gap must be a number in (0, 1] (got 2)"),
     ({"method": "integrated_gradients", "checks": {"completeness": {"max_gap": 0.1}}},

@@ -220,6 +220,15 @@ def test_a_check_a_method_cannot_run_is_refused_with_exit_2(assets, tmp_path, cl
     assert not (tmp_path / "reports" / "summary.json").exists()
 
 
+def test_an_unknown_check_is_named_with_the_registered_ones():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"data": {"path": "data.csv"}, "audit": {"checks": {"suspect": {}}}},
+                     source="audit.yaml")
+    assert str(err.value) == ("audit.yaml: unknown check 'suspect' in audit.checks; did you "
+                              "mean 'suspects'? (registered: "
+                              f"{', '.join(cls.name for cls in CHECKS)})")
+
+
 # --- the same results for any chunk_rows ---------------------------------------------------------
 
 
