@@ -8,8 +8,10 @@
     jac = input_jacobian(model, x)  # float [rows, outputs, features]
     ig = attribute(model, x, method="integrated_gradients", baseline="mean")  # same shape
 
-    from sensaudit import compare_models
+    from sensaudit import compare_models, audit_frame, compare_frames, write_reports
     cmp = compare_models(load_config("configs/scorer_v2.yaml"), "old.pt2", "new.pt2")
+    result = audit_frame(model, frame, label="quality")  # a module, exported or load_model's
+    write_reports(compare_frames(old, new, frame), "reports/cmp", ["markdown", "json"])
 
     from sensaudit import resample_file
     resample_file("train.csv", "resampled.csv", proxy="copy_length", label="quality")
@@ -38,19 +40,29 @@ from sensaudit.settings.checks import (
 from sensaudit.settings.sections import AuditSettings, MisscoredRule, ModelConfig, ProxyLimit
 
 if _typing.TYPE_CHECKING:
-    from sensaudit.api import attribute, audit, audit_frame, compare_models, run_audit, run_compare
+    from sensaudit.api import (
+        attribute,
+        audit,
+        audit_frame,
+        compare_frames,
+        compare_models,
+        run_audit,
+        run_compare,
+        write_reports,
+    )
     from sensaudit.core.jacobian import input_jacobian, scores_and_jacobian
     from sensaudit.inputs.models import LoadedModel, load_model
     from sensaudit.resample import decorrelate, resample_file
     from sensaudit.results.audit_result import AuditResult
-    from sensaudit.results.comparison import ComparisonResult
+    from sensaudit.results.comparison import ComparisonResult, OutputAgreement, ProxyIncrease
 
 # Names whose modules import torch (seconds): loaded on first use, so that `sensaudit --help`
 # and `--version`, which import this package, do not pay for torch.
 _LAZY = {
-    "attribute": ".api", "audit": ".api", "audit_frame": ".api", "compare_models": ".api",
-    "run_audit": ".api",
-    "run_compare": ".api", "ComparisonResult": ".results.comparison",
+    "attribute": ".api", "audit": ".api", "audit_frame": ".api", "compare_frames": ".api",
+    "compare_models": ".api", "run_audit": ".api", "run_compare": ".api",
+    "write_reports": ".api", "ComparisonResult": ".results.comparison",
+    "OutputAgreement": ".results.comparison", "ProxyIncrease": ".results.comparison",
     "input_jacobian": ".core.jacobian", "scores_and_jacobian": ".core.jacobian",
     "LoadedModel": ".inputs.models", "load_model": ".inputs.models",
     "AuditResult": ".results.audit_result",
@@ -90,6 +102,8 @@ __all__ = [
     "ModelConfig",
     "ModelError",
     "ModelLoadError",
+    "OutputAgreement",
+    "ProxyIncrease",
     "ProxyLimit",
     "ReportError",
     "RobustnessSettings",
@@ -98,6 +112,7 @@ __all__ = [
     "attribute",
     "audit",
     "audit_frame",
+    "compare_frames",
     "compare_models",
     "decorrelate",
     "input_jacobian",
@@ -108,4 +123,5 @@ __all__ = [
     "run_audit",
     "run_compare",
     "scores_and_jacobian",
+    "write_reports",
 ]

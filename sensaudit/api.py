@@ -12,7 +12,8 @@ runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,15 +44,18 @@ from sensaudit.methods import METHODS
 from sensaudit.pipeline.baselines import baseline_vector, reference_of
 from sensaudit.pipeline.compare import check_bootstrap_size
 from sensaudit.pipeline.example_rows import ExampleRows
+from sensaudit.pipeline.examples import records_table
 from sensaudit.pipeline.pass_state import Progress
 from sensaudit.pipeline.plan import audit_plan
-from sensaudit.reports import open_writers
+from sensaudit.reports import WRITERS, open_writers, unavailable
 from sensaudit.reports.base import ReportWriter
 from sensaudit.reports.staging import StagedReport
 from sensaudit.results.audit_result import AuditResult
 from sensaudit.results.comparison import ComparisonResult
 from sensaudit.settings.sections import (
+    REPORT_FORMATS,
     AuditSettings,
+    CompareSettings,
     DataConfig,
     ModelConfig,
     ProxyLimit,
@@ -117,16 +121,19 @@ def _audit(config: Config, *, progress: Progress | None, trust_model_code: bool 
     return outcome.results[0]
 
 
-def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
+def audit_frame(model: torch.nn.Module | Model | LoadedModel, frame: pd.DataFrame, *,
                 features: list[str] | None = None, label: str | None = None,
                 id: str | None = None, proxies: list[ProxyLimit] | tuple | None = None,
                 settings: AuditSettings | None = None, device: str | None = None,
                 chunk_rows: int = 100_000) -> AuditResult:
     """Audit an in-memory model on an in-memory DataFrame (notebooks, other tools).
 
-    ``proxies``, when given, replaces ``settings.proxies``. ``device`` defaults to where the
-    module's parameters are (CPU for a plain function). A module in training mode is audited
-    in eval mode and handed back in training mode.
+    ``model``: a module or function of x [rows, features], a ``torch.export`` program's
+    ``.module()``, or what :func:`~sensaudit.load_model` returns. ``proxies``, when given,
+    replaces ``settings.proxies``. ``device`` defaults to where the module's parameters are
+    (CPU for a plain function; a loaded model's own device). A module in training mode is
+    audited in eval mode and handed back in training mode (an exported graph keeps the mode
+    it was exported in).
     """
     name = Path("<DataFrame>")
     data_cfg = DataConfig(path=name, features=tuple(features) if features else None,
@@ -136,23 +143,93 @@ def audit_frame(model: torch.nn.Module | Model, frame: pd.DataFrame, *,
         settings = replace(settings, proxies=tuple(proxies))
     table = tables.frame_table(frame, data_cfg)
     check_proxies(settings, table.features, name)
-    target = _parameter_device(model) if device is None else resolve_device(device)
-    module = model if isinstance(model, torch.nn.Module) else None
-    was_training = module is not None and module.training
-    if module is not None and was_training:
-        module.eval()
-    try:
-        loaded = LoadedModel(module=model, path=Path("<in-memory model>"), format="in-memory",
-                             device=target, dtype=float_dtype(model))
-        plan = audit_plan(settings, table, name, model_cfg=None,
-                          notes=_notes(declared_inputs(None, data_cfg), table.features))
+    loaded = _in_memory(model, device)
+    plan = audit_plan(settings, table, name, model_cfg=None,
+                      notes=_notes(declared_inputs(None, data_cfg), table.features))
+    with _eval_mode(loaded):
         outcome = audit_local(
             [loaded], lambda: tables.iter_frame_chunks(frame, table, data_cfg, loaded.dtype),
             plan, progress=_no_progress)
-        return outcome.results[0]
-    finally:
-        if module is not None and was_training:
-            module.train()
+    return outcome.results[0]
+
+
+def compare_frames(old_model: torch.nn.Module | Model | LoadedModel,
+                   new_model: torch.nn.Module | Model | LoadedModel, frame: pd.DataFrame, *,
+                   old_replicas: Sequence[torch.nn.Module | Model | LoadedModel] = (),
+                   new_replicas: Sequence[torch.nn.Module | Model | LoadedModel] = (),
+                   features: list[str] | None = None, label: str | None = None,
+                   id: str | None = None, proxies: list[ProxyLimit] | tuple | None = None,
+                   settings: AuditSettings | None = None,
+                   compare: CompareSettings | None = None, device: str | None = None,
+                   chunk_rows: int = 100_000) -> ComparisonResult:
+    """:func:`compare_models` for in-memory models on an in-memory DataFrame: both models
+    audited on the same rows, and how their sensitivities moved.
+
+    The models are taken as :func:`audit_frame` takes one; ``old_replicas`` /
+    ``new_replicas`` are the same models retrained with other seeds, whose spread widens the
+    change's interval. ``compare`` holds compare's settings (bootstrap, margins).
+    """
+    name = Path("<DataFrame>")
+    data_cfg = DataConfig(path=name, features=tuple(features) if features else None,
+                          label=label, id=id, chunk_rows=chunk_rows)
+    settings = settings or AuditSettings()
+    cmp = compare or CompareSettings()
+    if proxies is not None:
+        settings = replace(settings, proxies=tuple(proxies))
+    table = tables.frame_table(frame, data_cfg)
+    check_proxies(settings, table.features, name)
+    check_bootstrap_size(cmp, len(table.features), name)
+    models = [_in_memory(m, device)
+              for m in (old_model, new_model, *old_replicas, *new_replicas)]
+    with ExitStack() as modes:
+        for loaded in models:
+            modes.enter_context(_eval_mode(loaded))
+        return compare_local(
+            models, lambda: tables.iter_frame_chunks(frame, table, data_cfg, _narrowest(models)),
+            table, settings, cmp, model_cfg=None, source=name, progress=_no_progress,
+            notes=_notes(declared_inputs(None, data_cfg), table.features),
+            replicas=(len(old_replicas), len(new_replicas)))
+
+
+def write_reports(result: AuditResult | ComparisonResult, directory: str | Path,
+                  formats: Sequence[str] = REPORT_FORMATS) -> list[Path]:
+    """Write ``result``'s report files into ``directory`` with the writers ``sensaudit run``
+    and ``compare`` use, and return the files written.
+
+    ``formats``: any of :data:`sensaudit.reports.WRITERS`' names (default: csv, markdown,
+    json). Atomic, as the CLI's reports are: the files appear together or not at all, and
+    the reports an earlier call wrote there that these formats no longer write are removed;
+    any other file in ``directory`` is left alone, and a directory that would replace the
+    result's model or data file is refused. The per-row examples file (csv, parquet) holds the
+    rows the report lists (``report.examples: top``).
+    """
+    formats = tuple(formats)
+    for name in formats:
+        if name not in WRITERS:
+            raise ConfigError(f"write_reports: unknown report format '{name}'"
+                              f"{did_you_mean(name, list(WRITERS))} (formats: "
+                              f"{', '.join(WRITERS)})")
+        missing = unavailable(name)
+        if missing is not None:
+            raise ConfigError(f"write_reports: report format '{name}' {missing}")
+    audits = [result.old, result.new] if isinstance(result, ComparisonResult) else [result]
+    # The files the result was computed from (not an in-memory model's or frame's <name>).
+    inputs = [Path(p) for a in audits for p in (a.model_path, a.data_path)
+              if not p.startswith("<")]
+    kind = "compare" if isinstance(result, ComparisonResult) else "audit"
+    with StagedReport(directory, formats, kind=kind, protect=inputs) as staged:
+        writers = open_writers(staged, formats)
+        for writer in writers:
+            if isinstance(result, ComparisonResult):
+                writer.comparison(result)
+            else:
+                if type(writer).examples is not ReportWriter.examples:
+                    writer.examples(records_table(
+                        result.examples, per_unit=result.per_unit,
+                        with_label=any(e.label is not None or e.reason == "misscored"
+                                       for e in result.examples)))
+                writer.audit(result)
+        return staged.commit()
 
 
 def attribute(model: torch.nn.Module | Model, x: torch.Tensor, *, method: str = "gradient",
@@ -319,6 +396,46 @@ def _narrowest(models: list[LoadedModel]) -> torch.dtype:
     """The dtype whose range every model's inputs must fit (values too large are named)."""
     dtypes = [m.dtype for m in models]
     return min(dtypes, key=lambda d: torch.finfo(d).max if d.is_floating_point else 0.0)
+
+
+def _in_memory(model: torch.nn.Module | Model | LoadedModel, device: str | None
+               ) -> LoadedModel:
+    """An in-memory model as the pipeline takes it: a loaded model as it was loaded, anything
+    else on ``device`` (default: where its parameters are)."""
+    if isinstance(model, LoadedModel):
+        if device is not None and resolve_device(device) != model.device:
+            raise ConfigError(f"{model.path} was loaded on {model.device}, not {device}; load "
+                              f"it with ModelConfig(device='{device}') instead")
+        return model
+    if not callable(model):
+        raise ConfigError(f"model must be a torch module or a function of x [rows, features] "
+                          f"(got a {type(model).__name__})")
+    target = _parameter_device(model) if device is None else resolve_device(device)
+    return LoadedModel(module=model, path=Path("<in-memory model>"), format="in-memory",
+                       device=target, dtype=float_dtype(model))
+
+
+@contextmanager
+def _eval_mode(loaded: LoadedModel) -> Iterator[None]:
+    """The model in eval mode while audited, handed back in the mode it came in. An exported
+    graph (``torch.export``'s ``.module()``) fixed its mode when it was exported and refuses
+    both train() and eval(): it is audited as it is."""
+    module = loaded.module
+    if (not isinstance(module, torch.nn.Module) or not module.training
+            or _mode_fixed_at_export(module)):
+        yield
+        return
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train()
+
+
+def _mode_fixed_at_export(module: torch.nn.Module) -> bool:
+    # ExportedProgram.module() replaces the graph module's eval() with one that raises.
+    return (isinstance(module, torch.fx.GraphModule)
+            and getattr(module.eval, "__func__", None) is not torch.nn.Module.eval)
 
 
 def _parameter_device(model: object) -> torch.device:

@@ -102,6 +102,15 @@ class MLP(nn.Module):
         return torch.einsum("oh,rh,hf->rof", v, 1 - h**2, u)
 
 
+class SteppedMLP(MLP):
+    """MLP(x) + floor(x_2) per output: the staircase moves the score by whole steps, and its
+    gradient is 0 wherever it exists, so every gradient-based method misses feature 2's
+    effect (a blind proxy, which the proxy check's probe must find). dy/dx is MLP's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ self.U.T + self.c) @ self.V.T + self.d + torch.floor(x[:, 2:3])
+
+
 CLOSED_FORM = {"linear": Linear, "sigmoid": Sigmoid, "quadratic": Quadratic,
                "multi_output": MultiOutput, "mlp": MLP}
 

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from sensaudit import compare_models, load_config
 from sensaudit.cli.app import app
 from sensaudit.pipeline.compare import kendall_tau, spearman, top_k_overlap
+from sensaudit.results.comparison import ScoreChange
 from sensaudit.stats.accumulators import PoissonBootstrap
 
 FEATURES = ["length", "clarity", "structure", "noise"]
@@ -87,19 +88,19 @@ def test_compare_figures_match_closed_form(setup):
     assert result.passed
 
     overall = result.overall["score"]
-    assert overall["spearman"] == pytest.approx(spearman(share_old, share_new))
-    assert overall["kendall_tau"] == pytest.approx(kendall_tau(share_old, share_new))
-    assert overall["top_k_overlap"] == top_k_overlap(share_old, share_new, 3)
+    assert overall.spearman == pytest.approx(spearman(share_old, share_new))
+    assert overall.kendall_tau == pytest.approx(kendall_tau(share_old, share_new))
+    assert overall.top_k_overlap == top_k_overlap(share_old, share_new, 3)
     a, b = np.array(w_old) * std, np.array(w_new) * std
     cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
-    assert overall["cosine"]["mean"] == pytest.approx(cosine, rel=1e-12)
-    assert overall["cosine"]["median"] == pytest.approx(cosine, abs=1e-3)  # histogram bin
+    assert overall.cosine.mean == pytest.approx(cosine, rel=1e-12)
+    assert overall.cosine.median == pytest.approx(cosine, abs=1e-3)  # histogram bin
     delta = frame[FEATURES].to_numpy() @ (np.array(w_new) - np.array(w_old))
-    assert overall["score_change"]["mean"] == pytest.approx(delta.mean(), rel=1e-10)
-    assert overall["score_change"]["mean_abs"] == pytest.approx(np.abs(delta).mean(), rel=1e-10)
-    assert overall["score_change"]["max_abs"] == pytest.approx(np.abs(delta).max(), rel=1e-10)
-    moved = overall["most_moved_rows"][0]
-    assert moved["id"] == frame["ad_id"][int(np.abs(delta).argmax())]
+    assert overall.score_change.mean == pytest.approx(delta.mean(), rel=1e-10)
+    assert overall.score_change.mean_abs == pytest.approx(np.abs(delta).mean(), rel=1e-10)
+    assert overall.score_change.max_abs == pytest.approx(np.abs(delta).max(), rel=1e-10)
+    moved = overall.most_moved_rows[0]
+    assert moved.id == frame["ad_id"][int(np.abs(delta).argmax())]
 
 
 def test_bootstrap_intervals_match_a_direct_computation(setup):
@@ -145,11 +146,12 @@ def test_comparison_json_holds_the_csv_figures(setup):
     for record, (_, row) in zip(summary["features"], csv.iterrows(), strict=True):
         for key in ("share_old", "share_new", "delta_share", "rank_old", "rank_new"):
             assert record[key] == pytest.approx(row[key], rel=1e-7)
+    agreement = result.overall["score"]
     for key in ("spearman", "kendall_tau", "top_k_overlap"):
-        assert summary[key] == pytest.approx(result.overall["score"][key])
-        assert summary["outputs"]["score"][key] == pytest.approx(result.overall["score"][key])
+        assert summary[key] == pytest.approx(getattr(agreement, key))
+        assert summary["outputs"]["score"][key] == pytest.approx(getattr(agreement, key))
     assert summary["score_change"]["max_abs"] == pytest.approx(
-        result.overall["score"]["score_change"]["max_abs"])
+        result.overall["score"].score_change.max_abs)
 
 
 def test_identical_models_give_zero_delta_and_full_agreement(setup):
@@ -160,11 +162,11 @@ def test_identical_models_give_zero_delta_and_full_agreement(setup):
     assert (result.table["delta_share_high"] == 0).all()
     assert not result.table["significant"].any()
     overall = result.overall["score"]
-    assert overall["spearman"] == pytest.approx(1.0)
-    assert overall["kendall_tau"] == pytest.approx(1.0)
-    assert overall["top_k_overlap"] == 1.0
-    assert overall["cosine"]["mean"] == pytest.approx(1.0)
-    assert overall["score_change"] == {"mean": 0.0, "mean_abs": 0.0, "max_abs": 0.0}
+    assert overall.spearman == pytest.approx(1.0)
+    assert overall.kendall_tau == pytest.approx(1.0)
+    assert overall.top_k_overlap == 1.0
+    assert overall.cosine.mean == pytest.approx(1.0)
+    assert overall.score_change == ScoreChange(mean=0.0, mean_abs=0.0, max_abs=0.0)
 
 
 def test_rank_statistics_on_known_orderings():
@@ -238,7 +240,7 @@ def test_proxy_share_increase_margin_fails(setup):
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     result = compare_models(load_config(tmp / "cfg.yaml", require_model=False), old, grown)
     assert not result.passed
-    assert [inc["feature"] for inc in result.proxy_increases] == ["length"]
+    assert [inc.feature for inc in result.proxy_increases] == ["length"]
     assert any("grew by" in line for line in result.findings)
 
 

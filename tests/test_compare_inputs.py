@@ -100,8 +100,8 @@ def test_a_dropped_column_is_listed_as_removed_and_shares_are_over_each_models_i
     common = NEW_INPUTS
     a = np.array([old[f] for f in common])
     b = np.array([new[f] for f in common])
-    assert result.overall["score"]["spearman"] == pytest.approx(spearman(a, b))
-    assert result.overall["score"]["kendall_tau"] == pytest.approx(kendall_tau(a, b))
+    assert result.overall["score"].spearman == pytest.approx(spearman(a, b))
+    assert result.overall["score"].kendall_tau == pytest.approx(kendall_tau(a, b))
     # The bootstrap interval of a common feature is still a real interval around its change.
     c = table.loc["c"]
     assert c["delta_share_low"] < c["delta_share"] < c["delta_share_high"]
@@ -120,9 +120,9 @@ def test_the_gates_see_an_added_proxy_grow_from_nothing(retrain):
     assert table.loc["leak", "status"] == "added"
     assert math.isnan(table.loc["leak", "share_old"])
     assert table.loc["leak", "share_new"] == pytest.approx(leak_share, rel=1e-10)
-    assert result.proxy_increases == [{"feature": "leak", "output": "score",
-                                       "delta_share": pytest.approx(leak_share),
-                                       "margin": 0.3}]
+    (grown,) = result.proxy_increases
+    assert (grown.feature, grown.output, grown.margin) == ("leak", "score", 0.3)
+    assert grown.delta_share == pytest.approx(leak_share)
     assert not result.passed and not result.new.passed
 
 
@@ -135,7 +135,7 @@ def test_models_that_read_their_columns_in_other_orders(retrain):
     assert "status" in result.table.columns and set(result.table["status"]) == {"common"}
     # The same model: every share and every row's score the same.
     np.testing.assert_allclose(result.table["delta_share"], 0, atol=1e-12)
-    assert result.overall["score"]["score_change"]["max_abs"] < 1e-9
+    assert result.overall["score"].score_change.max_abs < 1e-9
 
 
 def test_unknown_names_with_another_width_are_refused(retrain):

@@ -11,6 +11,7 @@ import pytest
 import sensaudit
 from sensaudit import ConfigError, ProxyLimit, load_config, parse_config
 from sensaudit.methods import METHODS
+from sensaudit.reports import WRITERS
 from sensaudit.settings.sections import AuditSettings, CompareSettings
 
 MINIMAL = """\
@@ -239,8 +240,7 @@ BAD = [
         "missing required key 'audit.proxies[0].feature'", id="proxy-without-feature"),
     pytest.param(
         MINIMAL + "  formats: [csv, pdf]\n",
-        "report.formats[1] must be one of csv, markdown, json, junit, parquet, png, html "
-        "(got 'pdf', a str)",
+        f"report.formats[1] must be one of {', '.join(WRITERS)} (got 'pdf', a str)",
         id="bad-report-format"),
     pytest.param(
         MINIMAL + "  formats: csv\n",

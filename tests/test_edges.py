@@ -22,6 +22,7 @@ from sensaudit import (
     parse_config,
 )
 from sensaudit.cli.app import app
+from sensaudit.results.comparison import ScoreChange
 
 
 class Linear(torch.nn.Module):
@@ -105,10 +106,10 @@ def test_compare_reports_agreement_per_output(tmp_path):
                    str(new))
     result = compare_models(load_config(config), tmp_path / "m.pt", new)
     first, second = result.overall["output_0"], result.overall["output_1"]
-    assert first["cosine"]["mean"] == pytest.approx(1.0)
-    assert first["score_change"] == {"mean": 0.0, "mean_abs": 0.0, "max_abs": 0.0}
-    assert second["cosine"]["mean"] < 0.9
-    assert second["score_change"]["max_abs"] > 0
+    assert first.cosine.mean == pytest.approx(1.0)
+    assert first.score_change == ScoreChange(mean=0.0, mean_abs=0.0, max_abs=0.0)
+    assert second.cosine.mean < 0.9
+    assert second.score_change.max_abs > 0
 
 
 def test_without_bootstrap_no_change_is_called_larger_than_noise(tmp_path):

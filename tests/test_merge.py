@@ -10,9 +10,14 @@ import pytest
 import torch
 
 from sensaudit.checks.completeness import CompletenessGap
+from sensaudit.inputs.table_chunks import Chunk
 from sensaudit.methods.base import Attributions
 from sensaudit.pipeline.baselines import FeatureSummary
-from sensaudit.pipeline.examples import ExampleDrivers
+from sensaudit.pipeline.compare import add_bootstrap
+from sensaudit.pipeline.examples import ExampleDrivers, LabelScale
+from sensaudit.pipeline.pass_state import Compared
+from sensaudit.pipeline.plan import Statistics
+from sensaudit.settings.sections import CompareSettings
 from sensaudit.stats.accumulators import (
     AgreementAccumulator,
     AttributionSums,
@@ -23,6 +28,7 @@ from sensaudit.stats.accumulators import (
     TopRows,
     finite_rows,
 )
+from sensaudit.stats.row_stats import FeatureRange
 
 ROWS, OUTPUTS, FEATURES = 203, 2, 5
 TOL = dict(rtol=1e-12, atol=1e-12)
@@ -228,3 +234,69 @@ def test_completeness_gap_merge(k, seed):
     gap = (data["values"][finite].sum(2) - (data["scores"][finite] - baseline_scores)).abs()
     torch.testing.assert_close(single.max_abs_gap, gap.amax(0), rtol=0, atol=0)
     torch.testing.assert_close(single.sum_abs_gap, gap.sum(0), **TOL)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_label_scale_merge(k, seed):
+    # Scores that are logits of a 0/1 label: the merged reading is the single pass's.
+    def feed(acc, d):  # the labels made 0/1 (or missing)
+        labels = np.where(np.isfinite(d["labels"]), (d["labels"] > 0.5).astype(np.float64),
+                          np.nan)
+        acc.update(d["scores"] * 40, labels, finite_rows(d["scores"], d["values"]).numpy())
+
+    single, merged = _single_and_merged(LabelScale, feed, k, seed)
+    assert (merged.binary, merged.low, merged.high) == (single.binary, single.low, single.high)
+    assert single.logits and merged.logits
+    # A label other than 0/1 in any partition makes the whole file not binary.
+    other, part = LabelScale(), LabelScale()
+    part.update(torch.zeros(2, 1), np.array([0.0, 2.0]), np.array([True, True]))
+    assert not part.binary
+    other.merge(part)
+    assert not other.binary
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_statistics_pass_merge(k, seed):
+    def feed(acc, d):
+        acc.update(Chunk(first_row=1, x=d["x"], ids=d["ids"], rows=d["rows"],
+                         labels=d["labels"], dropped=int((d["rows"] % 7 == 0).sum())))
+
+    single, merged = _single_and_merged(
+        lambda: Statistics(FeatureSummary(FEATURES, median=True), FeatureRange(FEATURES)),
+        feed, k, seed)
+    dropped = int((_rows()["rows"] % 7 == 0).sum())
+    assert merged.rows_read == single.rows_read == ROWS + dropped
+    assert merged.dropped == single.dropped == dropped > 0
+    a, b = single.summary.reference(), merged.summary.reference()
+    assert torch.equal(a.median, b.median)
+    torch.testing.assert_close(b.mean, a.mean, **TOL)
+    torch.testing.assert_close(b.std, a.std, **TOL)
+    assert torch.equal(merged.ranges.minimum, single.ranges.minimum)
+    assert torch.equal(merged.ranges.maximum, single.ranges.maximum)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_compare_partials_merge(k, seed):
+    settings = CompareSettings(bootstrap_samples=40, seed=3)
+
+    def feed(acc, d):
+        old = Attributions(d["scores"], d["values"])
+        new = Attributions(d["scores"] * 1.5 + 0.1, d["new_values"])
+        add_bootstrap(acc.boot_moments, acc.boots, d["rows"], d["x"], [old, new])
+        # The agreement arrives with the rows step: a partial may not have one yet.
+        acc.agreement = acc.agreement or AgreementAccumulator(OUTPUTS, keep=4)
+        finite = (finite_rows(d["scores"], d["values"])
+                  & finite_rows(d["scores"], d["new_values"]))
+        acc.agreement.update(d["rows"], d["ids"], old.scores, new.scores, old.values,
+                             new.values, finite)
+
+    single, merged = _single_and_merged(lambda: Compared.start(settings, FEATURES, keep=4),
+                                        feed, k, seed)
+    torch.testing.assert_close(merged.boot_moments.std, single.boot_moments.std, **TOL)
+    scale = torch.rand(40, FEATURES, dtype=torch.float64) + 0.5
+    for a, b in zip(single.boots, merged.boots, strict=True):
+        torch.testing.assert_close(b.shares(scale), a.shares(scale), **TOL)
+    assert merged.agreement is not None and single.agreement is not None
+    assert (merged.agreement.summary(0, "p")["least_agreeing_rows"]
+            == single.agreement.summary(0, "p")["least_agreeing_rows"])
+    assert merged.agreement.rows == single.agreement.rows

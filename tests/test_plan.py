@@ -5,6 +5,7 @@ engine's audit and comparison. tests/test_ray_engine.py runs the same on a Ray p
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +159,10 @@ def test_the_ray_engines_passes_in_process_give_the_local_comparison(tmp_path, t
                                   atol=1e-12)
     assert local.overall.keys() == on_units.overall.keys()
     for output in local.overall:
-        for key, value in local.overall[output].items():
+        theirs = dataclasses.asdict(on_units.overall[output])
+        for key, value in dataclasses.asdict(local.overall[output]).items():
             if isinstance(value, float):
-                assert value == pytest.approx(on_units.overall[output][key], rel=RTOL), key
+                assert value == pytest.approx(theirs[key], rel=RTOL), key
 
 
 def test_a_job_carries_the_plan_not_a_second_description(tmp_path, threads):

@@ -212,7 +212,7 @@ def compare(
         from sensaudit.results.gate_text import increase_line
 
         for inc in result.proxy_increases:
-            _plain("FAILED " + increase_line(inc["feature"], inc["delta_share"], inc["margin"]))
+            _plain("FAILED " + increase_line(inc.feature, inc.delta_share, inc.margin))
     _to_github(comparison_markdown(result), github_actions.comparison_annotations(result,
                                                                                   config))
     verdict = "[green]PASSED[/]" if result.passed else "[red]FAILED[/]"

@@ -65,9 +65,9 @@ def audit_annotations(result: AuditResult, config: Path | None = None) -> list[s
 def comparison_annotations(result: ComparisonResult, config: Path | None = None) -> list[str]:
     lines = audit_annotations(result.new, config)
     for increase in result.proxy_increases:
-        lines.append(command("error", f"sensaudit: {increase['feature']}'s share grew",
-                             increase_line(increase["feature"], increase["delta_share"],
-                                           increase["margin"]), config))
+        lines.append(command("error", f"sensaudit: {increase.feature}'s share grew",
+                             increase_line(increase.feature, increase.delta_share,
+                                           increase.margin), config))
     return lines
 
 

@@ -25,6 +25,7 @@ feature standard deviations come from the same weights in the first pass.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,15 @@ from sensaudit.core.errors import ConfigError
 from sensaudit.methods.base import Attributions
 from sensaudit.pipeline.compare_noise import RetrainingNoise, change_interval, retraining_noise
 from sensaudit.results.audit_result import AuditResult
-from sensaudit.results.comparison import ComparisonResult, noise_name
+from sensaudit.results.comparison import (
+    ChangedRow,
+    ComparisonResult,
+    CosineSummary,
+    OutputAgreement,
+    ProxyIncrease,
+    ScoreChange,
+    noise_name,
+)
 from sensaudit.settings.sections import AuditSettings, CompareSettings
 from sensaudit.stats.accumulators import (
     AgreementAccumulator,
@@ -116,8 +125,8 @@ def comparison_result(audits: list[AuditResult], boot_moments: BootstrapMoments,
     table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
                                  cmp.confidence, min_change=cmp.min_change / 100, noise=noise,
                                  inputs=inputs)
-    overall = {output: {**rank_agreement(table_cmp, output, cmp.top_k),
-                        **agreement.summary(i, output)}
+    overall = {output: output_agreement(table_cmp, output, cmp.top_k,
+                                        agreement.summary(i, output))
                for i, output in enumerate(new.outputs)}
     increases = []
     if cmp.max_proxy_share_increase is not None:
@@ -128,9 +137,9 @@ def comparison_result(audits: list[AuditResult], boot_moments: BootstrapMoments,
             grown_by = grown_by.where(table_cmp["status"] != "added", table_cmp["share_new"])
         grown = table_cmp[table_cmp["feature"].isin(proxies)
                           & (grown_by > cmp.max_proxy_share_increase)]
-        increases = [{"feature": r.feature, "output": r.output,
-                      "delta_share": float(grown_by[i]),
-                      "margin": cmp.max_proxy_share_increase}
+        increases = [ProxyIncrease(feature=r.feature, output=r.output,
+                                   delta_share=float(grown_by[i]),
+                                   margin=cmp.max_proxy_share_increase)
                      for i, r in zip(grown.index, grown.itertuples(), strict=True)]
     result = ComparisonResult(
         table=table_cmp, overall=overall, old=old, new=new, proxy_increases=increases,
@@ -275,14 +284,21 @@ def bootstrap_interval(replicates: np.ndarray, confidence: float
             np.quantile(replicates, (1 + confidence) / 2, axis=0))
 
 
-def rank_agreement(table: pd.DataFrame, output: str, k: int) -> dict:
-    """Spearman, Kendall and top-k overlap of the shares, over the features both models take."""
+def output_agreement(table: pd.DataFrame, output: str, k: int,
+                     per_row: dict[str, Any]) -> OutputAgreement:
+    """One output's agreement: the rank correlations and top-k overlap of its shares in the
+    comparison table (over the features both models take), and ``per_row``, the figures of
+    :meth:`AgreementAccumulator.summary`."""
     group = table[table["output"] == output]
     if "status" in group.columns:
         group = group[group["status"] == "common"]
     old, new = group["share_old"].to_numpy(), group["share_new"].to_numpy()
-    return {"spearman": spearman(old, new), "kendall_tau": kendall_tau(old, new),
-            "top_k": min(k, len(old)), "top_k_overlap": top_k_overlap(old, new, k)}
+    return OutputAgreement(
+        spearman=spearman(old, new), kendall_tau=kendall_tau(old, new), top_k=min(k, len(old)),
+        top_k_overlap=top_k_overlap(old, new, k), cosine=CosineSummary(**per_row["cosine"]),
+        score_change=ScoreChange(**per_row["score_change"]),
+        least_agreeing_rows=tuple(ChangedRow(**r) for r in per_row["least_agreeing_rows"]),
+        most_moved_rows=tuple(ChangedRow(**r) for r in per_row["most_moved_rows"]))
 
 
 def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[str]:
@@ -313,21 +329,21 @@ def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[st
                          f"({leader_new['share_new']:.0%}), replacing {leader_old['feature']}.")
         agreement = result.overall[output]
         lines.append(
-            f"{where(output)}Rankings agree with Spearman {_fmt(agreement['spearman'])} and "
-            f"Kendall tau {_fmt(agreement['kendall_tau'])}; {agreement['top_k_overlap']:.0%} of "
-            f"the old top {agreement['top_k']} remain. Per row, the two models' contribution "
-            f"vectors have median cosine {_fmt(agreement['cosine']['median'])}. Scores moved by "
-            f"{agreement['score_change']['mean_abs']:.3g} on average (largest "
-            f"{agreement['score_change']['max_abs']:.3g}).")
+            f"{where(output)}Rankings agree with Spearman {_fmt(agreement.spearman)} and "
+            f"Kendall tau {_fmt(agreement.kendall_tau)}; {agreement.top_k_overlap:.0%} of "
+            f"the old top {agreement.top_k} remain. Per row, the two models' contribution "
+            f"vectors have median cosine {_fmt(agreement.cosine.median)}. Scores moved by "
+            f"{agreement.score_change.mean_abs:.3g} on average (largest "
+            f"{agreement.score_change.max_abs:.3g}).")
     for r in table[table["gate_changed"]].itertuples():
         state = ("passed its gate in the old model and fails it in the new one"
                  if r.flagged_new else
                  "was flagged by the old model and passes its gate in the new one")
         lines.append(f"{where(r.output)}{r.feature} {state}.")
     for inc in result.proxy_increases:
-        lines.append(f"{where(inc['output'])}{inc['feature']}'s share grew by "
-                     f"{_points(inc['delta_share'])}, more than the allowed "
-                     f"{_points(inc['margin'], sign=False)} (compare.max_proxy_share_increase).")
+        lines.append(f"{where(inc.output)}{inc.feature}'s share grew by "
+                     f"{_points(inc.delta_share)}, more than the allowed "
+                     f"{_points(inc.margin, sign=False)} (compare.max_proxy_share_increase).")
     return lines
 
 

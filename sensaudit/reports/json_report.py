@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -78,6 +79,7 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
 
 def comparison_summary(result: ComparisonResult) -> dict[str, Any]:
     """comparison.json: the verdict, the overall figures per output, and every feature's."""
+    outputs = {name: agreement.as_dict() for name, agreement in result.overall.items()}
     return _json_safe({
         "sensaudit_version": __version__,
         "passed": result.passed,
@@ -88,11 +90,11 @@ def comparison_summary(result: ComparisonResult) -> dict[str, Any]:
         "data": {"path": result.new.data_path, "rows": result.new.rows,
                  "rows_dropped": result.new.rows_dropped},
         "flags_new": [gate_record(g) for g in result.new.gates.flags],
-        "proxy_increases": result.proxy_increases,
+        "proxy_increases": [asdict(increase) for increase in result.proxy_increases],
         "settings": result.settings,
         # With one output, its figures sit at the top level too: spearman, kendall_tau, ...
-        **(result.overall[result.new.outputs[0]] if len(result.new.outputs) == 1 else {}),
-        "outputs": result.overall,
+        **(outputs[result.new.outputs[0]] if len(outputs) == 1 else {}),
+        "outputs": outputs,
         "features": result.table.to_dict("records"),
         "findings": result.findings,
     })

@@ -69,7 +69,7 @@ def _increase_cases(result: ComparisonResult) -> list[_Case]:
     if margin is None:
         return []
     multi = len(result.new.outputs) > 1
-    grown = {(i["feature"], i["output"]): i for i in result.proxy_increases}
+    grown = {(i.feature, i.output): i for i in result.proxy_increases}
     cases = []
     for output in result.new.outputs:
         for feature in result.new.proxies:
@@ -77,7 +77,7 @@ def _increase_cases(result: ComparisonResult) -> list[_Case]:
                          name=f"{feature} [{output}]" if multi else feature)
             increase = grown.get((feature, output))
             if increase is not None:
-                case.failure = increase_line(feature, increase["delta_share"], margin)
+                case.failure = increase_line(feature, increase.delta_share, margin)
                 case.details = case.failure
             cases.append(case)
     return cases

@@ -290,13 +290,12 @@ def comparison_markdown(result: ComparisonResult, charts: Sequence[tuple[str, st
                          f"{share_cell(r.share_new)} | {change} | {interval}{rank_move(r)} | "
                          f"{gate} |")
         lines.append("")
-        overall = result.overall[output]
-        rows = overall["least_agreeing_rows"]
+        rows = result.overall[output].least_agreeing_rows
         if rows:
             lines += ["Rows where the two models disagree most about what drives the score:",
                       "", "| id | score old | score new | cosine |", "|---|---:|---:|---:|"]
-            lines += [f"| {markdown_name(c['id'])} | {c['score_old']:.4g} | {c['score_new']:.4g} | "
-                      f"{c['cosine']:.3f} |" for c in rows]
+            lines += [f"| {markdown_name(c.id)} | {c.score_old:.4g} | {c.score_new:.4g} | "
+                      f"{c.cosine:.3f} |" for c in rows]
             lines.append("")
     lines += _chart_links(charts)
     lines.append(f"<sub>sensaudit {__version__}</sub>")

@@ -3,7 +3,7 @@ noise's state that every writer shares."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -11,21 +11,87 @@ import pandas as pd
 from sensaudit.results.audit_result import AuditResult
 
 
+@dataclass(frozen=True)
+class CosineSummary:
+    """How alike the two models' per-row contribution vectors are: the mean and quantiles of
+    their cosine over the rows (1: the same direction; quantiles to a 0.001 resolution)."""
+
+    mean: float
+    p05: float
+    p25: float
+    median: float
+    p75: float
+    p95: float
+
+
+@dataclass(frozen=True)
+class ScoreChange:
+    """How the scores moved from the old model to the new one, over the rows (new - old)."""
+
+    mean: float
+    mean_abs: float
+    max_abs: float
+
+
+@dataclass(frozen=True)
+class ChangedRow:
+    """One row's scores under both models and the cosine of its two contribution vectors."""
+
+    id: Any
+    output: str
+    score_old: float
+    score_new: float
+    cosine: float
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    """How far the old and new model agree on one output: their feature rankings (rank
+    correlations, top-k overlap) and, per row, their contributions and scores."""
+
+    spearman: float  # nan when a ranking is constant
+    kendall_tau: float  # tau-b; nan when a ranking is constant
+    top_k: int
+    top_k_overlap: float  # the fraction of the old top_k still in the new top_k
+    cosine: CosineSummary
+    score_change: ScoreChange
+    least_agreeing_rows: tuple[ChangedRow, ...]  # lowest cosine first
+    most_moved_rows: tuple[ChangedRow, ...]  # largest |score change| first
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as comparison.json lists them (rows as lists)."""
+        return asdict(self, dict_factory=_lists)
+
+
+@dataclass(frozen=True)
+class ProxyIncrease:
+    """A declared proxy whose share grew by more than compare.max_proxy_share_increase."""
+
+    feature: str
+    output: str
+    delta_share: float
+    margin: float
+
+
 @dataclass
 class ComparisonResult:
     """Everything ``compare`` found; the writers in :mod:`sensaudit.reports` write it."""
 
     table: pd.DataFrame  # one row per (output, feature)
-    overall: dict  # per output: spearman, kendall_tau, top_k_overlap, agreement, score moves
+    overall: dict[str, OutputAgreement]  # per output name
     old: AuditResult
     new: AuditResult
-    proxy_increases: list[dict] = field(default_factory=list)  # over compare's margin
+    proxy_increases: list[ProxyIncrease] = field(default_factory=list)  # over compare's margin
     findings: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return self.new.passed and not self.proxy_increases
+
+
+def _lists(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in items}
 
 
 def gate_change(flagged_old: bool, flagged_new: bool) -> str:
