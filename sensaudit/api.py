@@ -9,6 +9,7 @@ never prints; pass ``progress`` to follow long runs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -187,9 +188,14 @@ def attribute(model: torch.nn.Module | Model, x: torch.Tensor, *, method: str = 
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise ConfigError("x must be a float tensor shaped [rows, features]")
     named = baseline if isinstance(baseline, str) else "zero"
-    settings = AuditSettings(method=method, baseline=named, samples=samples, noise=noise,
-                             seed=seed, steps=steps, batch_size=batch_size)
-    chosen = METHODS[method].from_settings(settings)
+    cls = METHODS[method]
+    given = {"samples": samples, "noise": noise, "seed": seed, "steps": steps}
+    # The method's own options, checked as its declaration says (the others are not its own).
+    options = ({} if cls.Options is None else vars(cls.Options(**{
+        f.name: given[f.name] for f in dataclasses.fields(cls.Options) if f.name in given})))
+    settings = AuditSettings(method=method, baseline=named, batch_size=batch_size,
+                             method_options=options)
+    chosen = cls.from_settings(settings)
     reference = reference_of(x, median=baseline == "median")
     if isinstance(baseline, str):
         vector = baseline_vector(baseline, reference, [str(j) for j in range(x.shape[1])])

@@ -36,6 +36,7 @@ SUBJECT = "adversarial shift"  # what the gates test (summary.json's flags name 
 class Robustness(Check):
     name = "robustness"
     config_key = "robustness"
+    Options = RobustnessSettings
     replays = True
 
     def __init__(self, settings: RobustnessSettings, immutable: list[str],

@@ -44,8 +44,6 @@ MAX_BOOTSTRAP_SAMPLES = 100_000
 MAX_SEED = 2**64 - 1
 # audit.baseline: a kind, or a mapping feature -> value (sensaudit.pipeline.baselines).
 BASELINE_KINDS = ("mean", "zero", "median")
-# audit.samples / audit.steps: each row costs that many gradients; beyond this only time grows.
-MAX_SAMPLES = MAX_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -145,10 +143,9 @@ class AuditSettings:
     # The reference point of per-row explanations: mean, zero, median or {feature: value}
     # (features not named take their mean).
     baseline: str | Mapping[str, float] = "mean"
-    samples: int = 50  # smoothgrad: noisy copies per row
-    noise: float = 0.2  # smoothgrad: noise scale, in feature standard deviations
-    seed: int = 0  # smoothgrad: the noise is a function of (seed, row number, sample)
-    steps: int = 50  # integrated_gradients: Gauss-Legendre points along the path
+    # The method's own options (audit.samples: 10 -> {"samples": 10}), as the method declares
+    # them (its ``Options`` class); it checks them when it is built. Left out: its defaults.
+    method_options: Mapping[str, Any] = field(default_factory=dict)
     # Options of checks registered without a key of their own, by check name (README,
     # "Extending"): each check validates its own options.
     checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -187,14 +184,6 @@ class AuditSettings:
             raise bad("threshold", "a finite number or None")
         if not _baseline_ok(self.baseline):
             raise bad("baseline", BASELINE_EXPECTED)
-        if not is_int(self.samples) or not 1 <= self.samples <= MAX_SAMPLES:
-            raise bad("samples", f"an integer from 1 to {MAX_SAMPLES}")
-        if not (is_finite_number(self.noise) and self.noise > 0):
-            raise bad("noise", "a finite number > 0")
-        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise bad("seed", "an integer from 0 to 2**64 - 1")
-        if not is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
-            raise bad("steps", f"an integer from 1 to {MAX_STEPS}")
 
 
 BASELINE_EXPECTED = "one of mean, zero, median, or a mapping feature -> number"
