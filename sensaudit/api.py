@@ -57,7 +57,8 @@ def run_audit(config: Config, *, progress: Progress | None = None,
     with StagedReport(config.report.dir, config.report.formats, protect=(
             config.source, *protected_files(config.data.path), _model_path(config))) as staged:
         choice = config.report.examples
-        writers = open_writers(staged, config.report.formats, examples=choice != "none")
+        writers = open_writers(staged, config.report.formats, examples=choice != "none",
+                               options=config.report.options)
         # Only formats that write per-row files are fed the rows as they stream.
         sinks = [w for w in writers if type(w).examples is not ReportWriter.examples]
 
@@ -266,7 +267,8 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
             config.source, *protected_files(config.data.path),
             *protected_files(None if data_path is None else Path(data_path)), old_path,
             new_path, *old_replicas, *new_replicas, _model_path(config))) as staged:
-        writers = open_writers(staged, config.report.formats)  # format errors before the work
+        writers = open_writers(staged, config.report.formats,  # format errors before the work
+                               options=config.report.options)
         result = compare_models(config, old_path, new_path, old_replicas=old_replicas,
                                 new_replicas=new_replicas, data_path=data_path,
                                 progress=progress, trust_model_code=trust_model_code)

@@ -268,9 +268,12 @@ def _compare(v: _Validator, raw: Any) -> CompareSettings:
 
 def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:
     r = v.mapping(raw if raw is not None else {}, "report")
-    v.keys(r, "report", optional=("dir", "formats", "examples"))
+    writers = registry.formats()
+    configurable = {name: writer.Options for name, writer in writers.items()
+                    if writer.Options is not None}
+    v.keys(r, "report", optional=("dir", "formats", "examples", *configurable))
     formats = r.get("formats", list(REPORT_FORMATS))
-    known = registered("formats")
+    known = tuple(writers)
     if not isinstance(formats, list) or not formats:
         v.fail("report.formats", f"a non-empty list drawn from {list(known)}", formats)
     chosen = tuple(v.choice(f, f"report.formats[{i}]", known)
@@ -280,8 +283,17 @@ def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:
     if not (examples in EXAMPLES or is_int(examples) and examples >= 1):
         v.fail("report.examples", "auto, all, top, none or a row limit (an integer >= 1)",
                examples)
+    options = {}
+    for name, declaration in configurable.items():
+        if name not in r:
+            continue
+        if name not in chosen:  # its options would be silently ignored
+            raise ConfigError(f"{v.source}: report.{name} sets options of a format that "
+                              f"report.formats does not ask for (formats: {', '.join(chosen)})")
+        options[name] = _declared(v, declaration, r[name], f"report.{name}")
     return ReportConfig(dir=v.path(r["dir"], "report.dir") if "dir" in r else default_dir,
-                        formats=tuple(dict.fromkeys(chosen)), examples=examples)
+                        formats=tuple(dict.fromkeys(chosen)), examples=examples,
+                        options=options)
 
 
 def _default_report_dir(source: str | Path, base_dir: Path) -> Path:

@@ -213,3 +213,5 @@ class ReportConfig:
     dir: Path
     formats: tuple[str, ...] = REPORT_FORMATS
     examples: str | int = "auto"  # EXAMPLES, or at most this many rows (the first audited)
+    # By format, the options it declares (report.<format>: {...}; its writer's Options).
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
