@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from sensaudit.checks.names import check_check_names, group_names
+from sensaudit.checks import check_names
 from sensaudit.config.load import Config
-from sensaudit.core.errors import ConfigError, ModelLoadError, did_you_mean
+from sensaudit.core.errors import ConfigError, ModelLoadError
 from sensaudit.core.jacobian import Model
 from sensaudit.core.torch_support import require_supported_torch
 from sensaudit.inputs import tables
@@ -319,23 +319,9 @@ def _first_rows(sink: ExampleSink, limit: int) -> ExampleSink:
 
 
 def check_proxies(settings: AuditSettings, features: tuple[str, ...], source: object) -> None:
-    """Every declared proxy must be an audited feature, declared once: a typo must not
-    disable a gate."""
-    seen: set[str] = set()
-    check_check_names(settings, features, source)
-    groups = group_names(settings)  # a proxy limit may name a group (audit.groups)
-    for i, proxy in enumerate(settings.proxies):
-        if proxy.feature in seen:
-            raise ConfigError(f"{source}: audit.proxies[{i}].feature '{proxy.feature}' "
-                              "is declared twice")
-        seen.add(proxy.feature)
-        if proxy.feature not in features and proxy.feature not in groups:
-            named = (*features, *groups)
-            raise ConfigError(f"{source}: audit.proxies[{i}].feature '{proxy.feature}' "
-                              f"is not an audited feature{' or group' if groups else ''}"
-                              f"{did_you_mean(proxy.feature, named)}"
-                              f" (features: {', '.join(features)}"
-                              f"{'; groups: ' + ', '.join(groups) if groups else ''})")
+    """Every feature name the settings give (proxies, groups, expectations, ...) is audited:
+    a typo must not disable a gate. Each check checks the names it reads."""
+    check_names(settings, features, source)
 
 
 def _notes(inputs: ModelInputs, features: tuple[str, ...]) -> list[str]:

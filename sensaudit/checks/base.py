@@ -176,6 +176,13 @@ class Check(ABC):
     def from_settings(cls, settings: AuditSettings) -> Check | None:
         """This check as the settings configure it, or None when it is not asked for."""
 
+    @classmethod  # noqa: B027 - an optional hook
+    def check_names(cls, settings: AuditSettings, features: tuple[str, ...]) -> None:
+        """The feature names this check's settings give (a group's columns, an expectation's
+        feature), checked against the audited features once the table is open and before any
+        row is read: a typo must stop the audit, not silently switch the check off. Raises a
+        ConfigError naming the dotted key (the caller adds the file's name)."""
+
     @classmethod
     def configured(cls, settings: AuditSettings) -> Any:
         """This check's options from ``audit.checks.<name>`` (an instance of

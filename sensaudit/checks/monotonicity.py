@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from sensaudit.checks.base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
+from sensaudit.core.errors import ConfigError, did_you_mean
 from sensaudit.settings.checks import Expectation
 from sensaudit.settings.sections import AuditSettings
 from sensaudit.stats.accumulators import TopRows, arrow_as_python, as_python
@@ -43,6 +44,15 @@ class Monotonicity(Check):
         self.violations: np.ndarray | None = None  # [outputs, expectations]
         self.worst: list[list[TopRows[Violation]]] = []
         self.index: list[int] = []
+
+    @classmethod
+    def check_names(cls, settings: AuditSettings, features: tuple[str, ...]) -> None:
+        for i, expectation in enumerate(settings.expect):
+            if expectation.feature not in features:
+                raise ConfigError(f"audit.expect[{i}].feature '{expectation.feature}' is not "
+                                  "an audited feature"
+                                  f"{did_you_mean(expectation.feature, features)} "
+                                  f"(features: {', '.join(features)})")
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> Monotonicity | None:

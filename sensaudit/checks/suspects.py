@@ -41,7 +41,7 @@ from sensaudit.checks.evidence import (
 )
 from sensaudit.core.text_safety import markdown_name
 from sensaudit.methods.base import Attributions
-from sensaudit.settings.options import check_declared, integer, number, option
+from sensaudit.settings.options import Limit, check_declared, integer, number, option
 from sensaudit.settings.sections import AuditSettings, MisscoredRule
 from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
 
@@ -49,22 +49,26 @@ DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
 LIMIT = "not a suspected proxy (audit.fail_on_suspects)"
 
 
+def _between(low: float, high: float) -> Limit:
+    return number(low, high, expected=f"a number from {low:g} to {high:g}")
+
+
 @dataclass(frozen=True)
 class SuspectsOptions:
     """``audit.checks.suspects``: every field optional. Shares are fractions (0.1 = 10
     points)."""
 
-    min_gap: float = option(0.10, number(0, 1),
+    min_gap: float = option(0.10, _between(0, 1),
                             "share relied on beyond the evidence's upper end to suspect")
-    min_contrast: float = option(0.05, number(0, 1), "share gained on the misscored rows")
+    min_contrast: float = option(0.05, _between(0, 1), "share gained on the misscored rows")
     min_misscored_rows: int = option(20, integer(2, 10**9),
                                      "fewer misscored rows: too few to compare")
     bootstrap_samples: int = option(200, integer(0, 10_000),
                                     "bootstrap replicates of the evidence's interval")
-    confidence: float = option(0.95, number(0.5, 0.999), "the interval's confidence")
+    confidence: float = option(0.95, _between(0.5, 0.999), "the interval's confidence")
     seed: int = option(0, integer(0, 2**63 - 1, maximum_text="2**63 - 1"),
                        "the bootstrap's seed")
-    ridge: float = option(0.01, number(0, 1e6),
+    ridge: float = option(0.01, _between(0, 1e6),
                           "the evidence fit's penalty, on standardized columns")
 
     def __post_init__(self) -> None:
