@@ -12,6 +12,7 @@ found through the registries; the keys several checks share in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -154,9 +155,10 @@ def _method_keys() -> dict[str, list[str]]:
     """Each key a registered method declares (audit.samples), with the methods declaring it,
     in the registry's order."""
     keys: dict[str, list[str]] = {}
+    taken = (*AUDIT_KEYS, *SUSPECT_KEYS, *SHARED_KEYS, *_check_keys())
     for name, cls in registry.methods().items():
         for option in declared(cls.Options) if cls.Options is not None else ():
-            if option.key in (*AUDIT_KEYS, *SUSPECT_KEYS, *SHARED_KEYS):
+            if option.key in taken:
                 raise TypeError(f"method {name} declares the option audit.{option.key}, which "
                                 "is a key of the audit itself: name it differently")
             keys.setdefault(option.key, []).append(name)
@@ -181,8 +183,15 @@ def _method_options(v: _Validator, a: Mapping[str, Any], method: str,
 def _check_keys() -> dict[str, type]:
     """The options of the registered checks with an audit key of their own (audit.robustness),
     by that key, in the registry's order."""
-    return {check.config_key: check.Options for check in registry.checks()
+    keys = {check.config_key: check.Options for check in registry.checks()
             if check.config_key is not None and check.Options is not None}
+    fields = {f.name for f in dataclasses.fields(AuditSettings)}
+    for key in keys:
+        if key not in fields:  # the settings would have nowhere to keep its options
+            raise TypeError(f"a check declares config_key '{key}', which AuditSettings has no "
+                            "field for: leave config_key None and read the options from "
+                            "audit.checks.<name> (Check.configured)")
+    return keys
 
 
 def _misscored(v: _Validator, raw: Any) -> MisscoredRule:
