@@ -35,7 +35,9 @@ from helpers_bad import (
 
 import sensaudit
 from sensaudit import DataError, ModelLoadError, load_model
+from sensaudit.config.sections import audit_keys
 from sensaudit.methods import METHODS
+from sensaudit.reports import WRITERS
 from sensaudit.settings.sections import ModelConfig
 
 TRUST_HINT = ("set model.trust_model_code: true (--trust-model-code) only if you trust the "
@@ -903,9 +905,7 @@ def test_config_shape(tmp_path, text, expected):
      "feature, max_share, max_rank, reason)"),
     ({"audit": {"allow_nonfinit": True}},
      "unknown key 'allow_nonfinit' in audit; did you mean 'allow_nonfinite'? (allowed: "
-     "proxies, dominance_warning, top_k, examples_in_report, batch_size, allow_nonfinite, "
-     "method, checks, baseline, samples, noise, seed, steps, misscored, fail_on_suspects, "
-     "threshold, groups, expect, robustness, linearity, layer_health)"),
+     f"{', '.join(audit_keys())})"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
      "unknown key 'zzz' in model (allowed: path, class, class_file, kwargs, trust_model_code, "
      "output, output_names, device, features, transform)"),
@@ -943,8 +943,7 @@ def test_unknown_keys_suggest_the_right_one(setup, tmp_path, sections, expected)
     ({"data": {"path": "data.csv", "chunk_rows": 0}},
      "data.chunk_rows must be an integer >= 1 (got 0, an int)"),
     ({"report": {"dir": "r", "formats": ["pdf"]}},
-     "report.formats[0] must be one of csv, markdown, json, junit, parquet, png, html "
-     "(got 'pdf', a str)"),
+     f"report.formats[0] must be one of {', '.join(WRITERS)} (got 'pdf', a str)"),
     ({"report": "reports"}, "report must be a mapping (got 'reports', a str)"),
 ])
 def test_wrong_types(setup, tmp_path, sections, expected):
@@ -1045,7 +1044,7 @@ def test_debug_shows_the_traceback(setup, tmp_path):
 
 # --- attribution methods: audit.method, audit.baseline and the methods' settings -------------
 
-METHOD_NAMES = "gradient, gradient_x_input, smoothgrad, integrated_gradients"
+METHOD_NAMES = ", ".join(METHODS)
 
 
 @pytest.mark.parametrize("audit, expected", [
@@ -1094,7 +1093,8 @@ METHOD_NAMES = "gradient, gradient_x_input, smoothgrad, integrated_gradients"
      "audit.samples is a setting of audit.method smoothgrad, not of 'gradient_x_input'"),
     ({"checks": {"completeness": {}}},
      "audit.checks.completeness applies to methods whose attributions add up to the score "
-     "(integrated_gradients); audit.method is 'gradient'"),
+     f"({', '.join(name for name, m in METHODS.items() if m.complete)}); audit.method is "
+     "'gradient'"),
     ({"method": "integrated_gradients", "checks": {"completeness": {"max_relative_gap": 2}}},
      "audit.checks.completeness.max_relative_gap must be a number in (0, 1] (got 2, an int)"),
     ({"method": "integrated_gradients", "checks": {"completeness": {"max_gap": 0.1}}},

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 import sensaudit
 from sensaudit import load_config, parse_config
 from sensaudit.cli.app import app
+from sensaudit.reports import WRITERS
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "pandas", "numpy", "pyarrow", "matplotlib")
@@ -226,4 +227,4 @@ def test_an_unknown_format_flag_is_named(tmp_path, assets):
     result = _run("run", str(config), "--format", "csv,junti")
     assert result.exit_code == 2
     assert result.stderr == ("Error: --format: unknown report format 'junti'; did you mean "
-                             "'junit'? (one of csv, markdown, json, junit, parquet, png, html)\n")
+                             f"'junit'? (one of {', '.join(WRITERS)})\n")

@@ -10,7 +10,9 @@ import pytest
 
 import sensaudit
 from sensaudit import ConfigError, ProxyLimit, load_config, parse_config
+from sensaudit.config.sections import audit_keys
 from sensaudit.methods import METHODS
+from sensaudit.reports import WRITERS
 from sensaudit.settings.sections import AuditSettings, CompareSettings
 
 MINIMAL = """\
@@ -186,10 +188,7 @@ BAD = [
         "compare, engine, ray)", id="unknown-top-level-key"),
     pytest.param(
         MINIMAL.replace("report:", "audit:\n  zzz: 1\nreport:"),
-        "unknown key 'zzz' in audit (allowed: proxies, dominance_warning, top_k, "
-        "examples_in_report, batch_size, allow_nonfinite, method, checks, baseline, samples, "
-        "noise, seed, steps, misscored, fail_on_suspects, threshold, groups, expect, robustness, "
-        "linearity, layer_health)",
+        f"unknown key 'zzz' in audit (allowed: {', '.join(audit_keys())})",
         id="unknown-key-no-suggestion"),
     pytest.param(
         "model:\n  path: m.pt2\nreport:\n  dir: out\n",
@@ -239,18 +238,15 @@ BAD = [
         "missing required key 'audit.proxies[0].feature'", id="proxy-without-feature"),
     pytest.param(
         MINIMAL + "  formats: [csv, pdf]\n",
-        "report.formats[1] must be one of csv, markdown, json, junit, parquet, png, html "
-        "(got 'pdf', a str)",
+        f"report.formats[1] must be one of {', '.join(WRITERS)} (got 'pdf', a str)",
         id="bad-report-format"),
     pytest.param(
         MINIMAL + "  formats: csv\n",
-        "report.formats must be a non-empty list drawn from ['csv', 'markdown', 'json', "
-        "'junit', 'parquet', 'png', 'html'] "
+        f"report.formats must be a non-empty list drawn from {list(WRITERS)} "
         "(got 'csv', a str)", id="report-formats-not-a-list"),
     pytest.param(
         MINIMAL + "  formats: []\n",
-        "report.formats must be a non-empty list drawn from ['csv', 'markdown', 'json', "
-        "'junit', 'parquet', 'png', 'html'] "
+        f"report.formats must be a non-empty list drawn from {list(WRITERS)} "
         "(got [], a list)", id="report-formats-empty"),
     pytest.param(
         MINIMAL.replace("  path: m.pt2", "  path: m.pt2\n  device: gpu"),

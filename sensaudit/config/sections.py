@@ -103,8 +103,7 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
     method_keys = _method_keys()
     check_keys = _check_keys()
-    v.keys(a, "audit", optional=(*AUDIT_KEYS, *method_keys, *SUSPECT_KEYS, *SHARED_KEYS,
-                                 *check_keys))
+    v.keys(a, "audit", optional=audit_keys())
     proxies_raw = a.get("proxies")
     proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
     if not isinstance(proxies_raw, list):
@@ -137,6 +136,11 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         baseline=_baseline(v, a.get("baseline", "mean")),
         method_options=_method_options(v, a, method, method_keys),
     )
+
+
+def audit_keys() -> tuple[str, ...]:
+    """Every key ``audit:`` accepts: its own, then those its registered extensions declare."""
+    return (*AUDIT_KEYS, *_method_keys(), *SUSPECT_KEYS, *SHARED_KEYS, *_check_keys())
 
 
 def _declared(v: _Validator, options: type, raw: Any, where: str, *, build: bool = False
