@@ -290,7 +290,8 @@ BAD = [
         "model must be a mapping (got 'm.pt2', a str)", id="section-not-a-mapping"),
     pytest.param(
         MINIMAL + "compare:\n  confidence: 1\n",
-        "compare.confidence must be a number strictly between 0 and 1 (got 1.0, a float)",
+        # The value as written (1), not as converted (1.0).
+        "compare.confidence must be a number strictly between 0 and 1 (got 1, an int)",
         id="confidence-one"),
 ]
 

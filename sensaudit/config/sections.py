@@ -30,8 +30,6 @@ from sensaudit.settings.sections import (
     BASELINE_KINDS,
     DEVICES,
     EXAMPLES,
-    MAX_BOOTSTRAP_SAMPLES,
-    MAX_SEED,
     MISSCORED_RULES,
     ON_MISSING,
     REPORT_FORMATS,
@@ -259,24 +257,7 @@ def _proxy(v: _Validator, raw: Any, key: str) -> ProxyLimit:
 
 
 def _compare(v: _Validator, raw: Any) -> CompareSettings:
-    c = v.mapping(raw if raw is not None else {}, "compare")
-    v.keys(c, "compare", optional=("max_proxy_share_increase", "bootstrap_samples", "confidence",
-                                   "seed", "top_k", "min_change"))
-    margin = c.get("max_proxy_share_increase")
-    confidence = v.fraction(c.get("confidence", 0.95), "compare.confidence")
-    if not 0 < confidence < 1:
-        v.fail("compare.confidence", "a number strictly between 0 and 1", confidence)
-    return CompareSettings(
-        max_proxy_share_increase=(v.fraction(margin, "compare.max_proxy_share_increase")
-                                  if margin is not None else None),
-        bootstrap_samples=v.integer(c.get("bootstrap_samples", 1000), "compare.bootstrap_samples",
-                                    minimum=0, maximum=MAX_BOOTSTRAP_SAMPLES),
-        confidence=confidence,
-        seed=v.integer(c.get("seed", 0), "compare.seed", minimum=0, maximum=MAX_SEED,
-                       maximum_text="2**64 - 1"),
-        top_k=v.integer(c.get("top_k", 3), "compare.top_k", minimum=1),
-        min_change=v.number(c.get("min_change", 2.0), "compare.min_change", 0, 100),
-    )
+    return _declared(v, CompareSettings, raw, "compare", build=True)
 
 
 def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:

@@ -23,6 +23,7 @@ from sensaudit.settings.checks import (
     LinearitySettings,
     RobustnessSettings,
 )
+from sensaudit.settings.options import check_declared, integer, number, option
 
 DEVICES = ("auto", "cpu", "cuda")
 REPORT_FORMATS = ("csv", "markdown", "json")
@@ -198,14 +199,30 @@ def _baseline_ok(value: object) -> bool:
 
 @dataclass(frozen=True)
 class CompareSettings:
-    max_proxy_share_increase: float | None = None  # fail when a proxy's share grows by more
+    """``compare:``, declared as the extensions declare their options
+    (:mod:`sensaudit.settings.options`): the config parses it and the key table lists it from
+    these fields."""
+
+    max_proxy_share_increase: float | None = option(
+        None, number(0, 1), "fail when a declared proxy's share grows by more than this")
     # 1000: with 200 the 95% interval's tails rest on 5 replicates each, and it covered only
     # 93-94% in simulations (tests/test_compare_noise.py).
-    bootstrap_samples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    top_k: int = 3
-    min_change: float = 2.0  # share points: a smaller change is never marked, whatever its noise
+    bootstrap_samples: int = option(
+        1000, integer(0, MAX_BOOTSTRAP_SAMPLES),
+        "Poisson bootstrap replicates over rows, for the changes' intervals (0: none)")
+    confidence: float = option(
+        0.95, number(0, 1, low_open=True, high_open=True,
+                     expected="a number strictly between 0 and 1"),
+        "the intervals' confidence")
+    seed: int = option(0, integer(0, MAX_SEED, maximum_text="2**64 - 1"),
+                       "the bootstrap's seed: the same rows and seed give the same report")
+    top_k: int = option(3, integer(1), "top drivers listed per example row")
+    min_change: float = option(
+        2.0, number(0, 100, expected="a number from 0 to 100"),
+        "share points: a smaller change is never marked, whatever its noise")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
 
 
 @dataclass(frozen=True)
