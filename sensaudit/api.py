@@ -12,6 +12,7 @@ runs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
@@ -21,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from sensaudit.checks.names import check_check_names, group_names
+from sensaudit.checks import check_names
 from sensaudit.config.load import Config
 from sensaudit.config.sections import check_report_formats
 from sensaudit.core.errors import ConfigError, ModelLoadError, did_you_mean
@@ -72,7 +73,8 @@ def run_audit(config: Config, *, progress: Progress | None = None,
     with StagedReport(config.report.dir, config.report.formats, protect=(
             config.source, *protected_files(config.data.path), _model_path(config))) as staged:
         choice = config.report.examples
-        writers = open_writers(staged, config.report.formats, examples=choice != "none")
+        writers = open_writers(staged, config.report.formats, examples=choice != "none",
+                               options=config.report.options)
         # Only formats that write per-row files are given the rows (report.examples says
         # which: pipeline.example_rows).
         takers = [w for w in writers if type(w).examples is not ReportWriter.examples]
@@ -250,9 +252,14 @@ def attribute(model: torch.nn.Module | Model, x: torch.Tensor, *, method: str = 
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or not x.is_floating_point():
         raise ConfigError("x must be a float tensor shaped [rows, features]")
     named = baseline if isinstance(baseline, str) else "zero"
-    settings = AuditSettings(method=method, baseline=named, samples=samples, noise=noise,
-                             seed=seed, steps=steps, batch_size=batch_size)
-    chosen = METHODS[method].from_settings(settings)
+    cls = METHODS[method]
+    given = {"samples": samples, "noise": noise, "seed": seed, "steps": steps}
+    # The method's own options, checked as its declaration says (the others are not its own).
+    options = ({} if cls.Options is None else vars(cls.Options(**{
+        f.name: given[f.name] for f in dataclasses.fields(cls.Options) if f.name in given})))
+    settings = AuditSettings(method=method, baseline=named, batch_size=batch_size,
+                             method_options=options)
+    chosen = cls.from_settings(settings)
     reference = reference_of(x, median=baseline == "median")
     if isinstance(baseline, str):
         vector = baseline_vector(baseline, reference, [str(j) for j in range(x.shape[1])])
@@ -333,7 +340,8 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
             config.source, *protected_files(config.data.path),
             *protected_files(None if data_path is None else Path(data_path)), old_path,
             new_path, *old_replicas, *new_replicas, _model_path(config))) as staged:
-        writers = open_writers(staged, config.report.formats)  # format errors before the work
+        writers = open_writers(staged, config.report.formats,  # format errors before the work
+                               options=config.report.options)
         result = compare_models(config, old_path, new_path, old_replicas=old_replicas,
                                 new_replicas=new_replicas, data_path=data_path,
                                 progress=progress, trust_model_code=trust_model_code)
@@ -344,23 +352,9 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
 
 
 def check_proxies(settings: AuditSettings, features: tuple[str, ...], source: object) -> None:
-    """Every declared proxy must be an audited feature, declared once: a typo must not
-    disable a gate."""
-    seen: set[str] = set()
-    check_check_names(settings, features, source)
-    groups = group_names(settings)  # a proxy limit may name a group (audit.groups)
-    for i, proxy in enumerate(settings.proxies):
-        if proxy.feature in seen:
-            raise ConfigError(f"{source}: audit.proxies[{i}].feature '{proxy.feature}' "
-                              "is declared twice")
-        seen.add(proxy.feature)
-        if proxy.feature not in features and proxy.feature not in groups:
-            named = (*features, *groups)
-            raise ConfigError(f"{source}: audit.proxies[{i}].feature '{proxy.feature}' "
-                              f"is not an audited feature{' or group' if groups else ''}"
-                              f"{did_you_mean(proxy.feature, named)}"
-                              f" (features: {', '.join(features)}"
-                              f"{'; groups: ' + ', '.join(groups) if groups else ''})")
+    """Every feature name the settings give (proxies, groups, expectations, ...) is audited:
+    a typo must not disable a gate. Each check checks the names it reads."""
+    check_names(settings, features, source)
 
 
 def _notes(inputs: ModelInputs, features: tuple[str, ...]) -> list[str]:

@@ -35,6 +35,7 @@ from helpers_bad import (
 
 import sensaudit
 from sensaudit import DataError, ModelLoadError, load_model
+from sensaudit.config.sections import audit_keys
 from sensaudit.methods import METHODS
 from sensaudit.reports import WRITERS
 from sensaudit.settings.sections import ModelConfig
@@ -904,9 +905,7 @@ def test_config_shape(tmp_path, text, expected):
      "feature, max_share, max_rank, reason)"),
     ({"audit": {"allow_nonfinit": True}},
      "unknown key 'allow_nonfinit' in audit; did you mean 'allow_nonfinite'? (allowed: "
-     "proxies, dominance_warning, top_k, examples_in_report, batch_size, allow_nonfinite, "
-     "method, checks, baseline, samples, noise, seed, steps, misscored, fail_on_suspects, "
-     "threshold, groups, expect, robustness, linearity, layer_health)"),
+     f"{', '.join(audit_keys())})"),
     ({"model": {"path": "model.pt2", "zzz": 1}},
      "unknown key 'zzz' in model (allowed: path, class, class_file, kwargs, trust_model_code, "
      "output, output_names, device, features, transform)"),
@@ -1097,9 +1096,10 @@ METHOD_NAMES = ", ".join(METHODS)
      f"({', '.join(name for name, m in METHODS.items() if m.complete)}); audit.method is "
      "'gradient'"),
     ({"method": "integrated_gradients", "checks": {"completeness": {"max_relative_gap": 2}}},
-     "audit.checks.completeness.max_relative_gap must be a number in (0, 1] (got 2)"),
+     "audit.checks.completeness.max_relative_gap must be a number in (0, 1] (got 2, an int)"),
     ({"method": "integrated_gradients", "checks": {"completeness": {"max_gap": 0.1}}},
-     "unknown key 'max_gap' in audit.checks.completeness (allowed: max_relative_gap)"),
+     "unknown key 'max_gap' in audit.checks.completeness; did you mean 'max_relative_gap'? "
+     "(allowed: max_relative_gap)"),
 ])
 def test_method_settings_errors(setup, tmp_path, audit, expected):
     cfg = setup(audit=audit)
@@ -1128,13 +1128,39 @@ def test_every_method_runs_through_the_cli(setup, tmp_path, method):
                           "number (got 'avg', a str)"),
     ({"baseline": {"a": "x"}}, "baseline must be one of mean, zero, median, or a mapping "
                                "feature -> number (got {'a': 'x'}, a dict)"),
-    ({"samples": 0}, "samples must be an integer from 1 to 10000 (got 0, an int)"),
-    ({"noise": -1.0}, "noise must be a finite number > 0 (got -1.0, a float)"),
-    ({"seed": 2**64}, "seed must be an integer from 0 to 2**64 - 1 (got 18446744073709551616, "
-                      "an int)"),
-    ({"steps": True}, "steps must be an integer from 1 to 10000 (got True, a bool)"),
 ])
-def test_method_settings_built_in_python_are_checked(kwargs, expected):
+def test_audit_settings_built_in_python_are_checked(kwargs, expected):
     with pytest.raises(sensaudit.ConfigError) as err:
         sensaudit.AuditSettings(**kwargs)
     assert str(err.value) == f"AuditSettings: {expected}"
+
+
+@pytest.mark.parametrize("method, options, expected", [
+    ("smoothgrad", {"samples": 0}, "samples must be an integer from 1 to 10000 (got 0, an int)"),
+    ("smoothgrad", {"noise": -1.0}, "noise must be a finite number > 0 (got -1.0, a float)"),
+    ("smoothgrad", {"seed": 2**64},
+     "seed must be an integer from 0 to 2**64 - 1 (got 18446744073709551616, an int)"),
+    ("integrated_gradients", {"steps": True},
+     "steps must be an integer from 1 to 10000 (got True, a bool)"),
+])
+def test_method_options_built_in_python_are_checked(method, options, expected):
+    # Each method checks its own options, as it declares them: built directly, and when an
+    # audit builds the method from AuditSettings.method_options (named as the config key).
+    cls = METHODS[method]
+    with pytest.raises(sensaudit.ConfigError) as err:
+        cls.Options(**options)
+    assert str(err.value) == f"{cls.Options.__name__}: {expected}"
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0], "b": [1.0, 0.0, 1.0]})
+    settings = sensaudit.AuditSettings(method=method, method_options=options)
+    with pytest.raises(sensaudit.ConfigError) as err:
+        sensaudit.audit_frame(torch.nn.Linear(2, 1).double(), frame, settings=settings)
+    assert str(err.value) == f"<DataFrame>: audit.{expected}"
+
+
+def test_an_option_of_another_method_built_in_python_is_refused():
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0], "b": [1.0, 0.0, 1.0]})
+    settings = sensaudit.AuditSettings(method="gradient", method_options={"samples": 5})
+    with pytest.raises(sensaudit.ConfigError) as err:
+        sensaudit.audit_frame(torch.nn.Linear(2, 1).double(), frame, settings=settings)
+    assert str(err.value) == ("<DataFrame>: audit.samples is not a setting of audit.method "
+                              "'gradient' (it has none)")

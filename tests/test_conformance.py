@@ -21,6 +21,7 @@ switched on with its defaults (``audit.checks.<name>: {}``), from the registry a
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -74,13 +75,14 @@ CHECK_KEYS = {
     "layer_health": {},
 }
 # Kept small: smoothgrad's copies and integrated_gradients' points multiply every row's work.
-# A method gets those of these keys it reads (settings_keys); other keys keep their defaults.
+# A method gets those of these keys it declares (its Options); other keys keep their defaults.
 SMALL_METHOD_KEYS = {"samples": 4, "steps": 4}
 
 
 def _method_keys(method: str) -> dict:
-    return {key: value for key, value in SMALL_METHOD_KEYS.items()
-            if key in METHODS[method].settings_keys}
+    options = METHODS[method].Options
+    declared = {f.name for f in dataclasses.fields(options)} if options is not None else set()
+    return {key: value for key, value in SMALL_METHOD_KEYS.items() if key in declared}
 
 
 def _model() -> torch.nn.Module:

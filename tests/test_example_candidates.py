@@ -85,7 +85,8 @@ def _same_examples(a, b) -> None:
     AuditSettings(examples_in_report=3, proxies=(ProxyLimit("f3", max_share=0.9),)),
     AuditSettings(examples_in_report=4, baseline="median"),
     AuditSettings(examples_in_report=4, baseline="zero"),
-    AuditSettings(examples_in_report=4, method="integrated_gradients", steps=8),
+    AuditSettings(examples_in_report=4, method="integrated_gradients",
+                  method_options={"steps": 8}),
 ], ids=["mean", "proxies", "median", "zero", "integrated_gradients"])
 def test_candidates_choose_the_rows_a_full_replay_chooses(settings, monkeypatch):
     recomputed = []

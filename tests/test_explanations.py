@@ -193,7 +193,8 @@ def test_integrated_gradients_report_their_completeness_gap(tmp_path):
 def test_a_large_completeness_gap_is_a_warning_with_a_finding():
     frame = _frame()
     one = sensaudit.audit_frame(Cubic(), frame, features=["a", "b", "c"],
-                                settings=AuditSettings(method="integrated_gradients", steps=1))
+                                settings=AuditSettings(method="integrated_gradients",
+                                                       method_options={"steps": 1}))
     [warning] = [w for w in one.gates.warnings if w.check == "completeness"]
     assert (warning.check, warning.output) == ("completeness", "score")
     assert warning.details["relative_gap"] > 0.01
@@ -203,10 +204,11 @@ def test_a_large_completeness_gap_is_a_warning_with_a_finding():
                             "of the score; raise audit.steps (now 1).")
     # Two points integrate the cubic's quadratic gradient exactly: no warning.
     two = sensaudit.audit_frame(Cubic(), frame, features=["a", "b", "c"],
-                                settings=AuditSettings(method="integrated_gradients", steps=2))
+                                settings=AuditSettings(method="integrated_gradients",
+                                                       method_options={"steps": 2}))
     assert [w for w in two.gates.warnings if w.check == "completeness"] == []
     # A stricter limit is an option of the check.
-    strict = AuditSettings(method="integrated_gradients", steps=1,
+    strict = AuditSettings(method="integrated_gradients", method_options={"steps": 1},
                            checks={"completeness": {"max_relative_gap": 1.0}})
     lenient = sensaudit.audit_frame(Cubic(), frame, features=["a", "b", "c"], settings=strict)
     assert [w for w in lenient.gates.warnings if w.check == "completeness"] == []
@@ -276,7 +278,7 @@ def test_the_median_of_the_sample_data_is_exact_and_its_sample_close():
 
 def test_smoothgrad_audits_do_not_depend_on_chunking():
     frame = _frame()
-    settings = AuditSettings(method="smoothgrad", samples=5, noise=0.5)
+    settings = AuditSettings(method="smoothgrad", method_options={"samples": 5, "noise": 0.5})
     model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 1)).double()
     whole = sensaudit.audit_frame(model, frame, features=["a", "b", "c"], settings=settings)
     chunked = sensaudit.audit_frame(model, frame, features=["a", "b", "c"], settings=settings,

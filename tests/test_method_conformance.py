@@ -21,6 +21,8 @@ The model rises in ``a`` everywhere while half the rows lie below a's mean: ther
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,9 +73,17 @@ def _data(rows: int = 240) -> pd.DataFrame:
                          "label": generator.integers(0, 2, rows).astype(float)})
 
 
+def _declared(method: str) -> set[str]:
+    """The option keys the method declares (audit.samples for smoothgrad, ...)."""
+    options = METHODS[method].Options
+    return {f.name for f in dataclasses.fields(options)} if options is not None else set()
+
+
 def _settings(method: str) -> AuditSettings:
     return AuditSettings(
-        method=method, samples=8, steps=16, threshold=0.5,
+        method=method, threshold=0.5,
+        method_options={k: v for k, v in {"samples": 8, "steps": 16}.items()
+                        if k in _declared(method)},
         proxies=(ProxyLimit("c", max_share=0.3),),
         expect=(Expectation("a", "increasing", 0.0), Expectation("b", "increasing", 0.0),
                 Expectation("c", "decreasing", 0.5)),

@@ -12,6 +12,8 @@ Closed forms, with b the baseline:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -185,10 +187,13 @@ def test_smoothgrad_equals_a_per_row_loop_and_captum_noise_tunnel(x, monkeypatch
 @pytest.mark.parametrize("method", ATTRIBUTION_METHODS)
 def test_any_chunking_gives_the_same_attributions(x, method):
     model = MLP()
-    settings = sensaudit.AuditSettings(method=method, samples=5, steps=4, batch_size=3)
-    whole = METHODS[method].from_settings(settings)
+    declared = METHODS[method].Options
+    keys = [f.name for f in dataclasses.fields(declared)] if declared is not None else []
+    options = {key: value for key, value in {"samples": 5, "steps": 4}.items() if key in keys}
+    whole = METHODS[method].from_settings(sensaudit.AuditSettings(
+        method=method, method_options=options, batch_size=3))
     parts = METHODS[method].from_settings(sensaudit.AuditSettings(
-        method=method, samples=5, steps=4, batch_size=7))
+        method=method, method_options=options, batch_size=7))
     for m in (whole, parts):
         m.prepare(_baselines(x)["mean"], x.std(0))
     rows = np.arange(1, 12, dtype=np.int64) * 10  # the rows' numbers in the data
@@ -257,7 +262,8 @@ def test_attribute_is_exported_and_rejects_bad_input(x):
         sensaudit.attribute(model, x, method="shap")
     with pytest.raises(ConfigError, match=r"^baseline has 3 values; x has 4 features$"):
         sensaudit.attribute(model, x, method="gradient_x_input", baseline=[1.0, 2.0, 3.0])
-    with pytest.raises(ConfigError, match=r"^AuditSettings: steps must be an integer from 1 to "
+    with pytest.raises(ConfigError, match=r"^IntegratedGradientsOptions: steps must be an "
+                                          r"integer from 1 to "
                                           r"10000 \(got 0, an int\)$"):
         sensaudit.attribute(model, x, method="integrated_gradients", steps=0)
     with pytest.raises(ConfigError, match=r"^AuditSettings: baseline must be one of mean, zero, "

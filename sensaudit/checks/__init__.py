@@ -49,4 +49,15 @@ def build_checks(settings: AuditSettings, source: object) -> list[Check]:
     return built
 
 
-__all__ = ["CHECKS", "build_checks"]
+def check_names(settings: AuditSettings, features: tuple[str, ...], source: object) -> None:
+    """The feature names every registered check's settings give (proxies, groups,
+    expectations, ...) are audited features: checked once the table is open, before any row
+    is read (:meth:`Check.check_names`); messages name the config file (``source``)."""
+    for cls in CHECKS:
+        try:
+            cls.check_names(settings, features)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+__all__ = ["CHECKS", "build_checks", "check_names"]

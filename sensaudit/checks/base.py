@@ -33,8 +33,10 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from sensaudit.core.errors import ConfigError, describe
 from sensaudit.core.jacobian import Model
 from sensaudit.methods.base import Attributions
+from sensaudit.settings.options import build_options
 from sensaudit.settings.sections import AuditSettings
 
 
@@ -135,6 +137,10 @@ class Check(ABC):
     # The check's own audit key (`audit.robustness`), if it has one: `audit.checks.<name>`
     # would then be a second, silently ignored place to configure it.
     config_key: ClassVar[str | None] = None
+    # The check's options, a frozen dataclass declared with settings.options.option() beside
+    # the check: the config parses, checks and documents `audit.checks.<name>` (or
+    # `audit.<config_key>`) from it; :meth:`configured` builds it from the settings.
+    Options: ClassVar[type | None] = None
     # True: the pipeline hands the check every chunk again in the replay (``replay``).
     replays: ClassVar[bool] = False
     # Set per class at definition: True when it overrides a per-chunk hook, so it holds state
@@ -169,6 +175,29 @@ class Check(ABC):
     @abstractmethod
     def from_settings(cls, settings: AuditSettings) -> Check | None:
         """This check as the settings configure it, or None when it is not asked for."""
+
+    @classmethod  # noqa: B027 - an optional hook
+    def check_names(cls, settings: AuditSettings, features: tuple[str, ...]) -> None:
+        """The feature names this check's settings give (a group's columns, an expectation's
+        feature), checked against the audited features once the table is open and before any
+        row is read: a typo must stop the audit, not silently switch the check off. Raises a
+        ConfigError naming the dotted key (the caller adds the file's name)."""
+
+    @classmethod
+    def configured(cls, settings: AuditSettings) -> Any:
+        """This check's options from ``audit.checks.<name>`` (an instance of
+        :attr:`Options`, defaults filled in), or None when the settings do not name the check.
+        Checked against the declared limits here too: settings built in Python arrive
+        unchecked."""
+        raw = settings.checks.get(cls.name)
+        if cls.name not in settings.checks:
+            return None
+        where = f"audit.checks.{cls.name}"
+        if cls.Options is None:
+            if raw:
+                raise ConfigError(f"{where}: this check has no options (got {describe(raw)})")
+            return None
+        return build_options(cls.Options, raw, where, from_config=False)
 
     def update(self, rows: np.ndarray, x: torch.Tensor,  # noqa: B027 - optional hook
                attributions: Attributions, labels: np.ndarray | None) -> None:

@@ -11,6 +11,7 @@ of the score, and more path steps (audit.steps) are needed.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from sensaudit.checks.base import Check, CheckResult, Notice, Ranking
 from sensaudit.core.errors import ConfigError
 from sensaudit.methods import METHODS
 from sensaudit.methods.base import Attributions
+from sensaudit.settings.options import check_declared, number, option
 from sensaudit.settings.sections import AuditSettings
 from sensaudit.stats.accumulators import finite_rows
 
@@ -65,8 +67,21 @@ class CompletenessGap:
                 "mean_abs_score_change": change, "relative_gap": relative}
 
 
+@dataclass(frozen=True)
+class CompletenessOptions:
+    """``audit.checks.completeness``."""
+
+    max_relative_gap: float = option(
+        DEFAULT_MAX_RELATIVE_GAP, number(0, 1, low_open=True),
+        "warn when the mean gap exceeds this fraction of the mean score change")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
 class Completeness(Check):
     name = "completeness"
+    Options = CompletenessOptions
 
     def __init__(self, max_relative_gap: float = DEFAULT_MAX_RELATIVE_GAP,
                  method: str = "integrated_gradients", steps: int | None = None):
@@ -76,26 +91,18 @@ class Completeness(Check):
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> Completeness | None:
-        options = settings.checks.get(cls.name)
         method = METHODS.get(settings.method)
         if method is None or not method.complete:
-            if options is not None:
+            if cls.name in settings.checks:
                 complete = [name for name, m in METHODS.items() if m.complete]
                 raise ConfigError(f"audit.checks.completeness applies to methods whose "
                                   f"attributions add up to the score ({', '.join(complete)}); "
                                   f"audit.method is '{settings.method}'")
             return None
-        options = options or {}
-        unknown = sorted(set(options) - {"max_relative_gap"})
-        if unknown:
-            raise ConfigError(f"unknown key '{unknown[0]}' in audit.checks.completeness "
-                              "(allowed: max_relative_gap)")
-        limit = options.get("max_relative_gap", DEFAULT_MAX_RELATIVE_GAP)
-        if (not isinstance(limit, (int, float)) or isinstance(limit, bool)
-                or not 0 < limit <= 1):
-            raise ConfigError(f"audit.checks.completeness.max_relative_gap must be a number in "
-                              f"(0, 1] (got {limit!r})")
-        return cls(float(limit), settings.method, settings.steps)
+        # Run whenever the method is complete, with the default limit when not configured.
+        options = cls.configured(settings) or CompletenessOptions()
+        return cls(options.max_relative_gap, settings.method,
+                   method.option_values(settings).get("steps"))
 
     def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
                labels: np.ndarray | None) -> None:

@@ -49,6 +49,7 @@ SUBJECT = "layer Jacobians"
 class LayerHealth(Check):
     name = "layer_health"
     config_key = "layer_health"
+    Options = LayerHealthSettings
     replays = True
 
     def __init__(self, settings: LayerHealthSettings):

@@ -56,6 +56,7 @@ ROUNDING_FACTOR = 64
 class Linearity(Check):
     name = "linearity"
     config_key = "linearity"
+    Options = LinearitySettings
     replays = True
 
     def __init__(self, settings: LinearitySettings):

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from sensaudit.checks.base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
+from sensaudit.core.errors import ConfigError, did_you_mean
 from sensaudit.core.jacobian import partial_derivatives
 from sensaudit.methods import METHODS
 from sensaudit.settings.checks import Expectation
@@ -52,6 +53,15 @@ class Monotonicity(Check):
         self.violations: np.ndarray | None = None  # [outputs, expectations]
         self.worst: list[list[TopRows[Violation]]] = []
         self.index: list[int] = []
+
+    @classmethod
+    def check_names(cls, settings: AuditSettings, features: tuple[str, ...]) -> None:
+        for i, expectation in enumerate(settings.expect):
+            if expectation.feature not in features:
+                raise ConfigError(f"audit.expect[{i}].feature '{expectation.feature}' is not "
+                                  "an audited feature"
+                                  f"{did_you_mean(expectation.feature, features)} "
+                                  f"(features: {', '.join(features)})")
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> Monotonicity | None:

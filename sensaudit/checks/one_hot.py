@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from sensaudit.checks.base import Check, CheckResult, ModelContext, Ranking, ReplayChunk
+from sensaudit.core.errors import ConfigError, did_you_mean
 from sensaudit.core.perturb import level_switches
 from sensaudit.settings.checks import FeatureGroup
 from sensaudit.settings.sections import AuditSettings
@@ -35,6 +36,27 @@ class OneHotLevels(Check):
         # and [from level] row counts.
         self.sums: list[np.ndarray] = []
         self.counts: list[np.ndarray] = []
+
+    @classmethod
+    def check_names(cls, settings: AuditSettings, features: tuple[str, ...]) -> None:
+        """Every group (audit.groups, one-hot or plain) names audited features, each in one
+        group, and is not named like a feature."""
+        known = ", ".join(features)
+        owner: dict[str, str] = {}
+        for group in settings.groups:
+            key = f"audit.groups.{group.name}"
+            if group.name in features:
+                raise ConfigError(f"{key}: the group's name is also a feature's; name the "
+                                  "group differently")
+            for column in group.columns:
+                if column not in features:
+                    raise ConfigError(f"{key} lists '{column}', which is not an audited "
+                                      f"feature{did_you_mean(column, features)} "
+                                      f"(features: {known})")
+                if column in owner:
+                    raise ConfigError(f"{key} lists '{column}', which is in group "
+                                      f"'{owner[column]}' already")
+                owner[column] = group.name
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> OneHotLevels | None:

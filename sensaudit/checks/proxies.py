@@ -14,6 +14,7 @@ import torch
 
 from sensaudit.checks.base import Check, CheckResult, Gate, Notice, Ranking
 from sensaudit.checks.proxy_probe import SAMPLE_ROWS, ProbeFigures, probe
+from sensaudit.core.errors import ConfigError, did_you_mean
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.checks import FeatureGroup
 from sensaudit.settings.sections import AuditSettings, ProxyLimit
@@ -31,6 +32,25 @@ class ProxyLimits(Check):
         # The rows the probe moves: the same bottom-k sample of row numbers as the charts'
         # (mergeable, the same rows whatever the chunks or workers), of the model's inputs.
         self.sample = RowSample(SAMPLE_ROWS)
+
+    @classmethod
+    def check_names(cls, settings: AuditSettings, features: tuple[str, ...]) -> None:
+        """Every declared proxy is an audited feature (or group), declared once: a typo must
+        not disable a gate."""
+        seen: set[str] = set()
+        groups = tuple(group.name for group in settings.groups)  # a limit may name a group
+        for i, proxy in enumerate(settings.proxies):
+            if proxy.feature in seen:
+                raise ConfigError(f"audit.proxies[{i}].feature '{proxy.feature}' is declared "
+                                  "twice")
+            seen.add(proxy.feature)
+            if proxy.feature not in features and proxy.feature not in groups:
+                named = (*features, *groups)
+                raise ConfigError(f"audit.proxies[{i}].feature '{proxy.feature}' "
+                                  f"is not an audited feature{' or group' if groups else ''}"
+                                  f"{did_you_mean(proxy.feature, named)}"
+                                  f" (features: {', '.join(features)}"
+                                  f"{'; groups: ' + ', '.join(groups) if groups else ''})")
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> ProxyLimits:

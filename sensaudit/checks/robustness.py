@@ -25,6 +25,7 @@ import pyarrow as pa
 import torch
 
 from sensaudit.checks.base import Check, CheckResult, Gate, ModelContext, Ranking, ReplayChunk
+from sensaudit.core.errors import ConfigError, did_you_mean
 from sensaudit.core.perturb import adversarial_shift, feature_effects
 from sensaudit.settings.checks import RobustnessSettings
 from sensaudit.settings.sections import AuditSettings
@@ -36,6 +37,7 @@ SUBJECT = "adversarial shift"  # what the gates test (summary.json's flags name 
 class Robustness(Check):
     name = "robustness"
     config_key = "robustness"
+    Options = RobustnessSettings
     replays = True
 
     def __init__(self, settings: RobustnessSettings, immutable: list[str],
@@ -51,6 +53,17 @@ class Robustness(Check):
         self.moved_sum: np.ndarray | None = None
         self.moved_rows: np.ndarray | None = None
         self.effect_sum: np.ndarray | None = None
+
+    @classmethod
+    def check_names(cls, settings: AuditSettings, features: tuple[str, ...]) -> None:
+        if settings.robustness is None:
+            return
+        names = [*features, *(g.name for g in settings.groups)]
+        for i, name in enumerate(settings.robustness.immutable):
+            if name not in names:
+                raise ConfigError(f"audit.robustness.immutable[{i}] '{name}' is not an "
+                                  f"audited feature or group{did_you_mean(name, names)} "
+                                  f"(features: {', '.join(features)})")
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> Robustness | None:

@@ -39,53 +39,46 @@ from sensaudit.checks.evidence import (
     misscored_keys,
     shares,
 )
-from sensaudit.core.errors import ConfigError, describe, did_you_mean
 from sensaudit.core.text_safety import markdown_name
 from sensaudit.methods.base import Attributions
+from sensaudit.settings.options import Limit, check_declared, integer, number, option
 from sensaudit.settings.sections import AuditSettings, MisscoredRule
 from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
 
 DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
 
 
+def _between(low: float, high: float) -> Limit:
+    return number(low, high, expected=f"a number from {low:g} to {high:g}")
+
+
 @dataclass(frozen=True)
-class Options:
+class SuspectsOptions:
     """``audit.checks.suspects``: every field optional. Shares are fractions (0.1 = 10
     points)."""
 
-    min_gap: float = 0.10  # share relied on beyond the evidence's upper end
-    min_contrast: float = 0.05  # share gained on the misscored rows
-    min_misscored_rows: int = 20  # fewer: too few to compare
-    bootstrap_samples: int = 200
-    confidence: float = 0.95
-    seed: int = 0
-    ridge: float = 0.01  # the evidence fit's penalty, on standardized columns
+    min_gap: float = option(0.10, _between(0, 1),
+                            "share relied on beyond the evidence's upper end to suspect")
+    min_contrast: float = option(0.05, _between(0, 1), "share gained on the misscored rows")
+    min_misscored_rows: int = option(20, integer(2, 10**9),
+                                     "fewer misscored rows: too few to compare")
+    bootstrap_samples: int = option(200, integer(0, 10_000),
+                                    "bootstrap replicates of the evidence's interval")
+    confidence: float = option(0.95, _between(0.5, 0.999), "the interval's confidence")
+    seed: int = option(0, integer(0, 2**63 - 1, maximum_text="2**63 - 1"),
+                       "the bootstrap's seed")
+    ridge: float = option(0.01, _between(0, 1e6),
+                          "the evidence fit's penalty, on standardized columns")
 
-    @classmethod
-    def parse(cls, raw: dict[str, Any]) -> Options:
-        checks = {"min_gap": (0.0, 1.0), "min_contrast": (0.0, 1.0),
-                  "min_misscored_rows": (2, 10**9), "bootstrap_samples": (0, 10_000),
-                  "confidence": (0.5, 0.999), "seed": (0, 2**63 - 1), "ridge": (0.0, 1e6)}
-        for key, value in raw.items():
-            if key not in checks:
-                raise ConfigError(f"unknown key '{key}' in audit.checks.suspects"
-                                  f"{did_you_mean(key, checks)} (allowed: {', '.join(checks)})")
-            low, high = checks[key]
-            integer = isinstance(low, int)
-            ok = (isinstance(value, int if integer else (int, float))
-                  and not isinstance(value, bool) and math.isfinite(value)
-                  and low <= value <= high)
-            if not ok:
-                kind = "an integer" if integer else "a number"
-                raise ConfigError(f"audit.checks.suspects.{key} must be {kind} from {low:g} to "
-                                  f"{high:g} (got {describe(value)})")
-        return cls(**raw)
+    def __post_init__(self) -> None:
+        check_declared(self)
 
 
 class SuspectedProxies(Check):
     name = "suspects"
+    Options = SuspectsOptions
 
-    def __init__(self, settings: AuditSettings, options: Options):
+    def __init__(self, settings: AuditSettings, options: SuspectsOptions):
         self.rule = settings.misscored or DEFAULT_RULE
         self.rule_is_default = settings.misscored is None
         self.fail = settings.fail_on_suspects
@@ -105,7 +98,7 @@ class SuspectedProxies(Check):
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> SuspectedProxies:
         # Always built: an audit must look for proxies nobody declared.
-        return cls(settings, Options.parse(dict(settings.checks.get(cls.name) or {})))
+        return cls(settings, cls.configured(settings) or SuspectsOptions())
 
     def update(self, rows: np.ndarray, x: torch.Tensor, attributions: Attributions,
                labels: np.ndarray | None) -> None:

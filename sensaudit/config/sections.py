@@ -3,31 +3,33 @@
 Each takes the section's raw mapping and returns its settings object
 (:mod:`sensaudit.settings.sections`), refusing unknown keys and bad values with a one-line
 ConfigError that names the file and the dotted key (:mod:`sensaudit.config.validate`). The
-checks' ``audit:`` keys are parsed in :mod:`sensaudit.settings.checks`;
+keys an extension declares (a method's ``audit.samples``, a check's ``audit.robustness`` or
+``audit.checks.<name>``) are parsed from its declaration (:mod:`sensaudit.settings.options`),
+found through the registries; the keys several checks share in
+:mod:`sensaudit.config.check_sections`;
 :func:`~sensaudit.config.load.parse_config` walks the top level and calls the parsers here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sensaudit.config.check_sections import CHECK_KEYS, parse_check_keys
+from sensaudit.config import registries as registry
+from sensaudit.config.check_sections import SHARED_KEYS, parse_check_keys
 from sensaudit.config.registries import registered
 from sensaudit.config.validate import _Validator
 from sensaudit.core.errors import ConfigError, did_you_mean
 from sensaudit.core.values import is_int
+from sensaudit.settings.options import declared, parse_options
 from sensaudit.settings.sections import (
     BASELINE_EXPECTED,
     BASELINE_KINDS,
     DEVICES,
     EXAMPLES,
-    MAX_BOOTSTRAP_SAMPLES,
-    MAX_SAMPLES,
-    MAX_SEED,
-    MAX_STEPS,
     MISSCORED_RULES,
     ON_MISSING,
     REPORT_FORMATS,
@@ -89,12 +91,17 @@ def _data(v: _Validator, raw: Any) -> DataConfig:
     )
 
 
+# The audit's own keys, before those its extensions declare (the methods' and the checks').
+AUDIT_KEYS = ("proxies", "dominance_warning", "top_k", "examples_in_report", "batch_size",
+              "allow_nonfinite", "method", "checks", "baseline")
+SUSPECT_KEYS = ("misscored", "fail_on_suspects")
+
+
 def _audit(v: _Validator, raw: Any) -> AuditSettings:
     a = v.mapping(raw if raw is not None else {}, "audit")
-    v.keys(a, "audit", optional=("proxies", "dominance_warning", "top_k", "examples_in_report",
-                                 "batch_size", "allow_nonfinite", "method", "checks",
-                                 "baseline", "samples", "noise", "seed", "steps", "misscored",
-                                 "fail_on_suspects", *CHECK_KEYS))
+    method_keys = _method_keys()
+    check_keys = _check_keys()
+    v.keys(a, "audit", optional=audit_keys())
     proxies_raw = a.get("proxies")
     proxies_raw = [] if proxies_raw is None else proxies_raw  # `proxies: false` is no list
     if not isinstance(proxies_raw, list):
@@ -108,7 +115,6 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         seen.add(proxy.feature)
     batch_size = a.get("batch_size")
     method = v.choice(a.get("method", "gradient"), "audit.method", registered("methods"))
-    _method_keys(v, a, method)
     return AuditSettings(
         proxies=proxies,
         dominance_warning=v.fraction(a.get("dominance_warning", 0.5), "audit.dominance_warning"),
@@ -121,16 +127,73 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         method=method,
         checks=_checks(v, a.get("checks", {})),
         **parse_check_keys(v, a),
+        **{key: _declared(v, check_keys[key], a[key], f"audit.{key}", build=True)
+           for key in check_keys if key in a},
         misscored=_misscored(v, a["misscored"]) if a.get("misscored") is not None else None,
         fail_on_suspects=v.boolean(a.get("fail_on_suspects", False), "audit.fail_on_suspects"),
         baseline=_baseline(v, a.get("baseline", "mean")),
-        samples=v.integer(a.get("samples", 50), "audit.samples", minimum=1,
-                          maximum=MAX_SAMPLES),
-        noise=v.positive(a.get("noise", 0.2), "audit.noise"),
-        seed=v.integer(a.get("seed", 0), "audit.seed", minimum=0, maximum=MAX_SEED,
-                       maximum_text="2**64 - 1"),
-        steps=v.integer(a.get("steps", 50), "audit.steps", minimum=1, maximum=MAX_STEPS),
+        method_options=_method_options(v, a, method, method_keys),
     )
+
+
+def audit_keys() -> tuple[str, ...]:
+    """Every key ``audit:`` accepts: its own, then those its registered extensions declare."""
+    return (*AUDIT_KEYS, *_method_keys(), *SUSPECT_KEYS, *SHARED_KEYS, *_check_keys())
+
+
+def _declared(v: _Validator, options: type, raw: Any, where: str, *, build: bool = False
+              ) -> Any:
+    """An extension's options at ``where``, parsed from its declaration (a dict of the keys
+    given, or with ``build`` the options object, defaults filled in); the messages name the
+    config file."""
+    try:
+        values = parse_options(options, raw, where)
+        return options(**values) if build else values
+    except ConfigError as exc:
+        raise ConfigError(f"{v.source}: {exc}") from None
+
+
+def _method_keys() -> dict[str, list[str]]:
+    """Each key a registered method declares (audit.samples), with the methods declaring it,
+    in the registry's order."""
+    keys: dict[str, list[str]] = {}
+    taken = (*AUDIT_KEYS, *SUSPECT_KEYS, *SHARED_KEYS, *_check_keys())
+    for name, cls in registry.methods().items():
+        for option in declared(cls.Options) if cls.Options is not None else ():
+            if option.key in taken:
+                raise TypeError(f"method {name} declares the option audit.{option.key}, which "
+                                "is a key of the audit itself: name it differently")
+            keys.setdefault(option.key, []).append(name)
+    return keys
+
+
+def _method_options(v: _Validator, a: Mapping[str, Any], method: str,
+                    method_keys: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The chosen method's own keys from ``audit``, checked against its declaration. A key of
+    another method (audit.steps under smoothgrad) would be silently ignored: refused, as an
+    unknown key is refused."""
+    for key, users in method_keys.items():
+        if key in a and method not in users:
+            raise ConfigError(f"{v.source}: audit.{key} is a setting of audit.method "
+                              f"{' or '.join(users)}, not of '{method}'")
+    options = registry.methods()[method].Options
+    if options is None:
+        return {}
+    return dict(_declared(v, options, {k: a[k] for k in method_keys if k in a}, "audit"))
+
+
+def _check_keys() -> dict[str, type]:
+    """The options of the registered checks with an audit key of their own (audit.robustness),
+    by that key, in the registry's order."""
+    keys = {check.config_key: check.Options for check in registry.checks()
+            if check.config_key is not None and check.Options is not None}
+    fields = {f.name for f in dataclasses.fields(AuditSettings)}
+    for key in keys:
+        if key not in fields:  # the settings would have nowhere to keep its options
+            raise TypeError(f"a check declares config_key '{key}', which AuditSettings has no "
+                            "field for: leave config_key None and read the options from "
+                            "audit.checks.<name> (Check.configured)")
+    return keys
 
 
 def _misscored(v: _Validator, raw: Any) -> MisscoredRule:
@@ -159,28 +222,24 @@ def _baseline(v: _Validator, raw: Any) -> str | dict[str, float]:
     return raw
 
 
-def _method_keys(v: _Validator, a: Mapping[str, Any], method: str) -> None:
-    """A setting of another method (audit.steps under smoothgrad) would be silently
-    ignored: refuse it, as an unknown key is refused."""
-    from sensaudit.methods import METHODS
-
-    for key in ("samples", "noise", "seed", "steps"):
-        if key not in a or key in METHODS[method].settings_keys:
-            continue
-        users = [name for name, cls in METHODS.items() if key in cls.settings_keys]
-        raise ConfigError(f"{v.source}: audit.{key} is a setting of audit.method "
-                          f"{' or '.join(users)}, not of '{method}'")
-
-
 def _checks(v: _Validator, raw: Any) -> dict[str, Mapping[str, Any]]:
+    """``audit.checks``: each named check's options, parsed from the options it declares (a
+    check configured with a key of its own is refused when the checks are built)."""
     checks = v.mapping(raw if raw is not None else {}, "audit.checks")
-    known = registered("checks")
+    known = {check.name: check for check in registry.checks()}
+    parsed: dict[str, Mapping[str, Any]] = {}
     for name, options in checks.items():
         if name not in known:
             raise ConfigError(f"{v.source}: unknown check '{name}' in audit.checks"
-                              f"{did_you_mean(name, known)} (registered: {', '.join(known)})")
-        v.mapping(options if options is not None else {}, f"audit.checks.{name}")
-    return {name: dict(options or {}) for name, options in checks.items()}
+                              f"{did_you_mean(name, tuple(known))} "
+                              f"(registered: {', '.join(known)})")
+        where = f"audit.checks.{name}"
+        declaration = known[name].Options
+        if declaration is None or known[name].config_key is not None:
+            parsed[name] = dict(v.mapping(options if options is not None else {}, where))
+        else:
+            parsed[name] = _declared(v, declaration, options, where)
+    return parsed
 
 
 def _proxy(v: _Validator, raw: Any, key: str) -> ProxyLimit:
@@ -198,31 +257,17 @@ def _proxy(v: _Validator, raw: Any, key: str) -> ProxyLimit:
 
 
 def _compare(v: _Validator, raw: Any) -> CompareSettings:
-    c = v.mapping(raw if raw is not None else {}, "compare")
-    v.keys(c, "compare", optional=("max_proxy_share_increase", "bootstrap_samples", "confidence",
-                                   "seed", "top_k", "min_change"))
-    margin = c.get("max_proxy_share_increase")
-    confidence = v.fraction(c.get("confidence", 0.95), "compare.confidence")
-    if not 0 < confidence < 1:
-        v.fail("compare.confidence", "a number strictly between 0 and 1", confidence)
-    return CompareSettings(
-        max_proxy_share_increase=(v.fraction(margin, "compare.max_proxy_share_increase")
-                                  if margin is not None else None),
-        bootstrap_samples=v.integer(c.get("bootstrap_samples", 1000), "compare.bootstrap_samples",
-                                    minimum=0, maximum=MAX_BOOTSTRAP_SAMPLES),
-        confidence=confidence,
-        seed=v.integer(c.get("seed", 0), "compare.seed", minimum=0, maximum=MAX_SEED,
-                       maximum_text="2**64 - 1"),
-        top_k=v.integer(c.get("top_k", 3), "compare.top_k", minimum=1),
-        min_change=v.number(c.get("min_change", 2.0), "compare.min_change", 0, 100),
-    )
+    return _declared(v, CompareSettings, raw, "compare", build=True)
 
 
 def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:
     r = v.mapping(raw if raw is not None else {}, "report")
-    v.keys(r, "report", optional=("dir", "formats", "examples"))
+    writers = registry.formats()
+    configurable = {name: writer.Options for name, writer in writers.items()
+                    if writer.Options is not None}
+    v.keys(r, "report", optional=("dir", "formats", "examples", *configurable))
     formats = r.get("formats", list(REPORT_FORMATS))
-    known = registered("formats")
+    known = tuple(writers)
     if not isinstance(formats, list) or not formats:
         v.fail("report.formats", f"a non-empty list drawn from {list(known)}", formats)
     chosen = tuple(v.choice(f, f"report.formats[{i}]", known)
@@ -233,8 +278,17 @@ def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:
     if not (examples in EXAMPLES or is_int(examples) and examples >= 1):
         v.fail("report.examples", "auto, all, top, none or a row limit (an integer >= 1)",
                examples)
+    options = {}
+    for name, declaration in configurable.items():
+        if name not in r:
+            continue
+        if name not in chosen:  # its options would be silently ignored
+            raise ConfigError(f"{v.source}: report.{name} sets options of a format that "
+                              f"report.formats does not ask for (formats: {', '.join(chosen)})")
+        options[name] = _declared(v, declaration, r[name], f"report.{name}")
     return ReportConfig(dir=v.path(r["dir"], "report.dir") if "dir" in r else default_dir,
-                        formats=tuple(dict.fromkeys(chosen)), examples=examples)
+                        formats=tuple(dict.fromkeys(chosen)), examples=examples,
+                        options=options)
 
 
 def _default_report_dir(source: str | Path, base_dir: Path) -> Path:

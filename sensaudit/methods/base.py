@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from sensaudit.core.errors import ConfigError
 from sensaudit.core.jacobian import Model
+from sensaudit.settings.options import build_options
 
 if TYPE_CHECKING:
     from sensaudit.settings.sections import AuditSettings
@@ -47,7 +49,10 @@ class AttributionMethod(ABC):
     pre-pass and handed to :meth:`prepare`: "baseline" (the reference point, audit.baseline)
     and/or "std" (the features' standard deviations). ``complete``: the attributions of a row
     sum to f(x) - f(baseline) (the completeness check measures how closely).
-    ``settings_keys``: the audit.* config keys only this kind of method reads.
+    ``Options``: the method's own ``audit.*`` config keys (``audit.samples``), a frozen
+    dataclass declared with :func:`~sensaudit.settings.options.option` beside the method's
+    code; the config accepts, checks and documents them from it, and :meth:`from_settings`
+    hands their values to ``__init__`` as keyword arguments.
     ``row_gradient``: the values are the input gradient at the row itself, d output / d
     feature, so checks that judge the model's slope there (monotonicity) read them as they
     are; for any other method those checks compute the gradient they need.
@@ -58,7 +63,7 @@ class AttributionMethod(ABC):
     description: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
     complete: ClassVar[bool] = False
-    settings_keys: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type | None] = None
     row_gradient: ClassVar[bool] = False
 
     def __init__(self, *, batch_size: int | None = None):
@@ -68,8 +73,22 @@ class AttributionMethod(ABC):
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> AttributionMethod:
-        """The method as the audit settings configure it."""
-        return cls(batch_size=settings.batch_size)
+        """The method as the audit settings configure it: ``batch_size`` and every option it
+        declares (defaults where the settings leave one out)."""
+        return cls(batch_size=settings.batch_size, **cls.option_values(settings))
+
+    @classmethod
+    def option_values(cls, settings: AuditSettings) -> dict[str, Any]:
+        """The values of the options this method declares, from ``settings.method_options``
+        (checked against their declared limits: settings built in Python reach here
+        unchecked), defaults filled in."""
+        given = settings.method_options
+        if cls.Options is None:
+            for key in given:
+                raise ConfigError(f"audit.{key} is not a setting of audit.method '{cls.name}' "
+                                  "(it has none)")
+            return {}
+        return vars(build_options(cls.Options, given, "audit", from_config=False))
 
     def prepare(self, baseline: torch.Tensor, std: torch.Tensor) -> None:
         """The features' baseline and standard deviations (float64 [features]), before the

@@ -3,6 +3,7 @@ the baseline to the row (Sundararajan et al., 2017), by Gauss-Legendre quadratur
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from sensaudit.core.jacobian import Model, as_output_matrix, default_batch_size, scores_and_jacobian
 from sensaudit.methods.base import AttributionMethod, Attributions
-from sensaudit.settings.sections import AuditSettings
+from sensaudit.settings.options import check_declared, integer, option
 
 # Path points attributed per engine call, in engine chunks: enough to keep the engine busy,
 # few enough that the [points, outputs, features] Jacobian stays small.
@@ -26,6 +27,20 @@ def gauss_legendre(steps: int) -> tuple[np.ndarray, np.ndarray]:
     return (nodes + 1) / 2, weights / 2
 
 
+# Each row costs `steps` gradients; beyond this only time grows.
+MAX_STEPS = 10_000
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsOptions:
+    """``audit.steps`` (with ``audit.method: integrated_gradients``)."""
+
+    steps: int = option(50, integer(1, MAX_STEPS), "Gauss-Legendre points along the path")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
 class IntegratedGradients(AttributionMethod):
     """values[r, i, j] = (x_rj - b_j) * integral over a in [0, 1] of d f_i / d x_j at
     b + a (x_r - b). Complete: a row's attributions sum to f_i(x_r) - f_i(b), up to the
@@ -39,16 +54,12 @@ class IntegratedGradients(AttributionMethod):
                    "baseline each feature accounts for, in score units")
     needs = frozenset({"baseline"})
     complete = True
-    settings_keys = ("steps",)
+    Options = IntegratedGradientsOptions
 
     def __init__(self, *, batch_size: int | None = None, steps: int = 50):
         super().__init__(batch_size=batch_size)
         self.steps = steps
         self.nodes, self.weights = gauss_legendre(steps)
-
-    @classmethod
-    def from_settings(cls, settings: AuditSettings) -> IntegratedGradients:
-        return cls(batch_size=settings.batch_size, steps=settings.steps)
 
     def parameters(self) -> dict[str, Any]:
         return {"steps": self.steps, "rule": "gauss-legendre"}

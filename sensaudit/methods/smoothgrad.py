@@ -9,6 +9,7 @@ whatever chunk it is read in, and the same seed gives the same report.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 
 from sensaudit.core.jacobian import Model, as_output_matrix, default_batch_size, scores_and_jacobian
 from sensaudit.methods.base import AttributionMethod, Attributions
-from sensaudit.settings.sections import AuditSettings
+from sensaudit.settings.options import check_declared, integer, number, option
+from sensaudit.settings.sections import MAX_SEED
 from sensaudit.stats.accumulators import splitmix64
 
 # Noisy copies attributed per engine call, in engine chunks (as integrated_gradients does).
@@ -96,6 +98,24 @@ class GaussianNoise:
         return noise
 
 
+# Each row costs `samples` gradients; beyond this only time grows.
+MAX_SAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class SmoothGradOptions:
+    """``audit.samples``, ``audit.noise``, ``audit.seed`` (with ``audit.method: smoothgrad``)."""
+
+    samples: int = option(50, integer(1, MAX_SAMPLES), "noisy copies of each row")
+    noise: float = option(0.2, number(low=0, low_open=True, expected="a finite number > 0"),
+                          "the noise's scale, in feature standard deviations")
+    seed: int = option(0, integer(0, MAX_SEED, maximum_text="2**64 - 1"),
+                       "the noise is a function of (seed, row number, copy)")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+
+
 class SmoothGrad(AttributionMethod):
     """values[r, i, j] = mean over s of d f_i / d x_j at x_r + noise[r, s], noise[r, s, j] ~
     N(0, (noise * std_j)^2), ``samples`` copies per row. A gradient (per unit of the
@@ -107,18 +127,13 @@ class SmoothGrad(AttributionMethod):
                    "standard deviations), scaled by each feature's std: the gradient with its "
                    "kinks and saturation smoothed out")
     needs = frozenset({"std"})
-    settings_keys = ("samples", "noise", "seed")
+    Options = SmoothGradOptions
 
     def __init__(self, *, batch_size: int | None = None, samples: int = 50, noise: float = 0.2,
                  seed: int = 0):
         super().__init__(batch_size=batch_size)
         self.samples, self.noise, self.seed = samples, noise, seed
         self._noise: GaussianNoise | None = None
-
-    @classmethod
-    def from_settings(cls, settings: AuditSettings) -> SmoothGrad:
-        return cls(batch_size=settings.batch_size, samples=settings.samples,
-                   noise=settings.noise, seed=settings.seed)
 
     def parameters(self) -> dict[str, Any]:
         return {"samples": self.samples, "noise": self.noise, "seed": self.seed}

@@ -113,7 +113,10 @@ def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
     if cls is None:
         raise ConfigError(f"{source}: audit.method must be one of {', '.join(METHODS)} "
                           f"(got '{settings.method}')")
-    return cls.from_settings(settings)
+    try:  # its options, checked against its declaration (settings built in Python)
+        return cls.from_settings(settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def needs_prepass(method: AttributionMethod, settings: AuditSettings,

@@ -7,7 +7,8 @@ its own and register it here with one line.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sensaudit.reports.base import ReportWriter
 from sensaudit.reports.csv_report import CsvReport
@@ -18,6 +19,7 @@ from sensaudit.reports.markdown_report import MarkdownReport
 from sensaudit.reports.parquet_report import ParquetReport
 from sensaudit.reports.png_report import PngReport
 from sensaudit.reports.staging import StagedReport
+from sensaudit.settings.options import build_options
 
 WRITERS: dict[str, type[ReportWriter]] = {
     CsvReport.format: CsvReport,
@@ -30,13 +32,19 @@ WRITERS: dict[str, type[ReportWriter]] = {
 }
 
 
-def open_writers(out: StagedReport, formats: Sequence[str], *,
-                 examples: bool = True) -> list[ReportWriter]:
+def open_writers(out: StagedReport, formats: Sequence[str], *, examples: bool = True,
+                 options: Mapping[str, Mapping[str, Any]] | None = None) -> list[ReportWriter]:
     """One writer per requested format, in the registry's order. ``examples=False``
-    (report.examples: none): formats write no per-row file."""
+    (report.examples: none): formats write no per-row file. ``options``: by format, the
+    values of the options it declares (``report.<format>``, as the config parsed them); a
+    format that declares options gets them as ``writer.options``, defaults filled in."""
     writers = [writer(out) for name, writer in WRITERS.items() if name in formats]
     for writer in writers:
         writer.writes_examples = examples
+        if writer.Options is not None:
+            given = (options or {}).get(writer.format, {})
+            writer.options = build_options(writer.Options, given, f"report.{writer.format}",
+                                           from_config=False)
     return writers
 
 

@@ -7,7 +7,7 @@ without edits here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -41,11 +41,16 @@ class ReportWriter:
     # refused before any data is read.
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str | None] = None
+    # The format's options, a frozen dataclass declared with settings.options.option() beside
+    # the writer: the config reads them from `report.<format>` and the writer gets them, built
+    # with defaults for the keys left out, as ``self.options`` (None when it declares none).
+    Options: ClassVar[type | None] = None
 
     def __init__(self, out: StagedReport):
         self.out = out
         # False when report.examples is none: a format with a per-row file writes none.
         self.writes_examples = True
+        self.options: Any = None  # set by open_writers where the format declares Options
 
     def examples(self, rows: pa.Table) -> None:
         """One chunk of per-example rows (id, output, score, label, drivers)."""

@@ -1,8 +1,9 @@
 """The settings of the checks beyond the gradient ranking, one class per ``audit:`` key.
 
-Each class checks its own values when built in Python; the YAML parsers
-(:mod:`sensaudit.config.check_sections`) check them first with the file and the dotted key, so
-a message names where to look.
+Each class checks its own values when built in Python. The options of the checks with a key of
+their own (robustness, linearity, layer_health) are declared with
+:func:`~sensaudit.settings.options.option`, and the config parses them from that declaration;
+``groups`` and ``expect`` are lists of records, parsed in :mod:`sensaudit.config.check_sections`.
 
 - ``audit.threshold``: the decision threshold on the score (robustness: rows pushed across it).
 - ``audit.groups``: features counted together (``{length: [copy_length, word_count]}``), or
@@ -19,6 +20,15 @@ from dataclasses import dataclass
 
 from sensaudit.core.errors import ConfigError, describe
 from sensaudit.core.values import is_finite_number
+from sensaudit.settings.options import (
+    boolean,
+    check_declared,
+    choice,
+    integer,
+    names,
+    number,
+    option,
+)
 
 GROUP_KINDS = ("plain", "one_hot")
 DIRECTIONS = ("increasing", "decreasing")
@@ -76,66 +86,53 @@ class Expectation:
 
 @dataclass(frozen=True)
 class RobustnessSettings:
-    """The largest score change a projected-gradient attack reaches per row within ``epsilon``
-    feature standard deviations (L-infinity), in both directions."""
+    """``audit.robustness``: the largest score change a projected-gradient attack reaches per
+    row within ``epsilon`` feature standard deviations (L-infinity), in both directions."""
 
-    epsilon: float = 0.1
-    steps: int = 10
-    bounds: str = "observed"  # observed: each feature stays within the data's min..max
-    immutable: tuple[str, ...] = ()  # features (or groups) the attack may not change
-    max_shift: float | None = None  # gate on the 95th percentile of the rows' shifts
+    epsilon: float = option(0.1, number(low=0, low_open=True),
+                            "the attack's budget per feature, in feature standard deviations")
+    steps: int = option(10, integer(1, MAX_STEPS),
+                        "projected-gradient steps per row, output and direction")
+    bounds: str = option("observed", choice(*BOUNDS),
+                         "observed: each feature stays within the data's min..max")
+    immutable: tuple[str, ...] = option((), names(),
+                                        "features (or groups) the attack may not change")
+    max_shift: float | None = option(None, number(low=0),
+                                     "fail when the 95th percentile of the rows' shifts is above")
 
     def __post_init__(self) -> None:
-        owner = "RobustnessSettings"
-        if not is_finite_number(self.epsilon) or not self.epsilon > 0:
-            raise _bad(owner, "epsilon", "a number > 0", self.epsilon)
-        if (not isinstance(self.steps, int) or isinstance(self.steps, bool)
-                or not 1 <= self.steps <= MAX_STEPS):
-            raise _bad(owner, "steps", f"an integer from 1 to {MAX_STEPS}", self.steps)
-        if self.bounds not in BOUNDS:
-            raise _bad(owner, "bounds", "one of " + ", ".join(BOUNDS), self.bounds)
-        if self.max_shift is not None and (not is_finite_number(self.max_shift)
-                                           or self.max_shift < 0):
-            raise _bad(owner, "max_shift", "a number >= 0 or None", self.max_shift)
+        check_declared(self)
 
 
 @dataclass(frozen=True)
 class LinearitySettings:
-    """Per feature, does the gradient predict the score change of a step of ``step`` feature
-    standard deviations (each way)? A row is off when the two differ by more than
-    ``tolerance`` of the larger; more than ``max_off_rate`` of rows off warns (fails with
-    ``gate``) when the mismatch is also material: a one-std move mispredicted, on average, by
-    more than ``tolerance`` of the score's std (checks/linearity.py)."""
+    """``audit.linearity``: per feature, does the gradient predict the score change of a step
+    of ``step`` feature standard deviations (each way)? A row is off when the two differ by
+    more than ``tolerance`` of the larger; more than ``max_off_rate`` of rows off warns
+    (fails with ``gate``) when the mismatch is also material: a one-std move mispredicted, on
+    average, by more than ``tolerance`` of the score's std (checks/linearity.py)."""
 
-    step: float = 0.1
-    tolerance: float = 0.1
-    max_off_rate: float = 0.05
-    gate: bool = False
+    step: float = option(0.1, number(low=0, low_open=True),
+                         "the finite step, in feature standard deviations")
+    tolerance: float = option(0.1, number(0, 1, low_open=True),
+                              "a row is off when gradient and step differ by more (relative)")
+    max_off_rate: float = option(0.05, number(0, 1),
+                                 "warn when more than this fraction of rows is off")
+    gate: bool = option(False, boolean(), "fail the audit instead of warning")
 
     def __post_init__(self) -> None:
-        owner = "LinearitySettings"
-        if not is_finite_number(self.step) or not self.step > 0:
-            raise _bad(owner, "step", "a number > 0", self.step)
-        if not is_finite_number(self.tolerance) or not 0 < self.tolerance <= 1:
-            raise _bad(owner, "tolerance", "a number in (0, 1]", self.tolerance)
-        if not is_finite_number(self.max_off_rate) or not 0 <= self.max_off_rate <= 1:
-            raise _bad(owner, "max_off_rate", "a number in [0, 1]", self.max_off_rate)
-        if not isinstance(self.gate, bool):
-            raise _bad(owner, "gate", "true or false", self.gate)
+        check_declared(self)
 
 
 @dataclass(frozen=True)
 class LayerHealthSettings:
-    """The score's Jacobian with respect to each layer's activations: warn (fail with
-    ``gate``) when its median norm changes by more than ``max_ratio`` from the first layer
-    to the last (vanishing or exploding through depth)."""
+    """``audit.layer_health``: the score's Jacobian with respect to each layer's activations:
+    warn (fail with ``gate``) when its median norm changes by more than ``max_ratio`` from the
+    first layer to the last (vanishing or exploding through depth)."""
 
-    max_ratio: float = 1000.0
-    gate: bool = False
+    max_ratio: float = option(1000.0, number(low=1, low_open=True),
+                              "warn when the median norm changes more, first to last layer")
+    gate: bool = option(False, boolean(), "fail the audit instead of warning")
 
     def __post_init__(self) -> None:
-        owner = "LayerHealthSettings"
-        if not is_finite_number(self.max_ratio) or not self.max_ratio > 1:
-            raise _bad(owner, "max_ratio", "a number > 1", self.max_ratio)
-        if not isinstance(self.gate, bool):
-            raise _bad(owner, "gate", "true or false", self.gate)
+        check_declared(self)

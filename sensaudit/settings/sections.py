@@ -23,6 +23,7 @@ from sensaudit.settings.checks import (
     LinearitySettings,
     RobustnessSettings,
 )
+from sensaudit.settings.options import check_declared, integer, number, option
 
 DEVICES = ("auto", "cpu", "cuda")
 REPORT_FORMATS = ("csv", "markdown", "json")
@@ -44,8 +45,6 @@ MAX_BOOTSTRAP_SAMPLES = 100_000
 MAX_SEED = 2**64 - 1
 # audit.baseline: a kind, or a mapping feature -> value (sensaudit.pipeline.baselines).
 BASELINE_KINDS = ("mean", "zero", "median")
-# audit.samples / audit.steps: each row costs that many gradients; beyond this only time grows.
-MAX_SAMPLES = MAX_STEPS = 10_000
 
 
 @dataclass(frozen=True)
@@ -150,10 +149,9 @@ class AuditSettings:
     # The reference point of per-row explanations: mean, zero, median or {feature: value}
     # (features not named take their mean).
     baseline: str | Mapping[str, float] = "mean"
-    samples: int = 50  # smoothgrad: noisy copies per row
-    noise: float = 0.2  # smoothgrad: noise scale, in feature standard deviations
-    seed: int = 0  # smoothgrad: the noise is a function of (seed, row number, sample)
-    steps: int = 50  # integrated_gradients: Gauss-Legendre points along the path
+    # The method's own options (audit.samples: 10 -> {"samples": 10}), as the method declares
+    # them (its ``Options`` class); it checks them when it is built. Left out: its defaults.
+    method_options: Mapping[str, Any] = field(default_factory=dict)
     # Options of checks registered without a key of their own, by check name (README,
     # "Extending"): each check validates its own options.
     checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -192,14 +190,6 @@ class AuditSettings:
             raise bad("threshold", "a finite number or None")
         if not _baseline_ok(self.baseline):
             raise bad("baseline", BASELINE_EXPECTED)
-        if not is_int(self.samples) or not 1 <= self.samples <= MAX_SAMPLES:
-            raise bad("samples", f"an integer from 1 to {MAX_SAMPLES}")
-        if not (is_finite_number(self.noise) and self.noise > 0):
-            raise bad("noise", "a finite number > 0")
-        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise bad("seed", "an integer from 0 to 2**64 - 1")
-        if not is_int(self.steps) or not 1 <= self.steps <= MAX_STEPS:
-            raise bad("steps", f"an integer from 1 to {MAX_STEPS}")
 
 
 BASELINE_EXPECTED = "one of mean, zero, median, or a mapping feature -> number"
@@ -214,14 +204,30 @@ def _baseline_ok(value: object) -> bool:
 
 @dataclass(frozen=True)
 class CompareSettings:
-    max_proxy_share_increase: float | None = None  # fail when a proxy's share grows by more
+    """``compare:``, declared as the extensions declare their options
+    (:mod:`sensaudit.settings.options`): the config parses it and the key table lists it from
+    these fields."""
+
+    max_proxy_share_increase: float | None = option(
+        None, number(0, 1), "fail when a declared proxy's share grows by more than this")
     # 1000: with 200 the 95% interval's tails rest on 5 replicates each, and it covered only
     # 93-94% in simulations (tests/test_compare_noise.py).
-    bootstrap_samples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-    top_k: int = 3
-    min_change: float = 2.0  # share points: a smaller change is never marked, whatever its noise
+    bootstrap_samples: int = option(
+        1000, integer(0, MAX_BOOTSTRAP_SAMPLES),
+        "Poisson bootstrap replicates over rows, for the changes' intervals (0: none)")
+    confidence: float = option(
+        0.95, number(0, 1, low_open=True, high_open=True,
+                     expected="a number strictly between 0 and 1"),
+        "the intervals' confidence")
+    seed: int = option(0, integer(0, MAX_SEED, maximum_text="2**64 - 1"),
+                       "the bootstrap's seed: the same rows and seed give the same report")
+    top_k: int = option(3, integer(1), "top drivers listed per example row")
+    min_change: float = option(
+        2.0, number(0, 100, expected="a number from 0 to 100"),
+        "share points: a smaller change is never marked, whatever its noise")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
 
 
 @dataclass(frozen=True)
@@ -229,3 +235,5 @@ class ReportConfig:
     dir: Path
     formats: tuple[str, ...] = REPORT_FORMATS
     examples: str | int = "auto"  # EXAMPLES, or at most this many rows (the first audited)
+    # By format, the options it declares (report.<format>: {...}; its writer's Options).
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
