@@ -61,7 +61,7 @@ NEXT_VENV := .venv-torch-next
 NEXT_STAMP := $(NEXT_VENV)/.installed-$(NEXT_TORCH)
 MODEL_FILE_TESTS := tests/test_torch_versions.py tests/test_pt2_safety.py tests/test_pt2_operators.py \
   tests/test_torchscript_limits.py \
-  tests/test_torchscript_safety.py tests/test_bad_inputs.py tests/test_loader.py \
+  tests/test_torchscript_safety.py tests/test_bad_inputs.py tests/test_models.py \
   tests/test_pickle_walk.py tests/test_trust_model_code.py tests/test_model_class_file.py \
   tests/test_exported_members.py
 

@@ -9,7 +9,7 @@ module the export recorded (``nn_module_stack``), run through an FX interpreter.
 and plain functions keep their layers out of reach: only the input's row is measured.
 
 For a deep linear stack y = W_L ... W_1 x, the Jacobian at layer l's output is W_L ... W_{l+1},
-the same for every row, so its norm is the norm of that product (tests/test_checks_layers.py).
+the same for every row, so its norm is the norm of that product (tests/test_layer_health.py).
 
 Per layer: median and spread (5th..95th percentile) of the rows' norms, from a mergeable
 log-scale histogram (:class:`sensaudit.stats.row_stats.LogHistogram`), the share of rows where it is

@@ -21,7 +21,7 @@ mispredicts the score by more than that fraction of the score's spread on averag
 what a share, a ranking or a row's contribution built on the gradient would carry. Every ReLU
 network has kinks, and a step crosses some of them on many rows: off rows alone are not a
 finding (a trained ReLU MLP has 15-45% of rows off per feature at a mismatch of 0.5-5% of the
-score's spread, tests/test_checks_linearity.py). A feature warns (a failed gate with ``gate:
+score's spread, tests/test_linearity.py). A feature warns (a failed gate with ``gate:
 true``) when its off rate is above ``max_off_rate`` *and* its mismatch is material. The
 gradient is recomputed here whatever ``audit.method`` is, since it is the gradient whose trust
 is in question. Sums only: partial results merge.

@@ -1,5 +1,5 @@
-"""sensaudit.data: CSV, Parquet and DataFrames give the same validated chunks whatever the chunk
-size; bad extracts get a DataError naming the file, the column and the row."""
+"""sensaudit.inputs.tables: CSV, Parquet and DataFrames give the same validated chunks whatever
+the chunk size; bad extracts get a DataError naming the file, the column and the row."""
 
 from __future__ import annotations
 
