@@ -143,6 +143,10 @@ class Check(ABC):
     Options: ClassVar[type | None] = None
     # True: the pipeline hands the check every chunk again in the replay (``replay``).
     replays: ClassVar[bool] = False
+    # True: the verdict is about the model (a slope, an attack, a layer), so it must be the
+    # same under every attribution method (tests/test_method_conformance.py holds each such
+    # check to that); False: it judges the shares, which are what the chosen method measures.
+    judges_the_model: ClassVar[bool] = False
     # Set per class at definition: True when it overrides a per-chunk hook, so it holds state
     # from rows and the engines merge its partials; False when it reads only the ranking.
     accumulates: ClassVar[bool] = False

@@ -48,6 +48,7 @@ SUBJECT = "layer Jacobians"
 
 class LayerHealth(Check):
     name = "layer_health"
+    judges_the_model = True
     config_key = "layer_health"
     Options = LayerHealthSettings
     replays = True

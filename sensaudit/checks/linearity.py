@@ -55,6 +55,7 @@ ROUNDING_FACTOR = 64
 
 class Linearity(Check):
     name = "linearity"
+    judges_the_model = True
     config_key = "linearity"
     Options = LinearitySettings
     replays = True

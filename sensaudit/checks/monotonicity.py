@@ -42,6 +42,7 @@ class Violation:
 
 class Monotonicity(Check):
     name = "monotonicity"
+    judges_the_model = True
     config_key = "expect"
     replays = True  # the per-row gradients, with the rows' ids
 

@@ -27,6 +27,7 @@ ANY = "(any)"
 
 class OneHotLevels(Check):
     name = "one_hot_levels"
+    judges_the_model = True
     config_key = "groups"
     replays = True
 

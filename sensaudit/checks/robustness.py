@@ -36,6 +36,7 @@ SUBJECT = "adversarial shift"  # what the gates test (summary.json's flags name 
 
 class Robustness(Check):
     name = "robustness"
+    judges_the_model = True
     config_key = "robustness"
     Options = RobustnessSettings
     replays = True
