@@ -125,7 +125,8 @@ def _audit(config: Config, *, progress: Progress | None, trust_model_code: bool 
 
 def audit_frame(model: torch.nn.Module | Model | LoadedModel, frame: pd.DataFrame, *,
                 features: list[str] | None = None, label: str | None = None,
-                id: str | None = None, proxies: list[ProxyLimit] | tuple | None = None,
+                id: str | None = None,
+                proxies: list[ProxyLimit] | tuple[ProxyLimit, ...] | None = None,
                 settings: AuditSettings | None = None, device: str | None = None,
                 chunk_rows: int = 100_000) -> AuditResult:
     """Audit an in-memory model on an in-memory DataFrame (notebooks, other tools).
@@ -160,7 +161,8 @@ def compare_frames(old_model: torch.nn.Module | Model | LoadedModel,
                    old_replicas: Sequence[torch.nn.Module | Model | LoadedModel] = (),
                    new_replicas: Sequence[torch.nn.Module | Model | LoadedModel] = (),
                    features: list[str] | None = None, label: str | None = None,
-                   id: str | None = None, proxies: list[ProxyLimit] | tuple | None = None,
+                   id: str | None = None,
+                   proxies: list[ProxyLimit] | tuple[ProxyLimit, ...] | None = None,
                    settings: AuditSettings | None = None,
                    compare: CompareSettings | None = None, device: str | None = None,
                    chunk_rows: int = 100_000) -> ComparisonResult:

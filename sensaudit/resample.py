@@ -157,10 +157,13 @@ def residual(proxy: np.ndarray, label: np.ndarray, bins: int) -> np.ndarray:
     if len(classes) <= bins:
         cls = np.searchsorted(classes, label)
         means = np.bincount(cls, weights=proxy) / np.bincount(cls)
-        return proxy - means[cls] + proxy.mean()
+        # numpy's stubs type arithmetic on a bare ndarray as Any: the annotations say the type.
+        by_class: np.ndarray = proxy - means[cls] + proxy.mean()
+        return by_class
     centred = label - label.mean()
     slope = float((centred * (proxy - proxy.mean())).sum() / (centred**2).sum())
-    return proxy - slope * centred
+    by_line: np.ndarray = proxy - slope * centred
+    return by_line
 
 
 def _changed(new_proxy: np.ndarray, label: np.ndarray, before: Dependence, resolution: int,

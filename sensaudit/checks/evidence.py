@@ -45,7 +45,9 @@ JUDGED = TAGS - 1  # threshold in (0, 1]: the key is misscored or not, for every
 
 def _sigmoid(scores: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        return 1.0 / (1.0 + np.exp(-scores))
+        # numpy's stubs type arithmetic on a bare ndarray as Any: the annotation says the type.
+        probability: np.ndarray = 1.0 / (1.0 + np.exp(-scores))
+    return probability
 
 
 def misscored_keys(scores: np.ndarray, labels: np.ndarray, rule: MisscoredRule) -> np.ndarray:
@@ -67,13 +69,16 @@ def misscored_keys(scores: np.ndarray, labels: np.ndarray, rule: MisscoredRule) 
         decision = (scores >= rule.value).astype(np.int64)
         side = (labels >= rule.value).astype(np.int64)
         if 0 < rule.value <= 1:  # a 0/1 label's side is its class already: judged here
-            return (decision != side).astype(np.int64) * TAGS + JUDGED
+            judged: np.ndarray = (decision != side).astype(np.int64) * TAGS + JUDGED
+            return judged
         return decision * TAGS + np.where(binary, 2 + y, side)
     error = np.abs(scores - labels)
     if rule.kind == "abs_error_above":
         wrong = (error > rule.value).astype(np.int64)
         on_probability = np.abs(_sigmoid(scores) - labels) > rule.value
-        return wrong * TAGS + np.where(binary, 1 + on_probability.astype(np.int64), 0)
+        by_error: np.ndarray = wrong * TAGS + np.where(binary, 1 + on_probability.astype(np.int64),
+                                                       0)
+        return by_error
     with np.errstate(divide="ignore"):
         bins = np.floor(np.log2(error) * ERROR_BINS_PER_OCTAVE)
     bins = np.where(error > 0, bins, ZERO_ERROR_KEY).astype(np.int64)
@@ -331,7 +336,8 @@ class Evidence:
         total = self.support.sum()
         if total <= 0:
             return np.ones_like(self.support)
-        return np.minimum(1.0, (self.support + z * self.noise) / total)
+        high: np.ndarray = np.minimum(1.0, (self.support + z * self.noise) / total)
+        return high
 
 
 def additive_evidence(gram: LabelGram, ridge: float) -> Evidence | None:

@@ -106,7 +106,8 @@ class Monotonicity(Check):
                    ) -> np.ndarray:
         """float64 [kept rows, outputs, expectations]: d score / d feature at each row."""
         if self.reads_gradient:
-            return chunk.values[:, :, self.index].double().numpy()[kept]
+            read: np.ndarray = chunk.values[:, :, self.index].double().numpy()[kept]
+            return read
         columns = sorted(set(self.index))
         if not len(kept):
             return np.zeros((0, len(context.outputs), len(self.index)))

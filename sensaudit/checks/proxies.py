@@ -8,6 +8,7 @@ A share is gradient sensitivity, and a gradient can be blind to a feature the sc
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +170,7 @@ class ProxyLimits(Check):
         return {(f.output, f.feature): f for f in found}
 
 
-def _unseen(result: CheckResult, row, proxy: ProxyLimit, seen: list[ProbeFigures],
+def _unseen(result: CheckResult, row: Any, proxy: ProxyLimit, seen: list[ProbeFigures],
             multi: bool) -> tuple[bool, str]:
     """A gate the gradient cannot judge: a failed gate (the score moves where the gradient
     sees nothing) or a warning (constant in the data). Returns whether the gate is settled
@@ -232,8 +233,9 @@ def _unseen(result: CheckResult, row, proxy: ProxyLimit, seen: list[ProbeFigures
     return False, ""
 
 
-def _typical_effect(row) -> str:
-    """The proxy's typical effect on the score, in the units of the audit's method."""
+def _typical_effect(row: Any) -> str:
+    """The proxy's typical effect on the score, in the units of the audit's method (``row``:
+    one of the ranking table's itertuples())."""
     if hasattr(row, "mean_abs_attribution"):  # an attribution method: score units already
         return (f"On average it accounts for {_num(row.mean_abs_attribution)} of a row's "
                 "score change from the baseline.")

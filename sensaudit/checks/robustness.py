@@ -18,6 +18,7 @@ not exceed ``max_shift``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -196,7 +197,7 @@ class Robustness(Check):
                                  f"{self.threshold:g}"] = pd.DataFrame(pushed)
         return result
 
-    def _moved(self, output: int, rows: int, features: list[str]) -> list[dict]:
+    def _moved(self, output: int, rows: int, features: list[str]) -> list[dict[str, Any]]:
         """Per feature: the mean score shift its part of the attack makes alone, the mean
         |change| in stds and the share of rows it was moved on; largest shift first."""
         if (self.moved_sum is None or self.moved_rows is None or self.effect_sum is None
@@ -208,8 +209,9 @@ class Robustness(Check):
                  for j, name in enumerate(features)]
         return sorted(moved, key=lambda d: (-d["mean_shift_alone"], d["feature"]))
 
-    def _words(self, result: CheckResult, output: str, multi: bool, figures: dict,
-               passed: bool, moved: list[dict], record: dict, how: str) -> None:
+    def _words(self, result: CheckResult, output: str, multi: bool, figures: dict[str, float],
+               passed: bool, moved: list[dict[str, Any]], record: dict[str, Any],
+               how: str) -> None:
         s = self.settings
         where = f"Output '{output}': " if multi else ""
         top = ", ".join(f"{d['feature']} ({_g(d['mean_shift_alone'])})"

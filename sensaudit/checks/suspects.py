@@ -170,7 +170,7 @@ class SuspectedProxies(Check):
                           "does not vary, or there are fewer rows than 2 x features + 3)")
         return found, f"ran on {found.rows:,} labelled rows"
 
-    def _contrast(self, per_unit: bool) -> tuple[dict | None, str]:
+    def _contrast(self, per_unit: bool) -> tuple[dict[str, Any] | None, str]:
         moments = self.contrast
         if moments is None or not moments.groups:
             return None, "not run: no row has a label"
@@ -221,7 +221,7 @@ class SuspectedProxies(Check):
     # --- judging ----------------------------------------------------------------------------
 
     def _figures(self, ranking: Ranking, evidence: Evidence | None,
-                 contrast: dict | None) -> pd.DataFrame:
+                 contrast: dict[str, Any] | None) -> pd.DataFrame:
         z = _normal_quantile((1 + self.options.confidence) / 2)
         frames = []
         for output, group in ranking.table.groupby("output", sort=False):
@@ -264,7 +264,7 @@ class SuspectedProxies(Check):
         table = table.sort_values(["suspect", "score", "share"], ascending=False, kind="stable")
         return table.reset_index(drop=True)
 
-    def _reasons(self, r: Any, contrast: dict | None) -> list[str]:
+    def _reasons(self, r: Any, contrast: dict[str, Any] | None) -> list[str]:
         reasons = []
         if r.share - r.evidence_high >= self.options.min_gap:
             reasons.append(f"relied on beyond its evidence: {r.share:.1%} of the model's "
@@ -285,7 +285,7 @@ class SuspectedProxies(Check):
         return reasons
 
     def _result(self, ranking: Ranking, table: pd.DataFrame, status: dict[str, str],
-                contrast: dict | None) -> CheckResult:
+                contrast: dict[str, Any] | None) -> CheckResult:
         result = CheckResult(self.name)
         multi = len(ranking.outputs) > 1
         suspects = table[table["suspect"]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -339,7 +340,7 @@ def _expand(patterns: list[str], option: str) -> list[Path]:
 
 
 @contextmanager
-def _errors(debug: bool):
+def _errors(debug: bool) -> Iterator[None]:
     """The one error boundary: expected errors become a one-line message and exit code 2."""
     try:
         yield

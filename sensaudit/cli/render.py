@@ -10,6 +10,7 @@ that would start a forged ``::error`` line in a CI log) are shown escaped (text_
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,7 +84,8 @@ class _RowsPerSecond(ProgressColumn):
 
 
 @contextmanager
-def _progress(quiet: bool):
+def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
+    # yields the audit's progress callback: progress(stage, rows_done, rows_total)
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), _RowsPerSecond(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]

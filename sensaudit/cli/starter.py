@@ -32,6 +32,7 @@ from sensaudit.inputs.dataset import PARQUET_SUFFIXES
 from sensaudit.inputs.model_inputs import saved_features
 from sensaudit.inputs.models import LoadedModel, load_model
 from sensaudit.inputs.regular import refuse_special
+from sensaudit.inputs.table_layout import Table
 from sensaudit.settings.sections import DataConfig, ModelConfig
 
 # Widths tried to tell the user what the model takes, when it refuses the data's columns.
@@ -113,7 +114,7 @@ def _header(data: Path) -> list[str]:
         return []
 
 
-def _saved_inputs(saved: tuple[str, ...], table: tables.Table, model: Path,
+def _saved_inputs(saved: tuple[str, ...], table: Table, model: Path,
                   data: Path) -> _Inputs:
     """The model file names its inputs: those columns, in its order; the data's other numeric
     columns are left out, by name."""
@@ -136,7 +137,7 @@ def _saved_inputs(saved: tuple[str, ...], table: tables.Table, model: Path,
     return _Inputs(features=saved, left_out=left_out, comment=comment)
 
 
-def _inputs_by_width(loaded: LoadedModel, table: tables.Table, data: Path) -> _Inputs:
+def _inputs_by_width(loaded: LoadedModel, table: Table, data: Path) -> _Inputs:
     """No saved names: the data's numeric columns, or, when the model takes fewer, the first
     ones in the data's order with the rest left out and a TODO to check the choice."""
     features = table.features
@@ -167,7 +168,7 @@ def _inputs_by_width(loaded: LoadedModel, table: tables.Table, data: Path) -> _I
         *_label_hint(left_out, table)])
 
 
-def _label_hint(left_out: tuple[str, ...], table: tables.Table) -> list[str]:
+def _label_hint(left_out: tuple[str, ...], table: Table) -> list[str]:
     named = [f for f in left_out if f.lower() in _LABEL_NAMES]
     if table.label is not None or not named:
         return []
@@ -188,7 +189,7 @@ def _runs_on(loaded: LoadedModel, x: torch.Tensor) -> bool:
     return True
 
 
-def _first_rows(loaded: LoadedModel, table: tables.Table, data: Path,
+def _first_rows(loaded: LoadedModel, table: Table, data: Path,
                 features: tuple[str, ...]) -> torch.Tensor:
     """The data's first rows in the given columns, as the model takes them."""
     cfg = DataConfig(path=data, features=features, label=table.label, id=table.id)
@@ -196,7 +197,7 @@ def _first_rows(loaded: LoadedModel, table: tables.Table, data: Path,
     return chunk.x[:8].to(loaded.device, loaded.dtype)
 
 
-def _outputs(loaded: LoadedModel, table: tables.Table, data: Path,
+def _outputs(loaded: LoadedModel, table: Table, data: Path,
              features: tuple[str, ...]) -> int:
     """Run the model on the data's first rows, in the chosen columns: its output count."""
     x = _first_rows(loaded, table, data, features)
@@ -216,7 +217,7 @@ def _accepted_width(loaded: LoadedModel, tried: int) -> int | None:
                      2, width, dtype=loaded.dtype, device=loaded.device))), None)
 
 
-def _render(model: Path, data: Path, config: Path, table: tables.Table, outputs: int,
+def _render(model: Path, data: Path, config: Path, table: Table, outputs: int,
             inputs: _Inputs) -> str:
     folder = config.parent
     features = ", ".join(_q(f) for f in inputs.features)

@@ -257,7 +257,8 @@ def _proxy(v: _Validator, raw: Any, key: str) -> ProxyLimit:
 
 
 def _compare(v: _Validator, raw: Any) -> CompareSettings:
-    return _declared(v, CompareSettings, raw, "compare", build=True)
+    settings: CompareSettings = _declared(v, CompareSettings, raw, "compare", build=True)
+    return settings
 
 
 def _report(v: _Validator, raw: Any, default_dir: Path) -> ReportConfig:

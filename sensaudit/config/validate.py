@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sensaudit.core.errors import ConfigError, brief, describe, did_you_mean
 from sensaudit.core.values import is_finite_number
@@ -24,7 +24,7 @@ class _Validator:
         self.source = source
         self.base_dir = base_dir
 
-    def fail(self, key: str, expected: str, found: Any) -> None:
+    def fail(self, key: str, expected: str, found: Any) -> NoReturn:
         raise ConfigError(f"{self.source}: {key} must be {expected} (got {describe(found)})")
 
     def mapping(self, value: Any, key: str) -> Mapping[str, Any]:
@@ -76,9 +76,8 @@ class _Validator:
 
     def integer(self, value: Any, key: str, *, minimum: int, maximum: int | None = None,
                 maximum_text: str | None = None) -> int:
-        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-              and (maximum is None or value <= maximum))
-        if not ok:
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+                and (maximum is None or value <= maximum)):
             self.fail(key, f"an integer >= {minimum}" if maximum is None else
                       f"an integer from {minimum} to {maximum_text or maximum}", value)
         return value
@@ -108,7 +107,7 @@ class _Validator:
         return float(value)
 
     def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
+        if not isinstance(value, str) or value not in allowed:  # allowed holds only text
             self.fail(key, "one of " + ", ".join(allowed), value)
         return value
 

@@ -38,7 +38,9 @@ class StrictLoader(yaml.SafeLoader):
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
-        event = self.peek_event()
+        # types-PyYAML leaves Parser.peek_event unannotated (yaml-stubs/parser.pyi), so the
+        # event is Any here; PyYAML gives it a start_mark, and an anchor where it can have one.
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
             raise _Refused(f"YAML aliases (*{_cut(event.anchor or '')}) are not allowed in a "

@@ -457,6 +457,7 @@ def partial_derivatives(model: Model, x: torch.Tensor, columns: list[int]) -> to
         delta = torch.zeros(len(columns), dtype=x.dtype, device=x.device)
         chunk = x.detach()
         try:
+            jac: torch.Tensor  # one input and one output tensor: jacobian returns one Tensor
             with torch.no_grad():  # forward mode needs no graph kept on the parameters
                 jac = jacobian(lambda d: model(chunk + d @ basis).reshape(chunk.shape[0], -1),
                                delta, strategy="forward-mode", vectorize=True)

@@ -88,7 +88,8 @@ class AttributionMethod(ABC):
                 raise ConfigError(f"audit.{key} is not a setting of audit.method '{cls.name}' "
                                   "(it has none)")
             return {}
-        return vars(build_options(cls.Options, given, "audit", from_config=False))
+        options: object = build_options(cls.Options, given, "audit", from_config=False)
+        return vars(options)  # an instance, not a class: its fields, as a plain dict
 
     def prepare(self, baseline: torch.Tensor, std: torch.Tensor) -> None:
         """The features' baseline and standard deviations (float64 [features]), before the

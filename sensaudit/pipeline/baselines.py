@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,10 +148,10 @@ def baseline_labels(spec: BaselineSpec, features: Sequence[str]) -> list[str]:
 
 
 def describe_baseline(spec: BaselineSpec, vector: torch.Tensor, features: Sequence[str],
-                      reference: Reference | None) -> dict:
+                      reference: Reference | None) -> dict[str, Any]:
     """The baseline as summary.json records it: its kind and every feature's value."""
     kind = "mapping" if isinstance(spec, Mapping) else spec
-    record: dict = {"kind": kind,
+    record: dict[str, Any] = {"kind": kind,
                     "values": {f: float(v) for f, v in zip(features, vector.tolist(), strict=True)}}
     if kind == "mapping":
         record["given"] = {f: float(v) for f, v in spec.items()}  # type: ignore[union-attr]

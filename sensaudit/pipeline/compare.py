@@ -347,7 +347,7 @@ def comparison_findings(result: ComparisonResult, proxies: list[str]) -> list[st
     return lines
 
 
-def _presence(r) -> str:
+def _presence(r: Any) -> str:  # r: a row of the comparison table's itertuples()
     if r.status == "removed":
         return (f"{r.feature} was removed: the new model does not take it (it held "
                 f"{r.share_old:.0%} of the old model's sensitivity, rank {r.rank_old}).")
@@ -355,7 +355,7 @@ def _presence(r) -> str:
             f"{r.share_new:.0%} of the new model's sensitivity, rank {r.rank_new}).")
 
 
-def _movement(r, has_intervals: bool, noise: str) -> str:
+def _movement(r: Any, has_intervals: bool, noise: str) -> str:
     verb = "fell" if r.delta_share < 0 else "rose"
     ci = ""
     if has_intervals:

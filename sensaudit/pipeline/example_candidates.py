@@ -301,7 +301,7 @@ class ExampleCandidates:
         return True
 
     def _reach(self, reason: str, left_out: dict[int, tuple[float, float]],
-               final: torch.Tensor) -> float:
+               final: torch.Tensor) -> np.float32:
         """The highest key any row left out could have under the final baseline."""
         features = self.proxy_index if reason == "proxies" else slice(None)
         reach = -math.inf
@@ -312,4 +312,5 @@ class ExampleCandidates:
                 moved = float((final[features] - self.baselines[chunk][features]).abs().max())
                 moved += rounding
             reach = max(reach, (key + bound * moved) * (1 + relative))
-        return reach + np.finfo(np.float32).tiny * 1e3
+        highest: np.float32 = reach + np.finfo(np.float32).tiny * 1e3
+        return highest

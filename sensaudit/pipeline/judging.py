@@ -4,6 +4,8 @@ reports render."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import torch
 
@@ -104,7 +106,7 @@ def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor,
 def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[CheckResult],
                  drivers: ExampleDrivers, read: ReadPass, table: Table,
                  settings: AuditSettings, method: AttributionMethod,
-                 notes: list[str], method_details: dict | None = None, *,
+                 notes: list[str], method_details: dict[str, Any] | None = None, *,
                  examples_streamed: bool = True) -> AuditResult:
     sums, prepared = model_pass.sums, model_pass.prepared
     # The report shows the examples of the outputs with a failed gate first.
@@ -124,7 +126,7 @@ def audit_result(model_pass: ModelPass, ranked: pd.DataFrame, checks: list[Check
 
 
 def method_details(method: AttributionMethod, settings: AuditSettings, baseline: torch.Tensor,
-                   reference: Reference, features: tuple[str, ...]) -> dict:
+                   reference: Reference, features: tuple[str, ...]) -> dict[str, Any]:
     """What summary.json and report.md say about the method: its name, what it measures,
     its units, the baseline (with the words each feature's baseline is called) and its
     parameters."""

@@ -40,7 +40,7 @@ class Spill:
         self._batches: list[pa.RecordBatch] = []
         self._shapes: list[tuple[int, int]] = []  # per model: (outputs, features)
         self._bytes = 0
-        self._file: tempfile._TemporaryFileWrapper | None = None
+        self._file: tempfile._TemporaryFileWrapper[bytes] | None = None
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._dtypes: list[torch.dtype] = []
         self._x: tuple[int, torch.dtype] | None = None  # (features, dtype) of the rows' x

@@ -8,6 +8,7 @@ Every number drawn is read from ``plan.data``; nothing is computed here.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from sensaudit.core.text_safety import visible
 from sensaudit.reports.charts import ChartPlan
 
 if TYPE_CHECKING:
+    from matplotlib.artist import Artist
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -241,7 +243,7 @@ def _short(name: str) -> str:
     return name if len(name) <= _LABEL_CHARS else name[: _LABEL_CHARS - 1] + "…"
 
 
-def _legend(axes: Axes, handles: list | None) -> None:
+def _legend(axes: Axes, handles: Sequence[Artist] | None) -> None:
     """The legend under the plot, where it hides no bar."""
     if handles is None:
         handles, _ = axes.get_legend_handles_labels()

@@ -80,7 +80,7 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
 def comparison_summary(result: ComparisonResult) -> dict[str, Any]:
     """comparison.json: the verdict, the overall figures per output, and every feature's."""
     outputs = {name: agreement.as_dict() for name, agreement in result.overall.items()}
-    return _json_safe({
+    summary: dict[str, Any] = _json_safe({  # a dict in, a dict out
         "sensaudit_version": __version__,
         "passed": result.passed,
         "old": {"path": result.old.model_path, "format": result.old.model_format,
@@ -98,6 +98,7 @@ def comparison_summary(result: ComparisonResult) -> dict[str, Any]:
         "features": result.table.to_dict("records"),
         "findings": result.findings,
     })
+    return summary
 
 
 def _json_safe(value: Any) -> Any:

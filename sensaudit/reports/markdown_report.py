@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -169,8 +170,8 @@ def method_sentence(result: AuditResult) -> str | None:
             + f", baseline {_baseline_words(details['baseline'])}: {details['measures']}.")
 
 
-def _baseline_words(baseline: dict) -> str:
-    kind = baseline["kind"]
+def _baseline_words(baseline: dict[str, Any]) -> str:
+    kind: str = baseline["kind"]  # as describe_baseline records it
     if kind == "mapping":
         return "as given for " + _names(baseline["given"]) + ", the mean for the others"
     if kind == "median":

@@ -52,7 +52,7 @@ LOCK_WAIT_S = 2.0
 _LOCK_POLL_S = 0.05
 _PREVIOUS = ".previous"  # inside the staging folder: what the commit replaced, for rollback
 
-PathLike = str | os.PathLike
+PathLike = str | os.PathLike[str]
 # What the report writers write (csv, json, md, html, junit xml, parquet, png charts): a name
 # of any other kind is never removed as an earlier report.
 REPORT_SUFFIXES = (".csv", ".json", ".md", ".html", ".xml", ".parquet", ".png")

@@ -126,7 +126,7 @@ class AuditResult:
     rows: int  # rows audited (finite results)
     rows_dropped: int  # rows skipped for missing values (data.on_missing: drop)
     nonfinite_rows: int
-    nonfinite_ids: list
+    nonfinite_ids: list[object]  # as the row ids come: ints, text, ...
     nonfinite_allowed: bool
     model_path: str
     model_format: str

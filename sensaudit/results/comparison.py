@@ -83,7 +83,7 @@ class ComparisonResult:
     new: AuditResult
     proxy_increases: list[ProxyIncrease] = field(default_factory=list)  # over compare's margin
     findings: list[str] = field(default_factory=list)
-    settings: dict = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -101,7 +101,7 @@ def gate_change(flagged_old: bool, flagged_new: bool) -> str:
     return "cleared" if flagged_old else ""
 
 
-def noise_name(settings: dict) -> str:
+def noise_name(settings: dict[str, Any]) -> str:
     """What the change's interval measures, in words."""
     if settings.get("noise") == "rows and retraining":
         replicas = len(settings.get("old_replicas", [])) + len(settings.get("new_replicas", []))
