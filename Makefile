@@ -45,6 +45,7 @@ test: $(STAMP)
 	$(BIN)/ruff check sensaudit tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/vulture sensaudit vulture_whitelist.py --min-confidence 60
 	$(BIN)/python -m pytest
 
 # The quick loop while editing (under 2 minutes on 2 cores): every module's tests except those

@@ -80,7 +80,6 @@ class SuspectedProxies(Check):
 
     def __init__(self, settings: AuditSettings, options: SuspectsOptions):
         self.rule = settings.misscored or DEFAULT_RULE
-        self.rule_is_default = settings.misscored is None
         self.fail = settings.fail_on_suspects
         self.dominance = settings.dominance_warning
         self.declared = {p.feature for p in settings.proxies}
