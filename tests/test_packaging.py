@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def source(tmp_path_factory) -> Path:
     """The files a build reads, copied, so the build leaves nothing in the checkout."""
     folder = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md", "__main__.py"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "__main__.py"):
         shutil.copy(ROOT / name, folder / name)
     shutil.copytree(ROOT / "sensaudit", folder / "sensaudit",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -71,3 +71,6 @@ def test_the_wheel_has_the_command_and_the_extras(source, tmp_path):
     assert any(r.startswith("Requires-Dist: matplotlib>=3.10") and "charts" in r
                for r in requires)
     assert "Provides-Extra: charts" in metadata
+    # The licence pyproject declares ships with the wheel, and the index page says it.
+    assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names)
+    assert "Classifier: License :: OSI Approved :: Apache Software License" in metadata
