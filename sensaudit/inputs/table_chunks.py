@@ -103,12 +103,17 @@ def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row
         # Text in a feature column: the pandas path names the cell.
         return _frame_chunk(batch.to_pandas(), table, cfg, first_row, dtype, missing)
     float32 = all(pa.types.is_float32(c.type) for c in columns)
-    values = np.empty((batch.num_rows, len(columns)), dtype=np.float32 if float32 else np.float64)
+    # Column by column into a [features, rows] array (each a contiguous copy), then transposed
+    # into [rows, features] at once: numpy's blocked transpose takes half the time of writing
+    # every column into a strided slice of the row-major array.
+    by_column = np.empty((len(columns), batch.num_rows),
+                         dtype=np.float32 if float32 else np.float64)
     integers = {}
     for j, column in enumerate(columns):
-        values[:, j] = column.to_numpy(zero_copy_only=False)
+        by_column[j] = column.to_numpy(zero_copy_only=False)
         if pa.types.is_signed_integer(column.type) and column.null_count == 0:
             integers[j] = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    values = np.ascontiguousarray(by_column.T)
     ids = batch.column(table.id) if table.id else None
     labels = None
     if table.label:
