@@ -1,19 +1,25 @@
-"""The per-chunk statistics work in reused float64 memory (sensaudit.stats.scratch) and take
-shortcuts (amin/amax, abs-then-amax, in-place centring): every figure must stay the one the
-plain formula gives, bit for bit, whatever the buffer held before and whatever the dtype."""
+"""The per-chunk work in reused memory (sensaudit.stats.scratch) and its shortcuts (amin/amax,
+max |v| from the extremes, in-place centring, a staged transpose of Parquet columns): every
+figure must stay the one the plain formula gives, bit for bit, whatever the buffers held before
+and whatever the dtype; and nothing handed out may share a reused buffer."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
-from sensaudit.pipeline.example_candidates import _largest_magnitude
+from sensaudit.inputs.table_chunks import MissingValues, _batch_chunk
+from sensaudit.inputs.table_layout import Table
+from sensaudit.pipeline.example_candidates import ExampleCandidates, _largest_magnitude
+from sensaudit.settings.sections import DataConfig
 from sensaudit.stats.accumulators import AttributionSums, FeatureMoments
 from sensaudit.stats.row_stats import FeatureRange
-from sensaudit.stats.scratch import widened
+from sensaudit.stats.scratch import reused, widened
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 # (rows, features): a large chunk first, so the smaller ones reuse a buffer holding its values.
@@ -35,6 +41,14 @@ def test_widened_is_a_float64_copy_in_reused_memory():
     second = widened(small)
     assert torch.equal(second, small.double()) and second.shape == (20, 3)
     assert second.data_ptr() == first.data_ptr()  # the same memory, not a fresh block
+
+
+def test_slots_are_apart():
+    a = reused((10, 4), torch.float32, slot="test.a")
+    b = reused((10, 4), torch.float32, slot="test.b")
+    c = reused((10, 4), torch.float64, slot="test.a")
+    assert len({a.data_ptr(), b.data_ptr(), c.data_ptr()}) == 3
+    assert reused((3, 2), torch.float32, slot="test.a").data_ptr() == a.data_ptr()
 
 
 def test_widened_never_aliases_its_input():
@@ -111,3 +125,52 @@ def test_largest_magnitude_is_the_inf_norm(dtype):
     x[3, 4] = -1e4
     assert _largest_magnitude(x) == float(torch.linalg.vector_norm(x, ord=math.inf))
     assert _largest_magnitude(x[:0]) == 0.0
+
+
+def _keys_by_norms(values, x, baseline, per_unit):
+    """The candidates' keys as first written: inf-norms over features."""
+    narrow = baseline.to(values.dtype)
+    if per_unit:
+        diff = x.to(values.dtype) - narrow
+        key = torch.linalg.vector_norm(values * diff[:, None, :], ord=math.inf, dim=2)
+        bound = torch.linalg.vector_norm(values, ord=math.inf, dim=2)
+    else:
+        key = torch.linalg.vector_norm(values, ord=math.inf, dim=2)
+        bound = torch.zeros(values.shape[:2])
+    return key.double().numpy(), bound.double().numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("per_unit", [True, False])
+def test_candidate_keys_are_the_inf_norms(dtype, per_unit):
+    for seed, (rows, outputs) in enumerate([(900, 3), (5, 1), (300, 2)]):  # big first: stale
+        values = _values(rows * outputs, 6, dtype, seed).reshape(rows, outputs, 6)
+        values[0, 0] = 0.0  # a row of zeros
+        x = _values(rows, 6, torch.float64, seed + 10)  # float64 data, narrower model
+        baseline = x.mean(0)
+        candidates = ExampleCandidates(outputs, [], keep=3, per_unit=per_unit)
+        keys = candidates._keys(values, torch.zeros(rows, outputs, dtype=torch.float64), x,
+                                None, baseline)
+        key, bound = keys["strongest"]
+        expected_key, expected_bound = _keys_by_norms(values, x, baseline, per_unit)
+        np.testing.assert_array_equal(key, expected_key)
+        np.testing.assert_array_equal(bound, expected_bound)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (7, 1), (300, 4), (40, 3)])
+def test_parquet_batches_become_fresh_row_major_chunks(shape):
+    rows, features = shape
+    names = [f"f{j}" for j in range(features)]
+    chunks = []
+    for seed in range(2):  # the second batch reuses the first one's staging memory
+        data = np.random.default_rng(seed).standard_normal((rows, features)).astype(np.float32)
+        batch = pa.record_batch([pa.array(data[:, j]) for j in range(features)], names=names)
+        table = Table(path=Path("<t>"), features=tuple(names), label=None, id=None,
+                      row_count=rows, skipped=())
+        chunk = _batch_chunk(batch, table, DataConfig(path=Path("<t>")), 1, torch.float32,
+                             MissingValues(table.features))
+        assert chunk.x.is_contiguous() and chunk.x.dtype == torch.float32
+        np.testing.assert_array_equal(chunk.x.numpy(), data)
+        chunks.append((chunk, data))
+    first, data = chunks[0]
+    np.testing.assert_array_equal(first.x.numpy(), data)  # not overwritten by the second
