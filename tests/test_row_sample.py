@@ -92,3 +92,22 @@ def test_priorities_are_distinct_and_spread_evenly():
     counts = np.histogram(kept, bins=10, range=(1, 200_001))[0]
     assert counts.min() > 140 and counts.max() < 260
     assert sample.seen == 200_000
+
+
+def test_rows_wanted_among_those_offered_are_cut_to_the_few_that_can_enter():
+    rows = np.arange(1, 5_001, dtype=np.int64) * 3
+    offered = np.random.default_rng(7).random(len(rows)) > 0.3  # others: non-finite, say
+    values = rows[:, None].astype(np.float64)
+    everything, cut = RowSample(100), RowSample(100)
+    for start in range(0, len(rows), 700):
+        part, ok = rows[start : start + 700], offered[start : start + 700]
+        take = np.flatnonzero(ok & everything.wanted(part))
+        everything.update(part[take], values[start:][take], offered=int(ok.sum()))
+        fewer = np.flatnonzero(cut.wanted(part, among=ok))
+        assert len(fewer) <= 100 and set(fewer) <= set(take)
+        cut.update(part[fewer], values[start:][fewer], offered=int(ok.sum()))
+        if start == 0:
+            assert len(take) > 400 and len(fewer) == 100  # the first chunk: all wanted, or 100
+    np.testing.assert_array_equal(cut.rows, everything.rows)
+    np.testing.assert_array_equal(cut.values, everything.values)
+    assert cut.seen == everything.seen == int(offered.sum())

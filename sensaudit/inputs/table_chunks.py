@@ -20,6 +20,7 @@ import torch
 from sensaudit.core.errors import DataError
 from sensaudit.inputs.table_layout import Table
 from sensaudit.settings.sections import DataConfig
+from sensaudit.stats.scratch import reused
 
 
 @dataclass
@@ -103,12 +104,19 @@ def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row
         # Text in a feature column: the pandas path names the cell.
         return _frame_chunk(batch.to_pandas(), table, cfg, first_row, dtype, missing)
     float32 = all(pa.types.is_float32(c.type) for c in columns)
-    values = np.empty((batch.num_rows, len(columns)), dtype=np.float32 if float32 else np.float64)
+    # Column by column into a [features, rows] staging array (each a contiguous copy, into
+    # memory reused from the last batch), then transposed into a fresh [rows, features] array
+    # at once by torch's blocked copy: a third of the time of writing every column into a
+    # strided slice of the row-major array. clone, not contiguous(): with one row or one
+    # feature the transposed view counts as contiguous, and the chunk must not share the stage.
+    by_column = reused((len(columns), batch.num_rows),
+                       torch.float32 if float32 else torch.float64, slot="columns").numpy()
     integers = {}
     for j, column in enumerate(columns):
-        values[:, j] = column.to_numpy(zero_copy_only=False)
+        by_column[j] = column.to_numpy(zero_copy_only=False)
         if pa.types.is_signed_integer(column.type) and column.null_count == 0:
             integers[j] = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    values = torch.from_numpy(by_column).T.clone(memory_format=torch.contiguous_format).numpy()
     ids = batch.column(table.id) if table.id else None
     labels = None
     if table.label:

@@ -39,7 +39,9 @@ def _header(cfg: DataConfig) -> tuple[list[str], pd.DataFrame, int | None]:
         if is_parquet(path):
             import pyarrow.parquet as pq
 
-            pf = pq.ParquetFile(path)
+            # Buffered and unprefetched, as the rows are read: prefetching would fetch (and
+            # decode) the first row group's every page for the sample's 1,000 rows.
+            pf = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
             columns = list(pf.schema_arrow.names)
             _check_duplicates(path, columns)
             row_count = pf.metadata.num_rows

@@ -41,6 +41,7 @@ from sensaudit.pipeline.examples import (
     misscored_keys,
 )
 from sensaudit.stats.row_sample import RowSample
+from sensaudit.stats.scratch import reused
 
 # Float rounding of a provisional key, relative, in units of its dtype's epsilon (the key is a
 # product and a maximum, a few roundings at most); never below 1e-5.
@@ -84,9 +85,9 @@ class _Buffer:
         if len(candidates) > self.size:  # only rows at or above the size-th key can stay
             threshold = np.partition(key[candidates], len(candidates) - self.size)[
                 len(candidates) - self.size]
-            above = candidates[key[candidates] >= threshold]
-            _leave_out(left_out, chunk, key, bound, np.setdiff1d(candidates, above))
-            candidates = above
+            is_above = key[candidates] >= threshold
+            _leave_out(left_out, chunk, key, bound, candidates[~is_above])
+            candidates = candidates[is_above]
         all_key = np.concatenate([self.key, key[candidates]])
         all_bound = np.concatenate([self.bound, bound[candidates]])
         all_rows = np.concatenate([self.rows, rows[candidates]])
@@ -114,6 +115,14 @@ class _Buffer:
             _leave_out(left_out, int(c), key, bound, dropped[chunk[dropped] == c])
         self.key, self.bound, self.rows, self.chunk = key[kept], bound[kept], rows[kept], \
             chunk[kept]
+
+
+def _largest_magnitude(x: torch.Tensor) -> float:
+    """max |x| over every element (0.0 for none; NaN propagates)."""
+    if not x.numel():
+        return 0.0
+    low, high = torch.aminmax(x)
+    return float(torch.maximum(-low, high))
 
 
 def _leave_out(left_out: dict[int, tuple[float, float]], chunk: int, key: np.ndarray,
@@ -218,21 +227,27 @@ class ExampleCandidates:
                 key, bound = proxies.abs().sum(2), torch.zeros(proxies.shape[:2])
         else:
             # The strongest contribution in the values' own dtype (every feature of every row:
-            # the widest work here, so no widened copies); max |v| is one pass as an inf-norm.
+            # the widest work here, so no widened copies). max |v| from amax and amin: the same
+            # figure as an inf-norm, at a sixth of its time on CPU; |x|'s largest likewise.
             # The baseline used is the one rounded to that dtype, and the rounding of x - b
             # (at most eps * (|x| + |b|), twice over when x is narrowed) is added to the bound.
             narrow = baseline.to(values.dtype)
             self.baselines.append(narrow.double())
             eps = torch.finfo(values.dtype).eps
-            reach = float(torch.linalg.vector_norm(x, ord=math.inf)) if len(x) else 0.0
+            reach = _largest_magnitude(x)
             self.rounding.append((eps * (2 * reach + float(narrow.double().abs().max())),
                                   max(1e-5, _EPSILONS * eps)))
+            # Formed in reused memory (fresh chunk-sized blocks cost more in page faults than
+            # the arithmetic); max |v| as max(max v, -min v), without forming |v|.
+            largest = torch.maximum(values.amax(2), values.amin(2).neg_())
             if self.per_unit:
-                diff = x.to(values.dtype) - narrow
-                key = torch.linalg.vector_norm(values * diff[:, None, :], ord=math.inf, dim=2)
-                bound = torch.linalg.vector_norm(values, ord=math.inf, dim=2)
+                diff = reused(tuple(x.shape), values.dtype, slot="candidates.diff")
+                diff.copy_(x).sub_(narrow)  # x.to(values.dtype) - narrow
+                product = reused(tuple(values.shape), values.dtype, slot="candidates.product")
+                key = torch.mul(values, diff[:, None, :], out=product).abs_().amax(2)
+                bound = largest
             else:
-                key = torch.linalg.vector_norm(values, ord=math.inf, dim=2)
+                key = largest
                 bound = torch.zeros(values.shape[:2])
         keys[self.primary] = (key.double().numpy().copy(), bound.double().numpy())
         if labels is not None:
@@ -242,7 +257,7 @@ class ExampleCandidates:
 
     def _sample(self, rows: np.ndarray, values: torch.Tensor, ok: np.ndarray) -> None:
         # As ExampleDrivers._sample, unscaled: the stds are not final yet.
-        take = np.flatnonzero(ok & self.sample.wanted(rows))
+        take = np.flatnonzero(self.sample.wanted(rows, among=ok))
         self.sample.update(rows[take], values[torch.from_numpy(take)].double().numpy(),
                            offered=int(ok.sum()))
 

@@ -19,6 +19,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
+from sensaudit.stats.scratch import widened
+
 NONFINITE_IDS_KEPT = 20
 
 
@@ -48,10 +50,11 @@ class FeatureMoments:
         rows = x.shape[0]
         if rows == 0:
             return
-        x = x.detach().to("cpu", torch.float64)
+        # Widened into reused memory and centred and squared there in place: the same
+        # arithmetic as ((x - mean) ** 2).sum(0) on a fresh float64 copy, bit for bit.
+        x = widened(x.detach().cpu())
         shift = torch.zeros_like(self.shift)
         if exact:
-            x = x.clone()
             for j, values in exact.items():
                 first = int(values[0])
                 if int(values.max()) - int(values.min()) >= 2**62:
@@ -59,7 +62,8 @@ class FeatureMoments:
                 shift[j] = first
                 x[:, j] = torch.from_numpy((values - np.int64(first)).astype(np.float64))
         chunk_mean = x.mean(0)
-        self._combine(rows, chunk_mean, ((x - chunk_mean) ** 2).sum(0), shift)
+        x.sub_(chunk_mean).square_()
+        self._combine(rows, chunk_mean, x.sum(0), shift)
 
     def merge(self, other: FeatureMoments) -> None:
         if other.count:
@@ -133,14 +137,14 @@ class AttributionSums:
             self._keep_nonfinite((int(rows[i]), as_python(arrow_as_python(ids[i]))) for i in bad)
             values, scores = values[finite], scores[finite]
         # Reduced where the values are (a GPU keeps its Jacobian; only the [outputs, features]
-        # sums travel), in float64: one widened copy serves the three sums (the same figures,
-        # bit for bit, as summing the narrow values with dtype=float64, at less traffic), and
-        # squares are formed in float64 so they lose nothing.
-        good = values.detach().double()
+        # sums travel), in float64: one widened copy in reused memory serves the three sums,
+        # made absolute and then squared in place (|v|**2 is v**2 exactly), and squares are
+        # formed in float64 so they lose nothing.
+        good = widened(values)
         self.rows += good.shape[0]
         self.sum += good.sum(0).cpu()
-        self.sum_abs += good.abs().sum(0).cpu()
-        self.sum_sq += good.square().sum(0).cpu()
+        self.sum_abs += good.abs_().sum(0).cpu()
+        self.sum_sq += good.square_().sum(0).cpu()
         self.score_sum += scores.detach().sum(0, dtype=torch.float64).cpu()
 
     def merge(self, other: AttributionSums) -> None:

@@ -67,12 +67,27 @@ class RowSample:
         """True while the sample holds every row seen."""
         return self.seen <= self.keep
 
-    def wanted(self, rows: np.ndarray) -> np.ndarray:
-        """bool [rows]: the rows that would enter the sample now (compute only their values)."""
+    def wanted(self, rows: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+        """bool [rows]: the rows that would enter the sample now (compute only their values).
+
+        ``among``: bool [rows], the rows that will be offered (the others are not); the answer
+        is then also cut to their ``keep`` smallest priorities, since a row with ``keep``
+        smaller ones beside it in the same offer can never be kept (a first chunk's 100,000
+        rows would otherwise all be widened for a sample of 2,000)."""
         priority = row_priority(rows, self.salt)
-        if len(self.priority) < self.keep:
-            return np.ones(len(rows), dtype=bool)
-        wanted: np.ndarray = priority < self.priority.max()
+        full = len(self.priority) >= self.keep
+        if among is None:
+            if not full:
+                return np.ones(len(rows), dtype=bool)
+            below: np.ndarray = priority < self.priority.max()
+            return below
+        wanted = np.asarray(among, dtype=bool).copy()
+        if full:
+            wanted &= priority < self.priority.max()
+        offered = np.flatnonzero(wanted)
+        if len(offered) > self.keep:  # priorities never tie: exactly keep rows stay
+            cut = np.partition(priority[offered], self.keep - 1)[self.keep - 1]
+            wanted &= priority <= cut
         return wanted
 
     def update(self, rows: np.ndarray, values: np.ndarray, offered: int | None = None) -> None:
@@ -81,7 +96,7 @@ class RowSample:
         in ``seen``; default n)."""
         rows = np.asarray(rows, dtype=np.int64)
         self.seen += len(rows) if offered is None else offered
-        self._add(row_priority(rows, self.salt), rows, values.astype(np.float64))
+        self._add(row_priority(rows, self.salt), rows, np.asarray(values, dtype=np.float64))
 
     def merge(self, other: RowSample) -> None:
         self.seen += other.seen

@@ -29,9 +29,10 @@ class FeatureRange:
             return
         x = x.detach()
         # In the values' own dtype (a minimum is exact in any), widened after: a third of the
-        # traffic of widening the chunk first. NaN propagates through aminmax, so a chunk
-        # holding one takes the slow path that ignores it.
-        low, high = torch.aminmax(x, dim=0)
+        # traffic of widening the chunk first. amin and amax apart: aminmax over dim 0 is ten
+        # times slower on CPU than the two. NaN propagates through both, so a chunk holding
+        # one takes the slow path that ignores it.
+        low, high = x.amin(0), x.amax(0)
         if bool(low.isnan().any() or high.isnan().any()):
             x = x.to("cpu", torch.float64)
             low, high = x.nan_to_num(math.inf).amin(0), x.nan_to_num(-math.inf).amax(0)
