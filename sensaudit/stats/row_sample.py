@@ -81,7 +81,7 @@ class RowSample:
                 return np.ones(len(rows), dtype=bool)
             below: np.ndarray = priority < self.priority.max()
             return below
-        wanted = np.asarray(among, dtype=bool).copy()
+        wanted: np.ndarray = np.asarray(among, dtype=bool).copy()
         if full:
             wanted &= priority < self.priority.max()
         offered = np.flatnonzero(wanted)
