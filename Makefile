@@ -91,6 +91,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/end_to_end.py
 	$(BIN)/python benchmarks/methods.py
+	$(BIN)/python benchmarks/discovery.py
 
 sample-data: $(STAMP)
 	$(BIN)/python scripts/make_sample_data.py --out sample_data
