@@ -179,7 +179,8 @@ def test_comparison_page_draws_in_chromium(tmp_path):
 FULL_EXTRA = ("  fail_on_suspects: true\n  threshold: 3.0\n"
               "  expect:\n    - {feature: clarity, direction: increasing, "
               "max_violation_rate: 0.02}\n"
-              "  robustness: {epsilon: 0.1, steps: 2, bounds: none, max_shift: 0.2}\n")
+              "  robustness: {epsilon: 0.1, steps: 2, bounds: none, max_shift: 0.2}\n"
+              "  linearity: {}\n")
 WINDOW = 1280
 
 
@@ -245,7 +246,8 @@ def test_the_page_holds_every_table_of_report_md(full):
     for header in md_headers:
         assert header in html_headers or header[:-1] in html_headers, header
     images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
-    assert len(images) == 5  # shares, per-row spread, suspects, monotonicity, robustness
+    # shares, per-row spread, suspects, monotonicity, robustness, linearity
+    assert len(images) == 6
     for src in images:
         pixels = imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
         assert pixels.shape[1] == 750 and pixels[:, :, :3].std() > 0.05  # drawn, not blank
@@ -311,7 +313,7 @@ def test_chromium_shows_every_chart_and_nothing_overflows_1280px(full, tmp_path)
     assert seen["inner"] == WINDOW
     assert seen["scroll"] <= WINDOW, seen
     assert seen["wide"] == [], seen["wide"]
-    assert len(seen["images"]) == 5
+    assert len(seen["images"]) == 6
     for width, height, shown in seen["images"]:
         assert width == 750 and height > 100 and 0 < shown <= WINDOW
 
