@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from audit_setup import FEATURES, WEIGHTS, write_assets, write_config
+from helpers_checks import LinearScorer, frame
 from models import Linear, save_exported
+from torch import nn
 
-from sensaudit import checks, load_config, run_audit, run_compare
+from sensaudit import audit_frame, checks, load_config, run_audit, run_compare, write_reports
 from sensaudit.checks.base import Check, CheckResult, Ranking
+from sensaudit.settings.checks import FeatureGroup, LayerHealthSettings, LinearitySettings
 from sensaudit.settings.sections import AuditSettings
 
 pytest.importorskip("matplotlib", reason="the charts extra (matplotlib) is not installed")
@@ -272,3 +276,107 @@ def test_a_failed_gate_under_its_share_is_not_called_over_its_limit():
     legend = [t.get_text() for t in figure.legends[0].get_texts()]
     assert legend == ["feature", "fails a gate"]
     assert not any("over" in t for t in legend)
+
+
+# --- the linearity, layer_health and one_hot_levels checks' own charts ---------------------------
+
+FAR_AND_NEAR = [-3.0, -2.0, -1.0, 0.0, 2.0, 3.0, 4.0, 5.0, 0.999, 0.9995, 1.0005, 1.001]
+
+
+class _Kinks(nn.Module):
+    """y = relu(a - 1) + b + 0.01 relu(c - 1): a third of the rows sit within a step of a's
+    and of c's kink (off for both), but c's kink is a hundredth the size (not material)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x[:, 0] - 1) + x[:, 1] + 0.01 * torch.relu(x[:, 2] - 1)
+
+
+def _colors(bars: list[Rectangle]) -> list[tuple[float, ...]]:
+    return [tuple(round(c * 255) for c in b.get_facecolor()[:3]) for b in bars]
+
+
+def test_the_linearity_chart_is_each_features_off_rate_with_the_limit(tmp_path):
+    data = pd.DataFrame({"a": FAR_AND_NEAR, "b": np.linspace(0, 3, len(FAR_AND_NEAR)),
+                         "c": FAR_AND_NEAR[::-1]})
+    settings = AuditSettings(linearity=LinearitySettings(max_off_rate=0.2))
+    result = audit_frame(_Kinks().double(), data, settings=settings)
+    written = write_reports(result, tmp_path / "out", ["csv", "png"])
+    csv = pd.read_csv(tmp_path / "out" / "linearity.csv").set_index("feature")
+    # The premise: a and c are over the limit, only a's error is material; b is linear.
+    assert csv.loc["a", "off_rate"] == csv.loc["c", "off_rate"] == pytest.approx(1 / 3)
+    assert csv.loc["b", "off_rate"] == 0
+    assert csv.loc["a", "material_error"] > 0.1 > csv.loc["c", "material_error"]
+    plan = next(p for p in audit_plans(result) if p.name == "chart-linearity.png")
+    axes = render(plan).axes[0]
+    features = [t.get_text() for t in axes.get_yticklabels()]
+    assert features == csv.index.tolist()
+    bars = [b for b in axes.patches if isinstance(b, Rectangle)]
+    assert [b.get_width() for b in bars] == pytest.approx(csv["off_rate"].tolist(), rel=1e-7)
+    colors = dict(zip(features, _colors(bars), strict=True))
+    assert colors == {"a": (0xC6, 0x28, 0x28), "c": (0xEF, 0x8F, 0x00), "b": (0x1F, 0x5F, 0xA8)}
+    material = [t.get_text() for t in axes.texts if "material" in t.get_text()]
+    assert len(material) == 1 and f"error {csv.loc['a', 'material_error']:.1%}" in material[0]
+    assert _lines_at(axes, 0.2)  # the limit, linearity.max_off_rate
+    assert "%" in axes.get_xlabel() and "Local linearity" in axes.get_title(loc="left")
+    assert "chart-linearity.png" in {p.name for p in written}
+    image = imread(tmp_path / "out" / "chart-linearity.png")
+    assert image.shape[1] == 750 and image.std() > 0.05
+
+
+def test_the_layer_health_chart_is_each_layers_ratio_on_a_log_scale():
+    """y = W3 W2 W1 x: the Jacobian at a layer's output is the product of the later weights,
+    so each layer's ratio to the last layer (whose Jacobian is 1) is that product's norm."""
+    torch.manual_seed(4)
+    layers = [nn.Linear(a, b, bias=False) for a, b in ((3, 6), (6, 5), (5, 1))]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.mul_(20)
+    stack = nn.Sequential(*layers).double()
+    settings = AuditSettings(layer_health=LayerHealthSettings(max_ratio=100))
+    result = audit_frame(stack, frame(rows=20), settings=settings)
+    table = next(c for c in result.checks if c.check == "layer_health").tables[
+        "layer_health.csv"]
+    weights = [layer.weight.detach() for layer in stack]
+    expected = [float(torch.linalg.matrix_norm(weights[2] @ weights[1] @ weights[0])),
+                float(torch.linalg.matrix_norm(weights[2] @ weights[1])),
+                float(torch.linalg.matrix_norm(weights[2])), 1.0]
+    plan = next(p for p in audit_plans(result) if p.name == "chart-layer_health.png")
+    axes = render(plan).axes[0]
+    bars = [b for b in axes.patches if isinstance(b, Rectangle)]
+    # Each bar runs from 1 (the last layer) to the layer's ratio.
+    assert [b.get_x() for b in bars] == [1.0] * 4
+    ends = [b.get_x() + b.get_width() for b in bars]
+    assert ends == pytest.approx((table["median_norm"] / table["median_norm"].iloc[-1])
+                                 .tolist(), rel=1e-12)
+    assert ends == pytest.approx(expected, rel=1e-9)
+    assert axes.get_xscale() == "log"
+    assert _lines_at(axes, 100) and _lines_at(axes, 0.01)  # max_ratio and its inverse
+    # The first layer's ratio (the one judged) is beyond 100: red; the input is grey.
+    assert expected[1] > 100
+    assert _colors(bars)[:2] == [(0x9E, 0x9E, 0x9E), (0xC6, 0x28, 0x28)]
+    assert [t.get_text() for t in axes.get_yticklabels()] == [
+        "(input)", "0 (Linear)", "1 (Linear)", "2 (Linear)"]
+    assert "log scale" in axes.get_xlabel() and "Layer health" in axes.get_title(loc="left")
+
+
+def test_the_one_hot_chart_is_each_levels_mean_score_change(tmp_path):
+    """y = w.x over (x, r_a, r_b, r_c): switching a row to level t changes its score by
+    w_t - w_(its level), so the mean over all rows is w_t minus the rows' mean level weight."""
+    weights = [0.5, 1.0, -2.0, 3.0]
+    levels = np.array([0, 1, 2, 0, 0, 1, 2, 2, 0, 1, 0, 0])
+    data = pd.DataFrame({"x": np.linspace(-1, 1, len(levels)),
+                         **{f"r_{n}": (levels == i).astype(float) for i, n in enumerate("abc")}})
+    group = FeatureGroup("region", ("r_a", "r_b", "r_c"), kind="one_hot")
+    result = audit_frame(LinearScorer(weights), data, settings=AuditSettings(groups=(group,)))
+    write_reports(result, tmp_path / "out", ["csv", "png"])
+    csv = pd.read_csv(tmp_path / "out" / "one_hot_levels.csv")
+    every = csv[csv["from_level"] == "(any)"]
+    plan = next(p for p in audit_plans(result) if p.name == "chart-one_hot-region.png")
+    axes = render(plan).axes[0]
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["r_a", "r_b", "r_c"]
+    widths = [b.get_width() for b in axes.patches if isinstance(b, Rectangle)]
+    assert widths == pytest.approx(every["mean_change"].tolist(), rel=1e-7)
+    mean_level = np.mean(np.array(weights[1:])[levels])
+    assert widths == pytest.approx([w - mean_level for w in weights[1:]], rel=1e-9)
+    assert "score units" in axes.get_xlabel() and "region" in axes.get_title(loc="left")
+    assert (tmp_path / "out" / "chart-one_hot-region.png").is_file()

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from audit_setup import write_assets, write_config
+from audit_setup import WEIGHTS, write_assets, write_config
+from models import Linear, save_exported
+from torch import tensor
 
 from sensaudit import load_config, run_audit, run_compare
 
@@ -177,7 +179,8 @@ def test_comparison_page_draws_in_chromium(tmp_path):
 FULL_EXTRA = ("  fail_on_suspects: true\n  threshold: 3.0\n"
               "  expect:\n    - {feature: clarity, direction: increasing, "
               "max_violation_rate: 0.02}\n"
-              "  robustness: {epsilon: 0.1, steps: 2, bounds: none, max_shift: 0.2}\n")
+              "  robustness: {epsilon: 0.1, steps: 2, bounds: none, max_shift: 0.2}\n"
+              "  linearity: {}\n")
 WINDOW = 1280
 
 
@@ -243,7 +246,8 @@ def test_the_page_holds_every_table_of_report_md(full):
     for header in md_headers:
         assert header in html_headers or header[:-1] in html_headers, header
     images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
-    assert len(images) == 5  # shares, per-row spread, suspects, monotonicity, robustness
+    # shares, per-row spread, suspects, monotonicity, robustness, linearity
+    assert len(images) == 6
     for src in images:
         pixels = imread(io.BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
         assert pixels.shape[1] == 750 and pixels[:, :, :3].std() > 0.05  # drawn, not blank
@@ -309,6 +313,52 @@ def test_chromium_shows_every_chart_and_nothing_overflows_1280px(full, tmp_path)
     assert seen["inner"] == WINDOW
     assert seen["scroll"] <= WINDOW, seen
     assert seen["wide"] == [], seen["wide"]
-    assert len(seen["images"]) == 5
+    assert len(seen["images"]) == 6
     for width, height, shown in seen["images"]:
         assert width == 750 and height > 100 and 0 < shown <= WINDOW
+
+
+def _markdown_tables(markdown: str) -> list[list[list[str]]]:
+    """Each pipe table of a markdown file: its rows of cells, the separator row left out."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in markdown.splitlines():
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append([c.strip() for c in line.strip().strip("|").split("|")])
+        previous = line
+    return tables
+
+
+def _html_tables(text: str) -> list[list[list[str]]]:
+    return [[[html.unescape(re.sub("<[^>]+>", "", c)).strip() for c in
+              re.findall(r"<t[hd](?: [^>]*)?>(.*?)</t[hd]>", row, flags=re.S)]
+             for row in re.findall(r"<tr(?: [^>]*)?>(.*?)</tr>", table, flags=re.S)]
+            for table in re.findall(r"<table[^>]*>(.*?)</table>", text, flags=re.S)]
+
+
+def test_comparison_page_holds_every_table_of_comparison_md(tmp_path):
+    """comparison.html has each table comparison.md has, cell for cell: the before/after
+    table and the rows where the two models disagree most (once missing from the page)."""
+    assets = write_assets(tmp_path / "assets")
+    save_exported(Linear(tensor([WEIGHTS[0] / 4, WEIGHTS[1], -WEIGHTS[2]]), n_features=3),
+                  tmp_path / "old.pt2", n_features=3)
+    config = write_config(tmp_path / "audit.yaml", assets, max_share=0.95,
+                          extra="compare:\n  bootstrap_samples: 20\n",
+                          report="report:\n  dir: out\n  formats: [markdown, html]\n")
+    result, _ = run_compare(load_config(config), tmp_path / "old.pt2", assets / "scorer.pt2")
+    markdown = (tmp_path / "out" / "comparison.md").read_text(encoding="utf-8")
+    page = _html_tables((tmp_path / "out" / "comparison.html").read_text(encoding="utf-8"))
+    tables = _markdown_tables(markdown)
+    assert [t[0] for t in tables] == [
+        ["feature", "share old", "share new", "change (points)", "95% interval",
+         "rank old -> new", "gate"],
+        ["id", "score old", "score new", "cosine"]]
+    for table in tables:
+        assert table in page, table[0]
+    rows = result.overall["score"].least_agreeing_rows
+    assert rows and [r[0] for r in tables[1][1:]] == [str(r.id) for r in rows]
+    # Lowest cosine first: the rows whose drivers differ most lead.
+    cosines = [float(r[3]) for r in tables[1][1:]]
+    assert cosines == sorted(cosines) and cosines[0] < 1

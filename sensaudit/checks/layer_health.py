@@ -13,10 +13,10 @@ the same for every row, so its norm is the norm of that product (tests/test_laye
 
 Per layer: median and spread (5th..95th percentile) of the rows' norms, from a mergeable
 log-scale histogram (:class:`sensaudit.stats.row_stats.LogHistogram`), the share of rows where it is
-exactly zero (dead units), in layer_health.csv: the line chart per layer is that table's
-``median_norm`` against ``depth``. The median at the first layer over the median at the last
-is the product's change through depth: beyond ``max_ratio`` (or below its inverse) the check
-warns (fails with ``gate: true``) that gradients explode (vanish) through the network.
+exactly zero (dead units), in layer_health.csv (its chart: each layer's ``median_norm`` over
+the last layer's, sensaudit/reports/charts.py). The median at the first layer over the median
+at the last is the product's change through depth: beyond ``max_ratio`` (or below its inverse)
+the check warns (fails with ``gate: true``) that gradients explode (vanish) through the network.
 """
 
 from __future__ import annotations

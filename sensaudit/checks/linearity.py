@@ -193,6 +193,10 @@ class Linearity(Check):
         result.tables["linearity.csv"] = table
         result.report_tables["Local linearity (gradient vs a finite step)"] = table
         result.summary["linearity"] = records
+        # The limits the records are judged against (the chart draws them).
+        result.summary["linearity_settings"] = {"step": s.step, "tolerance": s.tolerance,
+                                                "max_off_rate": s.max_off_rate,
+                                                "gate": s.gate}
         return result
 
     def _figures(self, o: int, j: int) -> dict[str, float]:

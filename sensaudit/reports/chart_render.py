@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sensaudit.checks.layer_health import INPUT as INPUT_LAYER
 from sensaudit.core.text_safety import visible
 from sensaudit.reports.charts import ChartPlan
 
@@ -222,6 +223,104 @@ def _evidence(axes: Axes, plan: ChartPlan) -> None:
     _legend(axes, handles)
 
 
+def _off_rates(axes: Axes, plan: ChartPlan) -> None:
+    data = plan.data
+    y = np.arange(len(data))
+    colors = [FLAGGED if r.warns else PROXY if r.over else OTHER for r in data.itertuples()]
+    axes.barh(y, data["off_rate"], color=colors, height=0.6)
+    limit = plan.options["max_off_rate"]
+    axes.axvline(limit, color=FLAGGED, linewidth=1.4, linestyle="--")
+    for i, r in enumerate(data.itertuples()):
+        error = (f"{r.material_error:.1%}" if np.isfinite(r.material_error)
+                 else "inf")  # the score does not vary
+        axes.text(r.off_rate, i, f" {r.off_rate:.1%} off; error {error}"
+                  + (", material" if r.material else ""), va="center", fontsize=8)
+    _feature_axis(axes, y, data["feature"])
+    top = float(max(data["off_rate"].max(), limit))
+    axes.set_xlim(0, max(top * 1.7, 0.02))
+    axes.xaxis.set_major_formatter(_percent(decimals=None))
+    axes.set_xlabel("rows where gradient x step misses the score's change (%)")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = [Patch(color=OTHER, label="within the limit")]
+    if (data["over"] & ~data["material"]).any():
+        handles.append(Patch(color=PROXY, label="over the limit, error not material"))
+    if data["warns"].any():
+        handles.append(Patch(color=FLAGGED, label=f"over the limit, error material: "
+                                                  f"{plan.options['verdict']}"))
+    handles.append(Line2D([], [], color=FLAGGED, linestyle="--",
+                          label=f"limit (linearity.max_off_rate): {limit:.0%}"))
+    _legend(axes, handles)
+
+
+def _layer_ratios(axes: Axes, plan: ChartPlan) -> None:
+    data = plan.data
+    y = np.arange(len(data))
+    limit = plan.options["max_ratio"]
+    # Bars from 1 (the last layer's median) to each layer's ratio: right where the gradient
+    # grows towards the input, left where it shrinks. A ratio of 0 (a dead layer) has no bar.
+    ratio = data["ratio"].to_numpy(dtype=float)
+    drawn = ratio > 0
+    beyond = drawn & ((ratio > limit) | (ratio < 1 / limit))
+    colors = [OLD if layer == INPUT_LAYER else FLAGGED if out else OTHER
+              for layer, out in zip(data["layer"], beyond, strict=True)]
+    axes.barh(y[drawn], ratio[drawn] - 1, left=1, color=np.array(colors)[drawn], height=0.6)
+    spread = drawn & (data["ratio_p05"] > 0).to_numpy()
+    axes.hlines(y[spread], data["ratio_p05"][spread], data["ratio_p95"][spread],
+                color="#333333", linewidth=1.0)
+    axes.set_xscale("log")
+    for side in (limit, 1 / limit):
+        axes.axvline(side, color=FLAGGED, linewidth=1.4, linestyle="--")
+    axes.axvline(1, color="#555555", linewidth=0.8)
+    positive = np.concatenate([ratio[drawn], data["ratio_p95"][spread], [limit]])
+    low = min(float(np.min(np.concatenate([ratio[drawn], data["ratio_p05"][spread]]))),
+              1 / limit)
+    axes.set_xlim(low / 4, float(positive.max()) * 20)
+    for i, r in enumerate(data.itertuples()):
+        text = (" 0 (dead: no gradient)" if r.ratio <= 0 else f" {r.ratio:,.0f}x"
+                if r.ratio >= 1000 else f" {r.ratio:.3g}x")
+        axes.text(max(r.ratio, r.ratio_p95, 1.0) if r.ratio > 0 else low / 4, i,
+                  text + (" (judged)" if r.judged else ""), va="center", fontsize=8)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    # Plain numbers: with math text off, the default log labels would show as raw TeX.
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    _feature_axis(axes, y, [f"{r.layer} ({r.kind})" if r.layer != INPUT_LAYER else r.layer
+                            for r in data.itertuples()])
+    axes.set_xlabel("median norm of d score / d activations, over the last layer's "
+                    "(log scale; 1 = the last layer)")
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = [Patch(color=OTHER, label="layer within the limits")]
+    if beyond[data["layer"].to_numpy() != INPUT_LAYER].any():
+        handles.append(Patch(color=FLAGGED, label="layer beyond the limits"))
+    if (data["layer"] == INPUT_LAYER).any():
+        handles.append(Patch(color=OLD, label="the input (not judged)"))
+    handles += [Line2D([], [], color="#333333", label="rows' 5th to 95th percentile"),
+                Line2D([], [], color=FLAGGED, linestyle="--",
+                       label=f"limits (layer_health.max_ratio): 1/{limit:g} and {limit:g}")]
+    _legend(axes, handles)
+
+
+def _levels(axes: Axes, plan: ChartPlan) -> None:
+    data = plan.data
+    y = np.arange(len(data))
+    axes.barh(y, data["mean_change"], color=OTHER, height=0.6)
+    axes.axvline(0, color="#555555", linewidth=0.8)
+    reach = float(data["mean_change"].abs().max()) or 1.0
+    for i, value in enumerate(data["mean_change"]):
+        axes.text(value, i, f" {value:+.4g}" if value >= 0 else f"{value:+.4g} ",
+                  va="center", ha="left" if value >= 0 else "right", fontsize=8)
+    _feature_axis(axes, y, data["to_level"])
+    axes.set_xlim(-reach * 1.4 if (data["mean_change"] < 0).any() else -reach * 0.05,
+                  reach * 1.4 if (data["mean_change"] > 0).any() else reach * 0.05)
+    axes.set_xlabel("mean change of the score when every row is switched to the level "
+                    "(score units)")
+
+
 def _table(axes: Axes, plan: ChartPlan) -> None:
     data = plan.data
     label, value = plan.options["label"], plan.options["value"]
@@ -266,4 +365,5 @@ def _wrap(title: str, width: int = 80) -> str:
 
 
 _DRAW = {"shares": _shares, "distribution": _distribution, "compare": _compare,
-         "table": _table, "histogram": _histogram, "rates": _rates, "evidence": _evidence}
+         "table": _table, "histogram": _histogram, "rates": _rates, "evidence": _evidence,
+         "off_rates": _off_rates, "layer_ratios": _layer_ratios, "levels": _levels}

@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from sensaudit.checks.base import CheckResult
+from sensaudit.checks.layer_health import INPUT as LAYER_INPUT
+from sensaudit.checks.one_hot import ANY as ONE_HOT_ANY
 from sensaudit.results.audit_result import AuditResult
 from sensaudit.results.comparison import ComparisonResult, noise_name
 from sensaudit.stats.row_sample import ContributionSample
@@ -34,8 +36,8 @@ SHIFT_BINS = 30
 
 @dataclass
 class ChartPlan:
-    """One chart: its file name, title, kind ("shares", "distribution", "compare", "table")
-    and the table it draws."""
+    """One chart: its file name, title, kind (how chart_render draws it: "shares",
+    "distribution", "compare", a check's own kind, or "table") and the table it draws."""
 
     name: str
     title: str
@@ -244,8 +246,95 @@ def _suspects(names: _Names, check: CheckResult, multi: bool) -> list[ChartPlan]
     return plans
 
 
+def _linearity(names: _Names, check: CheckResult, multi: bool) -> list[ChartPlan]:
+    """Per output: each feature's off rate against linearity.max_off_rate, the features whose
+    mismatch is also material (the ones that warn) marked."""
+    table = check.tables.get("linearity.csv")
+    limits = check.summary.get("linearity_settings")
+    if table is None or table.empty or limits is None:
+        return []
+    plans = []
+    for output, group in table.groupby("output", sort=False):
+        data = group[["feature", "off_rate", "material_error", "agreement"]].reset_index(
+            drop=True)
+        data["over"] = data["off_rate"] > limits["max_off_rate"]
+        data["material"] = data["material_error"] > limits["tolerance"]
+        data["warns"] = data["over"] & data["material"]
+        verdict = "fails its gate" if limits["gate"] else "warns"
+        plans.append(ChartPlan(
+            name=names.take("chart-linearity", str(output) if multi else None),
+            title=f"Local linearity: rows where the gradient mispredicts a {limits['step']:g}"
+                  "-std step, per feature" + (f" ({output})" if multi else ""),
+            kind="off_rates", data=data,
+            caption=(f"Bars: the share of rows, in %, where moving the feature alone by "
+                     f"{limits['step']:g} std changes the score by more than "
+                     f"{limits['tolerance']:.0%} away from gradient x step (linearity.csv's "
+                     f"off_rate). Dashed red line: the limit (linearity.max_off_rate, "
+                     f"{limits['max_off_rate']:.0%}). Beside each bar: the gradient's mean "
+                     "error for a one-std move, as a share of the score's std "
+                     f"(material_error; material over {limits['tolerance']:.0%}). A feature "
+                     f"{verdict} only when it is over the limit and its error is material "
+                     "(red); orange: over the limit, but the error is not material (kinks)."),
+            options={"max_off_rate": float(limits["max_off_rate"]), "verdict": verdict}))
+    return plans
+
+
+def _layer_health(names: _Names, check: CheckResult, multi: bool) -> list[ChartPlan]:
+    """Each layer's median Jacobian norm over the last layer's, on a log scale, with the
+    limits layer_health.max_ratio and its inverse: the first layer's ratio is the one judged."""
+    table = check.tables.get("layer_health.csv")
+    summary = check.summary.get("layer_health", {})
+    if table is None or "depth_ratio" not in summary:
+        return []  # fewer than two layers reached, or a dead last layer: no ratio to draw
+    inner = table[table["layer"] != LAYER_INPUT]
+    last = float(inner["median_norm"].iloc[-1])
+    data = table[["depth", "layer", "kind", "median_norm", "p05_norm", "p95_norm"]].reset_index(
+        drop=True)
+    data["ratio"] = data["median_norm"] / last
+    data["ratio_p05"] = data["p05_norm"] / last
+    data["ratio_p95"] = data["p95_norm"] / last
+    data["judged"] = data["layer"] == inner["layer"].iloc[0]
+    limit = float(summary["max_ratio"])
+    return [ChartPlan(
+        name=names.take("chart-layer_health", None),
+        title="Layer health: the score's gradient at each layer, relative to the last layer",
+        kind="layer_ratios", data=data,
+        caption=(f"Each layer's median norm of d score / d activations over the rows, divided "
+                 f"by the last layer's ({last:.4g}), on a log scale (layer_health.csv). "
+                 "Whiskers: the rows' 5th to 95th percentile, on the same scale. The check "
+                 f"judges the first layer's ratio ({float(summary['depth_ratio']):.3g}): "
+                 f"beyond the dashed red lines (layer_health.max_ratio, {limit:g}, or its "
+                 "inverse) the gradients explode or vanish through depth."
+                 + (" The input's row is shown, not judged." if (data["layer"] == LAYER_INPUT)
+                    .any() else "")),
+        options={"max_ratio": limit})]
+
+
+def _one_hot_levels(names: _Names, check: CheckResult, multi: bool) -> list[ChartPlan]:
+    """Per group and output: the mean score change of switching every row to each level."""
+    table = check.tables.get("one_hot_levels.csv")
+    if table is None or table.empty:
+        return []
+    plans = []
+    every = table[table["from_level"] == ONE_HOT_ANY]
+    for (output, group), levels in every.groupby(["output", "group"], sort=False):
+        data = levels[["group", "to_level", "rows", "mean_change"]].reset_index(drop=True)
+        plans.append(ChartPlan(
+            name=names.take(f"chart-one_hot-{group}", str(output) if multi else None),
+            title=f"One-hot group {group}: mean score change of switching every row to each "
+                  "level" + (f" ({output})" if multi else ""),
+            kind="levels", data=data,
+            caption=(f"For each level of {group}: the score change when every row's group "
+                     "columns are set to that level (its column 1, the others 0), averaged "
+                     f"over all {int(data['rows'].iloc[0]):,} rows, in score units "
+                     "(one_hot_levels.csv, from_level (any)). Exact, from the model; no limit: "
+                     "this check reports, it does not judge.")))
+    return plans
+
+
 _CHECK_CHARTS = {"robustness": _robustness, "monotonicity": _monotonicity,
-                 "suspects": _suspects}
+                 "suspects": _suspects, "linearity": _linearity,
+                 "layer_health": _layer_health, "one_hot_levels": _one_hot_levels}
 
 
 class _Names:

@@ -18,6 +18,7 @@ from html import escape
 import pandas as pd
 
 from sensaudit._version import __version__
+from sensaudit.core.text_safety import visible
 from sensaudit.reports.base import ReportWriter
 from sensaudit.reports.charts import ChartPlan, audit_plans, comparison_plans
 from sensaudit.reports.markdown_report import is_share_column, method_sentence
@@ -175,8 +176,20 @@ def comparison_html(result: ComparisonResult) -> str:
             rows.append(row)
         body.append(_table(header, rows, text={0, len(header) - 1},
                            failed=group["flagged_new"].tolist()))
+        body += _least_agreeing(result, str(output))
     body += ["<h2>Charts</h2>", *map(_figure, comparison_plans(result))]
     return _page(f"sensaudit compare: {verdict}", body)
+
+
+def _least_agreeing(result: ComparisonResult, output: str) -> list[str]:
+    """comparison.md's rows where the two models disagree most, with its figures."""
+    rows = result.overall[output].least_agreeing_rows
+    if not rows:
+        return []
+    cells = [[visible(str(c.id)), f"{c.score_old:.4g}", f"{c.score_new:.4g}",
+              f"{c.cosine:.3f}"] for c in rows]
+    return ["<p>Rows where the two models disagree most about what drives the score:</p>",
+            _table(["id", "score old", "score new", "cosine"], cells, text={0})]
 
 
 def _page(title: str, body: list[str]) -> str:
