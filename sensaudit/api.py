@@ -39,7 +39,13 @@ from sensaudit.inputs.model_inputs import (
     order_note,
     paired_inputs,
 )
-from sensaudit.inputs.models import LoadedModel, float_dtype, load_model, resolve_device
+from sensaudit.inputs.models import (
+    LoadedModel,
+    float_dtype,
+    load_model,
+    narrowest_dtype,
+    resolve_device,
+)
 from sensaudit.inputs.regular import refuse_special
 from sensaudit.methods import METHODS
 from sensaudit.pipeline.baselines import baseline_vector, reference_of
@@ -188,8 +194,9 @@ def compare_frames(old_model: torch.nn.Module | Model | LoadedModel,
     with ExitStack() as modes:
         for loaded in models:
             modes.enter_context(_eval_mode(loaded))
+        dtype = narrowest_dtype(models)
         return compare_local(
-            models, lambda: tables.iter_frame_chunks(frame, table, data_cfg, _narrowest(models)),
+            models, lambda: tables.iter_frame_chunks(frame, table, data_cfg, dtype),
             table, settings, cmp, model_cfg=None, source=name, progress=_no_progress,
             notes=_notes(declared_inputs(None, data_cfg), table.features),
             replicas=(len(old_replicas), len(new_replicas)))
@@ -321,7 +328,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
                               inputs=(paired.old, paired.new))
     models = [load_model(c, trust_model_code=trust_model_code) for c in configs]
     # Every model sees the same rows, each converted to its own dtype.
-    return compare_local(models, lambda: tables.iter_chunks(table, data, _narrowest(models)),
+    return compare_local(models, lambda: tables.iter_chunks(table, data, narrowest_dtype(models)),
                          table, config.audit, config.compare, model_cfg=config.model,
                          source=config.source, progress=progress or _no_progress,
                          notes=_notes(inputs, table.features),
@@ -386,12 +393,6 @@ def _own_columns(configs: list[ModelConfig], paired: PairedInputs, data: DataCon
 
 def _model_path(config: Config) -> Path | None:
     return config.model.path if config.model is not None else None
-
-
-def _narrowest(models: list[LoadedModel]) -> torch.dtype:
-    """The dtype whose range every model's inputs must fit (values too large are named)."""
-    dtypes = [m.dtype for m in models]
-    return min(dtypes, key=lambda d: torch.finfo(d).max if d.is_floating_point else 0.0)
 
 
 def _in_memory(model: torch.nn.Module | Model | LoadedModel, device: str | None

@@ -378,3 +378,9 @@ def float_dtype(module: Any) -> torch.dtype:
                 return tensor.dtype
     return torch.float32
 
+
+def narrowest_dtype(models: list[LoadedModel]) -> torch.dtype:
+    """The dtype whose range every model's inputs must fit (values too large are named):
+    models that read the same chunks get them in this dtype."""
+    dtypes = [m.dtype for m in models]
+    return min(dtypes, key=lambda d: torch.finfo(d).max if d.is_floating_point else 0.0)

@@ -45,7 +45,7 @@ from sensaudit.engines.ray.job import (
 from sensaudit.engines.ray.schedule import run_units
 from sensaudit.inputs import tables
 from sensaudit.inputs.dataset import work_units
-from sensaudit.inputs.models import LoadedModel, load_model
+from sensaudit.inputs.models import load_model, narrowest_dtype
 from sensaudit.inputs.table_chunks import Chunk, MissingValues
 from sensaudit.inputs.table_layout import Table
 from sensaudit.pipeline.baselines import Reference, baseline_vector
@@ -137,7 +137,7 @@ def prepare_job(config: Config, plan: Plan, model_cfgs: tuple[ModelConfig, ...],
     # load their own, on their own devices.
     loaded = [load_model(cfg, trust_model_code=trust, device=torch.device("cpu"))
               for cfg in model_cfgs]
-    read_dtype = _narrowest(loaded)
+    read_dtype = narrowest_dtype(loaded)
     probe = _probe(plan.table, data, read_dtype)
     passes = [start_model(model, probe, plan.table, plan.settings, plan.model_cfg, plan.source)
               for model in loaded]
@@ -252,9 +252,3 @@ def _probe(table: Table, data: DataConfig, dtype: torch.dtype) -> torch.Tensor:
                 return chunk.x
     check_rows(FeatureMoments(len(table.features)), table)  # no usable row: its error
     raise RuntimeError("unreachable: no usable rows passed the row count check")
-
-
-def _narrowest(models: list[LoadedModel]) -> torch.dtype:
-    """The dtype whose range every model's inputs must fit, as api.compare_models reads."""
-    dtypes = [m.dtype for m in models]
-    return min(dtypes, key=lambda d: torch.finfo(d).max if d.is_floating_point else 0.0)
