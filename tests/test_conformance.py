@@ -21,7 +21,6 @@ switched on with its defaults (``audit.checks.<name>: {}``), from the registry a
 from __future__ import annotations
 
 import ast
-import dataclasses
 import functools
 import importlib
 import inspect
@@ -54,6 +53,7 @@ from sensaudit.methods import METHODS
 from sensaudit.methods.base import Attributions
 from sensaudit.pipeline.baselines import baseline_vector, reference_of
 from sensaudit.reports import WRITERS
+from sensaudit.settings.options import declared
 from sensaudit.settings.sections import AuditSettings
 from sensaudit.stats.accumulators import finite_rows
 
@@ -81,8 +81,8 @@ SMALL_METHOD_KEYS = {"samples": 4, "steps": 4}
 
 def _method_keys(method: str) -> dict:
     options = METHODS[method].Options
-    declared = {f.name for f in dataclasses.fields(options)} if options is not None else set()
-    return {key: value for key, value in SMALL_METHOD_KEYS.items() if key in declared}
+    keys = {d.key for d in declared(options)} if options is not None else set()
+    return {key: value for key, value in SMALL_METHOD_KEYS.items() if key in keys}
 
 
 def _model() -> torch.nn.Module:

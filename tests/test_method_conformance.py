@@ -21,8 +21,6 @@ The model rises in ``a`` everywhere while half the rows lie below a's mean: ther
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -40,6 +38,7 @@ from sensaudit.settings.checks import (
     LinearitySettings,
     RobustnessSettings,
 )
+from sensaudit.settings.options import declared
 from sensaudit.settings.sections import ProxyLimit
 
 # Each check declares which kind its verdict is (Check.judges_the_model), beside its code.
@@ -76,7 +75,7 @@ def _data(rows: int = 240) -> pd.DataFrame:
 def _declared(method: str) -> set[str]:
     """The option keys the method declares (audit.samples for smoothgrad, ...)."""
     options = METHODS[method].Options
-    return {f.name for f in dataclasses.fields(options)} if options is not None else set()
+    return {d.key for d in declared(options)} if options is not None else set()
 
 
 def _settings(method: str) -> AuditSettings:
