@@ -58,6 +58,16 @@ def test_a_folder_holding_what_the_demo_writes_is_refused_untouched(tmp_path, ta
     assert _tree(folder) == before  # refused before anything was copied
 
 
+def test_a_file_given_as_the_folder_is_refused_untouched(tmp_path):
+    given = tmp_path / "notes.txt"
+    given.write_text("the user's")
+    result = _demo(str(given))
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: {given}: not a folder; sensaudit demo copies the sample "
+                             "into a folder (a new one, or one without its files)\n")
+    assert given.read_text() == "the user's"
+
+
 def test_the_default_folder_is_sensaudit_demo_in_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "sensaudit-demo" / "reports").mkdir(parents=True)

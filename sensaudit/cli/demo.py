@@ -88,6 +88,9 @@ def copy_sample(folder: Path) -> list[Path]:
     """Copy the sample into ``folder`` (created if missing). Refused, before anything is
     written, when ``folder`` holds a file the demo would write or a reports folder (whose
     files the audits would replace): a file the user has is never overwritten."""
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder; sensaudit demo copies the sample into a "
+                          "folder (a new one, or one without its files)")
     sample = _sample_files()
     clashes = [folder / name for name, _ in sample] + [folder / REPORTS]
     taken = next((path for path in clashes if os.path.lexists(path)), None)
