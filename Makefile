@@ -17,23 +17,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	@$(MAKE) --no-print-directory demo-run
 
-# The demo itself, on whatever sensaudit is given (tests run it with `python -m sensaudit`).
+# The demo itself, on whatever sensaudit is given (tests run it with `python -m sensaudit`):
+# `sensaudit demo`, as a user of the installed package runs it, so the two cannot drift. It
+# copies the sample (sensaudit/sample/, package data) into $(DEMO_DIR) and runs the story
+# there; it overwrites nothing, so an earlier run's folder (make's own output) goes first.
 SENSAUDIT ?= $(BIN)/sensaudit
+DEMO_DIR := sensaudit-demo
 demo-run:
-	@echo "== scorer_v1: trained on the extract where long ads happened to be the good ones; no proxy declared"
-	@$(SENSAUDIT) run configs/scorer_v1.yaml; code=$$?; \
-	  if [ $$code -ne 1 ]; then echo "demo: expected scorer_v1 to fail on its suspected proxy copy_length (exit 1), got $$code"; exit 1; fi
-	@echo "== the fix: resample the training extract so copy_length no longer tracks quality (scorer_v2 was trained on this)"
-	@rm -f reports/ad_copy_train_resampled.csv
-	@$(SENSAUDIT) resample sample_data/ad_copy_train.csv --proxy copy_length --label quality \
-	  --out reports/ad_copy_train_resampled.csv
-	@echo "== scorer_v2: retrained on the resampled extract; copy_length now declared as a proxy"
-	@$(SENSAUDIT) run configs/scorer_v2.yaml
-	@echo "== compare v1 -> v2 on the same rows: what the retrain changed"
-	@$(SENSAUDIT) compare sample_data/scorer_v1.pt2 sample_data/scorer_v2.pt2 \
-	  --config configs/scorer_v2.yaml --out reports/compare
-	@echo "== demo OK: v1's suspected proxy copy_length found (exit 1), data resampled, v2 passed (exit 0); reports in reports/"
-	@echo "   charts and a self-contained page: reports/scorer_v1/report.html, reports/compare/comparison.html"
+	@rm -rf $(DEMO_DIR)
+	@$(SENSAUDIT) demo $(DEMO_DIR)
 
 # The charts the README and the docs show, refreshed from the demo's reports (tests/test_docs.py
 # checks that each committed copy is what the demo draws, under the pinned matplotlib).
@@ -47,8 +39,9 @@ DOCS_CHARTS := compare/chart-compare-shares.png:compare-shares.png \
   docs_more_checks/chart-linearity.png:checks/chart-linearity.png \
   docs_more_checks/chart-layer_health.png:checks/chart-layer_health.png
 docs-chart: demo
-	$(SENSAUDIT) run configs/docs_more_checks.yaml --quiet; test $$? -eq 1
-	@for pair in $(DOCS_CHARTS); do cp "reports/$${pair%%:*}" "docs/$${pair#*:}"; done
+	$(SENSAUDIT) run docs/examples/more_checks.yaml --out $(DEMO_DIR)/reports/docs_more_checks \
+	  --quiet; test $$? -eq 1
+	@for pair in $(DOCS_CHARTS); do cp "$(DEMO_DIR)/reports/$${pair%%:*}" "docs/$${pair#*:}"; done
 
 # Screenshots of the demo's HTML reports for the docs (headless Chromium; docs/screenshots.json
 # records the pages' structure, which tests/test_docs.py holds the demo's pages to).
@@ -115,7 +108,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/discovery.py
 
 sample-data: $(STAMP)
-	$(BIN)/python scripts/make_sample_data.py --out sample_data
+	$(BIN)/python scripts/make_sample_data.py --out sensaudit/sample/sample_data
 
 clean:
-	rm -rf $(VENV) reports site .pytest_cache
+	rm -rf $(VENV) reports $(DEMO_DIR) site .pytest_cache

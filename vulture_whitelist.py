@@ -7,6 +7,7 @@ __getattr__  # sensaudit/__init__.py: the module's lazy names (PEP 562)
 __dir__  # sensaudit/__init__.py: dir(sensaudit) lists the lazy names too
 judges_the_model  # Check class flag, read by tests/test_method_conformance.py
 resample  # sensaudit/cli/app.py: a typer command, registered by its decorator
+demo  # sensaudit/cli/app.py: a typer command, registered by its decorator
 _.forward  # torch.nn.Module.forward, called by module(x)
 _.find_class  # pickle.Unpickler hook
 _.persistent_load  # pickle.Unpickler hook

@@ -51,7 +51,7 @@ def datasets() -> dict[str, pd.DataFrame]:
     sample = Path(matplotlib.get_data_path()) / "sample_data"
     msft = pd.read_csv(sample / "msft.csv").drop(columns=["Date"])
     stocks = pd.read_csv(sample / "Stocks.csv", comment="#").drop(columns=["Date"]).dropna()
-    ads = pd.read_csv(ROOT / "sample_data" / "ad_copy_eval.csv").drop(
+    ads = pd.read_csv(ROOT / "sensaudit/sample/sample_data" / "ad_copy_eval.csv").drop(
         columns=["ad_id", "quality"]).head(1000)
     g = torch.Generator().manual_seed(123)
     mixed = pd.DataFrame({

@@ -1,7 +1,7 @@
 """Screenshots of the demo's HTML reports for the docs (`make docs-screenshots`).
 
-Takes the first screen (1280 x 900) of reports/scorer_v1/report.html and
-reports/compare/comparison.html with headless Chromium, reduces each to a 128-colour palette
+Takes the first screen (1280 x 900) of the demo's (`make demo`, in sensaudit-demo/)
+reports/scorer_v1/report.html and reports/compare/comparison.html with headless Chromium, reduces each to a 128-colour palette
 (the pages are text and flat colours; a full-colour PNG of one screen is over 150 KB), and
 writes docs/report-html.png and docs/comparison-html.png. A browser's fonts differ from
 machine to machine, so the pixels cannot be checked; instead docs/screenshots.json records the
@@ -25,8 +25,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = {"report-html.png": "reports/scorer_v1/report.html",
-         "comparison-html.png": "reports/compare/comparison.html"}
+SHOTS = {"report-html.png": "sensaudit-demo/reports/scorer_v1/report.html",
+         "comparison-html.png": "sensaudit-demo/reports/compare/comparison.html"}
 RECORD = ROOT / "docs" / "screenshots.json"
 WINDOW = (1280, 900)
 COLOURS = 128

@@ -190,7 +190,7 @@ def test_reports_written(tmp_path, assets):
     assert result.exit_code == 1
     reports = tmp_path / "reports"
     assert sorted(p.name for p in reports.iterdir()) == [
-        ".sensaudit-manifest.json", ".sensaudit.lock",  # sensaudit's own, hidden
+        ".sensaudit-manifest.json",  # sensaudit's own, hidden (its lock file is removed)
         "examples.csv", "report.md", "sensitivity.csv", "summary.json", "suspects.csv"]
 
     sensitivity = pd.read_csv(reports / "sensitivity.csv")
@@ -240,7 +240,7 @@ def test_json_only_writes_only_the_summary(tmp_path, assets):
     config = _config(tmp_path, assets, formats="  formats: [json]\n")
     assert _run("run", str(config), "--quiet").exit_code == 1
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == [
-        ".sensaudit-manifest.json", ".sensaudit.lock", "summary.json"]
+        ".sensaudit-manifest.json", "summary.json"]
 
 
 def test_failed_run_leaves_earlier_reports_untouched(tmp_path, assets):

@@ -254,9 +254,9 @@ def test_compare_bad_input_exits_2(setup):
 
 def test_sample_models_show_the_story():
     root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "configs" / "scorer_v2.yaml")
-    result = compare_models(cfg, root / "sample_data/scorer_v1.pt2",
-                            root / "sample_data/scorer_v2.pt2")
+    cfg = load_config(root / "sensaudit/sample/configs" / "scorer_v2.yaml")
+    result = compare_models(cfg, root / "sensaudit/sample/sample_data/scorer_v1.pt2",
+                            root / "sensaudit/sample/sample_data/scorer_v2.pt2")
     table = result.table.set_index("feature")
     assert table.loc["copy_length", "delta_share"] < -0.2
     assert table.loc["copy_length", "significant"]

@@ -24,6 +24,9 @@ from sensaudit.methods import METHODS
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
+# Where `make demo` (sensaudit demo) copies the sample and writes the reports.
+DEMO = ROOT / "sensaudit-demo"
+SAMPLE_DATA = ROOT / "sensaudit" / "sample" / "sample_data"
 
 
 def _nav_pages() -> list[str]:
@@ -227,8 +230,8 @@ def _run_as_written(argv: list[str], tmp_path, monkeypatch) -> Path:
 
     monkeypatch.chdir(tmp_path)
     runner = CliRunner(env={"COLUMNS": "1000"})
-    init = runner.invoke(app, ["init", str(ROOT / "sample_data" / "scorer_v1.pt2"),
-                               str(ROOT / "sample_data" / "ad_copy_eval.csv"), "--label",
+    init = runner.invoke(app, ["init", str(SAMPLE_DATA / "scorer_v1.pt2"),
+                               str(SAMPLE_DATA / "ad_copy_eval.csv"), "--label",
                                "quality"])
     assert init.exit_code == 0, init.output
     ran = runner.invoke(app, argv[1:])
@@ -360,11 +363,11 @@ def _pinned_matplotlib() -> None:
 
 def test_the_docs_charts_are_what_the_demo_draws():
     """Each committed chart is `make docs-chart`'s copy of the demo's (run after
-    tests/test_readme.py's demo test, which writes them; configs/docs_more_checks.yaml's are
+    tests/test_readme.py's demo test, which writes them; docs/examples/more_checks.yaml's are
     checked by test_the_more_checks_example_gives_the_pages_figures)."""
     charts = {report: copy for report, copy in _docs_charts().items()
               if not report.startswith("docs_more_checks/")}
-    drawn = {report: ROOT / "reports" / report for report in charts}
+    drawn = {report: DEMO / "reports" / report for report in charts}
     if not all(path.is_file() for path in drawn.values()):
         pytest.skip("the demo has not run in this checkout")
     _pinned_matplotlib()
@@ -375,10 +378,10 @@ def test_the_docs_charts_are_what_the_demo_draws():
 
 @pytest.mark.slow
 def test_the_more_checks_example_gives_the_pages_figures(tmp_path):
-    """configs/docs_more_checks.yaml, run as `make docs-chart` runs it: the figures the check
+    """docs/examples/more_checks.yaml, run as `make docs-chart` runs it: the figures the check
     pages quote, and their charts."""
     done = subprocess.run([sys.executable, "-m", "sensaudit", "run",
-                           "configs/docs_more_checks.yaml", "--out", str(tmp_path), "--quiet"],
+                           "docs/examples/more_checks.yaml", "--out", str(tmp_path), "--quiet"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     report = (tmp_path / "report.md").read_text()
@@ -399,7 +402,7 @@ def test_the_more_checks_example_gives_the_pages_figures(tmp_path):
         if report_file.startswith("docs_more_checks/"):
             drawn = tmp_path / report_file.split("/", 1)[1]
             assert drawn.read_bytes() == (DOCS / copy).read_bytes(), \
-                f"docs/{copy} is not what configs/docs_more_checks.yaml draws: make docs-chart"
+                f"docs/{copy} is not what docs/examples/more_checks.yaml draws: make docs-chart"
 
 
 def test_the_screenshots_are_small_shown_and_recorded():

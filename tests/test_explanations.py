@@ -252,7 +252,7 @@ def test_the_median_baseline_is_the_exact_median(method):
 
 
 def test_the_median_of_the_sample_data_is_exact_and_its_sample_close():
-    data = pd.read_csv(ROOT / "sample_data/ad_copy_eval.csv")
+    data = pd.read_csv(ROOT / "sensaudit/sample/sample_data/ad_copy_eval.csv")
     features = [c for c in data.columns if c not in ("ad_id", "quality")]
     x = torch.tensor(data[features].to_numpy())
     rows = np.arange(1, len(data) + 1)

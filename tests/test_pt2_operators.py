@@ -123,7 +123,7 @@ def test_every_operator_standard_layers_export_to_is_admitted(decompose):
 
 
 def test_the_sample_models_use_only_admitted_operators():
-    root = Path(__file__).resolve().parents[1] / "sample_data"
+    root = Path(__file__).resolve().parents[1] / "sensaudit/sample/sample_data"
     for path in sorted(root.glob("*.pt2")):
         pt2_safety.check_archive(path)
         pt2_safety.check_graph_ops(torch.export.load(str(path)))

@@ -35,6 +35,7 @@ from sensaudit.config.ray import RaySettings
 from sensaudit.pipeline.example_rows import HeldRows
 
 ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sensaudit" / "sample"
 FORMATS = ["csv", "json", "markdown"]
 RTOL = 1e-9
 # What the engines may differ in: the report.md note saying where it ran.
@@ -107,9 +108,9 @@ def _same_reports(local: Path, on_ray: Path, tables: tuple[str, ...] = ()) -> No
 
 @pytest.mark.slow
 def test_sample_audit_matches_local(ray_up, tmp_path):
-    """configs/scorer_v2.yaml: proxies, misscored rows, expect (replayed), robustness
+    """The sample's configs/scorer_v2.yaml: proxies, misscored rows, expect (replayed), robustness
     (replayed), suspects; one CSV file is one work unit."""
-    config = ROOT / "configs" / "scorer_v2.yaml"
+    config = SAMPLE / "configs" / "scorer_v2.yaml"
     local = _audit(config, tmp_path / "local", "local")
     on_ray = _audit(config, tmp_path / "ray", "ray", workers=2)
     assert local.passed and on_ray.passed
@@ -125,7 +126,7 @@ def test_auto_examples_beyond_the_limit_match_local(ray_up, tmp_path, monkeypatc
     import sensaudit.pipeline.example_rows as example_rows
 
     monkeypatch.setattr(example_rows, "AUTO_EXAMPLE_ROWS", 1_000)  # the sample has 1,500 rows
-    config = ROOT / "configs" / "scorer_v2.yaml"
+    config = SAMPLE / "configs" / "scorer_v2.yaml"
     local = _audit(config, tmp_path / "local", "local")
     on_ray = _audit(config, tmp_path / "ray", "ray", workers=2)
     assert not local.examples_streamed and not on_ray.examples_streamed
@@ -157,8 +158,8 @@ def test_held_rows_are_written_only_within_the_limit():
 def test_sample_compare_matches_local(ray_up, tmp_path):
     """compare v1 -> v2: both models in the same actors; the paired bootstrap's intervals and
     the per-row agreement merge to the local figures."""
-    cfg = with_overrides(load_config(ROOT / "configs" / "scorer_v2.yaml"), formats=FORMATS)
-    old, new = (ROOT / "sample_data" / f"scorer_v{v}.pt2" for v in (1, 2))
+    cfg = with_overrides(load_config(SAMPLE / "configs" / "scorer_v2.yaml"), formats=FORMATS)
+    old, new = (SAMPLE / "sample_data" / f"scorer_v{v}.pt2" for v in (1, 2))
     results = {}
     for engine in ("local", "ray"):
         results[engine], _ = run_compare(replace(cfg, engine=engine), old, new,

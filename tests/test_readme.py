@@ -17,6 +17,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = ROOT / "docs" / "usage.md"
 DEVELOPMENT = ROOT / "docs" / "development.md"
+# Where `make demo` (sensaudit demo) copies the sample and writes the reports.
+DEMO = ROOT / "sensaudit-demo"
+SAMPLE_DATA = ROOT / "sensaudit" / "sample" / "sample_data"
 
 
 def _code_blocks(text: str) -> list[str]:
@@ -56,14 +59,14 @@ def test_demo_path_runs_and_tells_the_story(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo OK" in done.stdout
-    v1 = json.loads((ROOT / "reports/scorer_v1/summary.json").read_text())
-    v2 = json.loads((ROOT / "reports/scorer_v2/summary.json").read_text())
+    v1 = json.loads((DEMO / "reports/scorer_v1/summary.json").read_text())
+    v2 = json.loads((DEMO / "reports/scorer_v2/summary.json").read_text())
     assert v1["passed"] is False and [f["feature"] for f in v1["flags"]] == ["copy_length"]
     # Nobody declared it: the suspects check found it, with its reasons.
     assert [s["feature"] for s in v1["suspects"]] == ["copy_length"]
     assert v1["suspects"][0]["reasons"][0].startswith("relied on beyond its evidence")
     assert v2["passed"] is True and v2["suspects"] == []
-    resampled = (ROOT / "reports/ad_copy_train_resampled.csv").read_text().splitlines()
+    resampled = (DEMO / "reports/ad_copy_train_resampled.csv").read_text().splitlines()
     assert len(resampled) - 1 == 3084
     assert "copy_length vs quality: correlation +0.547 -> +0.015" in done.stdout
     # The demo shows one expectation and the adversarial shift, passing in both.
@@ -72,21 +75,21 @@ def test_demo_path_runs_and_tells_the_story(tmp_path):
         assert (expectation["feature"], expectation["passed"]) == ("clarity", True)
         (robustness,) = summary["robustness"]
         assert robustness["passed"] is True and 0 < robustness["p95_shift"] < 0.15
-        report = (ROOT / "reports" / name / "report.md").read_text()
+        report = (DEMO / "reports" / name / "report.md").read_text()
         assert "## Adversarial shift" in report and "## Monotonicity expectations" in report
     assert v1["robustness"][0]["p95_shift"] > v2["robustness"][0]["p95_shift"]
-    comparison = json.loads((ROOT / "reports/compare/comparison.json").read_text())
+    comparison = json.loads((DEMO / "reports/compare/comparison.json").read_text())
     copy_length = next(f for f in comparison["features"] if f["feature"] == "copy_length")
     assert copy_length["delta_share"] < -0.2 and copy_length["changed"]
     # report.md explains v1's score with the rows one feature moves most (no proxy is declared
     # in v1's config): copy_length, each row's own copy_length next to the mean it is measured
     # from.
-    report = (ROOT / "reports/scorer_v1/report.md").read_text()
+    report = (DEMO / "reports/scorer_v1/report.md").read_text()
     section = report.split("### Rows where one feature moves the score most\n")[1]
     rows = re.findall(r"^- `(ad-\d+)`: score [\d.]+, label \d\. (\w+) = ([\d.]+) \(mean "
                       r"([\d.]+)\) (adds \+|takes )[\d.]+ ", section.split("###")[0], re.M)
     assert len(rows) == 10
-    data = pd.read_csv(ROOT / "sample_data/ad_copy_eval.csv").set_index("ad_id")
+    data = pd.read_csv(SAMPLE_DATA / "ad_copy_eval.csv").set_index("ad_id")
     for ad, feature, value, mean, _ in rows:
         assert feature == "copy_length"
         assert float(value) == data.loc[ad, "copy_length"]

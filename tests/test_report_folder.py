@@ -180,6 +180,47 @@ def test_concurrent_runs_leave_one_runs_complete_set(tmp_path):
     assert (target / "notes.txt").read_text() == "the user's"
 
 
+def test_after_a_run_the_report_folder_holds_only_the_reports(tmp_path):
+    """What a CI job uploads from report.dir: the report files and the manifest that lets the
+    next run remove a dropped format's reports; no lock file, no staging folder."""
+    cfg = good_setup(tmp_path)
+    reports = tmp_path / "reports"
+    seen: list[list[str]] = []
+    assert cli("run", str(cfg), "--quiet").exit_code == 0
+    run_audit(load_config(cfg), progress=lambda *_: seen.append(
+        sorted(p.name for p in reports.iterdir())))
+    assert any(LOCK_NAME in listing for listing in seen)  # held while the run wrote
+    assert sorted(p.name for p in reports.iterdir()) == [MANIFEST_NAME, *AUDIT_FILES]
+    assert all((reports / name).is_file() for name in AUDIT_FILES)
+
+
+def test_a_run_waiting_on_a_removed_lock_file_locks_afresh(tmp_path):
+    """The holder removes the lock file before it unlocks: the run that waited on it must not
+    take the removed file's lock for the folder's, or a third run could write beside it."""
+    target = tmp_path / "reports"
+    first = StagedReport(target, ["json"]).__enter__()
+    waiting = StagedReport(target, ["json"], lock_wait=5)
+    entered: list[StagedReport] = []
+    thread = threading.Thread(target=lambda: entered.append(waiting.__enter__()))
+    thread.start()
+    time.sleep(0.3)  # the waiting run has opened the lock file and polls its flock
+    assert entered == []
+    first.write_text("a.json", "first")
+    first.commit()
+    first.__exit__(None, None, None)
+    thread.join(timeout=10)
+    assert entered == [waiting]
+    try:
+        # It holds the lock of the file now at the path, so a third run is refused.
+        assert (target / LOCK_NAME).is_file()
+        with pytest.raises(ReportError):
+            StagedReport(target, ["json"], lock_wait=0.1).__enter__()
+    finally:
+        waiting.__exit__(None, None, None)
+    assert not (target / LOCK_NAME).exists()
+    assert sorted(p.name for p in target.iterdir()) == [MANIFEST_NAME, "a.json"]
+
+
 # --- staging: inside the report folder, cleaned after crashes ---------------------------------
 
 CHILD = textwrap.dedent("""
@@ -217,10 +258,12 @@ def test_killed_run_holds_no_lock_and_its_staging_is_removed_by_the_next(tmp_pat
         child.kill()
         child.wait(timeout=10)
     assert len(staging_folders(target)) == 1  # SIGKILL: no chance to clean up
+    assert (target / LOCK_NAME).is_file()
     assert (target / "summary.json").read_text() == "previous"
 
     stage(target, {"summary.json": "next"})
     assert staging_folders(target) == []
+    assert not (target / LOCK_NAME).exists()  # the next run locked it, then removed it
     assert (target / "summary.json").read_text() == "next"
 
 

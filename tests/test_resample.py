@@ -328,9 +328,9 @@ def test_the_output_file_gets_the_mode_of_a_report(tmp_path, umask):
 def test_the_sample_v2_model_was_trained_on_what_the_demo_resamples(tmp_path):
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "resampled.csv"
-    result = resample_file(root / "sample_data" / "ad_copy_train.csv", out,
+    result = resample_file(root / "sensaudit/sample/sample_data" / "ad_copy_train.csv", out,
                            proxy="copy_length", label="quality")
-    # sample_data/README.md states the size of the resample scorer_v2 was trained on.
-    readme = (root / "sample_data" / "README.md").read_text()
+    # The sample's README.md states the size of the resample scorer_v2 was trained on.
+    readme = (root / "sensaudit/sample/sample_data" / "README.md").read_text()
     assert f"retrained on a {result.output_rows}-row resample" in readme
     assert abs(result.after.correlation) < 0.03 < result.before.correlation

@@ -42,7 +42,7 @@ def test_a_file_from_each_release_loads_untrusted_and_scores_as_written(folder, 
 
 @pytest.mark.parametrize("name", ["scorer_v1.pt2", "scorer_v2.pt2"])
 def test_the_sample_models_load_untrusted(name):
-    path = ROOT / "sample_data" / name
+    path = ROOT / "sensaudit/sample/sample_data" / name
     pt2_safety.check_archive(path)
     model = load_model(ModelConfig(path=path, device="cpu"))
     rows = torch.zeros(2, _input_width(path))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +22,8 @@ from rich.text import Text
 
 from sensaudit._version import __version__
 from sensaudit.cli import github_actions
+from sensaudit.cli.demo import DEFAULT_FOLDER as DEFAULT_DEMO_FOLDER
+from sensaudit.cli.demo import story_commands
 from sensaudit.cli.overrides import with_overrides
 from sensaudit.cli.render import (
     _plain,
@@ -322,6 +324,59 @@ def resample(
     if after.mutual_information > 2 * after.chance and method in ("rows", "weights"):
         _plain(f"{proxy} still tracks {label} within the --bins {bins} bins (mutual information "
                f"over twice what chance gives): more --bins, or --method residual")
+
+
+@app.command(help=f"""Copy the sample into DIR and run the find-fix-verify story there: a
+scorer (scorer_v1) fails its audit on a proxy nobody declared (copy_length: long ads happened
+to be the good ones in its training data), the training data is resampled so that copy_length
+no longer tracks quality, the scorer retrained on it (scorer_v2) passes, and compare shows
+what the retrain changed. Takes about a minute; then open the reports in a browser:
+DIR/reports/scorer_v1/report.html and DIR/reports/compare/comparison.html.
+
+Example:
+
+\b
+    sensaudit demo                # into ./sensaudit-demo
+    sensaudit demo /tmp/my-demo   # into a folder of your choice
+
+The sample is two scorers, their data (sample_data/) and their audit configs (configs/).
+The steps, run inside DIR (type them there to go step by step; the configs, commented,
+are a start for your own):
+
+\b
+{story_commands()}
+
+DIR must not hold a file the demo copies, nor a reports folder: nothing there is ever
+overwritten. Exit codes: 0 the story held (scorer_v1 exit 1, scorer_v2 and compare exit 0);
+1 a step gave another verdict; 2 DIR is taken or a step met bad input (its message says
+which); 3 a bug.""")
+def demo(
+    folder: Annotated[Path, typer.Argument(
+        metavar="DIR", help="The folder to copy the sample into and run the story in; "
+        "created if missing.")] = DEFAULT_DEMO_FOLDER,
+    debug: Debug = False,
+) -> None:
+    with _errors(debug):
+        from sensaudit.cli.demo import copy_sample
+
+        copied = copy_sample(folder)
+    _plain(f"copied the sample into {folder}: {len(copied)} files in configs/ and sample_data/; "
+           "the story runs there")
+    from sensaudit.cli.demo import DONE, tell_story
+
+    command = typer.main.get_command(app)
+
+    def invoke(argv: Sequence[str]) -> int:
+        code = command.main(list(argv), prog_name="sensaudit", standalone_mode=False)
+        return code if isinstance(code, int) else EXIT_PASSED  # resample returns on success
+
+    code, reason = tell_story(folder, invoke, _plain)
+    if reason is not None:
+        stderr.print(reason, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code)
+    prefix = "" if folder == Path(".") else f"{folder}/"
+    for line in DONE:
+        _plain(line.format(folder=prefix))
 
 
 def _expand(patterns: list[str], option: str) -> list[Path]:

@@ -9,7 +9,14 @@ sensaudit's own entries in the report folder (everything else there is the user'
 touched):
 
 - ``.sensaudit.lock``: locked for the whole run, so two runs into one folder cannot leave a
-  mix of both; left in place between runs.
+  mix of both; removed by the run that holds it when the run ends (a report folder a CI job
+  uploads holds no lock file). A run that waited on a lock file removed meanwhile sees that
+  its path no longer names the file it locked and locks afresh, so removing it is safe. It
+  lives inside the report folder, not beside it or in the temp folder: the report folder is
+  the one place every run into it can write (its parent may be read-only), it is on the
+  filesystem the runs share (a temp folder is per machine or per container), and a sibling
+  next to ``reports/x`` would land in an upload of ``reports/``. A run killed outright
+  (SIGKILL) leaves it; the next run locks and removes it.
 - ``.sensaudit-staging-<pid>-<random>/``: this run's files until commit. It lives inside the
   report folder (same filesystem: the moves are atomic renames, and only the report folder
   needs to be writable). Whoever holds the lock removes any other one: its run has died.
@@ -251,12 +258,16 @@ class StagedReport:
             os.close(fd)
 
     def _release(self) -> None:
-        """Unlock; a first run that failed also removes the folder it created, if it holds
-        nothing but the lock file (while still locked, so a waiting run notices and retries)."""
+        """Remove the lock file, then unlock: while it is still locked, so that a run waiting
+        on it finds its path gone once it gets the lock, and retries. A first run that failed
+        also removes the folder it created, if nothing else is in it."""
         try:
+            lock_path = self.target / LOCK_NAME
+            if self._locked and self._lock_fd is not None and _is_open_as(self._lock_fd,
+                                                                          lock_path):
+                lock_path.unlink()
             if self._locked and self._created_target and not self._committed:
-                if os.listdir(self.target) in ([LOCK_NAME], []):
-                    (self.target / LOCK_NAME).unlink(missing_ok=True)
+                if not os.listdir(self.target):
                     self.target.rmdir()
         except OSError:
             pass
