@@ -1,8 +1,9 @@
 """Screenshots of the demo's HTML reports for the docs (`make docs-screenshots`).
 
 Takes the first screen (1280 x 900) of the demo's (`make demo`, in sensaudit-demo/)
-reports/scorer_v1/report.html and reports/compare/comparison.html with headless Chromium, reduces each to a 128-colour palette
-(the pages are text and flat colours; a full-colour PNG of one screen is over 150 KB), and
+reports/scorer_v1/report.html and reports/compare/comparison.html with headless Chromium,
+reduces each to a 128-colour palette (the pages are text and flat colours; a full-colour PNG
+of one screen is over 150 KB), and
 writes docs/report-html.png and docs/comparison-html.png. A browser's fonts differ from
 machine to machine, so the pixels cannot be checked; instead docs/screenshots.json records the
 *structure* of each page they were taken from (its elements and their classes, without the
