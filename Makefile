@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-0.1.0
 
-.PHONY: demo demo-run docs-chart test test-fast lint bench sample-data clean test-torch-next version-fixtures
+.PHONY: demo demo-run docs docs-chart docs-screenshots test test-fast lint bench sample-data clean test-torch-next version-fixtures
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,17 +27,39 @@ demo-run:
 	@rm -rf $(DEMO_DIR)
 	@$(SENSAUDIT) demo $(DEMO_DIR)
 
-# The chart the README shows, refreshed from the demo's reports (tests/test_readme.py checks
-# that the committed copy is what the demo draws).
+# The charts the README and the docs show, refreshed from the demo's reports (tests/test_docs.py
+# checks that each committed copy is what the demo draws, under the pinned matplotlib).
+DOCS_CHARTS := compare/chart-compare-shares.png:compare-shares.png \
+  scorer_v1/chart-shares.png:checks/chart-shares-v1.png \
+  scorer_v2/chart-shares.png:checks/chart-shares-v2.png \
+  scorer_v1/chart-suspects.png:checks/chart-suspects.png \
+  scorer_v1/chart-monotonicity.png:checks/chart-monotonicity.png \
+  scorer_v1/chart-robustness.png:checks/chart-robustness.png \
+  scorer_v1/chart-contributions.png:reports-chart-contributions.png \
+  docs_more_checks/chart-linearity.png:checks/chart-linearity.png \
+  docs_more_checks/chart-layer_health.png:checks/chart-layer_health.png
 docs-chart: demo
-	cp $(DEMO_DIR)/reports/compare/chart-compare-shares.png docs/compare-shares.png
+	$(SENSAUDIT) run docs/examples/more_checks.yaml --out $(DEMO_DIR)/reports/docs_more_checks \
+	  --quiet; test $$? -eq 1
+	@for pair in $(DOCS_CHARTS); do cp "$(DEMO_DIR)/reports/$${pair%%:*}" "docs/$${pair#*:}"; done
 
-# Lint, type and layer checks first: a check nobody runs rots.
+# Screenshots of the demo's HTML reports for the docs (headless Chromium; docs/screenshots.json
+# records the pages' structure, which tests/test_docs.py holds the demo's pages to).
+docs-screenshots: demo
+	$(BIN)/python scripts/docs_screenshots.py
+
+# The docs site (mkdocs.yml) into site/. Strict: a broken link or anchor, or a page left out
+# of the nav, fails the build; `make test` builds it too.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# Lint, type and layer checks first: a check nobody runs rots. Then the docs, built strictly.
 test: $(STAMP)
 	$(BIN)/ruff check sensaudit tests benchmarks scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/vulture sensaudit vulture_whitelist.py --min-confidence 60
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest
 
 # The quick loop while editing (under 2 minutes on 2 cores): every module's tests except those
@@ -89,4 +111,4 @@ sample-data: $(STAMP)
 	$(BIN)/python scripts/make_sample_data.py --out sensaudit/sample/sample_data
 
 clean:
-	rm -rf $(VENV) reports $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) reports $(DEMO_DIR) site .pytest_cache

@@ -41,7 +41,7 @@ class Linear(torch.nn.Module):
 
 
 def export_named(path: Path, w: list[float], names: list[str] | None) -> Path:
-    """A .pt2 whose file names its inputs (as README's "Declaring the model's inputs" says)."""
+    """A .pt2 whose file names its inputs (as docs/inputs.md says)."""
     program = torch.export.export(Linear(w), (torch.ones(4, len(w), dtype=torch.float64),),
                                   dynamic_shapes=({0: torch.export.Dim("rows")},))
     extra = {"sensaudit.json": json.dumps({"features": names})} if names else None

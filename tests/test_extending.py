@@ -1,5 +1,5 @@
-"""The README's "Extending" examples, run as written: each is one new file plus one
-registration line, and the config, the pipeline and the reports pick it up."""
+"""The "Extending" page's examples (docs/extending.md), run as written: each is one new file
+plus one registration line, and the config, the pipeline and the reports pick it up."""
 
 from __future__ import annotations
 
@@ -21,32 +21,33 @@ from sensaudit.cli.app import app
 from sensaudit.config.keys import key_table
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "extending.md"
 
 
 def _example(path: str) -> types.ModuleType:
-    """The README block that starts with '# <path>', loaded as a module."""
-    text = (ROOT / "README.md").read_text()
+    """The page's block that starts with '# <path>', loaded as a module."""
+    text = PAGE.read_text()
     block = re.search(r"```python\n# " + re.escape(path) + r"\n(.*?)```", text, flags=re.S)
-    assert block, f"README has no example for {path}"
+    assert block, f"docs/extending.md has no example for {path}"
     module = types.ModuleType(path)
-    # dont_inherit: run as the README writes it, without this file's `from __future__` imports.
+    # dont_inherit: run as the page writes it, without this file's `from __future__` imports.
     code = compile(block.group(1), path, "exec", dont_inherit=True)
-    exec(code, module.__dict__)  # noqa: S102 - our README
+    exec(code, module.__dict__)  # noqa: S102 - our docs
     return module
 
 
 def _registration(registry: str) -> str:
-    """The one registration line the README shows for a registry file."""
-    text = (ROOT / "README.md").read_text()
+    """The one registration line the page shows for a registry file."""
+    text = PAGE.read_text()
     found = re.search(r"Register it in `sensaudit/" + re.escape(registry)
                       + r"` with one line in `\w+`:\n\n```python\n(.*?)\n```", text, flags=re.S)
-    assert found, f"README shows no registration line for {registry}"
+    assert found, f"docs/extending.md shows no registration line for {registry}"
     return found.group(1).strip()
 
 
 def _register_check(monkeypatch, cls) -> None:
     """Add the check to the registry for this test, in place of one of the same name (the
-    README's own file, once a maintainer has added it)."""
+    page's own file, once a maintainer has added it)."""
     monkeypatch.setattr(checks, "CHECKS", [*(c for c in checks.CHECKS if c.name != cls.name),
                                            cls])
 

@@ -1,7 +1,7 @@
 """Checks, one per file, run in this order; each adds gates, warnings and findings.
 
 To add a check, subclass :class:`~sensaudit.checks.base.Check` in a new file and add it to
-:data:`CHECKS` with one line (README, "Extending").
+:data:`CHECKS` with one line (docs/extending.md).
 """
 
 from __future__ import annotations

@@ -338,7 +338,7 @@ class SuspectedProxies(Check):
     def _section(self, suspects: pd.DataFrame, declared: pd.DataFrame,
                  status: dict[str, str]) -> list[str]:
         lines = ["Features nobody declared that the model leans on more than the data justify "
-                 "(README, \"Finding undeclared proxies\").", ""]
+                 "(docs/checks/suspects.md).", ""]
         lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in status.items()]
         # Feature and output names come from the data: escaped for markdown (text_safety).
         lines += [f"- {markdown_name(r.feature)} is a declared proxy, judged by its limits; it "

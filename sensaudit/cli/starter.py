@@ -145,7 +145,7 @@ def _inputs_by_width(loaded: LoadedModel, table: Table, data: Path) -> _Inputs:
         return _Inputs(features=features, left_out=(), comment=[
             f"  # The data's numeric columns; the model takes {len(features)} inputs.",
             "  # TODO: check they are the model's inputs in its order (the model file does",
-            "  # not name them; README, \"Declaring the model's inputs\")."])
+            "  # not name them; docs/inputs.md, \"Declaring the model's inputs\")."])
     width = _accepted_width(loaded, len(features))
     if width is None or width > len(features):
         hint = (f"the model takes {width} input features" if width is not None
@@ -164,7 +164,8 @@ def _inputs_by_width(loaded: LoadedModel, table: Table, data: Path) -> _Inputs:
         f"  # The model takes {width} inputs but the data has {len(features)} numeric "
         f"columns: {_listed(left_out)} left out.",
         "  # TODO: check these are the model's inputs in its order, or edit the list",
-        "  # (the model file does not name them; README, \"Declaring the model's inputs\").",
+        "  # (the model file does not name them; docs/inputs.md, \"Declaring the model's",
+        "  # inputs\").",
         *_label_hint(left_out, table)])
 
 
@@ -223,7 +224,7 @@ def _render(model: Path, data: Path, config: Path, table: Table, outputs: int,
     features = ", ".join(_q(f) for f in inputs.features)
     lines = [
         f"# sensaudit starter config for {model.name} on {data.name} (sensaudit init).",
-        "# Relative paths resolve against this file's folder. README: Config, for every key.",
+        "# Relative paths resolve against this file's folder. Every key: docs/configuration.md.",
         "model:",
         f"  path: {_q(_relative(model, folder))}",
     ]

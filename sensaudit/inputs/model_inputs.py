@@ -115,7 +115,7 @@ def order_note(inputs: ModelInputs, features: tuple[str, ...]) -> str | None:
     return (f"The model's input columns were not declared, so the data's column order ({shown})"
             " was assumed to be the order the model takes them in. If it is not, every figure "
             "is wrong: declare the order with model.features, or save it with the model "
-            "(README, \"Declaring the model's inputs\").")
+            "(docs/inputs.md, \"Declaring the model's inputs\").")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Attribution methods, one per file; ``audit.method`` picks one by name.
 
 To add a method, subclass :class:`~sensaudit.methods.base.AttributionMethod` in a new file
-and add it to :data:`METHODS` with one line (README, "Extending").
+and add it to :data:`METHODS` with one line (docs/extending.md).
 """
 
 from __future__ import annotations

@@ -152,8 +152,8 @@ class AuditSettings:
     # The method's own options (audit.samples: 10 -> {"samples": 10}), as the method declares
     # them (its ``Options`` class); it checks them when it is built. Left out: its defaults.
     method_options: Mapping[str, Any] = field(default_factory=dict)
-    # Options of checks registered without a key of their own, by check name (README,
-    # "Extending"): each check validates its own options.
+    # Options of checks registered without a key of their own, by check name
+    # (docs/extending.md): each check validates its own options.
     checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The checks beyond the gradient ranking (sensaudit.settings.checks; None: not asked for).
     threshold: float | None = None  # decision threshold on the score

@@ -70,7 +70,7 @@ class AuditWorker:
         # Paths relative to the driver's folder (the config's, as given) then name the same
         # files here, and messages name them as the local engine does. An actor is a process
         # of its own, so this changes nothing else. Where that folder does not exist, paths
-        # must be absolute (README: every node sees the files at the same paths).
+        # must be absolute (docs/ray.md: every node sees the files at the same paths).
         with contextlib.suppress(OSError):
             os.chdir(job.cwd)
 
