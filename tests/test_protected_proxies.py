@@ -314,3 +314,58 @@ def test_a_bad_protected_setting_is_one_line_and_exit_2(tmp_path, audit, message
     assert message in result.stderr, result.stderr
     assert str(tmp_path) in result.stderr  # the file is named
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_text_column_with_too_many_levels_fails_unjudged_on_any_split():
+    frame = _frame().assign(postcode=[f"p{i % 30}" for i in range(ROWS)])
+    settings = AuditSettings(protected=ProtectedSettings(columns=("postcode",), max_levels=20))
+    for chunk_rows in (ROWS, 7):  # each chunk of 7 rows has few levels; the whole has 30
+        result = sensaudit.audit_frame(Linear(W, n_features=4), frame, features=FEATURES,
+                                       settings=settings, chunk_rows=chunk_rows)
+        check = next(c for c in result.checks if c.check == "protected_proxies")
+        assert [(g.subject, g.passed) for g in check.gates] == [("proxies for postcode", False)]
+        assert check.summary["protected_columns"]["postcode"].startswith(
+            "not judged: more than 20 distinct values")
+        assert not result.passed
+
+
+def test_levels_over_the_limit_only_in_the_union_of_partitions_are_caught_by_merge():
+    """Two workers each see 15 levels, 30 together: the merged check is not judged either."""
+    from sensaudit.checks.protected_proxies import ProtectedProxies
+    from sensaudit.methods.base import Attributions
+
+    x = torch.tensor(_frame(rows=60)[FEATURES].to_numpy())
+    attributions = Attributions(scores=x @ W[:, None], values=W.expand(60, 1, 4).clone())
+    levels = np.array([f"p{i % 30}" for i in range(60)], dtype=object)
+    options = ProtectedSettings(columns=("postcode",), max_levels=20)
+    merged = ProtectedProxies(options, ())
+    for half in (np.arange(60) % 30 < 15, np.arange(60) % 30 >= 15):
+        partial = ProtectedProxies(options, ())
+        partial.update_columns(np.flatnonzero(half) + 1, x[torch.from_numpy(half)],
+                               Attributions(attributions.scores[torch.from_numpy(half)],
+                                            attributions.values[torch.from_numpy(half)]),
+                               {"postcode": levels[half]})
+        assert not partial.columns["postcode"].too_many
+        merged.merge(partial)
+    assert merged.columns["postcode"].too_many and not merged.columns["postcode"].levels
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_missing_protected_values_are_left_out_and_counted(tmp_path, suffix):
+    frame = _frame()
+    frame.loc[:4, "sex"] = np.nan
+    frame["region"] = frame["region"].astype(object)
+    frame.loc[10:12, "region"] = None
+    config = _files(tmp_path, {"protected": {"columns": ["sex", "region"]}}, frame)
+    data = tmp_path / f"data{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(data, index=False)
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["path"] = str(data)
+    config.write_text(yaml.safe_dump(raw))
+    result = cli("run", str(config), "--quiet")
+    assert result.exit_code == 1, result.stderr
+    summary = json.loads((tmp_path / "reports" / "summary.json").read_text())
+    columns = summary["protected_columns"]
+    assert columns["sex"] == "ran on 595 rows (numeric, 5 without a value left out)"
+    assert columns["region"] == "ran on 597 rows (text, 3 levels, 3 without a value left out)"

@@ -40,7 +40,7 @@ import torch
 
 from sensaudit.checks.base import Check, CheckResult, Gate, Notice, Ranking
 from sensaudit.checks.evidence import GroupedMoments, shares
-from sensaudit.core.errors import ConfigError, DataError, did_you_mean
+from sensaudit.core.errors import ConfigError, did_you_mean
 from sensaudit.core.text_safety import markdown_name
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.checks import MAX_COMBINED_FEATURES, FeatureGroup, ProtectedSettings
@@ -63,15 +63,21 @@ class _Column:
     levels: dict[str, CoMoments]
     text: bool
     missing: int = 0
+    # A text column with more levels than audit.protected.max_levels: not judged (a failed
+    # gate), and its levels' sums dropped (an id-like column would hold one per row).
+    too_many: bool = False
 
-    def merge(self, other: _Column) -> None:
+    def merge(self, other: _Column, max_levels: int) -> None:
         self.overall.merge(other.overall)
+        self.missing += other.missing
+        self.too_many = self.too_many or other.too_many
         for level, moments in other.levels.items():
             if level in self.levels:
                 self.levels[level].merge(moments)
             else:
                 self.levels[level] = moments
-        self.missing += other.missing
+        if self.too_many or len(self.levels) > max_levels:
+            self.too_many, self.levels = True, {}
 
 
 @dataclass
@@ -162,13 +168,12 @@ class ProtectedProxies(Check):
             x, column = x[known], column[known]
             state.overall.update(x)
             found, codes = np.unique(column.astype(str), return_inverse=True)
+            if len(set(state.levels) | set(found.tolist())) > self.options.max_levels:
+                state.too_many, state.levels = True, {}
+            if state.too_many:
+                return
             for i, level in enumerate(found.tolist()):
                 if level not in state.levels:
-                    if len(state.levels) >= self.options.max_levels:
-                        raise DataError(
-                            f"column '{name}' (audit.protected.columns) has more than "
-                            f"{self.options.max_levels} distinct values: a text protected "
-                            "column must have few levels (audit.protected.max_levels)")
                     state.levels[level] = CoMoments(x.shape[1], scatter=False)
                 state.levels[level].update(x[codes == i])
         else:
@@ -191,7 +196,7 @@ class ProtectedProxies(Check):
                 self.products = self.products + other.products
         for name, column in other.columns.items():
             if name in self.columns:
-                self.columns[name].merge(column)
+                self.columns[name].merge(column, self.options.max_levels)
             else:
                 self.columns[name] = column
 
@@ -238,6 +243,14 @@ class ProtectedProxies(Check):
                         check=self.name, subject=f"proxies for {name}", output=output,
                         passed=True, limit=self._limit(name),
                         details={"candidates": len(rows)}))
+        # A protected column that cannot be judged is not passed: the audit asked for it.
+        for name, why in status.items():
+            if why.startswith("not judged"):
+                result.gates.append(Gate(
+                    check=self.name, subject=f"proxies for {name}", output=ranking.outputs[0],
+                    passed=False, limit=f"a text protected column of at most "
+                    f"{opts.max_levels} levels (audit.protected.max_levels)",
+                    details={"reasons": [f"'{name}' {why}"]}))
         not_run = {k: v for k, v in status.items() if not v.startswith("ran")}
         if not_run:
             result.notes.append("Protected proxies: " + "; ".join(
@@ -263,6 +276,9 @@ class ProtectedProxies(Check):
     def _judge(self, name: str, ranking: Ranking, share: list[np.ndarray]
                ) -> tuple[pd.DataFrame | None, str]:
         state = self.columns.get(name)
+        if state is not None and state.too_many:
+            return None, (f"not judged: more than {self.options.max_levels} distinct values "
+                          "for a text column (audit.protected.max_levels)")
         if state is None or state.overall.rows == 0:
             return None, "not run: no row has a value in this column"
         f = len(ranking.features)

@@ -105,6 +105,8 @@ def _extra_column(series: pd.Series, name: str, table: Table, path: Path,
     """An extra column's values: text levels (None where missing) for Table.extra_text, else
     numbers (NaN where missing; text in a cell is named with its row)."""
     if name not in table.extra_text:
+        if not pd.api.types.is_numeric_dtype(series):  # read as text: missing markers are NaN
+            series = series.astype(object).where(series.notna(), "")
         return _numeric_column(series, name, path, first_row)
     text = series.astype(object)
     missing = text.isna().to_numpy() | text.astype(str).str.strip().isin(_MISSING_TEXT).to_numpy()
