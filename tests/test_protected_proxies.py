@@ -250,6 +250,17 @@ def test_comoments_merge_over_partitions_as_one_pass():
     np.testing.assert_allclose(single.scatter / 199, np.cov(values.T), rtol=1e-9)
 
 
+def test_a_list_alone_names_the_columns():
+    config = sensaudit.parse_config({"data": {"path": "d.csv"},
+                                     "audit": {"protected": ["sex", "age"]}}, source="a.yaml")
+    assert config.audit.protected == ProtectedSettings(columns=("sex", "age"))
+    with pytest.raises(ConfigError) as err:
+        sensaudit.parse_config({"data": {"path": "d.csv"}, "audit": {"protected": "sex"}},
+                               source="a.yaml")
+    assert str(err.value) == ("a.yaml: audit.protected must be a mapping, or a list of "
+                              "columns (got 'sex', a str)")
+
+
 def test_settings_built_in_python_are_checked():
     with pytest.raises(ConfigError, match="max_share must be"):
         ProtectedSettings(columns=("sex",), max_share=1.5)

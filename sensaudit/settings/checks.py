@@ -19,6 +19,7 @@ their own (robustness, linearity, layer_health) are declared with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sensaudit.core.errors import ConfigError, describe
 from sensaudit.core.values import is_finite_number
@@ -153,7 +154,10 @@ class ProtectedSettings:
     they need not be model inputs. An input, a group (audit.groups) or the best linear
     combination of the inputs is a proxy when it is associated with a protected column beyond
     ``max_association`` and carries more than ``max_share`` of the sensitivity, both judged on
-    the lower end of their intervals (checks/protected_proxies.py)."""
+    the lower end of their intervals (checks/protected_proxies.py). A list alone
+    (``audit.protected: [sex, age]``) names the columns, every other key at its default."""
+
+    SHORTHAND: ClassVar[str] = "columns"
 
     columns: tuple[str, ...] = option((), names(), "the protected data columns (required)")
     max_association: float = option(

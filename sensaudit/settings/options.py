@@ -183,8 +183,12 @@ def parse_options(cls: type, raw: Any, where: str, *, from_config: bool = True
     ``from_config``: the values are as YAML gives them (lists, ints for floats), converted to
     the stored types; else they were built in Python (or parsed already) and only checked."""
     raw = {} if raw is None else raw
+    shorthand = getattr(cls, "SHORTHAND", None)
+    if shorthand is not None and isinstance(raw, list):  # `key: [a, b]` for {shorthand: [a, b]}
+        raw = {shorthand: raw}
     if not isinstance(raw, Mapping):
-        raise _bad(where, "a mapping", raw)
+        raise _bad(where, "a mapping" if shorthand is None else
+                   f"a mapping, or a list of {shorthand}", raw)
     options = {d.key: d for d in declared(cls)}
     for key in raw:
         if not isinstance(key, str):
