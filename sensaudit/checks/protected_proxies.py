@@ -151,7 +151,8 @@ class ProtectedProxies(Check):
             moments.update(kept_rows, keys, xs, values[:, o].abs())
         if self.products is not None:
             v = values.numpy()
-            self.products += np.einsum("rof,rog->ofg", v, v)
+            for o in range(outputs):  # one BLAS product per output
+                self.products[o] += v[:, o].T @ v[:, o]
         xn = xs.numpy()
         for name, column in columns.items():
             self._add(name, xn, column[keep])
@@ -163,7 +164,7 @@ class ProtectedProxies(Check):
             self.columns[name] = _Column(CoMoments(width), {}, text)
         state = self.columns[name]
         if text:
-            known = np.array([value is not None for value in column], dtype=bool)
+            known = ~pd.isna(column)
             state.missing += int((~known).sum())
             x, column = x[known], column[known]
             state.overall.update(x)
