@@ -39,19 +39,40 @@ import pandas as pd
 import torch
 
 from sensaudit.checks.base import Check, CheckResult, Gate, Notice, Ranking
-from sensaudit.checks.evidence import GroupedMoments, shares
 from sensaudit.core.errors import ConfigError, did_you_mean
 from sensaudit.core.text_safety import markdown_name
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.checks import MAX_COMBINED_FEATURES, FeatureGroup, ProtectedSettings
 from sensaudit.settings.sections import AuditSettings
-from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
+from sensaudit.stats.accumulators import (
+    BootstrapMoments,
+    BootstrapSensitivity,
+    PoissonBootstrap,
+    finite_rows,
+)
 from sensaudit.stats.comoments import CoMoments
 
 COMBINATION = "(linear combination)"  # the candidate name of the best linear combination
 COLUMNS = ["protected", "output", "candidate", "candidate_kind", "measure", "rows",
            "association", "association_low", "association_high", "share", "share_low",
            "share_high", "flagged", "possible", "allowed", "reason", "weights"]
+
+
+# Bootstrap weights are made for at most this many (replicate, row) pairs at once: 32 MB.
+WEIGHT_ELEMENTS = 1 << 22
+
+
+class WithPoint(PoissonBootstrap):
+    """Replicate 0 weighs every row 1 (the point estimate); the Poisson replicates follow, so
+    one pass of the bootstrap accumulators gives the estimate and its interval."""
+
+    def __init__(self, samples: int, seed: int):
+        super().__init__(samples + 1, seed)
+
+    def weights(self, rows: np.ndarray) -> torch.Tensor:
+        """float64 [1 + replicates, len(rows)]."""
+        replicates = PoissonBootstrap(self.samples - 1, self.seed).weights(rows)
+        return torch.cat([torch.ones(1, len(rows), dtype=torch.float64), replicates])
 
 
 @dataclass
@@ -98,9 +119,11 @@ class ProtectedProxies(Check):
         self.options = options
         self.groups = groups
         self.allowed = dict(options.allow)
-        self.bootstrap = PoissonBootstrap(options.bootstrap_samples, options.seed)
+        self.bootstrap = WithPoint(options.bootstrap_samples, options.seed)
         self.columns: dict[str, _Column] = {}
-        self.influence: list[GroupedMoments] = []  # per output
+        # The shares' sums under replicate 0 (every row weighs 1) and the Poisson replicates.
+        self.moments: BootstrapMoments | None = None
+        self.sensitivity: BootstrapSensitivity | None = None
         self.products: np.ndarray | None = None  # [outputs, features, features] sum a a'
         self.n_features = 0
 
@@ -137,8 +160,9 @@ class ProtectedProxies(Check):
         self.n_features = f
         if f > MAX_COMBINED_FEATURES:
             return  # not run (finish says so): the covariance would be [features]^2
-        if not self.influence:
-            self.influence = [GroupedMoments(self.bootstrap, f) for _ in range(outputs)]
+        if self.moments is None or self.sensitivity is None:
+            self.moments = BootstrapMoments(self.bootstrap, f)
+            self.sensitivity = BootstrapSensitivity(self.bootstrap)
             self.products = np.zeros((outputs, f, f))
         keep = finite_rows(attributions.scores, attributions.values).cpu().numpy()
         index = torch.from_numpy(np.flatnonzero(keep))
@@ -146,9 +170,13 @@ class ProtectedProxies(Check):
             "cpu", torch.float64)
         xs = x[index.to(x.device)].detach().to("cpu", torch.float64)
         kept_rows = rows[keep]
-        keys = np.zeros(len(kept_rows), dtype=np.int64)
-        for o, moments in enumerate(self.influence):
-            moments.update(kept_rows, keys, xs, values[:, o].abs())
+        everywhere = torch.ones(len(kept_rows), dtype=torch.bool)
+        block = max(1, WEIGHT_ELEMENTS // self.bootstrap.samples)  # weights [samples, block]
+        for start in range(0, len(kept_rows), block):
+            part = slice(start, start + block)
+            weights = self.bootstrap.weights(kept_rows[part])
+            self.moments.update(kept_rows[part], xs[part], weights)
+            self.sensitivity.update(weights, values[part], everywhere[part])
         if self.products is not None:
             v = values.numpy()
             for o in range(outputs):  # one BLAS product per output
@@ -186,15 +214,15 @@ class ProtectedProxies(Check):
         if not isinstance(other, ProtectedProxies):
             raise TypeError(f"cannot merge a {type(other).__name__} into ProtectedProxies")
         self.n_features = max(self.n_features, other.n_features)
-        if other.influence:
-            if not self.influence:
-                self.influence = [GroupedMoments(self.bootstrap, other.n_features)
-                                  for _ in other.influence]
-                self.products = np.zeros_like(other.products)
-            for mine, theirs in zip(self.influence, other.influence, strict=True):
-                mine.merge(theirs)
-            if self.products is not None and other.products is not None:
-                self.products = self.products + other.products
+        if other.moments is not None and other.sensitivity is not None:
+            if self.moments is None or self.sensitivity is None:
+                self.moments, self.sensitivity = other.moments, other.sensitivity
+                self.products = other.products
+            else:
+                self.moments.merge(other.moments)
+                self.sensitivity.merge(other.sensitivity)
+                if self.products is not None and other.products is not None:
+                    self.products = self.products + other.products
         for name, column in other.columns.items():
             if name in self.columns:
                 self.columns[name].merge(column, self.options.max_levels)
@@ -268,11 +296,10 @@ class ProtectedProxies(Check):
 
     def _shares(self, ranking: Ranking) -> list[np.ndarray]:
         """Per output, [samples + 1, features] shares (replicate 0 the point estimate)."""
-        found = []
-        for moments in self.influence:
-            _, scaled = moments.scaled([0], ranking.per_unit)
-            found.append(shares(scaled).numpy())
-        return found
+        if self.moments is None or self.sensitivity is None:
+            return []
+        found = self.sensitivity.shares(self.moments.std if ranking.per_unit else None)
+        return [found[:, o].numpy() for o in range(found.shape[1])]
 
     def _judge(self, name: str, ranking: Ranking, share: list[np.ndarray]
                ) -> tuple[pd.DataFrame | None, str]:
@@ -338,14 +365,11 @@ class ProtectedProxies(Check):
         RMS sensitivities of every input (see the module's docstring)."""
         if self.products is None or found.weights is None:
             return math.nan
-        sums = self.influence[o].groups.get(0)
-        if sums is None:
+        if self.moments is None:
             return math.nan
-        f = self.influence[o].n_features
-        w, s1, s2 = float(sums[0, 0]), sums[0, 1 : 1 + f], sums[0, 1 + f : 1 + 2 * f]
-        products = self.products[o] / max(w, 1.0)
+        products = self.products[o] / max(float(self.moments.w[0, 0]), 1.0)
         if ranking.per_unit:  # scaled as the shares are: by the std over the same rows
-            sd = np.sqrt(np.clip((s2 - s1**2 / max(w, 1.0)) / max(w - 1, 1.0), 0, None))
+            sd = self.moments.std[0].numpy()
             products = products * np.outer(sd, sd)
         total = float(np.sqrt(np.clip(np.diag(products), 0, None)).sum())
         if total <= 0:
