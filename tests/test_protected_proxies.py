@@ -380,3 +380,21 @@ def test_missing_protected_values_are_left_out_and_counted(tmp_path, suffix):
     columns = summary["protected_columns"]
     assert columns["sex"] == "ran on 595 rows (numeric, 5 without a value left out)"
     assert columns["region"] == "ran on 597 rows (text, 3 levels, 3 without a value left out)"
+
+
+def test_more_inputs_than_the_covariance_limit_fail_unjudged():
+    from sensaudit.settings.checks import MAX_COMBINED_FEATURES
+
+    rng = np.random.default_rng(2)
+    width = MAX_COMBINED_FEATURES + 1
+    names = [f"x{j}" for j in range(width)]
+    frame = pd.DataFrame(rng.normal(size=(40, width)), columns=names).assign(
+        sex=rng.integers(0, 2, 40).astype(float))
+    settings = AuditSettings(protected=ProtectedSettings(columns=("sex",)))
+    result, check, table = _run(frame, settings, features=names,
+                                w=torch.ones(width, dtype=torch.float64))
+    assert table.empty and not result.passed
+    assert [(g.subject, g.passed) for g in check.gates] == [("proxies for sex", False)]
+    assert check.summary["protected_columns"]["sex"] == (
+        f"not judged: {width} inputs, more than {MAX_COMBINED_FEATURES} (the check keeps their "
+        "covariance)")

@@ -237,7 +237,7 @@ class ProtectedProxies(Check):
         status: dict[str, str] = {}
         frames = []
         if self.n_features > MAX_COMBINED_FEATURES:
-            status = {name: f"not run: {self.n_features:,} inputs, more than "
+            status = {name: f"not judged: {self.n_features:,} inputs, more than "
                             f"{MAX_COMBINED_FEATURES} (the check keeps their covariance)"
                       for name in opts.columns}
         else:
@@ -275,11 +275,12 @@ class ProtectedProxies(Check):
         # A protected column that cannot be judged is not passed: the audit asked for it.
         for name, why in status.items():
             if why.startswith("not judged"):
+                limit = (f"at most {MAX_COMBINED_FEATURES} inputs" if "inputs" in why else
+                         f"a text protected column of at most {opts.max_levels} levels "
+                         "(audit.protected.max_levels)")
                 result.gates.append(Gate(
                     check=self.name, subject=f"proxies for {name}", output=ranking.outputs[0],
-                    passed=False, limit=f"a text protected column of at most "
-                    f"{opts.max_levels} levels (audit.protected.max_levels)",
-                    details={"reasons": [f"'{name}' {why}"]}))
+                    passed=False, limit=limit, details={"reasons": [f"'{name}' {why}"]}))
         not_run = {k: v for k, v in status.items() if not v.startswith("ran")}
         if not_run:
             result.notes.append("Protected proxies: " + "; ".join(
