@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from sensaudit.checks import check_names
+from sensaudit.checks import check_names, data_columns
 from sensaudit.config.load import Config
 from sensaudit.config.sections import check_report_formats
 from sensaudit.core.errors import ConfigError, ModelLoadError, did_you_mean
@@ -112,7 +112,8 @@ def _audit(config: Config, *, progress: Progress | None, trust_model_code: bool 
     if config.model is None:
         raise ConfigError(f"{config.source}: missing required key 'model'")
     inputs = declared_inputs(config.model, config.data)
-    data = match_data(config.data, inputs, config.source)
+    data = replace(match_data(config.data, inputs, config.source),
+                   extra=data_columns(config.audit))
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     if config.engine == "ray":  # the same audit over a pool of Ray actors
@@ -150,6 +151,7 @@ def audit_frame(model: torch.nn.Module | Model | LoadedModel, frame: pd.DataFram
     settings = settings or AuditSettings()
     if proxies is not None:
         settings = replace(settings, proxies=tuple(proxies))
+    data_cfg = replace(data_cfg, extra=data_columns(settings))
     table = tables.frame_table(frame, data_cfg)
     check_proxies(settings, table.features, name)
     loaded = _in_memory(model, device)
@@ -186,6 +188,7 @@ def compare_frames(old_model: torch.nn.Module | Model | LoadedModel,
     cmp = compare or CompareSettings()
     if proxies is not None:
         settings = replace(settings, proxies=tuple(proxies))
+    data_cfg = replace(data_cfg, extra=data_columns(settings))
     table = tables.frame_table(frame, data_cfg)
     check_proxies(settings, table.features, name)
     check_bootstrap_size(cmp, len(table.features), name)
@@ -314,7 +317,8 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     inputs = paired.table
     if paired.differ:  # each model takes its own columns of the union both read
         configs = _own_columns(configs, paired, config.data, replicas=len(old_replicas))
-    data = match_data(config.data, inputs, config.source)
+    data = replace(match_data(config.data, inputs, config.source),
+                   extra=data_columns(config.audit))
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     check_bootstrap_size(config.compare, len(table.features), config.source)

@@ -73,6 +73,9 @@ CHECK_KEYS = {
     "groups": {"de": {"kind": "one_hot", "columns": ["d", "e"]}},
     "linearity": {},
     "layer_health": {},
+    # sex: a numeric protected column that a (tracks it) and no other input follows; region: a
+    # text one. Neither is a model input: the reader loads them beside the features.
+    "protected": {"columns": ["sex", "region"], "max_association": 0.2, "max_share": 0.05},
 }
 # Kept small: smoothgrad's copies and integrated_gradients' points multiply every row's work.
 # A method gets those of these keys it declares (its Options); other keys keep their defaults.
@@ -94,12 +97,15 @@ def _model() -> torch.nn.Module:
 def _frame() -> pd.DataFrame:
     rng = np.random.default_rng(19)
     level = rng.integers(0, 2, ROWS)
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "row_id": [f"r{i:02d}" for i in range(ROWS)],
         "a": rng.normal(0.0, 1.0, ROWS), "b": rng.uniform(-1.0, 1.0, ROWS),
         "c": rng.normal(2.0, 0.5, ROWS), "d": level.astype(float),
         "e": (1 - level).astype(float), "y": rng.integers(0, 2, ROWS).astype(float),
     })
+    frame["sex"] = (frame["a"] + rng.normal(0.0, 0.5, ROWS) > 0).astype(float)
+    frame["region"] = np.where(rng.random(ROWS) < 0.5, "north", "south")
+    return frame
 
 
 def _options_checks(method: str) -> dict[str, dict]:
@@ -285,6 +291,8 @@ def _inputs(method: str):
                                    settings=settings)
     return dict(settings=settings, model=model, x=x, rows=rows,
                 ids=pa.array(frame["row_id"]), labels=frame["y"].to_numpy(),
+                columns={"sex": frame["sex"].to_numpy(),
+                         "region": frame["region"].to_numpy(dtype=object)},
                 attributions=attributions, table=result.table, outputs=result.outputs,
                 per_unit=chosen.per_unit)
 
@@ -301,6 +309,8 @@ def _feed(check: Check, d: dict, index: np.ndarray) -> None:
     part = Attributions(scores=a.scores[t], values=a.values[t],
                         baseline_scores=a.baseline_scores)
     check.update(d["rows"][index], d["x"][t], part, d["labels"][index])
+    check.update_columns(d["rows"][index], d["x"][t], part,
+                         {name: column[index] for name, column in d["columns"].items()})
     if type(check).replays:
         x = d["x"]
         context = ModelContext(model=d["model"], module=d["model"], output_index=None,

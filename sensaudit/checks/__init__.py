@@ -13,6 +13,7 @@ from sensaudit.checks.layer_health import LayerHealth
 from sensaudit.checks.linearity import Linearity
 from sensaudit.checks.monotonicity import Monotonicity
 from sensaudit.checks.one_hot import OneHotLevels
+from sensaudit.checks.protected_proxies import ProtectedProxies
 from sensaudit.checks.proxies import ProxyLimits
 from sensaudit.checks.robustness import Robustness
 from sensaudit.checks.suspects import SuspectedProxies
@@ -28,6 +29,7 @@ CHECKS: list[type[Check]] = [
     Linearity,
     LayerHealth,
     SuspectedProxies,
+    ProtectedProxies,
     Completeness,
 ]
 
@@ -49,6 +51,16 @@ def build_checks(settings: AuditSettings, source: object) -> list[Check]:
     return built
 
 
+def data_columns(settings: AuditSettings) -> tuple[tuple[str, str], ...]:
+    """The data columns the configured checks read beside the features (audit.protected),
+    each once, with the dotted key naming it (:meth:`Check.data_columns`)."""
+    found: dict[str, str] = {}
+    for cls in CHECKS:
+        for name, key in cls.data_columns(settings):
+            found.setdefault(name, key)
+    return tuple(found.items())
+
+
 def check_names(settings: AuditSettings, features: tuple[str, ...], source: object) -> None:
     """The feature names every registered check's settings give (proxies, groups,
     expectations, ...) are audited features: checked once the table is open, before any row
@@ -60,4 +72,4 @@ def check_names(settings: AuditSettings, features: tuple[str, ...], source: obje
             raise ConfigError(f"{source}: {exc}") from None
 
 
-__all__ = ["CHECKS", "build_checks", "check_names"]
+__all__ = ["CHECKS", "build_checks", "check_names", "data_columns"]

@@ -25,6 +25,7 @@ model (:class:`ModelContext`); its ``finish`` then runs after the replay.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -129,7 +130,7 @@ class ReplayChunk:
 
 # The hooks that see rows chunk by chunk. A check that overrides one holds state built from
 # the rows its engine worker read; on the Ray engine only a merge brings it to the driver.
-PER_CHUNK_HOOKS = ("update", "replay")
+PER_CHUNK_HOOKS = ("update", "update_columns", "replay")
 
 
 class Check(ABC):
@@ -188,6 +189,13 @@ class Check(ABC):
         ConfigError naming the dotted key (the caller adds the file's name)."""
 
     @classmethod
+    def data_columns(cls, settings: AuditSettings) -> tuple[tuple[str, str], ...]:
+        """The data columns this check reads beside the features (a protected attribute), each
+        with the dotted key naming it: the reader loads them into every chunk and hands them
+        to :meth:`update_columns`. A column missing from the data stops the audit."""
+        return ()
+
+    @classmethod
     def configured(cls, settings: AuditSettings) -> Any:
         """This check's options from ``audit.checks.<name>`` (an instance of
         :attr:`Options`, defaults filled in), or None when the settings do not name the check.
@@ -209,6 +217,13 @@ class Check(ABC):
         chunk's labels, float64 [rows] (NaN where a label is missing), or None when the audit
         has no ``data.label``. Checks that only read the final ranking leave this as it is;
         a check that overrides it must define :meth:`merge`."""
+
+    def update_columns(self, rows: np.ndarray, x: torch.Tensor,  # noqa: B027
+                       attributions: Attributions, columns: Mapping[str, np.ndarray]) -> None:
+        """One chunk, for a check that reads :meth:`data_columns`: as :meth:`update`, with
+        those columns' values by name (float64 [rows], NaN where missing, or an object array
+        of text levels, None where missing), for the same rows. A check that overrides it must
+        define :meth:`merge`."""
 
     def replay(self, chunk: ReplayChunk, context: ModelContext) -> None:  # noqa: B027
         """One chunk again, after the read, with the model and final statistics (checks

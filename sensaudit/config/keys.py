@@ -41,7 +41,8 @@ class KeyRow:
     def markdown(self) -> str:
         o = self.option
         kind = f"{o.limit.type} or null" if o.nullable else o.limit.type
-        cells = (f"`{self.key}`", kind, default_text(o.default), o.limit.expected,
+        default = "{}" if o.limit.type == "mapping" and not o.default else default_text(o.default)
+        cells = (f"`{self.key}`", kind, default, o.limit.expected,
                  f"{self.owner}: {o.meaning}")
         return "| " + " | ".join(cell.replace("|", "\\|") if i < 4 else cell
                                  for i, cell in enumerate(cells)) + " |"

@@ -9,7 +9,7 @@ the file's total and the first row of each column.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,9 @@ class Chunk:
     # int64 values of those float64 cannot hold exactly (beyond 2**53), for exact statistics.
     integer_max: np.ndarray | None = None
     exact: dict[int, np.ndarray] | None = None
+    # Table.extra's columns (audit.protected), by name: float64 [rows] (NaN where missing),
+    # or for Table.extra_text an object array of str (None where missing).
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 _MISSING_TEXT = {"", "nan", "NaN", "NA", "N/A", "null", "NULL", "None", "inf", "-inf", "+inf",
@@ -92,7 +95,24 @@ def _frame_chunk(frame: pd.DataFrame, table: Table, cfg: DataConfig, first_row: 
     ids = _id_array(frame[table.id]) if table.id else None
     labels = (pd.to_numeric(frame[table.label], errors="coerce").to_numpy(dtype=np.float64)
               if table.label else None)
-    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing, integers)
+    extra = {name: _extra_column(frame[name], name, table, cfg.path, first_row)
+             for name in table.extra}
+    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing, integers, extra)
+
+
+def _extra_column(series: pd.Series, name: str, table: Table, path: Path,
+                  first_row: int) -> np.ndarray:
+    """An extra column's values: text levels (None where missing) for Table.extra_text, else
+    numbers (NaN where missing; text in a cell is named with its row)."""
+    if name not in table.extra_text:
+        if not pd.api.types.is_numeric_dtype(series):  # read as text: missing markers are NaN
+            series = series.astype(object).where(series.notna(), "")
+        return _numeric_column(series, name, path, first_row)
+    text = series.astype(object)
+    missing = text.isna().to_numpy() | text.astype(str).str.strip().isin(_MISSING_TEXT).to_numpy()
+    levels: np.ndarray = text.astype(str).str.strip().to_numpy(dtype=object)
+    levels[missing] = None
+    return levels
 
 
 def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row: int,
@@ -124,7 +144,13 @@ def _batch_chunk(batch: pa.RecordBatch, table: Table, cfg: DataConfig, first_row
         labels = (label.to_numpy(zero_copy_only=False).astype(np.float64)
                   if _arrow_numeric(label.type)
                   else pd.to_numeric(label.to_pandas(), errors="coerce").to_numpy(np.float64))
-    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing, integers)
+    extra = {}
+    for name in table.extra:
+        column = batch.column(name)
+        extra[name] = (column.to_numpy(zero_copy_only=False).astype(np.float64)
+                       if _arrow_numeric(column.type) and name not in table.extra_text
+                       else _extra_column(column.to_pandas(), name, table, cfg.path, first_row))
+    return _chunk(values, ids, labels, table, cfg, first_row, dtype, missing, integers, extra)
 
 
 def _id_array(column: pd.Series) -> pa.Array:
@@ -142,7 +168,8 @@ def _arrow_numeric(kind: pa.DataType) -> bool:
 
 def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, table: Table,
            cfg: DataConfig, first_row: int, dtype: torch.dtype,
-           missing: MissingValues, integers: dict[int, np.ndarray] | None = None) -> Chunk:
+           missing: MissingValues, integers: dict[int, np.ndarray] | None = None,
+           extra: dict[str, np.ndarray] | None = None) -> Chunk:
     """Validate one block of rows; rows with NaN/inf are dropped here and tallied in
     ``missing``, whose check() at the end of the file decides whether that is an error."""
     finite = np.isfinite(values)
@@ -157,6 +184,7 @@ def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, 
         integers = {j: v[keep] for j, v in (integers or {}).items()}
         ids = None if ids is None else ids.filter(pa.array(keep))
         labels = None if labels is None else labels[keep]
+        extra = {name: column[keep] for name, column in (extra or {}).items()}
     if dtype.is_floating_point and values.dtype == np.float64 and dtype != torch.float64 \
             and values.size:
         # A float32 model would see such a value as infinity: name it rather than report
@@ -170,7 +198,8 @@ def _chunk(values: np.ndarray, ids: pa.Array | None, labels: np.ndarray | None, 
     integer_max, exact = _integer_columns(integers or {}, values.shape[1])
     return Chunk(first_row=first_row, x=torch.from_numpy(values),
                  ids=pa.array(row_numbers) if ids is None else ids, rows=row_numbers,
-                 labels=labels, dropped=dropped, integer_max=integer_max, exact=exact)
+                 labels=labels, dropped=dropped, integer_max=integer_max, exact=exact,
+                 extra=extra or {})
 
 
 def _integer_columns(integers: dict[int, np.ndarray], n_features: int

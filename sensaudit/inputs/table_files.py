@@ -142,6 +142,9 @@ def _read_frames(cfg: DataConfig, table: Table, *, as_text: bool) -> Iterator[pd
                  for name in table.features}
         if table.id is not None:
             kinds[table.id] = str  # ids such as "00123" keep their leading zeros
+        for name in table.extra:  # numbers or levels: converted per chunk, text cells named
+            if name not in table.features:
+                kinds[name] = str
         # Every column is parsed, not only the used ones (usecols): with usecols pandas
         # silently cuts a row with too many fields (an unquoted comma), shifting its values;
         # without, such a row is a ParserError naming its line. names= gives the header names

@@ -21,8 +21,14 @@ class Table:
     # as text and then as int64, so their statistics (and the warning that the model's dtype
     # rounds them) see the exact values a float64 parse would round.
     large_integers: tuple[str, ...] = ()
+    # Columns read beside the features for the checks that ask (audit.protected): each
+    # chunk carries their values (Chunk.extra), numbers or text as their first rows hold.
+    extra: tuple[str, ...] = ()
+    # The extra columns holding text (or booleans) in their first rows: read as text levels.
+    extra_text: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
-        extra = [c for c in (self.id, self.label) if c is not None and c not in self.features]
-        return list(self.features) + extra
+        extra = [c for c in (self.id, self.label, *self.extra)
+                 if c is not None and c not in self.features]
+        return list(self.features) + list(dict.fromkeys(extra))

@@ -50,7 +50,18 @@ def open_table(cfg: DataConfig) -> Table:
     features, skipped = _features(cfg, columns, sample)
     return Table(path=cfg.path, features=features, label=cfg.label, id=cfg.id,
                  row_count=row_count, skipped=skipped,
-                 large_integers=_large_integers(sample, features))
+                 large_integers=_large_integers(sample, features),
+                 **_extra(cfg, sample, features))
+
+
+def _extra(cfg: DataConfig, sample: pd.DataFrame, features: tuple[str, ...]
+           ) -> dict[str, tuple[str, ...]]:
+    """Table.extra and Table.extra_text: the extra columns, and those of them read as text
+    (their first rows hold text or true/false, not numbers). A feature is read as a number."""
+    names = tuple(name for name, _ in cfg.extra)
+    text = tuple(name for name in names if name not in features and name in sample
+                 and not _numeric(sample[name]) and not _holds_numbers(sample[name]))
+    return {"extra": names, "extra_text": text}
 
 
 def _large_integers(sample: pd.DataFrame, features: tuple[str, ...]) -> tuple[str, ...]:
@@ -97,7 +108,7 @@ def frame_table(frame: pd.DataFrame, cfg: DataConfig) -> Table:
     sample = frame.rename(columns=str).head(1000)
     features, skipped = _features(cfg, columns, sample)
     return Table(path=cfg.path, features=features, label=cfg.label, id=cfg.id,
-                 row_count=len(frame), skipped=skipped)
+                 row_count=len(frame), skipped=skipped, **_extra(cfg, sample, features))
 
 
 def iter_frame_chunks(frame: pd.DataFrame, table: Table, cfg: DataConfig,
@@ -157,7 +168,8 @@ def _open_dataset(cfg: DataConfig) -> Table:
     columns, sample, _ = _header(replace(cfg, path=first.path))
     features, skipped = _features(cfg, columns, sample)
     table = Table(path=cfg.path, features=features, label=cfg.label, id=cfg.id,
-                  row_count=sum(part.rows for part in parts), skipped=skipped)
+                  row_count=sum(part.rows for part in parts), skipped=skipped,
+                  **_extra(cfg, sample, features))
     for part in parts:
         absent = [name for name in table.columns if name not in part.columns]
         if absent:
@@ -216,6 +228,7 @@ def _check_columns(cfg: DataConfig, columns: list[str]) -> None:
         wanted += [("the model file's saved inputs", f) for f in cfg.features or ()]
     else:
         wanted += [(f"{cfg.features_key}[{i}]", f) for i, f in enumerate(cfg.features or ())]
+    wanted += [(key, name) for name, key in cfg.extra]
     for key, name in wanted:
         if name is not None and name not in columns:
             shown = ", ".join(columns[:20]) + (" ..." if len(columns) > 20 else "")

@@ -126,6 +126,8 @@ def read_chunk(method: AttributionMethod, prepared: PreparedModel, state: ChunkS
     state.sums.update(chunk.rows, chunk.ids, attributions.scores, attributions.values, finite)
     for check in state.checks:
         check.update(chunk.rows, x, attributions, chunk.labels)
+        if chunk.extra:
+            check.update_columns(chunk.rows, x, attributions, chunk.extra)
     return attributions, finite
 
 

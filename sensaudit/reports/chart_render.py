@@ -39,7 +39,8 @@ def render(plan: ChartPlan) -> Figure:
     with rc_context(_RC):
         rows = max(len(plan.data), 1)
         per_row = 0.46 if plan.kind == "compare" else 0.3
-        height = 3.9 if plan.kind == "histogram" else 1.9 + per_row * rows
+        height = (3.9 if plan.kind == "histogram" else 4.6 if plan.kind == "proxy_map"
+                  else 1.9 + per_row * rows)
         figure = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
         axes = figure.add_subplot()
         _DRAW[plan.kind](axes, plan)
@@ -364,6 +365,49 @@ def _wrap(title: str, width: int = 80) -> str:
     return "\n".join(textwrap.wrap(title, width)) or title
 
 
+def _proxy_map(axes: Axes, plan: ChartPlan) -> None:
+    data = plan.data
+    max_association = float(plan.options["max_association"])
+    max_share = float(plan.options["max_share"])
+    for r in data.itertuples():
+        color = FLAGGED if r.flagged else PROXY if (r.possible or r.allowed) else OTHER
+        axes.errorbar([r.association], [r.share],
+                      xerr=[[r.association - r.association_low],
+                            [r.association_high - r.association]],
+                      yerr=[[max(r.share - r.share_low, 0.0)],
+                            [max(r.share_high - r.share, 0.0)]],
+                      fmt="D" if r.candidate_kind == "combination" else "o", color=color,
+                      markersize=5, elinewidth=1, capsize=2)
+        if r.flagged or r.possible or r.allowed or r.candidate_kind == "combination" or (
+                r.association > max_association or r.share > max_share):
+            right = r.association > 0.75  # the name to the point's left, inside the axes
+            axes.annotate(_short(visible(str(r.candidate))), (r.association, r.share),
+                          xytext=(-4 if right else 4, 4), textcoords="offset points",
+                          fontsize=7, ha="right" if right else "left")
+    axes.axvline(max_association, color=FLAGGED, linestyle="--", linewidth=1.2)
+    axes.axhline(max_share, color=FLAGGED, linestyle="--", linewidth=1.2)
+    axes.set_xlim(0, 1.02)
+    top = float(np.nanmax(data[["share_high", "share"]].to_numpy(dtype=float)))
+    axes.set_ylim(0, max(top, max_share) * 1.15 + 0.01)
+    axes.yaxis.set_major_formatter(_percent())
+    axes.set_xlabel("association with the protected column (canonical correlation)")
+    axes.set_ylabel("share of the score's sensitivity (%)")
+    from matplotlib.lines import Line2D
+
+    handles: list[Any] = [
+        Line2D([], [], color=OTHER, marker="o", linestyle="", label="input or group"),
+        Line2D([], [], color=OTHER, marker="D", linestyle="",
+               label="best linear combination of inputs"),
+        Line2D([], [], color=FLAGGED, linestyle="--", label="limits")]
+    if data["flagged"].any():
+        handles.append(Line2D([], [], color=FLAGGED, marker="o", linestyle="", label="proxy"))
+    if (data["possible"] | data["allowed"]).any():
+        handles.append(Line2D([], [], color=PROXY, marker="o", linestyle="",
+                              label="possible (not beyond noise) or allowed"))
+    _legend(axes, handles)
+
+
 _DRAW = {"shares": _shares, "distribution": _distribution, "compare": _compare,
          "table": _table, "histogram": _histogram, "rates": _rates, "evidence": _evidence,
-         "off_rates": _off_rates, "layer_ratios": _layer_ratios, "levels": _levels}
+         "off_rates": _off_rates, "layer_ratios": _layer_ratios, "levels": _levels,
+         "proxy_map": _proxy_map}

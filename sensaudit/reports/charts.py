@@ -332,9 +332,42 @@ def _one_hot_levels(names: _Names, check: CheckResult, multi: bool) -> list[Char
     return plans
 
 
+def _protected_proxies(names: _Names, check: CheckResult, multi: bool) -> list[ChartPlan]:
+    """Per protected column (and output): every candidate's association against its share,
+    each with its interval, and the two limits: the proxies are the upper-right corner."""
+    table = check.tables.get("protected_proxies.csv")
+    limits = check.summary.get("protected_limits")
+    if table is None or table.empty or not limits:
+        return []
+    plans = []
+    for (protected, output), group in table.groupby(["protected", "output"], sort=False):
+        data = group[["candidate", "candidate_kind", "association", "association_low",
+                      "association_high", "share", "share_low", "share_high", "flagged",
+                      "possible", "allowed"]].reset_index(drop=True)
+        where = f" ({output})" if multi else ""
+        plans.append(ChartPlan(
+            name=names.take(f"chart-protected_proxies-{protected}" if len(
+                table["protected"].unique()) > 1 else "chart-protected_proxies",
+                str(output) if multi else None),
+            title=f"Proxies for the protected column '{protected}': association against "
+                  "share" + where,
+            kind="proxy_map", data=data,
+            caption=(f"Each input, group and the best linear combination of inputs "
+                     f"(protected_proxies.csv): its association with '{protected}' "
+                     "(canonical correlation, across) against its share of the sensitivity "
+                     f"(up), each with its {limits['confidence']:.0%} interval (the "
+                     "combination's share is a point estimate). Dashed red: the limits "
+                     "(audit.protected.max_association, max_share); a candidate whose "
+                     "interval lies wholly beyond both is a proxy (red). Orange: beyond both "
+                     "on its point estimates only, or allowed."),
+            options=dict(limits)))
+    return plans
+
+
 _CHECK_CHARTS = {"robustness": _robustness, "monotonicity": _monotonicity,
                  "suspects": _suspects, "linearity": _linearity,
-                 "layer_health": _layer_health, "one_hot_levels": _one_hot_levels}
+                 "layer_health": _layer_health, "one_hot_levels": _one_hot_levels,
+                 "protected_proxies": _protected_proxies}
 
 
 class _Names:

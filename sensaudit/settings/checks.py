@@ -12,11 +12,14 @@ their own (robustness, linearity, layer_health) are declared with
 - ``audit.robustness``: the adversarial shift within an L-infinity budget, gated.
 - ``audit.linearity``: how well the gradient predicts a finite step (warnings).
 - ``audit.layer_health``: the score's Jacobian with respect to each layer (warnings).
+- ``audit.protected``: inputs, groups and a linear combination of inputs that stand in for a
+  protected column of the data (gated).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sensaudit.core.errors import ConfigError, describe
 from sensaudit.core.values import is_finite_number
@@ -28,6 +31,7 @@ from sensaudit.settings.options import (
     names,
     number,
     option,
+    reasons,
 )
 
 GROUP_KINDS = ("plain", "one_hot")
@@ -136,3 +140,45 @@ class LayerHealthSettings:
 
     def __post_init__(self) -> None:
         check_declared(self)
+
+
+# The protected-proxies check keeps the inputs' covariance ([features]^2) to fit the best
+# linear combination; past this many inputs that combination is not fit (inputs and groups are
+# still judged).
+MAX_COMBINED_FEATURES = 256
+
+
+@dataclass(frozen=True)
+class ProtectedSettings:
+    """``audit.protected``: data columns (sex, age, ...) the model must not stand in for;
+    they need not be model inputs. An input, a group (audit.groups) or the best linear
+    combination of the inputs is a proxy when it is associated with a protected column beyond
+    ``max_association`` and carries more than ``max_share`` of the sensitivity, both judged on
+    the lower end of their intervals (checks/protected_proxies.py). A list alone
+    (``audit.protected: [sex, age]``) names the columns, every other key at its default."""
+
+    SHORTHAND: ClassVar[str] = "columns"
+
+    columns: tuple[str, ...] = option((), names(), "the protected data columns (required)")
+    max_association: float = option(
+        0.3, number(0, 1, high_open=True, expected="a number from 0 up to (not including) 1"),
+        "association (correlation) with a protected column over which a candidate is a proxy")
+    max_share: float = option(
+        0.1, number(0, 1, high_open=True, expected="a number from 0 up to (not including) 1"),
+        "share of the sensitivity over which an associated candidate is a proxy")
+    allow: tuple[tuple[str, str], ...] = option(
+        (), reasons(), "inputs or groups allowed to stand in, each with its reason")
+    confidence: float = option(0.95, number(0.5, 0.999, expected="a number from 0.5 to 0.999"),
+                               "the intervals' confidence")
+    bootstrap_samples: int = option(200, integer(0, 10_000),
+                                    "Poisson bootstrap replicates of the shares' intervals")
+    seed: int = option(0, integer(0, 2**63 - 1, maximum_text="2**63 - 1"),
+                       "the bootstrap's seed")
+    max_levels: int = option(20, integer(2, 1000),
+                             "a text protected column with more levels is refused")
+
+    def __post_init__(self) -> None:
+        check_declared(self)
+        if not self.columns:
+            raise ConfigError("audit.protected.columns must be a non-empty list of names "
+                              "(got none)")

@@ -116,6 +116,33 @@ def names() -> Limit:
 
 
 @dataclass(frozen=True)
+class _Reasons(Limit):
+    """A mapping of names to non-empty reasons in the config (``{feature: "why"}``), stored
+    as a tuple of (name, reason) pairs; in Python such a tuple (empty: none)."""
+
+    def parse(self, value: Any, key: str) -> tuple[tuple[str, str], ...]:
+        if not isinstance(value, Mapping):
+            raise _bad(key, "a mapping of names to reasons", value)
+        pairs = []
+        for name, reason in value.items():
+            if not isinstance(name, str) or not name.strip():
+                raise _bad(f"{key}.{brief(name)}", "a non-empty name", name)
+            if not isinstance(reason, str) or not reason.strip():
+                raise _bad(f"{key}.{name}", "a reason (non-empty text saying why it is "
+                           "allowed)", reason)
+            pairs.append((name, reason.strip()))
+        return tuple(pairs)
+
+
+def reasons() -> Limit:
+    return _Reasons("mapping", "a mapping of names to reasons", lambda value: (
+        isinstance(value, tuple) and all(
+            isinstance(pair, tuple) and len(pair) == 2
+            and all(isinstance(item, str) and item.strip() for item in pair)
+            for pair in value)))
+
+
+@dataclass(frozen=True)
 class Declared:
     """One declared option, as the key table and the parsers see it."""
 
@@ -156,8 +183,12 @@ def parse_options(cls: type, raw: Any, where: str, *, from_config: bool = True
     ``from_config``: the values are as YAML gives them (lists, ints for floats), converted to
     the stored types; else they were built in Python (or parsed already) and only checked."""
     raw = {} if raw is None else raw
+    shorthand = getattr(cls, "SHORTHAND", None)
+    if shorthand is not None and isinstance(raw, list):  # `key: [a, b]` for {shorthand: [a, b]}
+        raw = {shorthand: raw}
     if not isinstance(raw, Mapping):
-        raise _bad(where, "a mapping", raw)
+        raise _bad(where, "a mapping" if shorthand is None else
+                   f"a mapping, or a list of {shorthand}", raw)
     options = {d.key: d for d in declared(cls)}
     for key in raw:
         if not isinstance(key, str):
@@ -208,6 +239,8 @@ def default_text(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple) and value and all(isinstance(v, tuple) for v in value):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value) + "}"
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     if isinstance(value, float):

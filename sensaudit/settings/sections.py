@@ -21,6 +21,7 @@ from sensaudit.settings.checks import (
     FeatureGroup,
     LayerHealthSettings,
     LinearitySettings,
+    ProtectedSettings,
     RobustnessSettings,
 )
 from sensaudit.settings.options import check_declared, integer, number, option
@@ -78,6 +79,9 @@ class DataConfig:
     chunk_rows: int = 100_000
     # Where ``features`` came from, for messages: data.features, model.features, the model file.
     features_key: str = "data.features"
+    # Columns read beside the features for the checks that ask (audit.protected), never
+    # features themselves, each with the key that named it for messages.
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class AuditSettings:
     robustness: RobustnessSettings | None = None
     linearity: LinearitySettings | None = None
     layer_health: LayerHealthSettings | None = None
+    protected: ProtectedSettings | None = None
     # The suspected-proxies check (checks/suspects.py): its rule for misscored rows (None: the
     # default rule), and whether a suspect fails the audit.
     misscored: MisscoredRule | None = None
