@@ -24,6 +24,7 @@ from sensaudit.cli.app import app
 from sensaudit.pipeline.compare import kendall_tau, spearman, top_k_overlap
 from sensaudit.results.comparison import ScoreChange
 from sensaudit.stats.accumulators import PoissonBootstrap
+from sensaudit.stats.bucket_bootstrap import bucket_count, buckets_of
 
 FEATURES = ["length", "clarity", "structure", "noise"]
 
@@ -105,11 +106,15 @@ def test_compare_figures_match_closed_form(setup):
 
 def test_bootstrap_intervals_match_a_direct_computation(setup):
     """Linear scorers: each replicate's share is std_b |w| / sum, with std_b the weighted
-    sample std under that replicate's Poisson weights; the intervals are its quantiles."""
+    sample std under that replicate's weights; the intervals are its quantiles. A row's weight
+    is its bucket's: Poisson(1) per (seed, replicate, bucket), the bucket a hash of (seed,
+    row)."""
     tmp, frame, old, new = setup
     result = compare_models(load_config(tmp / "cfg.yaml", require_model=False), old, new)
     table = result.table.set_index("feature").loc[FEATURES]
-    weights = PoissonBootstrap(samples=100, seed=3).weights(np.arange(1, 61)).numpy()
+    buckets = bucket_count(len(FEATURES))
+    bucket_weights = PoissonBootstrap(samples=100, seed=3).weights(np.arange(1, buckets + 1))
+    weights = bucket_weights[:, buckets_of(np.arange(1, 61), 3, buckets)].numpy()
     x = frame[FEATURES].to_numpy()
     total = weights.sum(1, keepdims=True)
     mean = weights @ x / total
@@ -267,14 +272,15 @@ def test_sample_models_show_the_story():
 
 
 def test_bootstrap_blocks_of_rows_give_the_same_intervals(setup, monkeypatch):
-    # Many replicates are processed a block of rows at a time (bounded memory); the blocks
-    # must not change any figure.
-    import sensaudit.pipeline.compare as compare_module
+    # Rows are scattered into their buckets a block at a time, and the buckets weighted a
+    # block at a time (bounded memory); the blocks must not change any figure.
+    import sensaudit.stats.bucket_bootstrap as bucket_module
 
     tmp, _, old, new = setup
     config = load_config(tmp / "cfg.yaml")
     whole = compare_models(config, old, new)
-    monkeypatch.setattr(compare_module, "WEIGHT_ELEMENTS", 100 * 7)  # 7 rows per block
+    monkeypatch.setattr(bucket_module, "BLOCK_ELEMENTS", 4 * 7)  # 7 rows per block
+    monkeypatch.setattr(bucket_module, "WEIGHT_ELEMENTS", 100 * 5)  # 5 buckets per block
     blocked = compare_models(config, old, new)
     assert "delta_share_low" in whole.table.columns
     pd.testing.assert_frame_equal(blocked.table, whole.table, check_exact=False, rtol=1e-12,
