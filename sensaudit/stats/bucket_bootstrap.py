@@ -149,7 +149,7 @@ class BucketBootstrap:
             index = bucket[part]
             block = reused((part.stop - part.start, self.n_features), torch.float64,
                            slot="bucket_bootstrap")
-            block.copy_(x[part].detach()).sub_(self.shift)
+            torch.sub(x[part].detach().cpu(), self.shift, out=block)  # widened and centred
             # index_put_ with accumulate adds the rows in order on one thread: index_add_ on
             # 2 threads took 100 times as long on a loaded 2-core machine.
             self.s1.index_put_((index,), block, accumulate=True)
