@@ -196,6 +196,28 @@ def test_bootstrap_weights_are_poisson_and_depend_only_on_row_numbers():
     assert not np.array_equal(PoissonBootstrap(400, 2).weights(rows).numpy(), w)
 
 
+def test_row_buckets_depend_only_on_seed_and_row_number():
+    rows = np.arange(1, 200_001)
+    buckets = buckets_of(rows, 5, 4096).numpy()
+    np.testing.assert_array_equal(buckets_of(rows[123:4567], 5, 4096).numpy(),
+                                  buckets[123:4567])
+    counts = np.bincount(buckets, minlength=4096)
+    # About 48.8 rows a bucket, Poisson-spread: no bucket empty or twice the mean.
+    assert counts.min() > 15 and counts.max() < 100 and counts.sum() == len(rows)
+    assert (buckets_of(rows, 6, 4096).numpy() != buckets).mean() > 0.99
+
+
+@pytest.mark.parametrize("columns", [1, 64, 8192, 8193, 40_000, 2**25])
+def test_bucket_sums_stay_within_the_replicates_bound(columns):
+    """A model's bucket sums [buckets, features x outputs] stay within 2**25 values; where
+    that bound shrinks the bucket count below 4,096, it is the largest replicate count compare
+    accepts for that width (check_bootstrap_size), so there are never fewer buckets than
+    replicates there."""
+    buckets = bucket_count(columns)
+    assert 1 <= buckets <= 4096 and buckets * columns <= 2**25
+    assert buckets == min(4096, 2**25 // columns)
+
+
 def test_report_is_reproducible_and_independent_of_chunk_size(setup):
     tmp, _, old, new = setup
     cfg = load_config(tmp / "cfg.yaml", require_model=False)
