@@ -24,6 +24,7 @@ from sensaudit.cli.app import app
 from sensaudit.pipeline.compare import kendall_tau, spearman, top_k_overlap
 from sensaudit.results.comparison import ScoreChange
 from sensaudit.stats.accumulators import PoissonBootstrap
+from sensaudit.stats.bucket_bootstrap import bucket_count, buckets_of
 
 FEATURES = ["length", "clarity", "structure", "noise"]
 
@@ -105,11 +106,15 @@ def test_compare_figures_match_closed_form(setup):
 
 def test_bootstrap_intervals_match_a_direct_computation(setup):
     """Linear scorers: each replicate's share is std_b |w| / sum, with std_b the weighted
-    sample std under that replicate's Poisson weights; the intervals are its quantiles."""
+    sample std under that replicate's weights; the intervals are its quantiles. A row's weight
+    is its bucket's: Poisson(1) per (seed, replicate, bucket), the bucket a hash of (seed,
+    row)."""
     tmp, frame, old, new = setup
     result = compare_models(load_config(tmp / "cfg.yaml", require_model=False), old, new)
     table = result.table.set_index("feature").loc[FEATURES]
-    weights = PoissonBootstrap(samples=100, seed=3).weights(np.arange(1, 61)).numpy()
+    buckets = bucket_count(len(FEATURES))
+    bucket_weights = PoissonBootstrap(samples=100, seed=3).weights(np.arange(1, buckets + 1))
+    weights = bucket_weights[:, buckets_of(np.arange(1, 61), 3, buckets)].numpy()
     x = frame[FEATURES].to_numpy()
     total = weights.sum(1, keepdims=True)
     mean = weights @ x / total
@@ -191,6 +196,28 @@ def test_bootstrap_weights_are_poisson_and_depend_only_on_row_numbers():
     assert not np.array_equal(PoissonBootstrap(400, 2).weights(rows).numpy(), w)
 
 
+def test_row_buckets_depend_only_on_seed_and_row_number():
+    rows = np.arange(1, 200_001)
+    buckets = buckets_of(rows, 5, 4096).numpy()
+    np.testing.assert_array_equal(buckets_of(rows[123:4567], 5, 4096).numpy(),
+                                  buckets[123:4567])
+    counts = np.bincount(buckets, minlength=4096)
+    # About 48.8 rows a bucket, Poisson-spread: no bucket empty or twice the mean.
+    assert counts.min() > 15 and counts.max() < 100 and counts.sum() == len(rows)
+    assert (buckets_of(rows, 6, 4096).numpy() != buckets).mean() > 0.99
+
+
+@pytest.mark.parametrize("columns", [1, 64, 8192, 8193, 40_000, 2**25])
+def test_bucket_sums_stay_within_the_replicates_bound(columns):
+    """A model's bucket sums [buckets, features x outputs] stay within 2**25 values; where
+    that bound shrinks the bucket count below 4,096, it is the largest replicate count compare
+    accepts for that width (check_bootstrap_size), so there are never fewer buckets than
+    replicates there."""
+    buckets = bucket_count(columns)
+    assert 1 <= buckets <= 4096 and buckets * columns <= 2**25
+    assert buckets == min(4096, 2**25 // columns)
+
+
 def test_report_is_reproducible_and_independent_of_chunk_size(setup):
     tmp, _, old, new = setup
     cfg = load_config(tmp / "cfg.yaml", require_model=False)
@@ -267,14 +294,15 @@ def test_sample_models_show_the_story():
 
 
 def test_bootstrap_blocks_of_rows_give_the_same_intervals(setup, monkeypatch):
-    # Many replicates are processed a block of rows at a time (bounded memory); the blocks
-    # must not change any figure.
-    import sensaudit.pipeline.compare as compare_module
+    # Rows are scattered into their buckets a block at a time, and the buckets weighted a
+    # block at a time (bounded memory); the blocks must not change any figure.
+    import sensaudit.stats.bucket_bootstrap as bucket_module
 
     tmp, _, old, new = setup
     config = load_config(tmp / "cfg.yaml")
     whole = compare_models(config, old, new)
-    monkeypatch.setattr(compare_module, "WEIGHT_ELEMENTS", 100 * 7)  # 7 rows per block
+    monkeypatch.setattr(bucket_module, "BLOCK_ELEMENTS", 4 * 7)  # 7 rows per block
+    monkeypatch.setattr(bucket_module, "WEIGHT_ELEMENTS", 100 * 5)  # 5 buckets per block
     blocked = compare_models(config, old, new)
     assert "delta_share_low" in whole.table.columns
     pd.testing.assert_frame_equal(blocked.table, whole.table, check_exact=False, rtol=1e-12,

@@ -21,13 +21,12 @@ from sensaudit.settings.sections import CompareSettings
 from sensaudit.stats.accumulators import (
     AgreementAccumulator,
     AttributionSums,
-    BootstrapMoments,
-    BootstrapSensitivity,
     FeatureMoments,
     PoissonBootstrap,
     TopRows,
     finite_rows,
 )
+from sensaudit.stats.bucket_bootstrap import BucketBootstrap
 from sensaudit.stats.row_stats import FeatureRange
 
 ROWS, OUTPUTS, FEATURES = 203, 2, 5
@@ -154,26 +153,21 @@ def test_bootstrap_weights_are_a_function_of_the_row_alone():
 
 
 @pytest.mark.parametrize("k,seed", SPLITS)
-def test_bootstrap_moments_merge(k, seed):
-    bootstrap = PoissonBootstrap(40, seed=3)
-    single, merged = _single_and_merged(lambda: BootstrapMoments(bootstrap, FEATURES),
-                                        lambda acc, d: acc.update(d["rows"], d["x"]), k, seed)
-    torch.testing.assert_close(merged.w, single.w, rtol=0, atol=0)
-    torch.testing.assert_close(merged.std, single.std, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("k,seed", SPLITS)
-def test_bootstrap_sensitivity_merge(k, seed):
-    bootstrap = PoissonBootstrap(40, seed=3)
-
+@pytest.mark.parametrize("buckets", [None, 16])  # rows mostly alone; 13 rows to a bucket
+def test_bucket_bootstrap_merge(k, seed, buckets):
     def feed(acc, d):
-        acc.update(bootstrap.weights(d["rows"]), d["values"],
-                   finite_rows(d["scores"], d["values"]))
+        values = [d["values"], d["new_values"]]
+        acc.update(d["rows"], d["x"], values, [finite_rows(d["scores"], v) for v in values])
 
-    single, merged = _single_and_merged(lambda: BootstrapSensitivity(bootstrap), feed, k, seed)
-    scale = torch.rand(40, FEATURES, dtype=torch.float64) + 0.5
-    torch.testing.assert_close(merged.shares(scale), single.shares(scale), **TOL)
-    torch.testing.assert_close(merged.shares(None), single.shares(None), **TOL)
+    single, merged = _single_and_merged(
+        lambda: BucketBootstrap(40, seed=3, n_features=FEATURES, buckets=buckets), feed, k, seed)
+    assert torch.equal(merged.rows, single.rows) and single.rows.sum() == ROWS
+    a, b = single.resampled(), merged.resampled()
+    torch.testing.assert_close(b.std, a.std, **TOL)
+    for model in (0, 1):
+        for per_unit in (True, False):
+            torch.testing.assert_close(b.shares(model, per_unit), a.shares(model, per_unit),
+                                       **TOL)
 
 
 @pytest.mark.parametrize("k,seed", SPLITS)
@@ -282,7 +276,7 @@ def test_compare_partials_merge(k, seed):
     def feed(acc, d):
         old = Attributions(d["scores"], d["values"])
         new = Attributions(d["scores"] * 1.5 + 0.1, d["new_values"])
-        add_bootstrap(acc.boot_moments, acc.boots, d["rows"], d["x"], [old, new])
+        add_bootstrap(acc.bootstrap, d["rows"], d["x"], [old, new])
         # The agreement arrives with the rows step: a partial may not have one yet.
         acc.agreement = acc.agreement or AgreementAccumulator(OUTPUTS, keep=4)
         finite = (finite_rows(d["scores"], d["values"])
@@ -292,10 +286,10 @@ def test_compare_partials_merge(k, seed):
 
     single, merged = _single_and_merged(lambda: Compared.start(settings, FEATURES, keep=4),
                                         feed, k, seed)
-    torch.testing.assert_close(merged.boot_moments.std, single.boot_moments.std, **TOL)
-    scale = torch.rand(40, FEATURES, dtype=torch.float64) + 0.5
-    for a, b in zip(single.boots, merged.boots, strict=True):
-        torch.testing.assert_close(b.shares(scale), a.shares(scale), **TOL)
+    a, b = single.bootstrap.resampled(), merged.bootstrap.resampled()
+    torch.testing.assert_close(b.std, a.std, **TOL)
+    for model in (0, 1):
+        torch.testing.assert_close(b.shares(model, True), a.shares(model, True), **TOL)
     assert merged.agreement is not None and single.agreement is not None
     assert (merged.agreement.summary(0, "p")["least_agreeing_rows"]
             == single.agreement.summary(0, "p")["least_agreeing_rows"])

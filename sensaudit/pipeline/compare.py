@@ -15,11 +15,12 @@ rows on either engine; its steps call :func:`add_bootstrap` and :func:`add_agree
 and :func:`comparison_result` turns the merged accumulators into the comparison.
 
 Both models see the same chunks, so per-row agreement (cosine of the two rows' contribution
-vectors) and score changes are exact. Confidence intervals come from a Poisson bootstrap over
-rows: every row gets a Poisson(1) weight per replicate, drawn from a hash of (seed, replicate,
-row number), so the weights, and the report, are the same for the same input whatever the
-chunk size, and old and new models are resampled together (a paired bootstrap). The resampled
-feature standard deviations come from the same weights in the first pass.
+vectors) and score changes are exact. Confidence intervals come from a paired Poisson bootstrap
+over hashed buckets of rows (:mod:`sensaudit.stats.bucket_bootstrap`, which says why it is
+valid): a row's bucket and a bucket's weight in each replicate are hashes of (seed, row
+number) and (seed, replicate, bucket), so the report is the same for the same input whatever
+the chunk size or engine, and old and new models are resampled together. The resampled
+feature standard deviations come from the same buckets.
 """
 
 from __future__ import annotations
@@ -45,25 +46,19 @@ from sensaudit.results.comparison import (
     noise_name,
 )
 from sensaudit.settings.sections import AuditSettings, CompareSettings
-from sensaudit.stats.accumulators import (
-    AgreementAccumulator,
-    BootstrapMoments,
-    BootstrapSensitivity,
-    finite_rows,
-)
+from sensaudit.stats.accumulators import AgreementAccumulator, finite_rows
+from sensaudit.stats.bucket_bootstrap import BucketBootstrap
 
 # Each compared model's own input columns, in its order, where they differ from the columns
 # both read (None: it takes them all); (old, new).
 ModelPair = tuple[tuple[str, ...] | None, tuple[str, ...] | None]
 
-# The bootstrap weights of a block of rows are [samples, rows] float64: blocks of rows keep
-# that near 2**24 elements (128 MiB) however many replicates compare.bootstrap_samples asks for.
-WEIGHT_ELEMENTS = 2**24
-# The intervals' accumulators are [samples, features] per statistic (two feature moments, one
+# The intervals' replicates are [samples, features] per statistic (two feature moments, one
 # sum per model and output) and are all needed at the end, when each replicate's shares are
-# normalised over every feature: one pass over the rows cannot hold less. Their size is
-# bounded before any row is read: 2**25 float64 values (256 MiB) per accumulator, about 1 GiB
-# in all, instead of a run that grows until the machine kills it (exit 3).
+# normalised over every feature. Their size is bounded before any row is read: 2**25 float64
+# values (256 MiB) per statistic, about 1 GiB in all, instead of a run that grows until the
+# machine kills it (exit 3). The buckets' sums are held to the same bound
+# (stats.bucket_bootstrap.MAX_SUM_ELEMENTS).
 MAX_BOOTSTRAP_ELEMENTS = 2**25
 
 
@@ -83,21 +78,15 @@ def check_bootstrap_size(cmp: CompareSettings, features: int, source: object,
         f"at most {fits:,} (0 turns the row bootstrap off)")
 
 
-def add_bootstrap(boot_moments: BootstrapMoments, boots: list[BootstrapSensitivity],
-                  rows: np.ndarray, x: torch.Tensor, results: list[Attributions]) -> None:
-    """One chunk's rows into the paired bootstrap: the resampled feature moments and each
-    model's resampled sensitivities (the first two models: old and new)."""
-    bootstrap = boot_moments.bootstrap
-    block = max(1, WEIGHT_ELEMENTS // max(bootstrap.samples, 1))
-    for start in range(0, len(rows), block):
-        part = slice(start, start + block)
-        weights = bootstrap.weights(rows[part])
-        boot_moments.update(rows[part], x[part], weights)
-        # Each model's intervals use the rows its own statistics use. Only old and new have
-        # intervals (boots); the seed replicas that may follow them in results have none.
-        for attributions, boot in zip(results[:len(boots)], boots, strict=True):
-            scores, values = attributions.scores[part], attributions.values[part]
-            boot.update(weights, values, finite_rows(scores, values))
+def add_bootstrap(bootstrap: BucketBootstrap, rows: np.ndarray, x: torch.Tensor,
+                  results: list[Attributions]) -> None:
+    """One chunk's rows into the paired bootstrap: their buckets' input sums and each model's
+    |attribution| sums (the first two models: old and new)."""
+    # Each model's intervals use the rows its own statistics use. Only old and new have
+    # intervals; the seed replicas that may follow them in results have none.
+    paired = results[: bootstrap.models]
+    bootstrap.update(rows, x, [a.values for a in paired],
+                     [finite_rows(a.scores, a.values) for a in paired])
 
 
 def add_agreement(agreement: AgreementAccumulator, rows: np.ndarray, ids: object,
@@ -111,20 +100,23 @@ def add_agreement(agreement: AgreementAccumulator, rows: np.ndarray, ids: object
     agreement.update(rows, ids, s_old, s_new, v_old * scale, v_new * scale, finite)
 
 
-def comparison_result(audits: list[AuditResult], boot_moments: BootstrapMoments,
-                      boots: list[BootstrapSensitivity], agreement: AgreementAccumulator,
+def comparison_result(audits: list[AuditResult], bootstrap: BucketBootstrap,
+                      agreement: AgreementAccumulator,
                       settings: AuditSettings, cmp: CompareSettings, *,
                       replicas: tuple[int, int], per_unit: bool,
                       inputs: ModelPair = (None, None)) -> ComparisonResult:
     """The comparison from the audits of every model (old, new, then the replicas) and the
     merged bootstrap and agreement accumulators; ``inputs`` as for :func:`compare_on_rows`."""
     old, new = audits[:2]
-    boot_std = boot_moments.std if per_unit else None
     noise = retraining_noise([old, *audits[2 : 2 + replicas[0]]],
                              [new, *audits[2 + replicas[0] :]])
-    table_cmp = comparison_table(old, new, boots[0].shares(boot_std), boots[1].shares(boot_std),
-                                 cmp.confidence, min_change=cmp.min_change / 100, noise=noise,
-                                 inputs=inputs)
+    if bootstrap.samples:
+        resampled = bootstrap.resampled()
+        shares_old, shares_new = (resampled.shares(m, per_unit) for m in (0, 1))
+    else:
+        shares_old = shares_new = torch.zeros(0, len(new.outputs), len(new.features))
+    table_cmp = comparison_table(old, new, shares_old, shares_new, cmp.confidence,
+                                 min_change=cmp.min_change / 100, noise=noise, inputs=inputs)
     overall = {output: output_agreement(table_cmp, output, cmp.top_k,
                                         agreement.summary(i, output))
                for i, output in enumerate(new.outputs)}

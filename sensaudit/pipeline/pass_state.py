@@ -20,11 +20,9 @@ from sensaudit.settings.sections import CompareSettings
 from sensaudit.stats.accumulators import (
     AgreementAccumulator,
     AttributionSums,
-    BootstrapMoments,
-    BootstrapSensitivity,
     FeatureMoments,
-    PoissonBootstrap,
 )
+from sensaudit.stats.bucket_bootstrap import BucketBootstrap
 from sensaudit.stats.row_stats import FeatureRange
 
 # progress(stage, rows_done, rows_total): stage "statistics" (the pre-pass some methods need),
@@ -54,26 +52,22 @@ class ModelPass:
 
 @dataclass
 class Compared:
-    """``compare``'s partial results over some rows: the paired bootstrap (filled by the read
-    step) and the old and new model's per-row agreement (the rows step)."""
+    """``compare``'s partial results over some rows: the paired bootstrap's bucket sums
+    (filled by the read step) and the old and new model's per-row agreement (the rows step)."""
 
     settings: CompareSettings
-    boot_moments: BootstrapMoments
-    boots: list[BootstrapSensitivity]
+    bootstrap: BucketBootstrap
     keep: int  # audit.examples_in_report: the rows that disagree most, kept per output
     agreement: AgreementAccumulator | None = None
 
     @classmethod
     def start(cls, settings: CompareSettings, features: int, keep: int) -> Compared:
-        bootstrap = PoissonBootstrap(settings.bootstrap_samples, settings.seed)
         # Only old and new have intervals; the seed replicas that may follow them have none.
-        return cls(settings, BootstrapMoments(bootstrap, features),
-                   [BootstrapSensitivity(bootstrap) for _ in range(2)], keep)
+        return cls(settings, BucketBootstrap(settings.bootstrap_samples, settings.seed,
+                                             features, models=2), keep)
 
     def merge(self, other: Compared) -> None:
-        self.boot_moments.merge(other.boot_moments)
-        for boot, theirs in zip(self.boots, other.boots, strict=True):
-            boot.merge(theirs)
+        self.bootstrap.merge(other.bootstrap)
         if other.agreement is not None:
             if self.agreement is None:
                 self.agreement = other.agreement

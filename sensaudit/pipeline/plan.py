@@ -308,8 +308,8 @@ def comparison(plan: Plan, outcome: Outcome, replicas: tuple[int, int], *,
     compared = outcome.compared
     if plan.compare is None or compared is None or compared.agreement is None:
         raise RuntimeError("the plan compared no models")
-    return comparison_result(outcome.results, compared.boot_moments, compared.boots,
-                             compared.agreement, plan.settings, plan.compare,
+    return comparison_result(outcome.results, compared.bootstrap, compared.agreement,
+                             plan.settings, plan.compare,
                              replicas=replicas, per_unit=plan.method.per_unit, inputs=inputs)
 
 

@@ -107,7 +107,7 @@ def read_step(method: AttributionMethod, models: Sequence[ModelPass], chunk: Chu
         # The outputs are known once a model ran: [samples, outputs, features] sums.
         check_bootstrap_size(compared.settings, len(table.features), source,
                              outputs=results[0].values.shape[1])
-        add_bootstrap(compared.boot_moments, compared.boots, chunk.rows, chunk.x, results)
+        add_bootstrap(compared.bootstrap, chunk.rows, chunk.x, results)
     return results
 
 
