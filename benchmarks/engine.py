@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sensaudit import input_jacobian  # noqa: E402
-from sensaudit.core.jacobian import default_batch_size  # noqa: E402
+from sensaudit.core.chunking import default_batch_size  # noqa: E402
 
 
 def mlp(features: int, outputs: int, hidden: int = 256) -> torch.nn.Module:
