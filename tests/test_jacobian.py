@@ -323,27 +323,31 @@ def test_saved_bytes_per_row_count_what_autograd_keeps_per_row(dtype):
     assert chunking.saved_bytes_per_row(lambda rows: rows @ torch.ones(5), x) == 0
 
 
-@pytest.mark.parametrize("bytes_per_row,features,outputs,expected", [
-    (2304, 64, 1, 4_096),  # 64-256-256-1 float32: 8 MiB / 2.3 KB = 3,641 rows -> 4,096
-    (768, 64, 1, 8_192),  # 64-64-64-1 float32: 10,923 rows -> 8,192
-    (1536, 64, 1, 4_096),  # 64-64-64-1 float64: 5,461 rows -> 4,096
-    (48, 8, 1, 65_536),  # a tiny model: the most rows
-    (0.0, 8, 1, 65_536),  # nothing saved per row
-    (9216, 256, 1, 4_096),  # a wide model: no fewer than 4,096 rows
-    (48, 1024, 8, 512),  # the Jacobian's cap: 2**22 elements / (1,024 x 8)
+@pytest.mark.parametrize("saved,features,outputs,element_size,expected", [
+    # 64-256-256-1 float32: 16 MiB / (2,304 saved + 256 Jacobian bytes) = 6,553 rows -> 6,144
+    (2304, 64, 1, 4, 6_144),
+    (768, 64, 1, 4, 16_384),  # 64-64-64-1 float32: 16 MiB / 1,024 B
+    (4608, 64, 1, 8, 4_096),  # 64-256-256-1 float64: 3,276 rows, raised to the floor
+    (2304, 64, 8, 4, 4_096),  # eight outputs: a 2 KB Jacobian a row; 3,855 rows -> the floor
+    (48, 8, 1, 4, 65_536),  # a tiny model: the most rows
+    (0.0, 8, 1, 4, 65_536),  # nothing saved per row
+    (9216, 256, 1, 4, 4_096),  # a wide model: no fewer than 4,096 rows
+    (48, 1024, 8, 4, 512),  # the Jacobian's cap: 2**22 elements / (1,024 x 8)
 ])
-def test_chunk_rows_follow_the_memory_per_row(bytes_per_row, features, outputs, expected):
-    assert chunking.rows_for_footprint(bytes_per_row, features, outputs) == expected
+def test_chunk_rows_follow_the_memory_per_row(saved, features, outputs, element_size,
+                                               expected):
+    assert chunking.rows_for_footprint(saved, features, outputs, element_size) == expected
 
 
 def test_chunk_rows_are_a_fixed_rule_not_a_timing(monkeypatch):
-    # Any clock, any number of calls: the same rows per chunk, from the model's memory per row.
+    # Every call the same rows per chunk, from the model's memory per row: nothing is timed.
     monkeypatch.setattr(chunking, "CHUNKS", chunking.ChunkSizes())
     monkeypatch.setattr(engine, "CHUNKS", chunking.CHUNKS)
-    model = nn.Sequential(nn.Linear(3, 512), nn.Tanh(), nn.Linear(512, 1)).double()
-    x = torch.randn(20_000, 3, dtype=torch.float64)
-    expected = chunking.rows_for_footprint((3 + 512) * 8, 3, 1)
-    assert expected == 2_048 * 2  # 8 MiB / 4,120 B = 2,036 rows, raised to the 4,096 floor
+    x = torch.randn(70_000, 3, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 1)).double()
+    # 16 MiB / ((3 + 64) saved + 3 Jacobian values x 8 bytes) = 29,959 rows -> 29,696
+    expected = chunking.rows_for_footprint((3 + 64) * 8, 3, 1, 8)
+    assert expected == 29_696
     steps = []
     real = engine._chunk_jacobian
 

@@ -1,18 +1,17 @@
 """Rows per chunk for the Jacobian engine: a fixed rule from the model's memory per row.
 
-On a CPU the forward and backward passes of a chunk run fastest while the activations autograd
-keeps for the backward pass stay in cache (about 8 MiB here, a quarter of the 32 MiB L3 cache
-of the 2-core machine the benchmarks run on: the backward pass adds gradients of the same size);
-smaller chunks pay each operator's fixed cost and a parallel region's start-up more often.
-So the engine measures those bytes once per model and input shape, by counting the tensors
-autograd saves on two small probe batches, and derives the rows from them. It used to time
-candidate sizes on real chunks instead; on a shared machine that measured the load of the
-moment, and its choice moved from run to run (benchmarks/engine.py shows the spread).
+On a CPU a chunk's forward and backward passes run fastest while what they touch stays in
+cache: the activations autograd saves for the backward pass, the gradients of the same size
+the backward pass makes, and the chunk's Jacobian. Smaller chunks pay each operator's fixed
+cost (dispatch, autograd bookkeeping, waking the other threads) more often. So the engine
+measures the bytes a row costs once per model and input shape, by counting the tensors autograd
+saves on two small probe batches, and sizes chunks to a fixed budget. It used to time candidate
+sizes on real chunks instead; on a shared machine that measured the load of the moment, and its
+choice moved from run to run. docs/performance-engine.md has the sweep behind the numbers.
 """
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -23,13 +22,14 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 # What a chosen size is remembered under: the call's shape and settings (dtype, outputs, ...).
 Key = tuple[object, ...]
 
-# Saved-activation bytes per CPU chunk. benchmarks/engine.py's sweep (docs/performance-engine.md)
-# found the fastest fixed chunk near this footprint for narrow and wide MLPs alike: 4,096 rows
-# of a 256-wide MLP (2.3 KB saved per row), 16,384 rows of a 64-wide one (0.8 KB per row).
-_CPU_SAVED_BYTES_PER_CHUNK = 2**23
-# Below a few thousand rows the fixed costs per chunk (operator dispatch, autograd bookkeeping,
-# waking the other threads) show, and more so on a loaded machine; far above 65,536 rows the
-# gain is nil and the chunk's Jacobian and graph hold memory for nothing.
+# Bytes per CPU chunk (saved activations plus Jacobian). In benchmarks/engine.py's sweep the
+# fastest fixed chunks of narrow and wide MLPs, one and eight outputs, float32 and float64,
+# held 8 to 20 MiB (the 2-core machine has 32 MiB of L3 cache); 16 MiB is 6,144 rows of a
+# 64-256-256-1 MLP in float32 (2.5 KB a row) and 16,384 rows of a 64-64-64-1 (1 KB a row).
+_CPU_BYTES_PER_CHUNK = 2**24
+_CPU_ROW_STEP = 1_024  # rows are a multiple of this: no odd tail of a few rows per chunk
+# Below a few thousand rows the fixed costs per chunk show, and more so on a loaded machine;
+# far above 65,536 rows the gain is nil and the chunk's graph holds memory for nothing.
 _CPU_MIN_ROWS = 4_096
 _CPU_MAX_ROWS = 65_536
 # On a GPU bigger chunks keep the device busy.
@@ -54,14 +54,15 @@ def chunk_cap(n_features: int, n_outputs: int) -> int:
     return max(_MIN_CHUNK_ROWS, _JACOBIAN_ELEMENTS_PER_CHUNK // max(1, n_features * n_outputs))
 
 
-def rows_for_footprint(bytes_per_row: float, n_features: int, n_outputs: int) -> int:
-    """CPU rows per chunk for a model that keeps ``bytes_per_row`` for its backward pass: the
-    power of two nearest the cache budget, within [_CPU_MIN_ROWS, _CPU_MAX_ROWS] and the cap."""
-    if bytes_per_row > 0:
-        rows = 1 << max(0, round(math.log2(_CPU_SAVED_BYTES_PER_CHUNK / bytes_per_row)))
-    else:
-        rows = _CPU_MAX_ROWS  # nothing saved per row: only the fixed costs count
-    rows = max(_CPU_MIN_ROWS, min(_CPU_MAX_ROWS, rows))
+def rows_for_footprint(bytes_per_row: float, n_features: int, n_outputs: int,
+                       element_size: int) -> int:
+    """CPU rows per chunk for a model that saves ``bytes_per_row`` for its backward pass: the
+    cache budget over that plus the row's Jacobian (outputs x features values of
+    ``element_size`` bytes), rounded down to a multiple of 1,024 rows, within
+    [_CPU_MIN_ROWS, _CPU_MAX_ROWS] and the Jacobian's cap."""
+    jacobian_bytes = n_outputs * n_features * element_size
+    rows = int(_CPU_BYTES_PER_CHUNK // (bytes_per_row + jacobian_bytes))
+    rows = max(_CPU_MIN_ROWS, min(_CPU_MAX_ROWS, rows // _CPU_ROW_STEP * _CPU_ROW_STEP))
     return max(_MIN_CHUNK_ROWS, min(rows, chunk_cap(n_features, n_outputs)))
 
 
@@ -118,7 +119,8 @@ class ChunkSizes:
             remembered = None
         if remembered is not None:
             return remembered
-        rows = rows_for_footprint(saved_bytes_per_row(model, x), n_features, n_outputs)
+        rows = rows_for_footprint(saved_bytes_per_row(model, x), n_features, n_outputs,
+                                  x.element_size())
         try:
             self._rows.setdefault(model, {})[key] = rows
         except TypeError:
