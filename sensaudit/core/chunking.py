@@ -22,10 +22,11 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 # What a chosen size is remembered under: the call's shape and settings (dtype, outputs, ...).
 Key = tuple[object, ...]
 
-# Bytes per CPU chunk (saved activations plus Jacobian). In benchmarks/engine.py's sweep the
-# fastest fixed chunks of narrow and wide MLPs, one and eight outputs, float32 and float64,
-# held 8 to 20 MiB (the 2-core machine has 32 MiB of L3 cache); 16 MiB is 6,144 rows of a
-# 64-256-256-1 MLP in float32 (2.5 KB a row) and 16,384 rows of a 64-64-64-1 (1 KB a row).
+# Bytes per CPU chunk (saved activations plus Jacobian). In the sweep of
+# docs/performance-engine.md, chunks of 8 to 20 MiB ran within 8% of the fastest fixed size
+# for narrow and wide MLPs, one and eight outputs, float32 and float64 (the 2-core machine
+# has 32 MiB of L3 cache). 16 MiB is 6,144 rows of a 64-256-256-1 MLP in float32 (2.5 KB a
+# row) and 16,384 rows of a 64-64-64-1 (1 KB a row).
 _CPU_BYTES_PER_CHUNK = 2**24
 _CPU_ROW_STEP = 1_024  # rows are a multiple of this: no odd tail of a few rows per chunk
 # Below a few thousand rows the fixed costs per chunk show, and more so on a loaded machine;
