@@ -6,19 +6,28 @@ compare like with like.
     python benchmarks/engine.py                    # engine table + run on 1M and 5M rows
     python benchmarks/engine.py --skip-run         # engine table only (about a minute)
     python benchmarks/engine.py --device cuda      # the same on a GPU
+    python benchmarks/engine.py --skip-run --skip-table --shapes all   # the spread, 5 models
 
 Rows/s are the best of --repeats timed runs after a warm-up. "bound" is one batched forward
 and backward pass, torch.autograd.grad(model(x).sum(), x), over the same rows: for a scalar
 scorer no per-example gradient method can beat it. For m outputs the reference is the faster
 of m backward passes over one forward graph and one vmapped (batched) backward pass.
+
+The spread table holds the engine to the best fixed chunking in every run, not on average: each
+of --runs interleaved rounds times the engine on a fresh copy of the model (so each run makes its
+own chunking choice, as a new process would) and the reference in fixed chunks of 1,024 to
+16,384 rows. The best fixed size is the one with the highest median; each round's ratio is the
+engine's rate over that size's rate in the same round, so a slow spell hits both sides.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sensaudit import input_jacobian  # noqa: E402
-from sensaudit.core.jacobian import default_batch_size  # noqa: E402
+from sensaudit.core.chunking import default_batch_size  # noqa: E402
 
 
 def mlp(features: int, outputs: int, hidden: int = 256) -> torch.nn.Module:
@@ -148,6 +157,87 @@ def engine_table(device: torch.device, rows: int, repeats: int, features: int = 
     return results
 
 
+FIXED_CHUNKS = (1_024, 2_048, 4_096, 8_192, 16_384)
+# (features, hidden, outputs, dtype): the benchmark's model with one and eight outputs, then a
+# narrow, a float64 and a wide one, so the chunking rule is not tuned to a single model.
+SHAPES = {"default": [(64, 256, 1, "float32"), (64, 256, 8, "float32")],
+          "all": [(64, 256, 1, "float32"), (64, 256, 8, "float32"), (64, 64, 1, "float32"),
+                  (64, 256, 1, "float64"), (256, 1024, 1, "float32")]}
+
+
+def in_chunks(fn, model, x, rows: int):
+    return [fn(model, x[i : i + rows]) for i in range(0, x.shape[0], rows)]
+
+
+def spread_table(device: torch.device, rows: int, runs: int, shapes: str) -> list[dict]:
+    """Per model shape: min/median/max rows/s of the engine and of each fixed chunking of the
+    reference over ``runs`` interleaved rounds, and the engine's ratio to the best fixed one."""
+    results = []
+    for features, hidden, outputs, dtype_name in SHAPES[shapes]:
+        dtype = getattr(torch, dtype_name)
+        model = mlp(features, outputs, hidden).to(device=device, dtype=dtype)
+        # Eight backward passes, or a 1,024-wide model, cost more per row: fewer rows keep
+        # each round short.
+        n = rows if outputs == 1 and hidden < 1024 else rows // 4
+        x = torch.randn(n, features, device=device, dtype=dtype)
+        reference = bound_scalar if outputs == 1 else m_backward_passes
+        fixed = {size: (lambda size=size: in_chunks(reference, model, x, size))
+                 for size in FIXED_CHUNKS}
+        seconds: dict[object, list[float]] = {size: [] for size in fixed}
+        seconds["engine"] = []
+        for fn in fixed.values():
+            fn()  # warm-up
+        input_jacobian(copy.deepcopy(model), x)
+        for _ in range(runs):
+            fresh = copy.deepcopy(model)  # a new model: the engine chooses its chunking anew
+            seconds["engine"].append(timed(lambda: input_jacobian(fresh, x), device))
+            for size, fn in fixed.items():
+                seconds[size].append(timed(fn, device))
+        rates = {key: [n / s for s in values] for key, values in seconds.items()}
+        best = max(FIXED_CHUNKS, key=lambda size: statistics.median(rates[size]))
+        ratios = [e / b for e, b in zip(rates["engine"], rates[best], strict=True)]
+        results.append({"model": f"{features}-{hidden}-{hidden}-{outputs} {dtype_name}",
+                        "rows": n, "runs": runs, "best_fixed_rows": best,
+                        "fixed_median_rows_per_s": {size: statistics.median(rates[size])
+                                                    for size in FIXED_CHUNKS},
+                        "engine": _spread(rates["engine"]), "best_fixed": _spread(rates[best]),
+                        "ratio": _spread(ratios)})
+    return results
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def print_spread(spread: list[dict]) -> None:
+    print("| model | rows | engine rows/s min / median / max | best fixed chunking "
+          "rows/s min / median / max | engine / best fixed min / median / max |")
+    print("|---|---:|---:|---:|---:|")
+    for r in spread:
+        e, b, q = r["engine"], r["best_fixed"], r["ratio"]
+        print(f"| {r['model']} | {r['rows']:,} | {e['min']:,.0f} / {e['median']:,.0f} / "
+              f"{e['max']:,.0f} | {r['best_fixed_rows']:,} rows: {b['min']:,.0f} / "
+              f"{b['median']:,.0f} / {b['max']:,.0f} | {q['min']:.2f}x / {q['median']:.2f}x / "
+              f"{q['max']:.2f}x |")
+    print("\nMedian rows/s of each fixed chunking:\n")
+    print("| model | " + " | ".join(f"{size:,}" for size in FIXED_CHUNKS) + " |")
+    print("|---|" + "---:|" * len(FIXED_CHUNKS))
+    for r in spread:
+        medians = r["fixed_median_rows_per_s"]
+        print(f"| {r['model']} | " + " | ".join(f"{medians[size]:,.0f}" for size in FIXED_CHUNKS)
+              + " |")
+
+
 def write_parquet(path: Path, rows: int, features: int, chunk: int = 500_000) -> None:
     import numpy as np
     import pyarrow as pa
@@ -214,20 +304,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--run-sizes", default="1000000,5000000")
     parser.add_argument("--skip-run", action="store_true")
+    parser.add_argument("--skip-table", action="store_true", help="only the spread table")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved rounds of the spread")
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="default",
+                        help="models in the spread table")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads"
                + (f", {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""))
     print(f"# machine: {machine}; device: {device}\n")
-    engine = engine_table(device, args.rows, args.repeats)
-    print(f"## Per-example input gradients, MLP 64-256-256-m, {args.rows:,} rows, float32\n")
-    print("| outputs | method | rows/s | vs best bound/reference |")
-    print("|---:|---|---:|---:|")
-    for r in engine:
-        print(f"| {r['outputs']} | {r['method']} | {r['rows_per_s']:,.0f} | "
-              f"{r['vs_reference']:.2f}x |")
+    engine = [] if args.skip_table else engine_table(device, args.rows, args.repeats)
+    if engine:
+        print(f"## Per-example input gradients, MLP 64-256-256-m, {args.rows:,} rows, "
+              "float32\n")
+        print("| outputs | method | rows/s | vs best bound/reference |")
+        print("|---:|---|---:|---:|")
+        for r in engine:
+            print(f"| {r['outputs']} | {r['method']} | {r['rows_per_s']:,.0f} | "
+                  f"{r['vs_reference']:.2f}x |")
+        print()
+    spread = spread_table(device, args.rows, args.runs, args.shapes)
+    print(f"## The engine against the best fixed chunking, {args.runs} interleaved runs "
+          f"(reference: one output, autograd.grad(model(x).sum(), x); eight, eight backward "
+          f"passes)\n")
+    print_spread(spread)
     runs = []
     if not args.skip_run:
         sizes = [int(s) for s in args.run_sizes.split(",")]
@@ -239,8 +344,8 @@ def main() -> None:
             print(f"| {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | "
                   f"{r['peak_rss_mb']:,.0f} |")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "engine": engine, "run": runs},
-                                        indent=2))
+        args.json.write_text(json.dumps({"machine": machine, "engine": engine,
+                                         "spread": spread, "run": runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ from models import (
 from torch import nn
 
 import sensaudit
+from sensaudit.core import chunking
 from sensaudit.core import jacobian as engine
 from sensaudit.core.errors import ModelError
 from sensaudit.core.jacobian import STRATEGIES, check_row_independence, scores_and_jacobian
+from sensaudit.core.strategy_tuning import TUNED, fastest
 
 # float64 Jacobians agree with their formulas to a few units in the last place.
 CLOSE = dict(rtol=1e-12, atol=1e-13)
@@ -52,18 +54,16 @@ def test_auto_tunes_a_multi_output_model_once_and_stays_exact(x):
     jac = sensaudit.input_jacobian(model, x, batch_size=1)
     torch.testing.assert_close(jac, model.expected_jacobian(x), **CLOSE)
     chosen = engine.TUNER._chosen[model]
-    assert list(chosen.values())[0] in engine._TUNED
+    assert list(chosen.values())[0] in TUNED
     again = sensaudit.input_jacobian(model, x, batch_size=1)  # reuses the choice
     torch.testing.assert_close(again, jac, **CLOSE)
     assert engine.TUNER._chosen[model] == chosen
 
 
 def test_tuning_keeps_the_default_unless_another_is_clearly_faster():
-    from sensaudit.core.jacobian import _fastest
-
-    assert _fastest({"reverse": 1.0, "forward": 0.95}, default="reverse") == "reverse"
-    assert _fastest({"reverse": 1.0, "forward": 0.85}, default="reverse") == "forward"
-    assert _fastest({"reverse": 0.8, "forward": 1.0}, default="forward") == "reverse"
+    assert fastest({"reverse": 1.0, "forward": 0.95}, default="reverse") == "reverse"
+    assert fastest({"reverse": 1.0, "forward": 0.85}, default="reverse") == "forward"
+    assert fastest({"reverse": 0.8, "forward": 1.0}, default="forward") == "reverse"
 
 
 @models
@@ -310,28 +310,44 @@ def test_bad_inputs_are_refused(x):
                               "'forward', 'vmap-jacrev'), got 'backward'")
 
 
-class _TimedLinear(torch.nn.Module):
-    """y = x @ w (gradient w), whose every call advances a fake clock by ``cost(rows)``."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_saved_bytes_per_row_count_what_autograd_keeps_per_row(dtype):
+    # Linear saves its input (4 values per row), Tanh its output (16), which the second Linear
+    # saves again (the same storage, counted once); the weights do not grow with the rows.
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2)).to(dtype)
+    x = torch.randn(100, 4, dtype=dtype)
+    assert chunking.saved_bytes_per_row(model, x) == (4 + 16) * x.element_size()
+    # Nothing saved (a scaling needs no input to differentiate) or a failing model: 0; the
+    # engine's own call reports a failing model.
+    assert chunking.saved_bytes_per_row(lambda rows: 2 * rows, x) == 0
+    assert chunking.saved_bytes_per_row(lambda rows: rows @ torch.ones(5), x) == 0
 
-    def __init__(self, clock: list[float], cost):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
-        self.clock, self.cost = clock, cost
 
-    def forward(self, x):
-        self.clock[0] += self.cost(x.shape[0])
-        return x @ self.w
-
-
-@pytest.mark.parametrize("cost,expected", [
-    (lambda rows: 1.0, 65_536),  # a fixed cost per call: the biggest chunks win
-    (lambda rows: rows * (1 + rows / 4096), 4_096),  # worse than linear: the default stays
+@pytest.mark.parametrize("saved,features,outputs,element_size,expected", [
+    # 64-256-256-1 float32: 16 MiB / (2,304 saved + 256 Jacobian bytes) = 6,553 rows -> 6,144
+    (2304, 64, 1, 4, 6_144),
+    (768, 64, 1, 4, 16_384),  # 64-64-64-1 float32: 16 MiB / 1,024 B
+    (4608, 64, 1, 8, 4_096),  # 64-256-256-1 float64: 3,276 rows, raised to the floor
+    (2304, 64, 8, 4, 4_096),  # eight outputs: a 2 KB Jacobian a row; 3,855 rows -> the floor
+    (48, 8, 1, 4, 65_536),  # a tiny model: the most rows
+    (0.0, 8, 1, 4, 65_536),  # nothing saved per row
+    (9216, 256, 1, 4, 4_096),  # a wide model: no fewer than 4,096 rows
+    (48, 1024, 8, 4, 512),  # the Jacobian's cap: 2**22 elements / (1,024 x 8)
 ])
-def test_chunk_size_is_tuned_per_model_on_calls_that_count(monkeypatch, cost, expected):
-    clock = [0.0]
-    monkeypatch.setattr(engine, "_clock", lambda device: clock[0])
-    model = _TimedLinear(clock, cost)
+def test_chunk_rows_follow_the_memory_per_row(saved, features, outputs, element_size,
+                                               expected):
+    assert chunking.rows_for_footprint(saved, features, outputs, element_size) == expected
+
+
+def test_chunk_rows_are_a_fixed_rule_not_a_timing(monkeypatch):
+    # Every call the same rows per chunk, from the model's memory per row: nothing is timed.
+    monkeypatch.setattr(chunking, "CHUNKS", chunking.ChunkSizes())
+    monkeypatch.setattr(engine, "CHUNKS", chunking.CHUNKS)
     x = torch.randn(70_000, 3, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 1)).double()
+    # 16 MiB / ((3 + 64) saved + 3 Jacobian values x 8 bytes) = 29,959 rows -> 29,696
+    expected = chunking.rows_for_footprint((3 + 64) * 8, 3, 1, 8)
+    assert expected == 29_696
     steps = []
     real = engine._chunk_jacobian
 
@@ -340,15 +356,26 @@ def test_chunk_size_is_tuned_per_model_on_calls_that_count(monkeypatch, cost, ex
         return real(model, chunk, strategy, out)
 
     monkeypatch.setattr(engine, "_chunk_jacobian", spy)
-    for _ in range(4):  # default, then 16,384 and 65,536 rows as trials, then the choice
+    for _ in range(3):
         steps.clear()
         jac = engine.input_jacobian(model, x)
-        torch.testing.assert_close(jac[:, 0], model.w.detach().expand(70_000, 3))
-    assert max(steps) == expected
-    # A pinned batch size is never tuned.
+        assert max(steps) == expected
+    per_example = engine.input_jacobian(model, x[:7], batch_size=1)
+    torch.testing.assert_close(jac[:7], per_example, **CLOSE)
+    # A pinned batch size is kept; a call no bigger than the smallest chunk is one chunk.
     steps.clear()
     engine.input_jacobian(model, x, batch_size=1000)
     assert max(steps) == 1000
+    steps.clear()
+    engine.input_jacobian(model, x[:4_000])
+    assert steps == [4_000]
+
+
+def test_a_model_without_gradient_path_is_refused_on_many_rows(x):
+    # The probe finds nothing saved; the engine's own call still refuses the model.
+    with pytest.raises(ModelError) as err:
+        sensaudit.input_jacobian(Detaching(), x[:1].expand(5_000, -1).clone())
+    assert str(err.value) == NO_GRADIENT_PATH
 
 
 @pytest.mark.parametrize("outputs", [1, 5])

@@ -12,43 +12,16 @@ real chunks and keeps the fastest), instead of a Python loop over rows.
 
 from __future__ import annotations
 
-import time
-import weakref
-from collections.abc import Callable
-from typing import Any
-
 import torch
 from torch.autograd.functional import jacobian
 
+from sensaudit.core.chunking import CHUNKS, Key
+from sensaudit.core.chunking import Model as Model
 from sensaudit.core.errors import ModelError, first_line
-
-Model = Callable[[torch.Tensor], torch.Tensor]
-# What a tuned choice is remembered under: the call's shape and settings (dtype, outputs, ...).
-Key = tuple[object, ...]
+from sensaudit.core.strategy_tuning import TUNER, clock
 
 STRATEGIES = ("auto", "reverse", "reverse-vmap", "forward", "vmap-jacrev")
-# For multi-output models no strategy wins everywhere (it depends on outputs, features, the
-# model's shape and the device), so "auto" times each of these on chunks of real rows (work
-# that counts: the chunks' results are kept) and uses the fastest for the remaining chunks.
-_TUNED = ("reverse", "vmap-jacrev", "forward", "reverse-vmap")
-_TUNING_ROUNDS = 2  # each candidate timed on this many chunks; its best time counts
-_SWITCH_MARGIN = 0.9  # leave the default only for a strategy at least 10% faster
-# Rows per chunk. On CPU a chunk of a few thousand rows keeps each layer's activations in cache:
-# benchmarks/engine.py measured 4,096-row chunks 1.6x faster than one 65,536-row batch on 2
-# cores. On a GPU bigger chunks keep the device busy. Either way the Jacobian of one chunk is
-# capped near 2**22 elements (16 MiB in float32) so wide models stay within memory.
-_CPU_CHUNK_ROWS = 4_096
-_GPU_CHUNK_ROWS = 65_536
-_JACOBIAN_ELEMENTS_PER_CHUNK = 2**22
-_MIN_CHUNK_ROWS = 64
-
-
-def default_batch_size(n_features: int, n_outputs: int = 1,
-                       device: torch.device | str = "cpu") -> int:
-    """Rows per chunk for a model with this many features and outputs on this device."""
-    rows = _GPU_CHUNK_ROWS if torch.device(device).type == "cuda" else _CPU_CHUNK_ROWS
-    cap = _JACOBIAN_ELEMENTS_PER_CHUNK // max(1, n_features * n_outputs)
-    return max(_MIN_CHUNK_ROWS, min(rows, cap))
+_WARM_UP_ROWS = 64  # a strategy's first timed chunk is preceded by this many rows, untimed
 
 
 def as_output_matrix(y: object, rows: int) -> torch.Tensor:
@@ -84,7 +57,8 @@ def scores_and_jacobian(
 
     x: float [rows, features]. Returns (scores [rows, outputs], jacobian [rows, outputs,
     features]), both detached, on x's device and dtype. Rows are processed in chunks of
-    ``batch_size`` (default: :func:`default_batch_size`) so memory stays bounded. Neither
+    ``batch_size`` (default: a fixed rule from the model's memory per row, see
+    core/chunking.py) so memory stays bounded. Neither
     ``model`` nor ``x`` is modified: x's ``.grad`` and ``requires_grad`` stay as they were, and
     the model's train/eval mode is not touched.
 
@@ -104,19 +78,11 @@ def scores_and_jacobian(
         raise ModelError("no rows to audit")
     with torch.no_grad():
         n_outputs = as_output_matrix(model(x[:1].detach()), 1).shape[1]
-    shape_key = (n_features, n_outputs, str(x.device), x.dtype)
-    if batch_size:
-        step, timed = batch_size, None
-    else:
-        step, timed = TUNER.chunk_rows(model, shape_key, rows,
-                                       default_batch_size(n_features, n_outputs, x.device),
-                                       _chunk_cap(n_features, n_outputs))
+    shape_key: Key = (n_features, n_outputs, str(x.device), x.dtype)
+    step = batch_size or CHUNKS.rows(model, shape_key, x, n_outputs)
     starts = list(range(0, rows, step))
     tuning = TUNER.start(model, strategy, shape_key, n_outputs=n_outputs,
                          n_features=n_features, chunks=len(starts))
-    if tuning.active:
-        timed = None  # strategy trials would confound the chunk-size timing
-    call_began = _clock(x.device)
     # Filled chunk by chunk (the backward loop writes straight into its slice): concatenating
     # chunk results at the end would copy the whole Jacobian once more.
     scores = torch.empty(rows, n_outputs, dtype=x.dtype, device=x.device)
@@ -127,141 +93,16 @@ def scores_and_jacobian(
         candidate = tuning.candidate(index)
         if candidate is not None:
             if tuning.first_try(index):
-                _chunk_jacobian(model, chunk[:_MIN_CHUNK_ROWS], candidate)  # warm-up, untimed
-            began = _clock(x.device)
+                _chunk_jacobian(model, chunk[:_WARM_UP_ROWS], candidate)  # warm-up, untimed
+            began = clock(x.device)
             s, j = _chunk_jacobian(model, chunk, candidate, out)
-            tuning.record(index, candidate, (_clock(x.device) - began) / chunk.shape[0])
+            tuning.record(index, candidate, (clock(x.device) - began) / chunk.shape[0])
         else:
             s, j = _chunk_jacobian(model, chunk, tuning.strategy, out)
         scores[start : start + step] = s
         if j is not out:
             out.copy_(j)
-    if timed is not None:
-        timed((_clock(x.device) - call_began) / rows)
     return scores, jacobian_out
-
-
-def _chunk_cap(n_features: int, n_outputs: int) -> int:
-    return max(_MIN_CHUNK_ROWS, _JACOBIAN_ELEMENTS_PER_CHUNK // max(1, n_features * n_outputs))
-
-
-class StrategyTuner:
-    """The one home of strategy auto-tuning: each model's choice per input shape, kept as
-    long as the model lives, so an audit that calls the engine once per data chunk tunes once.
-    """
-
-    def __init__(self) -> None:
-        self._chosen: weakref.WeakKeyDictionary[Model, Any] = weakref.WeakKeyDictionary()
-        self._rows: weakref.WeakKeyDictionary[Model, Any] = weakref.WeakKeyDictionary()
-
-    def chunk_rows(self, model: Model, key: Key, rows: int, default: int, cap: int
-                   ) -> tuple[int, Callable[[float], None] | None]:
-        """Rows per chunk for this call, and a callback for the call's seconds per row when
-        the call is a trial.
-
-        The best chunk size depends on the model: a wide layer runs fastest in chunks that
-        keep its activations in cache (4,096 rows beat 65,536 by 1.6x for a 256-wide MLP on
-        2 CPU cores), a narrow one in big chunks that amortise each operator call (65,536 rows
-        beat 4,096 by 3x for a 64-wide MLP). So the first calls for a model each run one
-        candidate size over all their rows (work that counts) and the fastest is kept, unless
-        the default is within 10% of it. Like the strategy choice, it can differ between runs
-        in the last bits of the gradients; set audit.batch_size to pin it.
-        """
-        try:
-            state = self._rows.setdefault(model, {}).setdefault(key, {"timings": {}})
-        except TypeError:  # not weak-referenceable: no memory across calls, keep the default
-            return default, None
-        if "chosen" in state:
-            return state["chosen"], None
-        candidates = sorted({max(_MIN_CHUNK_ROWS, min(c, cap))
-                             for c in (default, 4 * default, 16 * default)})
-        timings: dict[int, float] = state["timings"]
-        untimed = [c for c in candidates if c not in timings and c <= rows]
-        if len(candidates) == 1 or not untimed:
-            if len(timings) >= 2:  # the sizes calls are big enough for have all been timed
-                state["chosen"] = _fastest(timings, default=default)
-                return state["chosen"], None
-            return default, None
-        trial = default if default in untimed else untimed[0]
-
-        def record(seconds_per_row: float) -> None:
-            timings[trial] = seconds_per_row
-            if len(timings) == len(candidates):
-                state["chosen"] = _fastest(timings, default=default)
-
-        return trial, record
-
-    def start(self, model: Model, strategy: str, key: Key, *, n_outputs: int,
-              n_features: int, chunks: int) -> Tuning:
-        """The plan for one call: a fixed strategy, a remembered choice, or a tuning run."""
-        if strategy != "auto":
-            return Tuning(self, model, key, strategy, active=False)
-        chosen = self._remembered(model, key)
-        if chosen is not None:
-            return Tuning(self, model, key, chosen, active=False)
-        default = "forward" if (n_outputs > 1 and n_features < n_outputs) else "reverse"
-        # Worth timing only for several outputs, over enough chunks to pay for itself.
-        active = n_outputs > 1 and chunks > _TUNING_ROUNDS * len(_TUNED)
-        return Tuning(self, model, key, default, active=active)
-
-    def _remembered(self, model: Model, key: Key) -> str | None:
-        try:
-            chosen: str | None = self._chosen.get(model, {}).get(key)
-            return chosen
-        except TypeError:  # not weak-referenceable: tune on every call
-            return None
-
-    def remember(self, model: Model, key: Key, strategy: str) -> None:
-        try:
-            self._chosen.setdefault(model, {})[key] = strategy
-        except TypeError:
-            pass
-
-
-class Tuning:
-    """One call's tuning run: chunk 0 runs the default untimed, chunks 1.._TUNING_ROUNDS x
-    len(_TUNED) each time one candidate, then the fastest is used for the rest."""
-
-    def __init__(self, tuner: StrategyTuner, model: Model, key: Key, strategy: str, *,
-                 active: bool):
-        self.tuner, self.model, self.key = tuner, model, key
-        self.strategy = strategy
-        self.active = active
-        self.timings: dict[str, float] = {}
-
-    def candidate(self, index: int) -> str | None:
-        if self.active and 1 <= index <= _TUNING_ROUNDS * len(_TUNED):
-            return _TUNED[(index - 1) % len(_TUNED)]
-        return None
-
-    def first_try(self, index: int) -> bool:
-        return index <= len(_TUNED)
-
-    def record(self, index: int, candidate: str, seconds_per_row: float) -> None:
-        self.timings[candidate] = min(self.timings.get(candidate, seconds_per_row),
-                                      seconds_per_row)
-        if index == _TUNING_ROUNDS * len(_TUNED):
-            self.strategy = _fastest(self.timings, default=self.strategy)
-            self.active = False
-            self.tuner.remember(self.model, self.key, self.strategy)
-
-
-TUNER = StrategyTuner()
-
-
-def _fastest(timings: dict[Any, Any], default: Any) -> Any:
-    """The fastest strategy, but the default unless another beats it clearly: timings of
-    single chunks are noisy, and a wrong switch costs every remaining chunk."""
-    best = min(timings, key=lambda name: timings[name])
-    if default in timings and timings[best] > _SWITCH_MARGIN * timings[default]:
-        return default
-    return best
-
-
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # kernels run asynchronously: wait before reading time
-    return time.perf_counter()
 
 
 def input_jacobian(

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sensaudit.core.jacobian import Model, as_output_matrix, default_batch_size
+from sensaudit.core.chunking import default_batch_size
+from sensaudit.core.jacobian import Model, as_output_matrix
 
 # Projected gradient descent's usual step: 2.5 x budget / steps, so the iterate can cross the
 # whole budget and come back (Madry et al. 2018). One step is the fast gradient-sign method.

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sensaudit.core.jacobian import Model, as_output_matrix, default_batch_size, scores_and_jacobian
+from sensaudit.core.chunking import default_batch_size
+from sensaudit.core.jacobian import Model, as_output_matrix, scores_and_jacobian
 from sensaudit.methods.base import AttributionMethod, Attributions
 from sensaudit.settings.options import check_declared, integer, option
 
