@@ -42,6 +42,7 @@ Needs scikit-learn (``pip install -e '.[bench]'``).
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -157,20 +158,34 @@ class Scorer(nn.Module):
 
 
 def train(x: np.ndarray, y: np.ndarray, binary: bool, shape: str, seed: int) -> Scorer:
+    """Full-batch AdamW on three quarters of the training rows, keeping the weights with the
+    lowest loss on the last quarter (early stopping), as a team validates a model before
+    deploying it: without it, the regression models scored their held-out rows worse than the
+    label's mean (median squared error 1.01 x the label's variance), and a "genuine" feature of
+    a model with no skill is no test of a proxy rule. The planted column tracks the label in
+    the validation rows too (the leak is in all of the team's historic data)."""
     torch.manual_seed(seed)
+    order = np.random.default_rng(seed).permutation(len(y))
+    fit, check = order[: len(y) * 3 // 4], order[len(y) * 3 // 4:]
     xt, yt = torch.tensor(x), torch.tensor(y)[:, None]
     width = x.shape[1]
     net = (nn.Sequential(nn.Linear(width, 16), nn.Tanh(), nn.Linear(16, 1)) if shape == "tanh16"
            else nn.Sequential(nn.Linear(width, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
                               nn.Linear(16, 1))).double()
-    model = Scorer(net, xt, yt, binary)
+    model = Scorer(net, xt[fit], yt[fit], binary)
     target = yt if binary else (yt - model.y_mean) / model.y_std
     loss = nn.BCEWithLogitsLoss() if binary else nn.MSELoss()
     optimizer = torch.optim.AdamW(net.parameters(), lr=0.01, weight_decay=0.01)
+    best, kept = math.inf, copy.deepcopy(net.state_dict())
     for _ in range(STEPS):
         optimizer.zero_grad()
-        loss(model.logits(xt), target).backward()
+        loss(model.logits(xt[fit]), target[fit]).backward()
         optimizer.step()
+        with torch.no_grad():
+            held = float(loss(model.logits(xt[check]), target[check]))
+        if held < best:
+            best, kept = held, copy.deepcopy(net.state_dict())
+    net.load_state_dict(kept)
     return model.eval()
 
 
@@ -269,8 +284,9 @@ def run_one(data: Dataset, seed: int, model_shape: str, condition: Condition) ->
     return record
 
 
-def grid(quick: bool) -> Iterator[tuple[Dataset, int, str, Condition]]:
-    seeds = (0,) if quick else (0, 1, 2)
+def grid(quick: bool, seeds: tuple[int, ...] = (0, 1, 2)
+         ) -> Iterator[tuple[Dataset, int, str, Condition]]:
+    seeds = seeds[:1] if quick else seeds
     models = MODELS[:1] if quick else MODELS
     for data in load_datasets():
         for seed in seeds:
@@ -356,12 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="seed 0, one model shape, strengths 0.6 and 0.9 (40 audits)")
     parser.add_argument("--out", type=Path, help="write every run's figures to this CSV")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="the seeds (splits, planted columns, training); seeds above 2 were "
+                             "never looked at while the rule was set: a fresh held-out part")
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; it is not overwritten")
     torch.set_num_threads(1)  # tiny full-batch models: threads only fight over the cores
     started = time.perf_counter()
-    runs = pd.DataFrame([run_one(*cell) for cell in grid(args.quick)])
+    runs = pd.DataFrame([run_one(*cell) for cell in grid(args.quick, tuple(args.seeds))])
     print(report(runs, time.perf_counter() - started))
     if args.out is not None:
         runs.to_csv(args.out, index=False)

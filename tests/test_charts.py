@@ -233,7 +233,7 @@ def test_the_suspects_chart_is_labelled_by_feature_with_the_evidence(checked):
         pytest.approx(pair) for pair in zip(csv["evidence_share"], csv["evidence_high"],
                                             strict=True)]
     assert csv["evidence_limit"].tolist() == pytest.approx(
-        (csv["evidence_high"] + 0.10).tolist())  # the default min_gap
+        (csv["evidence_high"] + 0.025).tolist())  # the default min_gap
     for limit in csv["evidence_limit"]:
         assert _lines_at(axes, limit)
 

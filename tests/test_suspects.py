@@ -114,8 +114,12 @@ def test_a_planted_nuisance_is_the_top_suspect_and_clean_features_are_not(kind, 
     result = audit_frame(model, audit_rows, label="y",
                          settings=AuditSettings(misscored=rule, fail_on_suspects=True))
     table, summary = suspects_of(result)
-    assert [s["feature"] for s in summary["suspects"]] == ["nuisance"]
-    assert not result.passed and [g.subject for g in result.gates.flags] == ["nuisance"]
+    flagged = [s["feature"] for s in summary["suspects"]]
+    # The planted nuisance first; no real feature ever. c1 and c2 are pure noise the label never
+    # followed: a model leaning on one and measurably better without it may have it flagged too.
+    assert flagged[0] == "nuisance" and set(flagged) <= {"nuisance", "c1", "c2"}
+    assert all(table.loc[f, "confirmed"] for f in flagged)
+    assert not result.passed and [g.subject for g in result.gates.flags] == flagged
     reasons = summary["suspects"][0]["reasons"]
     assert reasons[0].startswith("relied on beyond its evidence")
     nuisance = table.loc["nuisance"]
@@ -127,7 +131,7 @@ def test_a_planted_nuisance_is_the_top_suspect_and_clean_features_are_not(kind, 
         assert np.isfinite(nuisance["contrast"])
     # Every real feature is relied on less than the labels support it.
     assert (table.loc[REAL, "reliance_gap"] < 0).all()
-    assert not table.loc[[f for f in FEATURES if f != "nuisance"], "suspect"].any()
+    assert not table.loc[REAL, "suspect"].any()
 
 
 @pytest.mark.parametrize("kind,binary,rule", CASES)
@@ -137,10 +141,16 @@ def test_a_model_trained_without_the_leak_has_no_suspect(kind, binary, rule):
     result = audit_frame(model, extract(rng, 1500, leak=0.0, binary=binary), label="y",
                          settings=AuditSettings(misscored=rule, fail_on_suspects=True))
     table, summary = suspects_of(result)
-    assert summary["suspects"] == [] and result.passed
+    # No real feature is suspected. nuisance (no leak here), c1 and c2 are noise the label never
+    # followed: a model that leans on one and is measurably better without it has it flagged
+    # (reliance without evidence, as a proxy is), and only then.
+    flagged = [s["feature"] for s in summary["suspects"]]
+    assert set(flagged) <= {"nuisance", "c1", "c2"} and result.passed == (not flagged)
+    assert all(table.loc[f, "confirmed"] and table.loc[f, "loss_change_high"] < 0
+               for f in flagged)
     assert summary["suspect_signals"]["reliance_vs_evidence"] == "ran on 1,500 labelled rows"
     assert summary["suspect_signals"]["misscored_contrast"].startswith("ran: ")
-    assert not table["suspect"].any()
+    assert not table.loc[REAL, "suspect"].any()
 
 
 def test_declared_proxies_are_left_to_their_limits():
@@ -465,7 +475,7 @@ def test_reports_and_the_gate_through_the_cli(tmp_path):
      "audit.checks.suspects.min_gap must be a number from 0 to 1 (got 2, an int)"),
     ({"checks": {"suspects": {"min_gapp": 0.1}}},
      "unknown key 'min_gapp' in audit.checks.suspects; did you mean 'min_gap'? (allowed: "
-     "min_gap, min_contrast, "
+     "min_gap, harm_level, harm_rows, min_contrast, "
      "min_misscored_rows, bootstrap_samples, confidence, seed, ridge)"),
 ])
 def test_bad_suspect_settings_exit_2_naming_the_key(tmp_path, audit, expected):

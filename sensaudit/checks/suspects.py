@@ -39,13 +39,17 @@ from sensaudit.checks.evidence import (
     misscored_keys,
     shares,
 )
+from sensaudit.checks.proxy_harm import Harm, harm_tests
 from sensaudit.core.text_safety import markdown_name
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.options import Limit, check_declared, integer, number, option
 from sensaudit.settings.sections import AuditSettings, MisscoredRule
 from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
+from sensaudit.stats.row_sample import RowSample
 
 DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
+# The confirmation sample's own salt: unrelated to the charts' and the proxy probe's rows.
+SAMPLE_SALT = 0x5A5
 
 
 def _between(low: float, high: float) -> Limit:
@@ -57,8 +61,12 @@ class SuspectsOptions:
     """``audit.checks.suspects``: every field optional. Shares are fractions (0.1 = 10
     points)."""
 
-    min_gap: float = option(0.10, _between(0, 1),
+    min_gap: float = option(0.025, _between(0, 1),
                             "share relied on beyond the evidence's upper end to suspect")
+    harm_level: float = option(0.05, _between(0.001, 0.5),
+                               "the confirmation test's false-alarm level (one-sided)")
+    harm_rows: int = option(4096, integer(30, 1_000_000),
+                            "labelled rows sampled for the confirmation test")
     min_contrast: float = option(0.05, _between(0, 1), "share gained on the misscored rows")
     min_misscored_rows: int = option(20, integer(2, 10**9),
                                      "fewer misscored rows: too few to compare")
@@ -93,6 +101,9 @@ class SuspectedProxies(Check):
         # The labelled rows' lowest and highest score: scores outside [0, 1] against 0/1
         # labels are logits, and misscored is then judged on sigmoid(score).
         self.score_range = (math.inf, -math.inf)
+        # Labelled rows [x..., label] for the confirmation test (checks/proxy_harm.py): the same
+        # bottom-k sample of row numbers whatever the chunks or workers.
+        self.sample = RowSample(options.harm_rows, salt=SAMPLE_SALT)
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> SuspectedProxies:
@@ -126,6 +137,11 @@ class SuspectedProxies(Check):
         keys = misscored_keys(scores.numpy(), y, self.rule)
         self.contrast.update(rows[keep], keys, xs, values.abs())
         self.gram.update(xs, torch.from_numpy(y))
+        numbers = np.asarray(rows, dtype=np.int64)[keep]
+        wanted = self.sample.wanted(numbers)
+        # float64 holds every float16, bfloat16 and float32 input exactly: cast back to test.
+        self.sample.update(numbers[wanted], np.concatenate(
+            [xs.numpy()[wanted], y[wanted, None]], axis=1), offered=len(numbers))
 
     def merge(self, other: Check) -> None:
         if not isinstance(other, SuspectedProxies):
@@ -141,6 +157,7 @@ class SuspectedProxies(Check):
                 self.gram = LabelGram(other.gram.n_features)
             self.contrast.merge(other.contrast)
             self.gram.merge(other.gram)
+        self.sample.merge(other.sample)
 
     def finish(self, ranking: Ranking) -> CheckResult:
         status: dict[str, str] = {"dominance": "ran"}
@@ -156,6 +173,8 @@ class SuspectedProxies(Check):
             evidence, status["reliance_vs_evidence"] = self._evidence()
             contrast, status["misscored_contrast"] = self._contrast(ranking.per_unit)
         figures = self._figures(ranking, evidence, contrast)
+        if evidence is not None or contrast is not None:
+            figures, status["confirmation"] = self._confirm(ranking, figures, contrast)
         return self._result(ranking, figures, status, contrast)
 
     # --- the three signals ------------------------------------------------------------------
@@ -251,19 +270,66 @@ class SuspectedProxies(Check):
         else:
             suspect = beyond | (contrasted & (dominant | above_point))
         table["dominant"] = dominant
-        table["suspect"] = suspect & ~table["declared"] & (table["share"] > 0)
+        table["candidate"] = suspect & (table["share"] > 0)
+        table["suspect"] = table["candidate"] & ~table["declared"]
         # Declared proxies are judged by their limits; their signs are still shown.
         table["declared_with_signs"] = suspect & table["declared"] & (table["share"] > 0)
         table["score"] = (np.fmax(table["share"] - table["evidence_high"], 0).fillna(0)
                           + np.fmax(table["contrast"], 0).fillna(0)
                           + np.fmax(table["share"] - self.dominance, 0))
+        for column in ("loss", "loss_change", "loss_change_low", "loss_change_high"):
+            table[column] = np.nan
+        table["harm_rows"] = 0
+        table["confirmed"] = False
         table["reasons"] = [self._reasons(r, contrast)
                             if r.suspect or r.declared_with_signs else []
                             for r in table.itertuples()]
         table = table.sort_values(["suspect", "score", "share"], ascending=False, kind="stable")
         return table.reset_index(drop=True)
 
-    def _reasons(self, r: Any, contrast: dict[str, Any] | None) -> list[str]:
+    def _confirm(self, ranking: Ranking, table: pd.DataFrame,
+                 contrast: dict[str, Any] | None) -> tuple[pd.DataFrame, str]:
+        """Each candidate (an undeclared feature relied on beyond its evidence or larger on
+        the misscored rows) is a suspect only if the model is better on the audited rows
+        without it: the loss-change test of checks/proxy_harm.py, Bonferroni over the
+        candidates. Declared proxies are judged by their limits and not tested."""
+        opts = self.options
+        tested = list(dict.fromkeys(table.loc[table["suspect"], "feature"]))
+        values = self.sample.values
+        if not tested:
+            return table, "no candidate to test"
+        if ranking.model is None or values is None or len(values) < 30:
+            rows = 0 if values is None else len(values)
+            return table, (f"not run: {rows} labelled rows sampled (needs 30 and the model); "
+                           "the candidates stand unconfirmed")
+        x = torch.from_numpy(values[:, :-1]).to(ranking.dtype or torch.float64)
+        found = harm_tests(ranking.model, x.to(ranking.device or x.device), values[:, -1],
+                           ranking.features, tested, opts.harm_level, opts.confidence,
+                           self._on_probability(self.contrast.counts() if self.contrast
+                                                else {}))
+        if not found:
+            return table, "not run: fewer than 2 labelled rows sampled"
+        for name, harm in found.items():
+            at = table["feature"] == name
+            table.loc[at, ["loss", "loss_change", "loss_change_low", "loss_change_high"]] = (
+                harm.base, harm.change, harm.low, harm.high)
+            table.loc[at, "harm_rows"] = harm.rows
+            table.loc[at, "confirmed"] = harm.confirmed
+        table["suspect"] = table["suspect"] & table["confirmed"]
+        on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
+        table["reasons"] = [self._reasons(r, contrast, found.get(r.feature), on_probability)
+                            if r.suspect or r.declared_with_signs else list(r.reasons)
+                            for r in table.itertuples()]
+        table = table.sort_values(["suspect", "score", "share"], ascending=False, kind="stable")
+        kept = sum(h.confirmed for h in found.values())
+        rows = next(iter(found.values())).rows
+        return table.reset_index(drop=True), (
+            f"ran on {rows:,} labelled rows: {kept} of {len(tested)} candidate(s) confirmed "
+            f"(the loss falls when the feature's effect is averaged out: one-sided, "
+            f"{opts.harm_level:.0%} split over the candidates)")
+
+    def _reasons(self, r: Any, contrast: dict[str, Any] | None, harm: Harm | None = None,
+                 on_probability: bool = False) -> list[str]:
         reasons = []
         if r.share - r.evidence_high >= self.options.min_gap:
             reasons.append(f"relied on beyond its evidence: {r.share:.1%} of the model's "
@@ -281,6 +347,14 @@ class SuspectedProxies(Check):
         if r.dominant:
             reasons.append(f"dominant: {r.share:.1%} of the sensitivity, over "
                            f"audit.dominance_warning ({self.dominance:.0%})")
+        if harm is not None and harm.confirmed:
+            loss = "Brier score on sigmoid(score)" if on_probability else "mean squared error"
+            lower, least, most = (-harm.change / harm.base, -harm.high / harm.base,
+                                  -harm.low / harm.base)
+            reasons.append(
+                f"the model does better on these rows without it: its {loss} is {lower:.1%} "
+                f"lower (interval {least:.1%} to {most:.1%}) on {harm.rows:,} labelled rows "
+                "when the feature's effect is averaged out over its own values")
         return reasons
 
     def _result(self, ranking: Ranking, table: pd.DataFrame, status: dict[str, str],
@@ -304,7 +378,7 @@ class SuspectedProxies(Check):
                 "audit.proxies and remove its tie to the label from the training data "
                 f"(`sensaudit resample TRAIN.csv --proxy {r.feature} --label LABEL --out "
                 "resampled.csv`), retrain, and compare.")
-        not_run = {k: v for k, v in status.items() if not v.startswith("ran")}
+        not_run = {k: v for k, v in status.items() if v.startswith("not run")}
         if not_run:
             result.notes.append("Suspected proxies: " + "; ".join(
                 f"{k.replace('_', ' ')} {v}" for k, v in not_run.items()) + ".")
@@ -332,8 +406,11 @@ class SuspectedProxies(Check):
                          "rows")
         if not parts:
             parts.append(f"share at most {self.dominance:.0%} (audit.dominance_warning)")
-        return ("for a feature nobody declared: " + " and ".join(parts)
-                + " (audit.fail_on_suspects)")
+        limit = "for a feature nobody declared: " + " and ".join(parts)
+        if bool(r.confirmed):
+            limit += (", or a model no better on these rows without it (a one-sided test at "
+                      f"{opts.harm_level:.0%})")
+        return limit + " (audit.fail_on_suspects)"
 
     def _section(self, suspects: pd.DataFrame, declared: pd.DataFrame,
                  status: dict[str, str]) -> list[str]:
@@ -375,7 +452,8 @@ def _record(r: Any) -> dict[str, Any]:
     record: dict[str, Any] = {"feature": r.feature, "output": r.output,
                               "reasons": list(r.reasons)}
     for key in ("share", "evidence_share", "evidence_high", "reliance_gap", "share_misscored",
-                "share_rest", "contrast", "contrast_low", "contrast_high", "score"):
+                "share_rest", "contrast", "contrast_low", "contrast_high", "score", "loss",
+                "loss_change", "loss_change_low", "loss_change_high"):
         value = float(getattr(r, key))
         record[key] = value if math.isfinite(value) else None
     record["dominant"] = bool(r.dominant)

@@ -1,0 +1,126 @@
+"""Is the model better on the audited rows without a feature? The confirmation a suspected
+proxy needs before it is flagged (:mod:`sensaudit.checks.suspects`).
+
+A proxy helped in training and does not help here: on the audited rows the label does not follow
+it, so whatever the model does with it only adds error. Averaging the feature's effect out, the
+model's score on row i becomes the mean of f(x_i with x_ij set to v) over the feature's own
+values v (its distribution on the audited rows; exactly when it has at most ``LEVELS`` distinct
+values, else at ``LEVELS`` equally spaced quantiles). For a feature independent of the label
+and of the other inputs, that average never has a larger expected loss than f (the loss is
+convex in the score: Jensen), and a smaller one whenever f depends on it. A feature that helps
+raises the loss when averaged out.
+
+The test: per sampled row, d_i = loss(averaged score) - loss(score); the feature is confirmed
+as a proxy when the mean of d is below 0 beyond chance: one-sided, at ``level`` divided by the
+number of features tested (Bonferroni), on the normal approximation of the mean (the sample has
+tens of rows at least; the t quantile differs by under 2% from 30 rows up). So a feature whose
+presence lowers the model's expected loss on the audited population is confirmed with a
+probability below ``level``, whatever the model or the data.
+
+The loss: squared error in the label's units; for a 0/1 label, on the probability (the score
+itself when it is one, sigmoid(score) when the scores are logits), the Brier score.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sensaudit.core.jacobian import Model, as_output_matrix
+
+# A feature's effect is averaged over at most this many of its values: exactly its levels when
+# it has no more, else the midpoints of LEVELS equal slices of its distribution (the average
+# over 16 quantiles of a smooth score is within a few percent of the full one).
+LEVELS = 16
+# Model rows per call: the sample (up to 4,096 rows) times LEVELS values is 65,536 rows.
+CALL_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class Harm:
+    """One feature's loss change when its effect is averaged out, over ``rows`` sampled rows:
+    ``base`` the model's mean loss, ``change`` the mean change (negative: better without it),
+    ``low``/``high`` its two-sided interval at the test's confidence, ``z`` the test statistic,
+    ``confirmed`` whether the fall is beyond chance at the Bonferroni-corrected level."""
+
+    feature: str
+    rows: int
+    base: float
+    change: float
+    low: float
+    high: float
+    z: float
+    confirmed: bool
+
+    @property
+    def relative(self) -> float:
+        return self.change / self.base if self.base > 0 else math.nan
+
+
+def losses(scores: torch.Tensor, labels: torch.Tensor, on_probability: bool) -> torch.Tensor:
+    """Per-row squared error; on sigmoid(score) when ``on_probability`` (a 0/1 label, logit
+    scores), which makes it the Brier score (as it is already for probability scores)."""
+    if on_probability:
+        scores = torch.sigmoid(scores)
+    return (scores - labels) ** 2
+
+
+def feature_levels(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The values a feature's effect is averaged over, and their weights (summing to 1)."""
+    values, counts = np.unique(column, return_counts=True)
+    if len(values) <= LEVELS:
+        return values, counts / counts.sum()
+    return (np.quantile(column, (np.arange(LEVELS) + 0.5) / LEVELS),
+            np.full(LEVELS, 1.0 / LEVELS))
+
+
+def averaged_out(model: Model, x: torch.Tensor, j: int, column: np.ndarray) -> torch.Tensor:
+    """[rows]: each row's score (first output) averaged over feature j's values."""
+    values, weights = feature_levels(column)
+    rows = x.shape[0]
+    total = torch.zeros(rows, dtype=torch.float64)
+    per_call = max(1, CALL_ROWS // max(rows, 1))
+    with torch.no_grad():
+        for start in range(0, len(values), per_call):
+            part = values[start:start + per_call]
+            moved = x.repeat(len(part), 1)
+            moved[:, j] = torch.tensor(part, dtype=x.dtype, device=x.device).repeat_interleave(rows)
+            scores = as_output_matrix(model(moved), len(moved))[:, 0].to("cpu", torch.float64)
+            scores = scores.reshape(len(part), rows)
+            w = torch.tensor(weights[start:start + len(part)], dtype=torch.float64)
+            total += (w[:, None] * scores).sum(0)
+    return total
+
+
+def harm_tests(model: Model, x: torch.Tensor, labels: np.ndarray, features: list[str],
+               tested: list[str], level: float, confidence: float,
+               on_probability: bool) -> dict[str, Harm]:
+    """The loss-change test of each feature in ``tested`` on the sampled rows ``x`` (the
+    model's device and dtype) with their ``labels``; Bonferroni over ``len(tested)``."""
+    if not tested or len(labels) < 2:
+        return {}
+    y = torch.from_numpy(np.asarray(labels, dtype=np.float64))
+    with torch.no_grad():
+        scores = as_output_matrix(model(x), x.shape[0])[:, 0].to("cpu", torch.float64)
+    base = losses(scores, y, on_probability)
+    columns = x.detach().to("cpu", torch.float64).numpy()
+    critical = _normal_quantile(1 - level / len(tested))
+    z_interval = _normal_quantile((1 + confidence) / 2)
+    found = {}
+    for name in tested:
+        j = features.index(name)
+        removed = averaged_out(model, x, j, columns[:, j])
+        d = (losses(removed, y, on_probability) - base).numpy()
+        mean, error = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(len(d))
+        z = mean / error if error > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
+        found[name] = Harm(feature=name, rows=len(d), base=float(base.mean()), change=mean,
+                           low=mean - z_interval * error, high=mean + z_interval * error, z=z,
+                           confirmed=z < -critical)
+    return found
+
+
+def _normal_quantile(p: float) -> float:
+    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
