@@ -104,6 +104,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[bench]'
 	$(BIN)/python benchmarks/engine.py
 	$(BIN)/python benchmarks/end_to_end.py
+	$(BIN)/python benchmarks/compare.py
 	$(BIN)/python benchmarks/methods.py
 	$(BIN)/python benchmarks/discovery.py
 

@@ -26,6 +26,7 @@ from sensaudit.stats.accumulators import (
     TopRows,
     finite_rows,
 )
+from sensaudit.stats.bootstrap_sums import BootstrapMoments, BootstrapSensitivity
 from sensaudit.stats.bucket_bootstrap import BucketBootstrap
 from sensaudit.stats.row_stats import FeatureRange
 
@@ -294,3 +295,26 @@ def test_compare_partials_merge(k, seed):
     assert (merged.agreement.summary(0, "p")["least_agreeing_rows"]
             == single.agreement.summary(0, "p")["least_agreeing_rows"])
     assert merged.agreement.rows == single.agreement.rows
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_bootstrap_moments_merge(k, seed):
+    bootstrap = PoissonBootstrap(40, seed=3)
+    single, merged = _single_and_merged(lambda: BootstrapMoments(bootstrap, FEATURES),
+                                        lambda acc, d: acc.update(d["rows"], d["x"]), k, seed)
+    torch.testing.assert_close(merged.w, single.w, rtol=0, atol=0)
+    torch.testing.assert_close(merged.std, single.std, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_bootstrap_sensitivity_merge(k, seed):
+    bootstrap = PoissonBootstrap(40, seed=3)
+
+    def feed(acc, d):
+        acc.update(bootstrap.weights(d["rows"]), d["values"],
+                   finite_rows(d["scores"], d["values"]))
+
+    single, merged = _single_and_merged(lambda: BootstrapSensitivity(bootstrap), feed, k, seed)
+    scale = torch.rand(40, FEATURES, dtype=torch.float64) + 0.5
+    torch.testing.assert_close(merged.shares(scale), single.shares(scale), **TOL)
+    torch.testing.assert_close(merged.shares(None), single.shares(None), **TOL)

@@ -44,12 +44,8 @@ from sensaudit.core.text_safety import markdown_name
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.checks import MAX_COMBINED_FEATURES, FeatureGroup, ProtectedSettings
 from sensaudit.settings.sections import AuditSettings
-from sensaudit.stats.accumulators import (
-    BootstrapMoments,
-    BootstrapSensitivity,
-    PoissonBootstrap,
-    finite_rows,
-)
+from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
+from sensaudit.stats.bootstrap_sums import BootstrapMoments, BootstrapSensitivity
 from sensaudit.stats.comoments import CoMoments
 
 COMBINATION = "(linear combination)"  # the candidate name of the best linear combination
@@ -409,7 +405,7 @@ class ProtectedProxies(Check):
         lines = [f"Inputs, groups and the best linear combination of inputs associated with a "
                  f"protected column beyond {opts.max_association:.2f} (canonical correlation) "
                  f"that also carry more than {opts.max_share:.0%} of the sensitivity, both on "
-                 f"the lower end of their {opts.confidence:.0%} intervals (docs/protected.md).",
+                 f"the lower end of their {opts.confidence:.0%} intervals (docs/checks/protected_proxies.md).",
                  ""]
         lines += [f"- {markdown_name(k)}: {v}" for k, v in status.items()]
         lines.append("")
