@@ -405,7 +405,8 @@ class ProtectedProxies(Check):
         lines = [f"Inputs, groups and the best linear combination of inputs associated with a "
                  f"protected column beyond {opts.max_association:.2f} (canonical correlation) "
                  f"that also carry more than {opts.max_share:.0%} of the sensitivity, both on "
-                 f"the lower end of their {opts.confidence:.0%} intervals (docs/checks/protected_proxies.md).",
+                 f"the lower end of their {opts.confidence:.0%} intervals "
+                 "(docs/checks/protected_proxies.md).",
                  ""]
         lines += [f"- {markdown_name(k)}: {v}" for k, v in status.items()]
         lines.append("")
