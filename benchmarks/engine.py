@@ -53,22 +53,13 @@ def mlp(features: int, outputs: int, hidden: int = 256) -> torch.nn.Module:
 def best_rates(methods: dict, repeats: int, device: torch.device) -> dict[str, float]:
     """Rows/s per method: the best of ``repeats`` rounds after a warm-up. Methods take turns
     within each round, so a slow spell on a shared machine hits all of them alike."""
-    def timed(fn) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     for fn, _, _ in methods.values():
         fn()  # warm-up: allocator, kernels, autograd graph caches
     best = {name: float("inf") for name in methods}
     for _ in range(repeats):
         for name, (fn, _, rounds) in methods.items():
             if rounds is None or rounds > 0:
-                best[name] = min(best[name], timed(fn))
+                best[name] = min(best[name], timed(fn, device))
                 if rounds is not None:
                     methods[name] = (fn, methods[name][1], rounds - 1)
     return {name: methods[name][1] / seconds for name, seconds in best.items()}

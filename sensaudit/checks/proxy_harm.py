@@ -35,8 +35,9 @@ from sensaudit.core.jacobian import Model, as_output_matrix
 # it has no more, else the midpoints of LEVELS equal slices of its distribution (the average
 # over 16 quantiles of a smooth score is within a few percent of the full one).
 LEVELS = 16
-# Model rows per call: the sample (up to 4,096 rows) times LEVELS values is 65,536 rows.
-CALL_ROWS = 65_536
+# Input values per model call (rows x features): 4,096 rows of 64 features at all 16 levels at
+# once; wider data moves fewer levels per call (one at least).
+CALL_ELEMENTS = 2**22
 
 
 @dataclass(frozen=True)
@@ -54,10 +55,6 @@ class Harm:
     high: float
     z: float
     confirmed: bool
-
-    @property
-    def relative(self) -> float:
-        return self.change / self.base if self.base > 0 else math.nan
 
 
 def losses(scores: torch.Tensor, labels: torch.Tensor, on_probability: bool) -> torch.Tensor:
@@ -82,7 +79,7 @@ def averaged_out(model: Model, x: torch.Tensor, j: int, column: np.ndarray) -> t
     values, weights = feature_levels(column)
     rows = x.shape[0]
     total = torch.zeros(rows, dtype=torch.float64)
-    per_call = max(1, CALL_ROWS // max(rows, 1))
+    per_call = max(1, CALL_ELEMENTS // max(rows * x.shape[1], 1))
     with torch.no_grad():
         for start in range(0, len(values), per_call):
             part = values[start:start + per_call]

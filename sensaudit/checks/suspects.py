@@ -50,6 +50,10 @@ from sensaudit.stats.row_sample import RowSample
 DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
 # The confirmation sample's own salt: unrelated to the charts' and the proxy probe's rows.
 SAMPLE_SALT = 0x5A5
+# Its values at most (rows x (features + 1) float64: 64 MB): wide data keeps fewer rows, and
+# never fewer than MIN_SAMPLE_ROWS.
+SAMPLE_ELEMENTS = 2**23
+MIN_SAMPLE_ROWS = 256
 
 
 def _between(low: float, high: float) -> Limit:
@@ -103,7 +107,7 @@ class SuspectedProxies(Check):
         self.score_range = (math.inf, -math.inf)
         # Labelled rows [x..., label] for the confirmation test (checks/proxy_harm.py): the same
         # bottom-k sample of row numbers whatever the chunks or workers.
-        self.sample = RowSample(options.harm_rows, salt=SAMPLE_SALT)
+        self.sample: RowSample | None = None  # sized once the number of features is known
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> SuspectedProxies:
@@ -138,6 +142,8 @@ class SuspectedProxies(Check):
         self.contrast.update(rows[keep], keys, xs, values.abs())
         self.gram.update(xs, torch.from_numpy(y))
         numbers = np.asarray(rows, dtype=np.int64)[keep]
+        if self.sample is None:
+            self.sample = self._new_sample(x.shape[1])
         wanted = self.sample.wanted(numbers)
         # float64 holds every float16, bfloat16 and float32 input exactly: cast back to test.
         self.sample.update(numbers[wanted], np.concatenate(
@@ -157,7 +163,15 @@ class SuspectedProxies(Check):
                 self.gram = LabelGram(other.gram.n_features)
             self.contrast.merge(other.contrast)
             self.gram.merge(other.gram)
-        self.sample.merge(other.sample)
+        if other.sample is not None:
+            if self.sample is None:
+                self.sample = RowSample(other.sample.keep, salt=SAMPLE_SALT)
+            self.sample.merge(other.sample)
+
+    def _new_sample(self, n_features: int) -> RowSample:
+        keep = min(self.options.harm_rows,
+                   max(MIN_SAMPLE_ROWS, SAMPLE_ELEMENTS // (n_features + 1)))
+        return RowSample(keep, salt=SAMPLE_SALT)
 
     def finish(self, ranking: Ranking) -> CheckResult:
         status: dict[str, str] = {"dominance": "ran"}
@@ -295,7 +309,7 @@ class SuspectedProxies(Check):
         candidates. Declared proxies are judged by their limits and not tested."""
         opts = self.options
         tested = list(dict.fromkeys(table.loc[table["suspect"], "feature"]))
-        values = self.sample.values
+        values = self.sample.values if self.sample is not None else None
         if not tested:
             return table, "no candidate to test"
         if ranking.model is None or values is None or len(values) < 30:

@@ -1,0 +1,73 @@
+"""The suspects' confirmation test (checks/proxy_harm.py): its figures against a direct numpy
+computation on a linear model, its verdicts both ways, and its bounded sample."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from sensaudit.checks.proxy_harm import LEVELS, feature_levels, harm_tests
+from sensaudit.checks.suspects import SuspectedProxies, SuspectsOptions
+from sensaudit.settings.sections import AuditSettings
+
+
+def _case(rows: int = 2000, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    genuine = rng.normal(size=rows)
+    proxy = rng.integers(0, 4, rows).astype(float)  # 4 levels: averaged out exactly
+    x = np.column_stack([genuine, proxy])
+    y = 2.0 * genuine + rng.normal(scale=0.5, size=rows)
+    weights = torch.tensor([[2.0], [0.8]], dtype=torch.float64)
+    return x, y, (lambda t: t @ weights)
+
+
+def test_the_loss_change_is_the_direct_computation_and_a_proxy_is_confirmed():
+    x, y, model = _case()
+    found = harm_tests(model, torch.from_numpy(x), y, ["genuine", "proxy"], ["proxy"],
+                       level=0.05, confidence=0.95, on_probability=False)
+    harm = found["proxy"]
+    score = 2.0 * x[:, 0] + 0.8 * x[:, 1]
+    values, counts = np.unique(x[:, 1], return_counts=True)
+    averaged = score - 0.8 * x[:, 1] + 0.8 * (values * counts / counts.sum()).sum()
+    d = (averaged - y) ** 2 - (score - y) ** 2
+    error = d.std(ddof=1) / math.sqrt(len(d))
+    assert math.isclose(harm.change, d.mean(), rel_tol=1e-12)
+    assert math.isclose(harm.base, ((score - y) ** 2).mean(), rel_tol=1e-12)
+    assert math.isclose(harm.low, d.mean() - 1.959963984540054 * error, rel_tol=1e-9)
+    assert math.isclose(harm.z, d.mean() / error, rel_tol=1e-12)
+    assert harm.change < 0 and harm.confirmed and harm.rows == len(y)
+
+
+def test_a_feature_the_label_follows_is_not_confirmed():
+    x, y, model = _case(seed=1)
+    found = harm_tests(model, torch.from_numpy(x), y, ["genuine", "proxy"],
+                       ["genuine", "proxy"], level=0.05, confidence=0.95, on_probability=False)
+    assert found["genuine"].change > 0 and not found["genuine"].confirmed
+    assert found["proxy"].confirmed
+
+
+def test_logit_scores_are_judged_on_the_probability():
+    x, _, model = _case(rows=1500, seed=2)
+    rng = np.random.default_rng(2)
+    label = (rng.random(len(x)) < 1 / (1 + np.exp(-2.0 * x[:, 0]))).astype(float)
+    harm = harm_tests(model, torch.from_numpy(x), label, ["genuine", "proxy"], ["proxy"],
+                      level=0.05, confidence=0.95, on_probability=True)["proxy"]
+    score = 1 / (1 + np.exp(-(2.0 * x[:, 0] + 0.8 * x[:, 1])))
+    assert math.isclose(harm.base, ((score - label) ** 2).mean(), rel_tol=1e-12)
+    assert harm.confirmed
+
+
+def test_a_continuous_feature_is_averaged_over_sixteen_quantiles():
+    column = np.linspace(0.0, 1.0, 1001)
+    values, weights = feature_levels(column)
+    assert len(values) == LEVELS and math.isclose(weights.sum(), 1.0)
+    np.testing.assert_allclose(values, np.quantile(column, (np.arange(16) + 0.5) / 16))
+
+
+def test_wide_data_keeps_fewer_sample_rows():
+    check = SuspectedProxies(AuditSettings(), SuspectsOptions())
+    assert check._new_sample(64).keep == 4096  # harm_rows
+    assert check._new_sample(10_000).keep == 2**23 // 10_001
+    assert check._new_sample(10**6).keep == 256
