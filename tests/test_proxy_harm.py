@@ -54,8 +54,15 @@ def test_logit_scores_are_judged_on_the_probability():
     label = (rng.random(len(x)) < 1 / (1 + np.exp(-2.0 * x[:, 0]))).astype(float)
     harm = harm_tests(model, torch.from_numpy(x), label, ["genuine", "proxy"], ["proxy"],
                       level=0.05, confidence=0.95, on_probability=True)["proxy"]
-    score = 1 / (1 + np.exp(-(2.0 * x[:, 0] + 0.8 * x[:, 1])))
+    logit = 2.0 * x[:, 0] + 0.8 * x[:, 1]
+    score = 1 / (1 + np.exp(-logit))
     assert math.isclose(harm.base, ((score - label) ** 2).mean(), rel_tol=1e-12)
+    # The effect is averaged out as probabilities (the squared error is convex in those).
+    values, counts = np.unique(x[:, 1], return_counts=True)
+    moved = logit[None, :] - 0.8 * x[None, :, 1] + 0.8 * values[:, None]
+    averaged = ((counts / counts.sum())[:, None] / (1 + np.exp(-moved))).sum(0)
+    d = (averaged - label) ** 2 - (score - label) ** 2
+    assert math.isclose(harm.change, d.mean(), rel_tol=1e-10)
     assert harm.confirmed
 
 
@@ -63,7 +70,9 @@ def test_a_continuous_feature_is_averaged_over_sixteen_quantiles():
     column = np.linspace(0.0, 1.0, 1001)
     values, weights = feature_levels(column)
     assert len(values) == LEVELS and math.isclose(weights.sum(), 1.0)
-    np.testing.assert_allclose(values, np.quantile(column, (np.arange(16) + 0.5) / 16))
+    np.testing.assert_allclose(values, np.quantile(column, (np.arange(16) + 0.5) / 16,
+                                                method="inverted_cdf"))
+    assert set(values) <= set(column)  # values the feature takes
 
 
 def test_wide_data_keeps_fewer_sample_rows():
@@ -71,3 +80,27 @@ def test_wide_data_keeps_fewer_sample_rows():
     assert check._new_sample(64).keep == 4096  # harm_rows
     assert check._new_sample(10_000).keep == 2**23 // 10_001
     assert check._new_sample(10**6).keep == 256
+
+
+def test_a_model_that_fails_on_moved_rows_leaves_the_candidates_unconfirmed_with_a_reason():
+    import pandas as pd
+
+    from sensaudit import audit_frame
+
+    x, y, _ = _case(rows=600, seed=3)
+
+    class Picky(torch.nn.Module):
+        """2 x genuine + 3 x proxy, refusing batches larger than the audit's own."""
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            if t.shape[0] > 600:
+                raise RuntimeError("batch too large for this scorer")
+            return t[:, :1] * 2.0 + t[:, 1:2] * 3.0
+
+    frame = pd.DataFrame(x, columns=["genuine", "proxy"]).assign(label=y)
+    result = audit_frame(Picky(), frame, label="label", settings=AuditSettings())
+    check = next(c for c in result.checks if c.check == "suspects")
+    status = check.summary["suspect_signals"]["confirmation"]
+    assert status.startswith("not run: the model failed on rows with a feature's values moved "
+                             "(batch too large for this scorer)")
+    assert [s["feature"] for s in check.summary["suspects"]] == ["proxy"]

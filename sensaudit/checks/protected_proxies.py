@@ -23,8 +23,11 @@ be applied to sums): sqrt(u' M u) / sum_j sqrt(M_jj), u the direction in standar
 M the mean outer product of the scaled attributions; a point estimate (no bootstrap).
 
 A candidate is flagged (a failed gate) when the LOWER end of both intervals exceeds the limits:
-every flag can be defended as beyond noise. Where the point estimates exceed both limits but
-an interval's lower end does not, the candidate is a warning (possibly a proxy, not shown).
+a single input's or a group's flag is beyond noise on both counts. The linear combination's
+share has no interval (its point estimate stands in for its lower end) and its association is
+maximised over directions, so its flag is weaker evidence. Where the point estimates exceed
+both limits but an interval's lower end does not, the candidate is a warning (possibly a proxy,
+not shown).
 """
 
 from __future__ import annotations

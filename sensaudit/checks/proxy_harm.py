@@ -5,17 +5,21 @@ A proxy helped in training and does not help here: on the audited rows the label
 it, so whatever the model does with it only adds error. Averaging the feature's effect out, the
 model's score on row i becomes the mean of f(x_i with x_ij set to v) over the feature's own
 values v (its distribution on the audited rows; exactly when it has at most ``LEVELS`` distinct
-values, else at ``LEVELS`` equally spaced quantiles). For a feature independent of the label
-and of the other inputs, that average never has a larger expected loss than f (the loss is
-convex in the score: Jensen), and a smaller one whenever f depends on it. A feature that helps
-raises the loss when averaged out.
+values, else at ``LEVELS`` of its values at equally spaced quantiles). Logit scores against a
+0/1 label are averaged as probabilities, sigmoid(f). For a feature independent of the label and
+of the other inputs, that average never has a larger expected loss than f (the squared error is
+convex in the averaged quantity: Jensen), and a smaller one whenever f depends on it. A feature
+that helps raises the loss when averaged out.
 
 The test: per sampled row, d_i = loss(averaged score) - loss(score); the feature is confirmed
 as a proxy when the mean of d is below 0 beyond chance: one-sided, at ``level`` divided by the
 number of features tested (Bonferroni), on the normal approximation of the mean (the sample has
 tens of rows at least; the t quantile differs by under 2% from 30 rows up). So a feature whose
 presence lowers the model's expected loss on the audited population is confirmed with a
-probability below ``level``, whatever the model or the data.
+probability of about ``level`` at most. About: the candidates were picked on the audited rows,
+which include these sampled rows when the audit is small, and the mean's normal approximation is
+loose for skewed changes on few rows; the level is nominal, and the discovery benchmark
+measures what it gives.
 
 The loss: squared error in the label's units; for a 0/1 label, on the probability (the score
 itself when it is one, sigmoid(score) when the scores are logits), the Brier score.
@@ -70,12 +74,15 @@ def feature_levels(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values, counts = np.unique(column, return_counts=True)
     if len(values) <= LEVELS:
         return values, counts / counts.sum()
-    return (np.quantile(column, (np.arange(LEVELS) + 0.5) / LEVELS),
+    # Values the feature takes (not interpolated between them: a model may index by them).
+    return (np.quantile(column, (np.arange(LEVELS) + 0.5) / LEVELS, method="inverted_cdf"),
             np.full(LEVELS, 1.0 / LEVELS))
 
 
-def averaged_out(model: Model, x: torch.Tensor, j: int, column: np.ndarray) -> torch.Tensor:
-    """[rows]: each row's score (first output) averaged over feature j's values."""
+def averaged_out(model: Model, x: torch.Tensor, j: int, column: np.ndarray,
+                 on_probability: bool = False) -> torch.Tensor:
+    """[rows]: each row's score (first output) averaged over feature j's values; with
+    ``on_probability`` (logit scores, a 0/1 label), the average of sigmoid(score)."""
     values, weights = feature_levels(column)
     rows = x.shape[0]
     total = torch.zeros(rows, dtype=torch.float64)
@@ -87,6 +94,8 @@ def averaged_out(model: Model, x: torch.Tensor, j: int, column: np.ndarray) -> t
             moved[:, j] = torch.tensor(part, dtype=x.dtype, device=x.device).repeat_interleave(rows)
             scores = as_output_matrix(model(moved), len(moved))[:, 0].to("cpu", torch.float64)
             scores = scores.reshape(len(part), rows)
+            if on_probability:
+                scores = torch.sigmoid(scores)
             w = torch.tensor(weights[start:start + len(part)], dtype=torch.float64)
             total += (w[:, None] * scores).sum(0)
     return total
@@ -109,8 +118,9 @@ def harm_tests(model: Model, x: torch.Tensor, labels: np.ndarray, features: list
     found = {}
     for name in tested:
         j = features.index(name)
-        removed = averaged_out(model, x, j, columns[:, j])
-        d = (losses(removed, y, on_probability) - base).numpy()
+        # Already a probability when on_probability: the loss takes it as it is.
+        removed = averaged_out(model, x, j, columns[:, j], on_probability)
+        d = (losses(removed, y, False) - base).numpy()
         mean, error = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(len(d))
         z = mean / error if error > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
         found[name] = Harm(feature=name, rows=len(d), base=float(base.mean()), change=mean,

@@ -317,10 +317,15 @@ class SuspectedProxies(Check):
             return table, (f"not run: {rows} labelled rows sampled (needs 30 and the model); "
                            "the candidates stand unconfirmed")
         x = torch.from_numpy(values[:, :-1]).to(ranking.dtype or torch.float64)
-        found = harm_tests(ranking.model, x.to(ranking.device or x.device), values[:, -1],
-                           ranking.features, tested, opts.harm_level, opts.confidence,
-                           self._on_probability(self.contrast.counts() if self.contrast
-                                                else {}))
+        try:
+            found = harm_tests(ranking.model, x.to(ranking.device or x.device), values[:, -1],
+                               ranking.features, tested, opts.harm_level, opts.confidence,
+                               self._on_probability(self.contrast.counts() if self.contrast
+                                                    else {}))
+        except Exception as exc:  # noqa: BLE001 - the model's own error on moved rows
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return table, (f"not run: the model failed on rows with a feature's values moved "
+                           f"({first[:200]}); the candidates stand unconfirmed")
         if not found:
             return table, "not run: fewer than 2 labelled rows sampled"
         for name, harm in found.items():
