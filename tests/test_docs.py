@@ -362,14 +362,25 @@ def _pinned_matplotlib() -> None:
 
 
 def test_the_docs_charts_are_what_the_demo_draws():
-    """Each committed chart is `make docs-chart`'s copy of the demo's (run after
-    tests/test_readme.py's demo test, which writes them; docs/examples/more_checks.yaml's are
-    checked by test_the_more_checks_example_gives_the_pages_figures)."""
+    """Where the demo has run in this checkout: tests/test_readme.py's demo test runs it and
+    then this check, so CI (a clean clone) always makes it."""
+    if not all(path.is_file() for path in _demo_charts().values()):
+        pytest.skip("the demo has not run in this checkout")
+    assert_docs_charts_are_the_demos()
+
+
+def _demo_charts() -> dict[str, Path]:
+    return {report: DEMO / "reports" / report for report in _docs_charts()
+            if not report.startswith("docs_more_checks/")}
+
+
+def assert_docs_charts_are_the_demos() -> None:
+    """Each committed chart is `make docs-chart`'s copy of the demo's
+    (docs/examples/more_checks.yaml's are checked by
+    test_the_more_checks_example_gives_the_pages_figures)."""
     charts = {report: copy for report, copy in _docs_charts().items()
               if not report.startswith("docs_more_checks/")}
-    drawn = {report: DEMO / "reports" / report for report in charts}
-    if not all(path.is_file() for path in drawn.values()):
-        pytest.skip("the demo has not run in this checkout")
+    drawn = _demo_charts()
     _pinned_matplotlib()
     for report, copy in charts.items():
         assert drawn[report].read_bytes() == (DOCS / copy).read_bytes(), \
@@ -429,10 +440,19 @@ def test_the_screenshots_are_small_shown_and_recorded():
 
 
 def test_the_screenshots_are_not_older_than_the_demos_html():
+    """Where the demo has run in this checkout: tests/test_readme.py's demo test runs it and
+    then this check, so CI (a clean clone) always makes it."""
+    record = json.loads((DOCS / "screenshots.json").read_text())
+    if not all((ROOT / entry["page"]).is_file() for entry in record.values()):
+        pytest.skip("the demo has not run in this checkout")
+    assert_screenshots_are_of_the_demos_html()
+
+
+def assert_screenshots_are_of_the_demos_html() -> None:
     """A browser's fonts differ between machines, so the pixels are not compared: the
     structure of each page the screenshots were taken from (its elements and classes) must be
-    the structure of the page the demo writes now (run after tests/test_readme.py's demo
-    test). When the HTML report changes, `make docs-screenshots` retakes them."""
+    the structure of the page the demo writes now. When the HTML report changes, `make
+    docs-screenshots` retakes them."""
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import docs_screenshots
@@ -440,8 +460,6 @@ def test_the_screenshots_are_not_older_than_the_demos_html():
         sys.path.remove(str(ROOT / "scripts"))
     record = json.loads((DOCS / "screenshots.json").read_text())
     pages = {name: ROOT / entry["page"] for name, entry in record.items()}
-    if not all(page.is_file() for page in pages.values()):
-        pytest.skip("the demo has not run in this checkout")
     for name, page in pages.items():
         assert docs_screenshots.structure(page) == record[name]["structure"], \
             f"docs/{name} shows an older {page.name}: run `make docs-screenshots`"

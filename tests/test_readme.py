@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_docs import assert_docs_charts_are_the_demos, assert_screenshots_are_of_the_demos_html
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = ROOT / "docs" / "usage.md"
@@ -68,6 +69,10 @@ def test_demo_path_runs_and_tells_the_story(tmp_path):
     assert v2["passed"] is True and v2["suspects"] == []
     resampled = (DEMO / "reports/ad_copy_train_resampled.csv").read_text().splitlines()
     assert len(resampled) - 1 == 3084
+    # The docs' charts and screenshots are this demo's (test_docs.py skips them where the
+    # demo has not run, as in a clean clone before this test: CI makes them here).
+    assert_docs_charts_are_the_demos()
+    assert_screenshots_are_of_the_demos_html()
     assert "copy_length vs quality: correlation +0.547 -> +0.015" in done.stdout
     # The demo shows one expectation and the adversarial shift, passing in both.
     for name, summary in (("scorer_v1", v1), ("scorer_v2", v2)):
