@@ -48,16 +48,31 @@ def test_strategies_are_the_documented_ones():
     assert STRATEGIES == ("auto", "reverse", "reverse-vmap", "forward", "vmap-jacrev")
 
 
-def test_auto_tunes_a_multi_output_model_once_and_stays_exact(x):
+def test_auto_on_a_cpu_is_the_fixed_rule_and_times_nothing(x):
     model = CLOSED_FORM["multi_output"]()
-    # 11 rows in chunks of 1: chunk 0 runs the default, chunks 1-8 time the candidates twice.
+    # 11 rows in chunks of 1: enough chunks to tune on an accelerator, but not on a CPU.
     jac = sensaudit.input_jacobian(model, x, batch_size=1)
     torch.testing.assert_close(jac, model.expected_jacobian(x), **CLOSE)
-    chosen = engine.TUNER._chosen[model]
-    assert list(chosen.values())[0] in TUNED
-    again = sensaudit.input_jacobian(model, x, batch_size=1)  # reuses the choice
-    torch.testing.assert_close(again, jac, **CLOSE)
-    assert engine.TUNER._chosen[model] == chosen
+    plan = engine.TUNER.start(model, "auto", (x.shape[1], 3, "cpu", x.dtype), n_outputs=3,
+                              n_features=x.shape[1], chunks=100)
+    assert not plan.active and plan.strategy == "reverse"
+    assert plan.candidate(1) is None
+
+
+def test_auto_on_an_accelerator_times_each_candidate_twice_then_keeps_the_fastest(x):
+    model = CLOSED_FORM["multi_output"]()
+    key = (x.shape[1], 3, "cuda:0", x.dtype)  # the plan only: nothing runs on a device here
+    plan = engine.TUNER.start(model, "auto", key, n_outputs=3, n_features=x.shape[1],
+                              chunks=100)
+    assert plan.active and plan.strategy == "reverse"
+    tried = [plan.candidate(i) for i in range(10)]
+    assert tried == [None, *TUNED, *TUNED, None]
+    for i, name in enumerate(tried[1:9], start=1):
+        plan.record(i, name, 0.5 if name == "forward" else 1.0)
+    assert plan.strategy == "forward" and not plan.active
+    again = engine.TUNER.start(model, "auto", key, n_outputs=3, n_features=x.shape[1],
+                               chunks=100)
+    assert again.strategy == "forward" and not again.active  # remembered
 
 
 def test_tuning_keeps_the_default_unless_another_is_clearly_faster():

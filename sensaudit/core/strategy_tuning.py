@@ -1,10 +1,16 @@
-"""Which Jacobian strategy a multi-output model runs: timed once per model and input shape.
+"""Which Jacobian strategy a multi-output model runs.
 
-For multi-output models no strategy wins everywhere (it depends on outputs, features, the
-model's shape and the device), so "auto" times each candidate on chunks of real rows (work
-that counts: the chunks' results are kept) and uses the fastest for the remaining chunks. The
-default stays unless another is clearly faster: one chunk's timing is noisy, and a wrong
-switch costs every remaining chunk. (Rows per chunk are not timed: see core/chunking.py.)
+On a CPU, "auto" is a fixed rule: forward mode when the model has fewer features than outputs,
+else one backward pass per output over one forward graph (what the autograd bound does). Timing
+the candidates there cost more than it could win: the slow candidates (forward mode over 64
+features, vmapped backward passes) ran on whole chunks of real rows, and an 8-output MLP over
+131,072 rows ran at 0.43x of the bound (issue 23; benchmarks/engine.py).
+
+On an accelerator no strategy wins everywhere (vectorised strategies can), so "auto" times each
+candidate on chunks of real rows (work that counts: the chunks' results are kept) and uses the
+fastest for the remaining chunks. The default stays unless another is clearly faster: one
+chunk's timing is noisy, and a wrong switch costs every remaining chunk. (Rows per chunk are not
+timed: see core/chunking.py.)
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ class StrategyTuner:
         if chosen is not None:
             return Tuning(self, model, key, chosen, active=False)
         default = "forward" if (n_outputs > 1 and n_features < n_outputs) else "reverse"
-        # Worth timing only for several outputs, over enough chunks to pay for itself.
-        active = n_outputs > 1 and chunks > _TUNING_ROUNDS * len(TUNED)
+        # Worth timing only for several outputs, over enough chunks to pay for itself, and
+        # never on a CPU (the module's docstring says why). key[2] is the device.
+        active = (n_outputs > 1 and chunks > _TUNING_ROUNDS * len(TUNED)
+                  and not str(key[2]).startswith("cpu"))
         return Tuning(self, model, key, default, active=active)
 
     def _remembered(self, model: Model, key: Key) -> str | None:
