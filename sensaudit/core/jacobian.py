@@ -66,8 +66,9 @@ def scores_and_jacobian(
     graph; "reverse-vmap" runs those backward passes as one vmapped call; "forward" runs one
     forward-mode pass per feature; "vmap-jacrev" vectorises each row's own reverse-mode
     Jacobian with torch.func. "auto" uses one backward pass for a scalar output; with several
-    outputs it times each strategy on two chunks of real rows and keeps the fastest (when
-    there are enough chunks; else forward mode if features < outputs, otherwise "reverse").
+    outputs, forward mode if features < outputs, otherwise "reverse"; on an accelerator, with
+    enough chunks, it times each strategy on two chunks of real rows and keeps the fastest
+    (core/strategy_tuning.py).
     """
     if x.dim() != 2:
         raise ModelError(f"expected inputs shaped [rows, features]; got {list(x.shape)}")
