@@ -47,6 +47,7 @@ from sensaudit.inputs.models import (
     resolve_device,
 )
 from sensaudit.inputs.regular import refuse_special
+from sensaudit.inputs.table_layout import Table
 from sensaudit.methods import METHODS
 from sensaudit.pipeline.baselines import baseline_vector, reference_of
 from sensaudit.pipeline.compare import check_bootstrap_size
@@ -145,15 +146,8 @@ def audit_frame(model: torch.nn.Module | Model | LoadedModel, frame: pd.DataFram
     audited in eval mode and handed back in training mode (an exported graph keeps the mode
     it was exported in).
     """
-    name = Path("<DataFrame>")
-    data_cfg = DataConfig(path=name, features=tuple(features) if features else None,
-                          label=label, id=id, chunk_rows=chunk_rows)
-    settings = settings or AuditSettings()
-    if proxies is not None:
-        settings = replace(settings, proxies=tuple(proxies))
-    data_cfg = replace(data_cfg, extra=data_columns(settings))
-    table = tables.frame_table(frame, data_cfg)
-    check_proxies(settings, table.features, name)
+    name, data_cfg, settings, table = _frame_audit(frame, features, label, id, chunk_rows,
+                                                   settings, proxies)
     loaded = _in_memory(model, device)
     plan = audit_plan(settings, table, name, model_cfg=None,
                       notes=_notes(declared_inputs(None, data_cfg), table.features))
@@ -162,6 +156,25 @@ def audit_frame(model: torch.nn.Module | Model | LoadedModel, frame: pd.DataFram
             [loaded], lambda: tables.iter_frame_chunks(frame, table, data_cfg, loaded.dtype),
             plan, progress=_no_progress)
     return outcome.results[0]
+
+
+def _frame_audit(frame: pd.DataFrame, features: list[str] | None, label: str | None,
+                 id: str | None, chunk_rows: int, settings: AuditSettings | None,
+                 proxies: list[ProxyLimit] | tuple[ProxyLimit, ...] | None
+                 ) -> tuple[Path, DataConfig, AuditSettings, Table]:
+    """What audit_frame and compare_frames both start from: the frame's name, its data
+    config (with the columns the checks read beside the features), the settings with
+    ``proxies`` in place, and the table, its declared proxies checked."""
+    name = Path("<DataFrame>")
+    settings = settings or AuditSettings()
+    if proxies is not None:
+        settings = replace(settings, proxies=tuple(proxies))
+    data_cfg = DataConfig(path=name, features=tuple(features) if features else None,
+                          label=label, id=id, chunk_rows=chunk_rows,
+                          extra=data_columns(settings))
+    table = tables.frame_table(frame, data_cfg)
+    check_proxies(settings, table.features, name)
+    return name, data_cfg, settings, table
 
 
 def compare_frames(old_model: torch.nn.Module | Model | LoadedModel,
@@ -181,16 +194,9 @@ def compare_frames(old_model: torch.nn.Module | Model | LoadedModel,
     ``new_replicas`` are the same models retrained with other seeds, whose spread widens the
     change's interval. ``compare`` holds compare's settings (bootstrap, margins).
     """
-    name = Path("<DataFrame>")
-    data_cfg = DataConfig(path=name, features=tuple(features) if features else None,
-                          label=label, id=id, chunk_rows=chunk_rows)
-    settings = settings or AuditSettings()
+    name, data_cfg, settings, table = _frame_audit(frame, features, label, id, chunk_rows,
+                                                   settings, proxies)
     cmp = compare or CompareSettings()
-    if proxies is not None:
-        settings = replace(settings, proxies=tuple(proxies))
-    data_cfg = replace(data_cfg, extra=data_columns(settings))
-    table = tables.frame_table(frame, data_cfg)
-    check_proxies(settings, table.features, name)
     check_bootstrap_size(cmp, len(table.features), name)
     models = [_in_memory(m, device)
               for m in (old_model, new_model, *old_replicas, *new_replicas)]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sensaudit.checks.completeness import CompletenessGap
+from sensaudit.checks.proxy_harm import LabelledSample
 from sensaudit.inputs.table_chunks import Chunk
 from sensaudit.methods.base import Attributions
 from sensaudit.pipeline.baselines import FeatureSummary
@@ -318,3 +319,17 @@ def test_bootstrap_sensitivity_merge(k, seed):
     scale = torch.rand(40, FEATURES, dtype=torch.float64) + 0.5
     torch.testing.assert_close(merged.shares(scale), single.shares(scale), **TOL)
     torch.testing.assert_close(merged.shares(None), single.shares(None), **TOL)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_labelled_sample_merge(k, seed):
+    """The suspects' confirmation sample: the same rows, in the same order, from any split
+    (kept to 60 of the 200 rows, so the bottom-k choice is exercised)."""
+
+    def feed(acc, d):
+        acc.update(d["rows"], d["x"].numpy(), d["labels"])
+
+    single, merged = _single_and_merged(lambda: LabelledSample(60), feed, k, seed)
+    assert single.values is not None and len(single.values) == 60
+    np.testing.assert_array_equal(merged.values, single.values)
+    np.testing.assert_array_equal(merged.sample.rows, single.sample.rows)

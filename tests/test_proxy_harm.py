@@ -76,10 +76,10 @@ def test_a_continuous_feature_is_averaged_over_sixteen_quantiles():
 
 
 def test_wide_data_keeps_fewer_sample_rows():
-    check = SuspectedProxies(AuditSettings(), SuspectsOptions())
-    assert check._new_sample(64).keep == 4096  # harm_rows
-    assert check._new_sample(10_000).keep == 2**23 // 10_001
-    assert check._new_sample(10**6).keep == 256
+    sample = SuspectedProxies(AuditSettings(), SuspectsOptions()).sample
+    assert sample.keep(64) == 4096  # harm_rows
+    assert sample.keep(10_000) == 2**23 // 10_001
+    assert sample.keep(10**6) == 256
 
 
 def test_a_model_that_fails_on_moved_rows_leaves_the_candidates_unconfirmed_with_a_reason():

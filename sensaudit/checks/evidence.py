@@ -91,6 +91,18 @@ def binary_labels(counts: dict[int, float], rule: MisscoredRule) -> bool:
     return bool(counts) and not any(key % TAGS in other for key in counts)
 
 
+def describe_rule(rule: MisscoredRule, on_probability: bool = False,
+                  binary: bool = False) -> str:
+    score = "sigmoid(score)" if on_probability else "score"
+    if rule.kind == "abs_error_above":
+        return f"|{score} - label| > {rule.value:g}"
+    if rule.kind == "threshold":
+        if binary and not 0 < rule.value <= 1:  # within (0, 1] the label's side is its class
+            return f"the decision score >= {rule.value:g} against the 0/1 label"
+        return f"score and label on different sides of {rule.value:g}"
+    return f"the top {rule.value:.0%} of |{score} - label|"
+
+
 def misscored_groups(counts: dict[int, float], rule: MisscoredRule, on_probability: bool
                      ) -> tuple[set[int], float] | None:
     """The keys of the misscored rows' groups and their fraction of the rows; None when the

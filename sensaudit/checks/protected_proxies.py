@@ -50,6 +50,7 @@ from sensaudit.settings.sections import AuditSettings
 from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
 from sensaudit.stats.bootstrap_sums import BootstrapMoments, BootstrapSensitivity
 from sensaudit.stats.comoments import CoMoments
+from sensaudit.stats.normal import normal_quantile
 
 COMBINATION = "(linear combination)"  # the candidate name of the best linear combination
 COLUMNS = ["protected", "output", "candidate", "candidate_kind", "measure", "rows",
@@ -331,7 +332,7 @@ class ProtectedProxies(Check):
             q = 1
             kind = "numeric"
         confidence = self.options.confidence
-        z = _normal_quantile((1 + confidence) / 2)
+        z = normal_quantile((1 + confidence) / 2)
         members = {g.name: [ranking.features.index(c) for c in g.columns] for g in self.groups}
         candidates = [(feature, "input", [j]) for j, feature in enumerate(ranking.features)]
         candidates += [(g.name, "group", members[g.name]) for g in self.groups]
@@ -507,7 +508,3 @@ def _record(r: Any) -> dict[str, Any]:
         value = float(getattr(r, key))
         record[key] = value if math.isfinite(value) else None
     return record
-
-
-def _normal_quantile(p: float) -> float:
-    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from sensaudit.core.jacobian import Model, as_output_matrix
+from sensaudit.stats.normal import normal_quantile
+from sensaudit.stats.row_sample import RowSample
 
 # A feature's effect is averaged over at most this many of its values: exactly its levels when
 # it has no more, else the midpoints of LEVELS equal slices of its distribution (the average
@@ -42,6 +44,44 @@ LEVELS = 16
 # Input values per model call (rows x features): 4,096 rows of 64 features at all 16 levels at
 # once; wider data moves fewer levels per call (one at least).
 CALL_ELEMENTS = 2**22
+# The sample's own salt: unrelated to the charts' and the proxy probe's rows.
+SAMPLE_SALT = 0x5A5
+# Its values at most (rows x (features + 1) float64: 64 MB): wide data keeps fewer rows, and
+# never fewer than MIN_SAMPLE_ROWS.
+SAMPLE_ELEMENTS = 2**23
+MIN_SAMPLE_ROWS = 256
+
+
+class LabelledSample:
+    """The labelled rows the test runs on, [x..., label] float64: the same bottom-k sample of
+    row numbers whatever the chunks or workers (:class:`RowSample`), of at most ``rows`` rows
+    and, for wide data, fewer (sized once the number of features is known)."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.sample: RowSample | None = None
+
+    def update(self, rows: np.ndarray, x: np.ndarray, labels: np.ndarray) -> None:
+        """rows: int64 [n] row numbers; x: float64 [n, features]; labels: float64 [n]."""
+        if self.sample is None:
+            self.sample = RowSample(self.keep(x.shape[1]), salt=SAMPLE_SALT)
+        wanted = self.sample.wanted(rows)
+        self.sample.update(rows[wanted], np.concatenate([x[wanted], labels[wanted, None]],
+                                                        axis=1), offered=len(rows))
+
+    def keep(self, n_features: int) -> int:
+        return min(self.rows, max(MIN_SAMPLE_ROWS, SAMPLE_ELEMENTS // (n_features + 1)))
+
+    def merge(self, other: LabelledSample) -> None:
+        if other.sample is None:
+            return
+        if self.sample is None:
+            self.sample = RowSample(other.sample.keep, salt=SAMPLE_SALT)
+        self.sample.merge(other.sample)
+
+    @property
+    def values(self) -> np.ndarray | None:
+        return self.sample.values if self.sample is not None else None
 
 
 @dataclass(frozen=True)
@@ -59,6 +99,16 @@ class Harm:
     high: float
     z: float
     confirmed: bool
+
+    def reason(self, on_probability: bool) -> str:
+        """The confirmed fall in words a reviewer can check (``on_probability``: the scores
+        are logits against a 0/1 label)."""
+        loss = "Brier score on sigmoid(score)" if on_probability else "mean squared error"
+        lower, least, most = (-self.change / self.base, -self.high / self.base,
+                              -self.low / self.base)
+        return (f"the model does better on these rows without it: its {loss} is {lower:.1%} "
+                f"lower (interval {least:.1%} to {most:.1%}) on {self.rows:,} labelled rows "
+                "when the feature's effect is averaged out over its own values")
 
 
 def losses(scores: torch.Tensor, labels: torch.Tensor, on_probability: bool) -> torch.Tensor:
@@ -113,8 +163,8 @@ def harm_tests(model: Model, x: torch.Tensor, labels: np.ndarray, features: list
         scores = as_output_matrix(model(x), x.shape[0])[:, 0].to("cpu", torch.float64)
     base = losses(scores, y, on_probability)
     columns = x.detach().to("cpu", torch.float64).numpy()
-    critical = _normal_quantile(1 - level / len(tested))
-    z_interval = _normal_quantile((1 + confidence) / 2)
+    critical = normal_quantile(1 - level / len(tested))
+    z_interval = normal_quantile((1 + confidence) / 2)
     found = {}
     for name in tested:
         j = features.index(name)
@@ -127,7 +177,3 @@ def harm_tests(model: Model, x: torch.Tensor, labels: np.ndarray, features: list
                            low=mean - z_interval * error, high=mean + z_interval * error, z=z,
                            confirmed=z < -critical)
     return found
-
-
-def _normal_quantile(p: float) -> float:
-    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))

@@ -35,25 +35,20 @@ from sensaudit.checks.evidence import (
     LabelGram,
     additive_evidence,
     binary_labels,
+    describe_rule,
     misscored_groups,
     misscored_keys,
     shares,
 )
-from sensaudit.checks.proxy_harm import Harm, harm_tests
+from sensaudit.checks.proxy_harm import Harm, LabelledSample, harm_tests
 from sensaudit.core.text_safety import markdown_name
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.options import Limit, check_declared, integer, number, option
 from sensaudit.settings.sections import AuditSettings, MisscoredRule
 from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
-from sensaudit.stats.row_sample import RowSample
+from sensaudit.stats.normal import normal_quantile
 
 DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
-# The confirmation sample's own salt: unrelated to the charts' and the proxy probe's rows.
-SAMPLE_SALT = 0x5A5
-# Its values at most (rows x (features + 1) float64: 64 MB): wide data keeps fewer rows, and
-# never fewer than MIN_SAMPLE_ROWS.
-SAMPLE_ELEMENTS = 2**23
-MIN_SAMPLE_ROWS = 256
 
 
 def _between(low: float, high: float) -> Limit:
@@ -107,7 +102,7 @@ class SuspectedProxies(Check):
         self.score_range = (math.inf, -math.inf)
         # Labelled rows [x..., label] for the confirmation test (checks/proxy_harm.py): the same
         # bottom-k sample of row numbers whatever the chunks or workers.
-        self.sample: RowSample | None = None  # sized once the number of features is known
+        self.sample = LabelledSample(options.harm_rows)
 
     @classmethod
     def from_settings(cls, settings: AuditSettings) -> SuspectedProxies:
@@ -139,15 +134,11 @@ class SuspectedProxies(Check):
             low, high = self.score_range
             self.score_range = (min(low, float(scores.min())), max(high, float(scores.max())))
         keys = misscored_keys(scores.numpy(), y, self.rule)
-        self.contrast.update(rows[keep], keys, xs, values.abs())
-        self.gram.update(xs, torch.from_numpy(y))
         numbers = np.asarray(rows, dtype=np.int64)[keep]
-        if self.sample is None:
-            self.sample = self._new_sample(x.shape[1])
-        wanted = self.sample.wanted(numbers)
+        self.contrast.update(numbers, keys, xs, values.abs())
+        self.gram.update(xs, torch.from_numpy(y))
         # float64 holds every float16, bfloat16 and float32 input exactly: cast back to test.
-        self.sample.update(numbers[wanted], np.concatenate(
-            [xs.numpy()[wanted], y[wanted, None]], axis=1), offered=len(numbers))
+        self.sample.update(numbers, xs.numpy(), y)
 
     def merge(self, other: Check) -> None:
         if not isinstance(other, SuspectedProxies):
@@ -163,15 +154,7 @@ class SuspectedProxies(Check):
                 self.gram = LabelGram(other.gram.n_features)
             self.contrast.merge(other.contrast)
             self.gram.merge(other.gram)
-        if other.sample is not None:
-            if self.sample is None:
-                self.sample = RowSample(other.sample.keep, salt=SAMPLE_SALT)
-            self.sample.merge(other.sample)
-
-    def _new_sample(self, n_features: int) -> RowSample:
-        keep = min(self.options.harm_rows,
-                   max(MIN_SAMPLE_ROWS, SAMPLE_ELEMENTS // (n_features + 1)))
-        return RowSample(keep, salt=SAMPLE_SALT)
+        self.sample.merge(other.sample)
 
     def finish(self, ranking: Ranking) -> CheckResult:
         status: dict[str, str] = {"dominance": "ran"}
@@ -254,7 +237,7 @@ class SuspectedProxies(Check):
 
     def _figures(self, ranking: Ranking, evidence: Evidence | None,
                  contrast: dict[str, Any] | None) -> pd.DataFrame:
-        z = _normal_quantile((1 + self.options.confidence) / 2)
+        z = normal_quantile((1 + self.options.confidence) / 2)
         frames = []
         for output, group in ranking.table.groupby("output", sort=False):
             order = group.set_index("feature").loc[ranking.features]
@@ -309,7 +292,7 @@ class SuspectedProxies(Check):
         candidates. Declared proxies are judged by their limits and not tested."""
         opts = self.options
         tested = list(dict.fromkeys(table.loc[table["suspect"], "feature"]))
-        values = self.sample.values if self.sample is not None else None
+        values = self.sample.values
         if not tested:
             return table, "no candidate to test"
         if ranking.model is None or values is None or len(values) < 30:
@@ -367,13 +350,7 @@ class SuspectedProxies(Check):
             reasons.append(f"dominant: {r.share:.1%} of the sensitivity, over "
                            f"audit.dominance_warning ({self.dominance:.0%})")
         if harm is not None and harm.confirmed:
-            loss = "Brier score on sigmoid(score)" if on_probability else "mean squared error"
-            lower, least, most = (-harm.change / harm.base, -harm.high / harm.base,
-                                  -harm.low / harm.base)
-            reasons.append(
-                f"the model does better on these rows without it: its {loss} is {lower:.1%} "
-                f"lower (interval {least:.1%} to {most:.1%}) on {harm.rows:,} labelled rows "
-                "when the feature's effect is averaged out over its own values")
+            reasons.append(harm.reason(on_probability))
         return reasons
 
     def _result(self, ranking: Ranking, table: pd.DataFrame, status: dict[str, str],
@@ -454,18 +431,6 @@ class SuspectedProxies(Check):
         return lines
 
 
-def describe_rule(rule: MisscoredRule, on_probability: bool = False,
-                  binary: bool = False) -> str:
-    score = "sigmoid(score)" if on_probability else "score"
-    if rule.kind == "abs_error_above":
-        return f"|{score} - label| > {rule.value:g}"
-    if rule.kind == "threshold":
-        if binary and not 0 < rule.value <= 1:  # within (0, 1] the label's side is its class
-            return f"the decision score >= {rule.value:g} against the 0/1 label"
-        return f"score and label on different sides of {rule.value:g}"
-    return f"the top {rule.value:.0%} of |{score} - label|"
-
-
 def _record(r: Any) -> dict[str, Any]:
     """A suspect as summary.json lists it: feature, reasons, then the figures."""
     record: dict[str, Any] = {"feature": r.feature, "output": r.output,
@@ -481,7 +446,3 @@ def _record(r: Any) -> dict[str, Any]:
 
 def _points(fraction: float) -> str:
     return f"{fraction * 100:+.1f} points"
-
-
-def _normal_quantile(p: float) -> float:
-    return float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
