@@ -264,6 +264,8 @@ def run_one(data: Dataset, seed: int, model_shape: str, condition: Condition) ->
     check = next(c for c in result.checks if c.check == "suspects")
     table = check.tables["suspects.csv"].set_index("feature")
     flagged = [s["feature"] for s in check.summary["suspects"]]
+    # Candidates the audit says it cannot judge on these rows: a warning, not a suspect.
+    unjudged = [s["feature"] for s in check.summary["unjudged_candidates"]]
     part = ("tuning" if data.name in TUNING_DATASETS and seed in TUNING_SEEDS else "held-out")
     record = {"dataset": data.name, "seed": seed, "model": model_shape,
               "condition": condition.kind, "shape": condition.shape,
@@ -272,6 +274,9 @@ def run_one(data: Dataset, seed: int, model_shape: str, condition: Condition) ->
               "extra_flagged": False, "train_corr": math.nan, "audit_corr": math.nan,
               "genuine_flagged": ";".join(f for f in flagged if f != extra
                                           or condition.kind in ("duplicate", "strong")),
+              "extra_unjudged": extra is not None and extra in unjudged,
+              "genuine_unjudged": ";".join(f for f in unjudged if f != extra
+                                           or condition.kind in ("duplicate", "strong")),
               "suspects": len(flagged), "rows_trained": len(train_rows),
               "rows_audited": len(audit_rows), "features": x_audit.shape[1],
               "train_s": trained - started, "audit_s": audited - trained}
@@ -330,6 +335,15 @@ def report(runs: pd.DataFrame, seconds: float) -> str:
     out.append(markdown(["planted share", *parts], [
         [name, *by_part(runs, planted & (bins == name), flagged)]
         for _, _, name in SHARE_BINS] + [["any", *by_part(runs, planted, flagged)]]))
+    unjudged = runs["extra_unjudged"].astype(bool) & ~flagged
+    big = planted & runs["extra_share"].ge(0.10)
+    out += ["", "Planted columns with a share of 10% or more that were not found: how many the "
+            "audit named as candidates it cannot judge on its rows (a warning with the test's "
+            "power), by data set:", ""]
+    out.append(markdown(["data set", "audited rows", *parts], [
+        [name, f"{int(runs.loc[runs['dataset'] == name, 'rows_audited'].median()):,}",
+         *by_part(runs, big & ~flagged & (runs["dataset"] == name), unjudged)]
+        for name in sorted(runs.loc[big & ~flagged, "dataset"].unique())]))
     out += ["", "Planted column found, by shape and training strength (median share; median "
             "tie to the label in training / audited rows: correlation, for categorical the "
             "correlation ratio):", ""]
@@ -354,6 +368,11 @@ def report(runs: pd.DataFrame, seconds: float) -> str:
     named = sorted({f for cell in runs.loc[genuine, "genuine_flagged"] for f in cell.split(";")})
     out.append("")
     out.append("Genuine features flagged: " + (", ".join(named) if named else "none"))
+    said = runs["genuine_unjudged"].fillna("") != ""
+    named = sorted({f for cell in runs.loc[said, "genuine_unjudged"] for f in cell.split(";")})
+    out += ["", "Runs where a genuine feature was named as a candidate the audit cannot judge "
+            f"(a warning, not a suspect): {fraction(int(said.sum()), len(runs))}"
+            + (f" ({', '.join(named)})" if named else "")]
     noise = runs["condition"] == "noise"
     out += ["", "Noise column (no tie to the label anywhere) flagged, by its share:", ""]
     out.append(markdown(["noise share", *parts], [

@@ -339,14 +339,14 @@ def test_saved_bytes_per_row_count_what_autograd_keeps_per_row(dtype):
 
 
 @pytest.mark.parametrize("saved,features,outputs,element_size,expected", [
-    # 64-256-256-1 float32: 16 MiB / (2,304 saved + 256 Jacobian bytes) = 6,553 rows -> 6,144
-    (2304, 64, 1, 4, 6_144),
-    (768, 64, 1, 4, 16_384),  # 64-64-64-1 float32: 16 MiB / 1,024 B
-    (4608, 64, 1, 8, 4_096),  # 64-256-256-1 float64: 3,276 rows, raised to the floor
-    (2304, 64, 8, 4, 4_096),  # eight outputs: a 2 KB Jacobian a row; 3,855 rows -> the floor
+    # 64-256-256-1 float32: 8 MiB / (2,304 saved + 256 Jacobian bytes) = 3,276 rows -> 3,072
+    (2304, 64, 1, 4, 3_072),
+    (768, 64, 1, 4, 8_192),  # 64-64-64-1 float32: 8 MiB / 1,024 B
+    (4608, 64, 1, 8, 1_536),  # 64-256-256-1 float64: 1,638 rows -> 1,536
+    (2304, 64, 8, 4, 1_536),  # eight outputs: a 2 KB Jacobian a row; 1,927 rows -> 1,536
     (48, 8, 1, 4, 65_536),  # a tiny model: the most rows
     (0.0, 8, 1, 4, 65_536),  # nothing saved per row
-    (9216, 256, 1, 4, 4_096),  # a wide model: no fewer than 4,096 rows
+    (9216, 256, 1, 4, 1_024),  # a wide model: 819 rows, raised to the floor of 1,024
     (48, 1024, 8, 4, 512),  # the Jacobian's cap: 2**22 elements / (1,024 x 8)
 ])
 def test_chunk_rows_follow_the_memory_per_row(saved, features, outputs, element_size,
@@ -360,9 +360,9 @@ def test_chunk_rows_are_a_fixed_rule_not_a_timing(monkeypatch):
     monkeypatch.setattr(engine, "CHUNKS", chunking.CHUNKS)
     x = torch.randn(70_000, 3, dtype=torch.float64)
     model = nn.Sequential(nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 1)).double()
-    # 16 MiB / ((3 + 64) saved + 3 Jacobian values x 8 bytes) = 29,959 rows -> 29,696
+    # 8 MiB / ((3 + 64) saved + 3 Jacobian values x 8 bytes) = 14,979 rows -> 14,848
     expected = chunking.rows_for_footprint((3 + 64) * 8, 3, 1, 8)
-    assert expected == 29_696
+    assert expected == 14_848
     steps = []
     real = engine._chunk_jacobian
 
@@ -382,8 +382,8 @@ def test_chunk_rows_are_a_fixed_rule_not_a_timing(monkeypatch):
     engine.input_jacobian(model, x, batch_size=1000)
     assert max(steps) == 1000
     steps.clear()
-    engine.input_jacobian(model, x[:4_000])
-    assert steps == [4_000]
+    engine.input_jacobian(model, x[:1_000])
+    assert steps == [1_000]
 
 
 def test_a_model_without_gradient_path_is_refused_on_many_rows(x):

@@ -4,6 +4,7 @@ computation on a linear model, its verdicts both ways, and its bounded sample.""
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -104,3 +105,90 @@ def test_a_model_that_fails_on_moved_rows_leaves_the_candidates_unconfirmed_with
     assert status.startswith("not run: the model failed on rows with a feature's values moved "
                              "(batch too large for this scorer)")
     assert [s["feature"] for s in check.summary["suspects"]] == ["proxy"]
+
+
+def test_the_power_is_against_a_pure_proxy_of_the_measured_effect():
+    # A pure proxy's expected loss change is -mean(c^2), c the feature's effect on each row
+    # (here 0.8 x the level's distance from the levels' mean); the power is the chance the
+    # one-sided test at 5% / 2 candidates confirms a fall of that size.
+    x, y, model = _case(rows=300, seed=3)
+    found = harm_tests(model, torch.from_numpy(x), y, ["genuine", "proxy"],
+                       ["genuine", "proxy"], level=0.05, confidence=0.95, on_probability=False)
+    harm = found["proxy"]
+    values, counts = np.unique(x[:, 1], return_counts=True)
+    effect = 0.8 * (x[:, 1] - (values * counts / counts.sum()).sum())
+    assert math.isclose(harm.proxy_change, -(effect**2).mean(), rel_tol=1e-12)
+    error = (harm.high - harm.change) / 1.959963984540054
+    expected = NormalDist().cdf((effect**2).mean() / error - NormalDist().inv_cdf(1 - 0.025))
+    assert math.isclose(harm.power, expected, rel_tol=1e-6)
+
+
+def test_an_unconfirmed_candidate_is_cleared_only_by_a_test_that_could_have_confirmed_it():
+    # Many rows and a genuine feature: not confirmed, and the test was strong enough to clear.
+    x, y, model = _case(rows=2000, seed=4)
+    genuine = harm_tests(model, torch.from_numpy(x), y, ["genuine", "proxy"], ["genuine"],
+                         level=0.05, confidence=0.95, on_probability=False)["genuine"]
+    assert not genuine.confirmed and genuine.power > 0.99 and not genuine.unjudged
+    # 40 rows and a proxy with a small effect: the test could not see it, and says so.
+    x, y, _ = _case(rows=40, seed=5)
+    weak = torch.tensor([[2.0], [0.05]], dtype=torch.float64)
+    harm = harm_tests(lambda t: t @ weak, torch.from_numpy(x), y, ["genuine", "proxy"],
+                      ["proxy"], level=0.05, confidence=0.95, on_probability=False)["proxy"]
+    assert not harm.confirmed and harm.power < 0.8 and harm.unjudged
+    words = harm.cannot_judge(on_probability=False)
+    assert words.startswith("these 40 labelled rows cannot tell whether the model does better")
+    assert f"with probability {harm.power:.0%} only" in words
+
+
+def test_the_stated_power_is_the_rate_at_which_pure_proxies_are_confirmed():
+    # 300 small audits of a proxy the label ignores: the share confirmed matches the mean of
+    # the powers the test stated (the figure a user reads is the rate they get).
+    stated, confirmed = [], []
+    for seed in range(300):
+        rng = np.random.default_rng(1000 + seed)
+        genuine, proxy = rng.normal(size=80), rng.normal(size=80)
+        y = 2.0 * genuine + rng.normal(scale=0.5, size=80)
+        weights = torch.tensor([[2.0], [0.25]], dtype=torch.float64)
+        harm = harm_tests(lambda t, w=weights: t @ w,
+                          torch.from_numpy(np.column_stack([genuine, proxy])), y,
+                          ["genuine", "proxy"], ["proxy"], level=0.05, confidence=0.95,
+                          on_probability=False)["proxy"]
+        stated.append(harm.power)
+        confirmed.append(harm.confirmed)
+    assert 0.2 < np.mean(stated) < 0.9  # a case where the power is neither 0 nor 1
+    assert abs(np.mean(confirmed) - np.mean(stated)) < 0.08
+
+
+def test_an_audit_names_the_candidates_it_cannot_judge_as_warnings_not_suspects():
+    # 60 rows scored so surely (a steep sigmoid of five genuine features) that a proxy with
+    # 16% of the sensitivity moves few of them: relied on beyond its evidence, but the test's
+    # power against a pure proxy is under 80%, so it is neither a suspect nor cleared.
+    import pandas as pd
+
+    from sensaudit import audit_frame
+
+    rng = np.random.default_rng(2)
+    genuine, proxy = rng.normal(size=(60, 5)), rng.normal(size=60)
+    label = (genuine.sum(1) + rng.normal(scale=0.3, size=60) > 0).astype(float)
+    weights = torch.tensor([[3.0]] * 5 + [[3.0]])
+    frame = pd.DataFrame(np.column_stack([genuine, proxy]),
+                         columns=[f"g{i}" for i in range(5)] + ["proxy"]).assign(label=label)
+    result = audit_frame(lambda t: torch.sigmoid(t @ weights), frame, label="label",
+                         settings=AuditSettings())
+    check = next(c for c in result.checks if c.check == "suspects")
+    assert check.summary["suspects"] == [] and not check.gates
+    [unjudged] = check.summary["unjudged_candidates"]
+    assert unjudged["feature"] == "proxy" and unjudged["power"] < 0.8
+    [warning] = check.warnings
+    assert warning.subject == "proxy" and warning.details["power"] == unjudged["power"]
+    reasons = " ".join(unjudged["reasons"])
+    assert "relied on beyond its evidence" in reasons
+    assert "these 60 labelled rows cannot tell whether the model does better without it" in reasons
+    assert check.summary["suspect_signals"]["confirmation"].endswith(
+        "1 it cannot judge on these rows (proxy: the test's power against a pure proxy is "
+        "under 80%)")
+    table = check.tables["suspects.csv"].set_index("feature")
+    assert bool(table.loc["proxy", "unjudged"]) and not bool(table.loc["proxy", "suspect"])
+    assert not table.drop(index="proxy")["unjudged"].any()
+    assert any(line.startswith("- proxy may be a proxy that this audit cannot judge: ")
+               for line in check.sections["Suspected proxies"])

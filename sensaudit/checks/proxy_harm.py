@@ -23,6 +23,16 @@ measures what it gives.
 
 The loss: squared error in the label's units; for a 0/1 label, on the probability (the score
 itself when it is one, sigmoid(score) when the scores are logits), the Brier score.
+
+When the test does not confirm a candidate, that may say more about the rows than about the
+feature: on few rows, or rows the model scores so surely that the feature moves few of them, no
+test can tell. So each test states its power against a pure proxy. With c_i the feature's
+effect on row i (the score less its averaged-out score) and p-bar the averaged-out score,
+d_i = 2 c_i (y_i - p-bar_i) - c_i^2 exactly (squared loss); if the label ignores the feature's
+effect (a proxy), the first term has mean 0 and the mean of d is -mean(c^2), which the rows
+measure. The power is the chance that the test confirms a mean fall of that size, with the
+spread of d the rows show; below ``POWER`` the audit says it cannot judge the candidate rather
+than clearing it.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import numpy as np
 import torch
 
 from sensaudit.core.jacobian import Model, as_output_matrix
-from sensaudit.stats.normal import normal_quantile
+from sensaudit.stats.normal import normal_cdf, normal_quantile
 from sensaudit.stats.row_sample import RowSample
 
 # A feature's effect is averaged over at most this many of its values: exactly its levels when
@@ -50,6 +60,10 @@ SAMPLE_SALT = 0x5A5
 # never fewer than MIN_SAMPLE_ROWS.
 SAMPLE_ELEMENTS = 2**23
 MIN_SAMPLE_ROWS = 256
+# A candidate the test did not confirm is cleared only if the test would have confirmed a pure
+# proxy of its effect with at least this probability (the usual 80% of study design); below
+# it the audit says it cannot judge the candidate on these rows.
+POWER = 0.8
 
 
 class LabelledSample:
@@ -89,7 +103,9 @@ class Harm:
     """One feature's loss change when its effect is averaged out, over ``rows`` sampled rows:
     ``base`` the model's mean loss, ``change`` the mean change (negative: better without it),
     ``low``/``high`` its two-sided interval at the test's confidence, ``z`` the test statistic,
-    ``confirmed`` whether the fall is beyond chance at the Bonferroni-corrected level."""
+    ``confirmed`` whether the fall is beyond chance at the Bonferroni-corrected level,
+    ``proxy_change`` the mean change a pure proxy of this effect would show (-mean(c^2)) and
+    ``power`` the chance that the test confirms a fall of that size."""
 
     feature: str
     rows: int
@@ -99,6 +115,13 @@ class Harm:
     high: float
     z: float
     confirmed: bool
+    proxy_change: float = math.nan
+    power: float = math.nan
+
+    @property
+    def unjudged(self) -> bool:
+        """Not confirmed, by a test too weak to clear it: the rows cannot tell."""
+        return not self.confirmed and not self.power >= POWER
 
     def reason(self, on_probability: bool) -> str:
         """The confirmed fall in words a reviewer can check (``on_probability``: the scores
@@ -109,6 +132,21 @@ class Harm:
         return (f"the model does better on these rows without it: its {loss} is {lower:.1%} "
                 f"lower (interval {least:.1%} to {most:.1%}) on {self.rows:,} labelled rows "
                 "when the feature's effect is averaged out over its own values")
+
+    def cannot_judge(self, on_probability: bool) -> str:
+        """Why an unconfirmed candidate is not cleared either, in words a reviewer can check."""
+        loss = "Brier score" if on_probability else "mean squared error"
+        return (f"these {self.rows:,} labelled rows cannot tell whether the model does better "
+                f"without it: were it a pure proxy (the label ignoring it), averaging its effect "
+                f"out would lower the {loss} by {-self.proxy_change / self.base:.1%}, and the "
+                f"test would see that with probability {self.power:.0%} only; on these rows the "
+                f"{loss} is {_relative(self.change, self.base)} without it (interval: "
+                f"{_relative(self.low, self.base)} to {_relative(self.high, self.base)})")
+
+
+def _relative(change: float, base: float) -> str:
+    """A change of the loss as a share of the model's loss, in words: "4.1% lower"."""
+    return f"{abs(change) / base:.1%} {'lower' if change < 0 else 'higher'}"
 
 
 def losses(scores: torch.Tensor, labels: torch.Tensor, on_probability: bool) -> torch.Tensor:
@@ -162,6 +200,7 @@ def harm_tests(model: Model, x: torch.Tensor, labels: np.ndarray, features: list
     with torch.no_grad():
         scores = as_output_matrix(model(x), x.shape[0])[:, 0].to("cpu", torch.float64)
     base = losses(scores, y, on_probability)
+    probability = torch.sigmoid(scores) if on_probability else scores  # what the loss scores
     columns = x.detach().to("cpu", torch.float64).numpy()
     critical = normal_quantile(1 - level / len(tested))
     z_interval = normal_quantile((1 + confidence) / 2)
@@ -173,7 +212,11 @@ def harm_tests(model: Model, x: torch.Tensor, labels: np.ndarray, features: list
         d = (losses(removed, y, False) - base).numpy()
         mean, error = float(d.mean()), float(d.std(ddof=1)) / math.sqrt(len(d))
         z = mean / error if error > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
+        # A pure proxy's expected change: minus the mean square of the feature's effect.
+        proxy_change = -float(((probability - removed) ** 2).mean())
+        power = (normal_cdf(-proxy_change / error - critical) if error > 0
+                 else float(proxy_change < 0))
         found[name] = Harm(feature=name, rows=len(d), base=float(base.mean()), change=mean,
                            low=mean - z_interval * error, high=mean + z_interval * error, z=z,
-                           confirmed=z < -critical)
+                           confirmed=z < -critical, proxy_change=proxy_change, power=power)
     return found

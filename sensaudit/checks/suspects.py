@@ -11,10 +11,14 @@ justify. Three signals, per undeclared feature:
   proxy takes a larger part of the rows it gets wrong.
 - **dominance**: it holds more share than ``audit.dominance_warning``.
 
-A feature is suspected when it is relied on beyond its evidence, or when its misscored-row
+A feature is a candidate when it is relied on beyond its evidence, or when its misscored-row
 contrast is positive beyond noise and it is dominant or relied on beyond its evidence's point
-estimate. Without labels only dominance can run, and a dominant feature is then the suspect.
-The two label-based signals need one audited output (the label scores one output).
+estimate. A candidate is suspected once a test confirms that the model does better on the
+audited rows without it (:mod:`sensaudit.checks.proxy_harm`); one the test could not have
+confirmed (under 80% power against a pure proxy) is a warning: the audit cannot judge it on
+these rows. Without labels only dominance can run, and a dominant feature is then the suspect.
+The two label-based signals need one audited output (the label scores one output). The words
+(limits, records, the report's section) are in :mod:`sensaudit.checks.suspect_words`.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ from sensaudit.checks.evidence import (
     misscored_keys,
     shares,
 )
-from sensaudit.checks.proxy_harm import Harm, LabelledSample, harm_tests
-from sensaudit.core.text_safety import markdown_name
+from sensaudit.checks.proxy_harm import POWER, Harm, LabelledSample, harm_tests
+from sensaudit.checks.suspect_words import limit_text, points, record, section_lines
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.options import Limit, check_declared, integer, number, option
 from sensaudit.settings.sections import AuditSettings, MisscoredRule
@@ -277,7 +281,8 @@ class SuspectedProxies(Check):
         for column in ("loss", "loss_change", "loss_change_low", "loss_change_high"):
             table[column] = np.nan
         table["harm_rows"] = 0
-        table["confirmed"] = False
+        table["confirmed"] = table["unjudged"] = False
+        table["power"] = np.nan
         table["reasons"] = [self._reasons(r, contrast)
                             if r.suspect or r.declared_with_signs else []
                             for r in table.itertuples()]
@@ -315,20 +320,24 @@ class SuspectedProxies(Check):
             at = table["feature"] == name
             table.loc[at, ["loss", "loss_change", "loss_change_low", "loss_change_high"]] = (
                 harm.base, harm.change, harm.low, harm.high)
-            table.loc[at, "harm_rows"] = harm.rows
-            table.loc[at, "confirmed"] = harm.confirmed
+            table.loc[at, ["harm_rows", "confirmed", "unjudged", "power"]] = (
+                harm.rows, harm.confirmed, harm.unjudged, harm.power)
+        table["unjudged"] = table["suspect"] & table["unjudged"]
         table["suspect"] = table["suspect"] & table["confirmed"]
         on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
         table["reasons"] = [self._reasons(r, contrast, found.get(r.feature), on_probability)
-                            if r.suspect or r.declared_with_signs else list(r.reasons)
-                            for r in table.itertuples()]
+                            if r.suspect or r.declared_with_signs or r.unjudged
+                            else list(r.reasons) for r in table.itertuples()]
         table = table.sort_values(["suspect", "score", "share"], ascending=False, kind="stable")
         kept = sum(h.confirmed for h in found.values())
+        unjudged = [h.feature for h in found.values() if h.unjudged]
         rows = next(iter(found.values())).rows
         return table.reset_index(drop=True), (
             f"ran on {rows:,} labelled rows: {kept} of {len(tested)} candidate(s) confirmed "
             f"(the loss falls when the feature's effect is averaged out: one-sided, "
-            f"{opts.harm_level:.0%} split over the candidates)")
+            f"{opts.harm_level:.0%} split over the candidates)"
+            + (f"; {len(unjudged)} it cannot judge on these rows ({', '.join(unjudged)}: the "
+               f"test's power against a pure proxy is under {POWER:.0%})" if unjudged else ""))
 
     def _reasons(self, r: Any, contrast: dict[str, Any] | None, harm: Harm | None = None,
                  on_probability: bool = False) -> list[str]:
@@ -340,17 +349,19 @@ class SuspectedProxies(Check):
         elif r.reliance_gap >= self.options.min_gap / 2:
             reasons.append(f"relied on more than its evidence: {r.share:.1%} of the "
                            f"sensitivity against {r.evidence_share:.1%} of the label's fit "
-                           f"({_points(r.reliance_gap)})")
+                           f"({points(r.reliance_gap)})")
         if contrast is not None and r.contrast_low > 0 and r.contrast >= self.options.min_contrast:
             reasons.append(f"larger on misscored rows: {r.share_misscored:.1%} of the "
                            f"sensitivity on the {contrast['misscored_rows']:,} misscored rows "
-                           f"against {r.share_rest:.1%} on the rest ({_points(r.contrast)}, "
-                           f"interval {r.contrast_low * 100:+.1f} to {_points(r.contrast_high)})")
+                           f"against {r.share_rest:.1%} on the rest ({points(r.contrast)}, "
+                           f"interval {r.contrast_low * 100:+.1f} to {points(r.contrast_high)})")
         if r.dominant:
             reasons.append(f"dominant: {r.share:.1%} of the sensitivity, over "
                            f"audit.dominance_warning ({self.dominance:.0%})")
         if harm is not None and harm.confirmed:
             reasons.append(harm.reason(on_probability))
+        elif harm is not None and harm.unjudged:
+            reasons.append(harm.cannot_judge(on_probability))
         return reasons
 
     def _result(self, ranking: Ranking, table: pd.DataFrame, status: dict[str, str],
@@ -359,10 +370,11 @@ class SuspectedProxies(Check):
         multi = len(ranking.outputs) > 1
         suspects = table[table["suspect"]]
         for r in suspects.itertuples():
-            details = _record(r)
+            details = record(r)
             if self.fail:
                 result.gates.append(Gate(check=self.name, subject=r.feature, output=r.output,
-                                         passed=False, limit=self._limit(r),
+                                         passed=False,
+                                         limit=limit_text(r, self.options, self.dominance),
                                          details=details))
             else:
                 result.warnings.append(Notice(check=self.name, subject=r.feature,
@@ -374,6 +386,13 @@ class SuspectedProxies(Check):
                 "audit.proxies and remove its tie to the label from the training data "
                 f"(`sensaudit resample TRAIN.csv --proxy {r.feature} --label LABEL --out "
                 "resampled.csv`), retrain, and compare.")
+        for r in table[table["unjudged"]].itertuples():
+            # Not a suspect and not cleared: a warning, so the terminal says it too.
+            result.warnings.append(Notice(check=self.name, subject=r.feature, output=r.output,
+                                          details={**record(r), "power": float(r.power)}))
+            where = f" for output '{r.output}'" if multi else ""
+            result.findings.append(f"**{r.feature}**{where} may be a proxy that this audit "
+                                   "cannot judge: " + "; ".join(r.reasons) + ".")
         not_run = {k: v for k, v in status.items() if v.startswith("not run")}
         if not_run:
             result.notes.append("Suspected proxies: " + "; ".join(
@@ -382,67 +401,10 @@ class SuspectedProxies(Check):
         result.tables["suspects.csv"] = table.assign(
             reasons=table["reasons"].map(" | ".join),
             evidence_limit=table["evidence_high"] + self.options.min_gap)
-        result.summary["suspects"] = [_record(r) for r in suspects.itertuples()]
+        result.summary["suspects"] = [record(r) for r in suspects.itertuples()]
+        result.summary["unjudged_candidates"] = [{**record(r), "power": float(r.power)}
+                                                 for r in table[table["unjudged"]].itertuples()]
         result.summary["suspect_signals"] = status
-        result.sections["Suspected proxies"] = self._section(
-            suspects, table[table["declared_with_signs"]], status)
+        result.sections["Suspected proxies"] = section_lines(
+            suspects, table[table["declared_with_signs"]], table[table["unjudged"]], status)
         return result
-
-    def _limit(self, r: Any) -> str:
-        """The rule a suspect broke, as a limit: its share within the label's support (plus
-        min_gap), and no larger on the misscored rows."""
-        opts = self.options
-        parts = []
-        if math.isfinite(r.evidence_high):
-            parts.append(f"share below {r.evidence_high + opts.min_gap:.1%} (the label's "
-                         f"support at most {r.evidence_high:.1%}, plus {opts.min_gap * 100:g} "
-                         "points)")
-        if math.isfinite(r.contrast):
-            parts.append(f"no more than {opts.min_contrast * 100:g} points larger on misscored "
-                         "rows")
-        if not parts:
-            parts.append(f"share at most {self.dominance:.0%} (audit.dominance_warning)")
-        limit = "for a feature nobody declared: " + " and ".join(parts)
-        if bool(r.confirmed):
-            limit += (", or a model no better on these rows without it (a one-sided test at "
-                      f"{opts.harm_level:.0%})")
-        return limit + " (audit.fail_on_suspects)"
-
-    def _section(self, suspects: pd.DataFrame, declared: pd.DataFrame,
-                 status: dict[str, str]) -> list[str]:
-        lines = ["Features nobody declared that the model leans on more than the data justify "
-                 "(docs/checks/suspects.md).", ""]
-        lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in status.items()]
-        # Feature and output names come from the data: escaped for markdown (text_safety).
-        lines += [f"- {markdown_name(r.feature)} is a declared proxy, judged by its limits; it "
-                  f"shows the same signs: {'; '.join(r.reasons)}." for r in declared.itertuples()]
-        lines.append("")
-        if suspects.empty:
-            lines.append("No undeclared feature is suspected.")
-            return lines
-        lines += ["| feature | output | share | label's support | misscored / rest | reasons |",
-                  "|---|---|---:|---:|---:|---|"]
-        for r in suspects.itertuples():
-            support = "" if np.isnan(r.evidence_share) else f"{r.evidence_share:.1%}"
-            split = ("" if np.isnan(r.contrast)
-                     else f"{r.share_misscored:.1%} / {r.share_rest:.1%}")
-            lines.append(f"| {markdown_name(r.feature)} | {markdown_name(r.output)} | "
-                         f"{r.share:.1%} | {support} | {split} | " + "; ".join(r.reasons) + " |")
-        return lines
-
-
-def _record(r: Any) -> dict[str, Any]:
-    """A suspect as summary.json lists it: feature, reasons, then the figures."""
-    record: dict[str, Any] = {"feature": r.feature, "output": r.output,
-                              "reasons": list(r.reasons)}
-    for key in ("share", "evidence_share", "evidence_high", "reliance_gap", "share_misscored",
-                "share_rest", "contrast", "contrast_low", "contrast_high", "score", "loss",
-                "loss_change", "loss_change_low", "loss_change_high"):
-        value = float(getattr(r, key))
-        record[key] = value if math.isfinite(value) else None
-    record["dominant"] = bool(r.dominant)
-    return record
-
-
-def _points(fraction: float) -> str:
-    return f"{fraction * 100:+.1f} points"

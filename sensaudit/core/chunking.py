@@ -22,17 +22,22 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 # What a chosen size is remembered under: the call's shape and settings (dtype, outputs, ...).
 Key = tuple[object, ...]
 
-# Bytes per CPU chunk (saved activations plus Jacobian). In the sweep of
-# docs/performance-engine.md, chunks of 8 to 20 MiB ran within 8% of the fastest fixed size
-# for narrow and wide MLPs, one and eight outputs, float32 and float64 (the 2-core machine
-# has 32 MiB of L3 cache). 16 MiB is 6,144 rows of a 64-256-256-1 MLP in float32 (2.5 KB a
-# row) and 16,384 rows of a 64-64-64-1 (1 KB a row).
-_CPU_BYTES_PER_CHUNK = 2**24
-_CPU_ROW_STEP = 1_024  # rows are a multiple of this: no odd tail of a few rows per chunk
-# Below a few thousand rows the fixed costs per chunk show, and more so on a loaded machine;
-# far above 65,536 rows the gain is nil and the chunk's graph holds memory for nothing.
-_CPU_MIN_ROWS = 4_096
+# Bytes per CPU chunk (saved activations plus Jacobian). In two sweeps of seven MLPs (narrow and
+# wide, one to eight outputs, float32 and float64; docs/performance-engine.md) the sizes this
+# budget picks ran at 0.91-1.00 of the fastest fixed size, five of the seven at 0.96 or more;
+# the 16 MiB budget with a 4,096-row floor it replaced ran eight outputs at 0.90-0.93. What
+# counts on this 2-core machine is the 2 MiB of L2 cache per core more than the 32 MiB of L3.
+# 8 MiB is 3,072 rows of a 64-256-256-1 MLP in float32 (2.5 KB a row), 1,536 rows with eight
+# outputs and 8,192 rows of a 64-64-64-1.
+_CPU_BYTES_PER_CHUNK = 2**23
+_CPU_ROW_STEP = 512  # rows are a multiple of this: no odd tail of a few rows per chunk
+# Below about a thousand rows each operator's fixed cost shows (0.6-0.9x of the best at 512
+# rows); far above 65,536 rows the gain is nil and the chunk's graph holds memory for nothing.
+_CPU_MIN_ROWS = 1_024
 _CPU_MAX_ROWS = 65_536
+# Rows per chunk where the memory per row is not measured (methods that expand each row into
+# many copies size their blocks from this).
+_CPU_DEFAULT_ROWS = 4_096
 # On a GPU bigger chunks keep the device busy.
 _GPU_CHUNK_ROWS = 65_536
 # Either way the Jacobian of one chunk is capped near 2**22 elements (16 MiB in float32) so
@@ -46,7 +51,7 @@ def default_batch_size(n_features: int, n_outputs: int = 1,
                        device: torch.device | str = "cpu") -> int:
     """Rows per chunk for a model with this many features and outputs on this device, when
     its memory per row is not known (the methods that expand each row into many)."""
-    rows = _GPU_CHUNK_ROWS if torch.device(device).type == "cuda" else _CPU_MIN_ROWS
+    rows = _GPU_CHUNK_ROWS if torch.device(device).type == "cuda" else _CPU_DEFAULT_ROWS
     return max(_MIN_CHUNK_ROWS, min(rows, chunk_cap(n_features, n_outputs)))
 
 
@@ -59,7 +64,7 @@ def rows_for_footprint(bytes_per_row: float, n_features: int, n_outputs: int,
                        element_size: int) -> int:
     """CPU rows per chunk for a model that saves ``bytes_per_row`` for its backward pass: the
     cache budget over that plus the row's Jacobian (outputs x features values of
-    ``element_size`` bytes), rounded down to a multiple of 1,024 rows, within
+    ``element_size`` bytes), rounded down to a multiple of 512 rows, within
     [_CPU_MIN_ROWS, _CPU_MAX_ROWS] and the Jacobian's cap."""
     jacobian_bytes = n_outputs * n_features * element_size
     rows = int(_CPU_BYTES_PER_CHUNK // (bytes_per_row + jacobian_bytes))

@@ -1,0 +1,89 @@
+"""The suspects check in words: the limit a suspect broke, its record in summary.json, and the
+report's "Suspected proxies" section (:mod:`sensaudit.checks.suspects` decides; this says)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from sensaudit.core.text_safety import markdown_name
+
+
+class Limits(Protocol):
+    """The options a suspect's limit quotes (SuspectsOptions has them)."""
+
+    @property
+    def min_gap(self) -> float: ...
+
+    @property
+    def min_contrast(self) -> float: ...
+
+    @property
+    def harm_level(self) -> float: ...
+
+
+def limit_text(r: Any, opts: Limits, dominance: float) -> str:
+    """The rule a suspect broke, as a limit: its share within the label's support (plus
+    min_gap), and no larger on the misscored rows."""
+    parts = []
+    if math.isfinite(r.evidence_high):
+        parts.append(f"share below {r.evidence_high + opts.min_gap:.1%} (the label's "
+                     f"support at most {r.evidence_high:.1%}, plus {opts.min_gap * 100:g} "
+                     "points)")
+    if math.isfinite(r.contrast):
+        parts.append(f"no more than {opts.min_contrast * 100:g} points larger on misscored "
+                     "rows")
+    if not parts:
+        parts.append(f"share at most {dominance:.0%} (audit.dominance_warning)")
+    limit = "for a feature nobody declared: " + " and ".join(parts)
+    if bool(r.confirmed):
+        limit += (", or a model no better on these rows without it (a one-sided test at "
+                  f"{opts.harm_level:.0%})")
+    return limit + " (audit.fail_on_suspects)"
+
+
+def section_lines(suspects: pd.DataFrame, declared: pd.DataFrame, unjudged: pd.DataFrame,
+                  status: dict[str, str]) -> list[str]:
+    """The report's "Suspected proxies" section: what ran, declared proxies showing the same
+    signs, candidates the audit cannot judge, then the suspects' table."""
+    lines = ["Features nobody declared that the model leans on more than the data justify "
+             "(docs/checks/suspects.md).", ""]
+    lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in status.items()]
+    # Feature and output names come from the data: escaped for markdown (text_safety).
+    lines += [f"- {markdown_name(r.feature)} is a declared proxy, judged by its limits; it "
+              f"shows the same signs: {'; '.join(r.reasons)}." for r in declared.itertuples()]
+    lines += [f"- {markdown_name(r.feature)} may be a proxy that this audit cannot judge: "
+              f"{'; '.join(r.reasons)}." for r in unjudged.itertuples()]
+    lines.append("")
+    if suspects.empty:
+        lines.append("No undeclared feature is suspected.")
+        return lines
+    lines += ["| feature | output | share | label's support | misscored / rest | reasons |",
+              "|---|---|---:|---:|---:|---|"]
+    for r in suspects.itertuples():
+        support = "" if np.isnan(r.evidence_share) else f"{r.evidence_share:.1%}"
+        split = ("" if np.isnan(r.contrast)
+                 else f"{r.share_misscored:.1%} / {r.share_rest:.1%}")
+        lines.append(f"| {markdown_name(r.feature)} | {markdown_name(r.output)} | "
+                     f"{r.share:.1%} | {support} | {split} | " + "; ".join(r.reasons) + " |")
+    return lines
+
+
+def record(r: Any) -> dict[str, Any]:
+    """A suspect as summary.json lists it: feature, reasons, then the figures."""
+    record: dict[str, Any] = {"feature": r.feature, "output": r.output,
+                              "reasons": list(r.reasons)}
+    for key in ("share", "evidence_share", "evidence_high", "reliance_gap", "share_misscored",
+                "share_rest", "contrast", "contrast_low", "contrast_high", "score", "loss",
+                "loss_change", "loss_change_low", "loss_change_high"):
+        value = float(getattr(r, key))
+        record[key] = value if math.isfinite(value) else None
+    record["dominant"] = bool(r.dominant)
+    return record
+
+
+def points(fraction: float) -> str:
+    return f"{fraction * 100:+.1f} points"
