@@ -1,5 +1,6 @@
 """The suspects' confirmation test (checks/proxy_harm.py): its figures against a direct numpy
-computation on a linear model, its verdicts both ways, and its bounded sample."""
+computation on a linear model, its verdicts both ways, its bounded sample, and its power
+against a pure proxy (the "cannot judge" warning)."""
 
 from __future__ import annotations
 

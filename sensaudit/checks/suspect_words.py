@@ -74,16 +74,17 @@ def section_lines(suspects: pd.DataFrame, declared: pd.DataFrame, unjudged: pd.D
 
 def record(r: Any) -> dict[str, Any]:
     """A suspect as summary.json lists it: feature, reasons, then the figures."""
-    record: dict[str, Any] = {"feature": r.feature, "output": r.output,
-                              "reasons": list(r.reasons)}
+    entry: dict[str, Any] = {"feature": r.feature, "output": r.output,
+                             "reasons": list(r.reasons)}
     for key in ("share", "evidence_share", "evidence_high", "reliance_gap", "share_misscored",
                 "share_rest", "contrast", "contrast_low", "contrast_high", "score", "loss",
                 "loss_change", "loss_change_low", "loss_change_high"):
         value = float(getattr(r, key))
-        record[key] = value if math.isfinite(value) else None
-    record["dominant"] = bool(r.dominant)
-    return record
+        entry[key] = value if math.isfinite(value) else None
+    entry["dominant"] = bool(r.dominant)
+    return entry
 
 
 def points(fraction: float) -> str:
+    """A change of a share in percentage points: "+4.1 points"."""
     return f"{fraction * 100:+.1f} points"
