@@ -15,7 +15,8 @@ of m backward passes over one forward graph and one vmapped (batched) backward p
 
 The spread table holds the engine to the best fixed chunking in every run, not on average: each
 of --runs runs gives the engine a fresh copy of the model (so each run makes its own chunking
-choice, as a new process would) and times it and the reference in fixed chunks of 1,024 to
+choice, as a new process would; its probe, two forward passes of 8 and 16 rows, falls in the
+run's first pass) and times it and the reference in fixed chunks of 1,024 to
 16,384 rows, taking turns in a new random order each pass, --passes times each; a run's rate
 for each is its best pass (as timeit reports: a pass can only be slowed by the machine, never
 sped up). The best fixed size is the one with the highest median over the runs; each run's

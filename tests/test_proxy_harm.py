@@ -10,7 +10,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from sensaudit.checks.proxy_harm import LEVELS, feature_levels, harm_tests
+from sensaudit.checks.proxy_harm import LEVELS, Harm, feature_levels, harm_tests
 from sensaudit.checks.suspects import SuspectedProxies, SuspectsOptions
 from sensaudit.settings.sections import AuditSettings
 
@@ -193,3 +193,21 @@ def test_an_audit_names_the_candidates_it_cannot_judge_as_warnings_not_suspects(
     assert not table.drop(index="proxy")["unjudged"].any()
     assert any(line.startswith("- proxy may be a proxy that this audit cannot judge: ")
                for line in check.sections["Suspected proxies"])
+
+
+def test_a_feature_without_effect_is_cleared_and_a_perfect_fit_is_worded_in_loss_units():
+    # The model ignores the proxy and fits the label exactly: averaging it out changes the
+    # scores by rounding only, so there is nothing to miss (power 1, cleared, not "cannot
+    # judge"), not a test that happens to be weak.
+    x, _, _ = _case(rows=100, seed=6)
+    exact = torch.tensor([[2.0], [0.0]], dtype=torch.float64)
+    harm = harm_tests(lambda t: t @ exact, torch.from_numpy(x), 2.0 * x[:, 0],
+                      ["genuine", "proxy"], ["proxy"], level=0.05, confidence=0.95,
+                      on_probability=False)["proxy"]
+    assert harm.base == 0 and abs(harm.change) < 1e-20
+    assert harm.power == 1.0 and not harm.unjudged
+    # The words never divide by a zero loss: changes are then given in the loss's units.
+    words = Harm(feature="f", rows=40, base=0.0, change=0.002, low=-0.001, high=0.005, z=1.0,
+                 confirmed=False, proxy_change=-0.003, power=0.3).cannot_judge(False)
+    assert "the mean squared error 0.003 lower" in words
+    assert "(interval: 0.001 lower to 0.005 higher)" in words

@@ -389,7 +389,8 @@ class SuspectedProxies(Check):
         for r in table[table["unjudged"]].itertuples():
             # Not a suspect and not cleared: a warning, so the terminal says it too.
             result.warnings.append(Notice(check=self.name, subject=r.feature, output=r.output,
-                                          details={**record(r), "power": float(r.power)}))
+                                          details={**record(r), "power": float(r.power),
+                                                   "unjudged": True}))
             where = f" for output '{r.output}'" if multi else ""
             result.findings.append(f"**{r.feature}**{where} may be a proxy that this audit "
                                    "cannot judge: " + "; ".join(r.reasons) + ".")

@@ -25,14 +25,15 @@ Key = tuple[object, ...]
 # Bytes per CPU chunk (saved activations plus Jacobian). In two sweeps of seven MLPs (narrow and
 # wide, one to eight outputs, float32 and float64; docs/performance-engine.md) the sizes this
 # budget picks ran at 0.91-1.00 of the fastest fixed size, five of the seven at 0.96 or more;
-# the 16 MiB budget with a 4,096-row floor it replaced ran eight outputs at 0.90-0.93. What
-# counts on this 2-core machine is the 2 MiB of L2 cache per core more than the 32 MiB of L3.
-# 8 MiB is 3,072 rows of a 64-256-256-1 MLP in float32 (2.5 KB a row), 1,536 rows with eight
-# outputs and 8,192 rows of a 64-64-64-1.
+# the 16 MiB budget with a 4,096-row floor it replaced ran eight outputs at 0.90-0.93. On this
+# 2-core machine the best sizes held 5-10 MiB: a few times the 2 MiB of L2 cache per core, well
+# under the 32 MiB of L3. 8 MiB is 3,072 rows of a 64-256-256-1 MLP in float32 (2.5 KB a
+# row), 1,536 rows with eight outputs and 8,192 rows of a 64-64-64-1.
 _CPU_BYTES_PER_CHUNK = 2**23
 _CPU_ROW_STEP = 512  # rows are a multiple of this: no odd tail of a few rows per chunk
-# Below about a thousand rows each operator's fixed cost shows (0.6-0.9x of the best at 512
-# rows); far above 65,536 rows the gain is nil and the chunk's graph holds memory for nothing.
+# Below about a thousand rows each operator's fixed cost shows (512-row chunks ran at 0.59-0.98
+# of the best, under 0.9 for five of the seven models in a sweep); far above 65,536 rows the
+# gain is nil and the chunk's graph holds memory for nothing.
 _CPU_MIN_ROWS = 1_024
 _CPU_MAX_ROWS = 65_536
 # Rows per chunk where the memory per row is not measured (methods that expand each row into
