@@ -416,3 +416,20 @@ def test_a_name_listed_twice_is_removed_once(tmp_path):
     (target / MANIFEST_NAME).write_text(json.dumps(manifest))
     stage(target, {"c.csv": "2"})
     assert names(target) == ["b.csv", "c.csv"]
+
+
+def test_a_failed_run_removes_a_folder_that_held_only_a_runs_lock_and_keeps_a_users(tmp_path):
+    # Two runs failing together into a new folder: the one that did not make it finds only the
+    # maker's lock there, so it removes the folder too if it fails last (the maker, seeing the
+    # other's lock file, kept it). A folder the user made, empty, is kept.
+    made_by_a_run = tmp_path / "reports"
+    made_by_a_run.mkdir()
+    (made_by_a_run / LOCK_NAME).touch()
+    staged = StagedReport(made_by_a_run, ["json"]).__enter__()
+    staged.__exit__(RuntimeError, RuntimeError("the model failed"), None)
+    assert not made_by_a_run.exists()
+    users = tmp_path / "mine"
+    users.mkdir()
+    staged = StagedReport(users, ["json"]).__enter__()
+    staged.__exit__(RuntimeError, RuntimeError("the model failed"), None)
+    assert users.is_dir() and not any(users.iterdir())

@@ -230,8 +230,17 @@ class StagedReport:
         removed the folder (it had created it and its run failed) while we waited."""
         deadline = time.monotonic() + self._lock_wait
         while True:
-            self._created_target = not self.target.is_dir()
-            self.target.mkdir(parents=True, exist_ok=True)
+            try:
+                self.target.mkdir(parents=True)
+                self._created_target = True
+            except FileExistsError:
+                if not self.target.is_dir():
+                    raise
+                # A folder holding nothing but a lock was made by the run holding it (or by a
+                # killed one), which removes it if it fails. Two runs failing together could
+                # otherwise leave it behind: the first finds our lock file in it and keeps it,
+                # and we, not its maker, would keep it too.
+                self._created_target = _holds_only_a_lock(self.target)
             lock_path = self.target / LOCK_NAME
             if fcntl is None:
                 self._locked = True
@@ -417,3 +426,10 @@ def _guarded(target: Path, write: Any) -> None:
         write()
     except OSError as exc:
         raise _report_error(target, exc) from None
+
+
+def _holds_only_a_lock(folder: Path) -> bool:
+    try:
+        return os.listdir(folder) == [LOCK_NAME]
+    except OSError:
+        return False
