@@ -433,3 +433,25 @@ def test_a_failed_run_removes_a_folder_that_held_only_a_runs_lock_and_keeps_a_us
     staged = StagedReport(users, ["json"]).__enter__()
     staged.__exit__(RuntimeError, RuntimeError("the model failed"), None)
     assert users.is_dir() and not any(users.iterdir())
+
+
+def test_a_folder_removed_while_a_run_locks_it_is_made_afresh(tmp_path, monkeypatch):
+    # Between this run's mkdir (the folder exists) and its opening the lock file, the failing
+    # run that made the folder removes it: the lock file cannot be created, and the run makes
+    # the folder again instead of failing with "cannot write reports".
+    target = tmp_path / "reports"
+    target.mkdir()
+    real_open = os.open
+    removed: list[str] = []
+
+    def open_after_removal(path, flags, mode=0o777, *args, **kwargs):
+        if str(path).endswith(LOCK_NAME) and not removed:
+            removed.append(str(path))
+            target.rmdir()
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_after_removal)
+    with StagedReport(target, ["json"]) as staged:
+        staged.write_text("summary.json", "{}")
+        staged.commit()
+    assert removed and (target / "summary.json").read_text() == "{}"

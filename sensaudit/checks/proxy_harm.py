@@ -36,7 +36,8 @@ chance that the test confirms a mean fall of that size, with the spread of d the
 the same normal approximation; below ``POWER`` the audit says it cannot judge the candidate
 rather than clearing it. On the discovery benchmark the stated power matched the rate at which
 planted columns were confirmed where the rows are many, and ran high on 89 rows that the model
-scores almost surely (docs/checks/suspects.md): there the words err towards "cannot judge".
+scores almost surely (docs/checks/suspects.md): a high figure errs towards clearing, so on
+such rows a cleared candidate had a weaker test than it says.
 """
 
 from __future__ import annotations

@@ -49,6 +49,9 @@ except ImportError:  # Windows: no flock; runs into one folder are not serialise
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".sensaudit.lock"
+# Times the folder may vanish under a run that is locking it (failed runs that made it removing
+# it) before the run gives up.
+_MAX_VANISHED = 100
 MANIFEST_NAME = ".sensaudit-manifest.json"
 STAGING_PREFIX = ".sensaudit-staging-"
 # A run holds the lock for the whole audit (minutes), so a second run into the same folder
@@ -226,9 +229,10 @@ class StagedReport:
     # --- the lock ---------------------------------------------------------------------------
 
     def _lock(self) -> None:
-        """Create the report folder if needed and hold its lock; retry if the previous holder
-        removed the folder (it had created it and its run failed) while we waited."""
+        """Create the report folder if needed and hold its lock; retry if a failed run that
+        made the folder removed it, while we waited or before we opened the lock file."""
         deadline = time.monotonic() + self._lock_wait
+        vanished = 0
         while True:
             try:
                 self.target.mkdir(parents=True)
@@ -247,7 +251,15 @@ class StagedReport:
                 return
             flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(
                 os, "O_NOFOLLOW", 0)
-            fd = os.open(lock_path, flags, 0o644)
+            try:
+                fd = os.open(lock_path, flags, 0o644)
+            except FileNotFoundError:
+                # A run that made the folder failed and removed it between our mkdir and here:
+                # make it afresh (each removal ends a run, so this cannot go on for long).
+                vanished += 1
+                if vanished > _MAX_VANISHED:
+                    raise
+                continue
             self._lock_fd = fd
             while True:
                 try:
