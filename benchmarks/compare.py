@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 # benchmarks/ is the script's folder: end_to_end's data, process code and runner are shared.
-from end_to_end import _MEASURE, AUDIT, FEATURES, make_data, run
+from end_to_end import _MEASURE, AUDIT, FEATURES, make_data, make_model, run
 
 COMPARE = _MEASURE + """
 import sys, time, json
@@ -40,18 +40,6 @@ result, _ = run_compare(load_config(sys.argv[1], require_model=False), sys.argv[
 print(json.dumps({"seconds": time.perf_counter() - began, "rows": result.new.rows,
                   "peak_rss_mb": _peak_mb(), "cpu_s": _cpu_s()}))
 """
-
-
-def make_model(path: Path, seed: int) -> None:
-    """A 64-64-64-1 ReLU MLP from ``seed``'s initialisation, exported with a dynamic batch."""
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
-        torch.nn.ReLU(), torch.nn.Linear(64, 1)).eval()
-    batch = torch.export.Dim("rows", min=1)
-    program = torch.export.export(model, (torch.randn(8, FEATURES),),
-                                  dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
 
 
 def main() -> None:

@@ -93,8 +93,10 @@ print(json.dumps({"seconds": time.perf_counter() - began, "rows": result.rows,
 """
 
 
-def make_model(path: Path) -> None:
-    torch.manual_seed(0)
+def make_model(path: Path, seed: int = 0) -> None:
+    """A 64-64-64-1 ReLU MLP from ``seed``'s initialisation, exported with a dynamic batch (the
+    model of this benchmark, benchmarks/compare.py and benchmarks/ray_engine.py)."""
+    torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
         torch.nn.ReLU(), torch.nn.Linear(64, 1)).eval()

@@ -35,22 +35,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+# benchmarks/ is the script's folder: end_to_end's model is shared.
+from end_to_end import FEATURES, make_model
+
 from sensaudit import load_config
 from sensaudit.api import run_audit
 from sensaudit.config.ray import RaySettings
-
-FEATURES = 64
-
-
-def make_model(path: Path) -> None:
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
-        torch.nn.ReLU(), torch.nn.Linear(64, 1)).eval()
-    batch = torch.export.Dim("rows", min=1)
-    program = torch.export.export(model, (torch.randn(8, FEATURES),),
-                                  dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
 
 
 def make_data(folder: Path, rows: int, files: int) -> None:
