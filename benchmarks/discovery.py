@@ -266,6 +266,8 @@ def run_one(data: Dataset, seed: int, model_shape: str, condition: Condition) ->
     flagged = [s["feature"] for s in check.summary["suspects"]]
     # Candidates the audit says it cannot judge on these rows: a warning, not a suspect.
     unjudged = [s["feature"] for s in check.summary["unjudged_candidates"]]
+    # Confirmed, but the label follows it on these rows: over-relied, a warning, not a suspect.
+    over = [s["feature"] for s in check.summary["over_relied"]]
     part = ("tuning" if data.name in TUNING_DATASETS and seed in TUNING_SEEDS else "held-out")
     record = {"dataset": data.name, "seed": seed, "model": model_shape,
               "condition": condition.kind, "shape": condition.shape,
@@ -277,6 +279,9 @@ def run_one(data: Dataset, seed: int, model_shape: str, condition: Condition) ->
               "extra_unjudged": extra is not None and extra in unjudged,
               "genuine_unjudged": ";".join(f for f in unjudged if f != extra
                                            or condition.kind in ("duplicate", "strong")),
+              "extra_over_relied": extra is not None and extra in over,
+              "genuine_over_relied": ";".join(f for f in over if f != extra
+                                              or condition.kind in ("duplicate", "strong")),
               "suspects": len(flagged), "rows_trained": len(train_rows),
               "rows_audited": len(audit_rows), "features": x_audit.shape[1],
               "train_s": trained - started, "audit_s": audited - trained}
@@ -373,6 +378,15 @@ def report(runs: pd.DataFrame, seconds: float) -> str:
     out += ["", "Runs where a genuine feature was named as a candidate the audit cannot judge "
             f"(a warning, not a suspect): {fraction(int(said.sum()), len(runs))}"
             + (f" ({', '.join(named)})" if named else "")]
+    said = runs["genuine_over_relied"].fillna("") != ""
+    named = sorted({f for cell in runs.loc[said, "genuine_over_relied"] for f in cell.split(";")})
+    over = runs["extra_over_relied"].astype(bool)
+    planted_over = fraction(int((planted & over).sum()), int(planted.sum()))
+    out += ["", "Runs where a genuine feature was named over-relied (confirmed, but the label "
+            "follows it on the audited rows: a warning, not a suspect): "
+            f"{fraction(int(said.sum()), len(runs))}"
+            + (f" ({', '.join(named)})" if named else "")
+            + f"; planted columns named over-relied: {planted_over}"]
     noise = runs["condition"] == "noise"
     out += ["", "Noise column (no tie to the label anywhere) flagged, by its share:", ""]
     out.append(markdown(["noise share", *parts], [
@@ -392,8 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seed 0, one model shape, strengths 0.6 and 0.9 (40 audits)")
     parser.add_argument("--out", type=Path, help="write every run's figures to this CSV")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="the seeds (splits, planted columns, training); seeds above 2 were "
-                             "never looked at while the rule was set: a fresh held-out part")
+                        help="the seeds (splits, planted columns, training); seeds 3-5 were "
+                             "first run after the power rule was set, seeds 6-8 after the "
+                             "over-reliance split: fresh held-out parts")
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; it is not overwritten")

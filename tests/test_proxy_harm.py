@@ -211,3 +211,72 @@ def test_a_feature_without_effect_is_cleared_and_a_perfect_fit_is_worded_in_loss
                  confirmed=False, proxy_change=-0.003, power=0.3).cannot_judge(False)
     assert "the mean squared error 0.003 lower" in words
     assert "(interval: 0.001 lower to 0.005 higher)" in words
+
+
+def test_a_feature_the_label_follows_but_the_model_overuses_is_over_relied_not_a_proxy():
+    # y = a + b + c + noise on the audited rows; the model scores 4a + b + c + 2 proxy (an
+    # over-fit slope on a genuine feature, and a column the label does not follow). Both are
+    # relied on beyond their evidence and the model does better without either; the label's
+    # fit shows a carries information (its support's lower end above 0): over-relied, a
+    # warning; the proxy has none: the suspect, and the failed gate.
+    import pandas as pd
+
+    from sensaudit import audit_frame
+
+    rng = np.random.default_rng(7)
+    a, b, c, proxy = rng.normal(size=(4, 600))
+    label = a + b + c + rng.normal(scale=0.5, size=600)
+    weights = torch.tensor([[4.0], [1.0], [1.0], [2.0]])
+    frame = pd.DataFrame({"a": a, "b": b, "c": c, "proxy": proxy, "label": label})
+    result = audit_frame(lambda t: t @ weights, frame, label="label",
+                         settings=AuditSettings(fail_on_suspects=True))
+    check = next(c for c in result.checks if c.check == "suspects")
+    table = check.tables["suspects.csv"].set_index("feature")
+    assert table.loc["a", "evidence_low"] > 0 and table.loc["proxy", "evidence_low"] == 0
+    assert table.loc["a", "evidence_low"] <= table.loc["a", "evidence_share"] \
+        <= table.loc["a", "evidence_high"]
+    assert bool(table.loc["a", "confirmed"]) and bool(table.loc["proxy", "confirmed"])
+    assert bool(table.loc["a", "over_relied"]) and not bool(table.loc["a", "suspect"])
+    assert bool(table.loc["proxy", "suspect"]) and not bool(table.loc["proxy", "over_relied"])
+    assert [s["feature"] for s in check.summary["suspects"]] == ["proxy"]
+    assert [g.subject for g in check.gates] == ["proxy"]
+    [over] = check.summary["over_relied"]
+    assert over["feature"] == "a" and over["evidence_low"] == table.loc["a", "evidence_low"]
+    assert any("but the label follows it on these rows: at least" in r for r in over["reasons"])
+    [warning] = check.warnings
+    assert warning.subject == "a" and warning.details["over_relied"] is True
+    assert "1 over-relied, not proxies (a: the label follows them on these rows)" in \
+        check.summary["suspect_signals"]["confirmation"]
+    assert any(line.startswith("- a is over-relied, not a proxy: ")
+               for line in check.sections["Suspected proxies"])
+
+
+def test_with_fewer_than_30_labelled_rows_a_candidate_is_one_the_audit_cannot_judge():
+    # 25 labelled rows: enough for the evidence fit of four features, too few for the test.
+    # The proxy is relied on far beyond its evidence; the audit names it as a candidate it
+    # cannot judge (a warning, no failed gate), as it does on more rows with a weak test.
+    import pandas as pd
+
+    from sensaudit import audit_frame
+
+    rng = np.random.default_rng(3)
+    genuine, proxy = rng.normal(size=(25, 3)), rng.normal(size=25)
+    label = genuine.sum(1) + rng.normal(scale=0.3, size=25)
+    weights = torch.tensor([[1.0], [1.0], [1.0], [3.0]])
+    frame = pd.DataFrame(np.column_stack([genuine, proxy]),
+                         columns=["g0", "g1", "g2", "proxy"]).assign(label=label)
+    result = audit_frame(lambda t: t @ weights, frame, label="label",
+                         settings=AuditSettings(fail_on_suspects=True))
+    check = next(c for c in result.checks if c.check == "suspects")
+    assert check.summary["suspects"] == [] and not check.gates
+    [unjudged] = check.summary["unjudged_candidates"]
+    assert unjudged["feature"] == "proxy" and unjudged["power"] is None
+    assert "relied on beyond its evidence" in unjudged["reasons"][0]
+    assert unjudged["reasons"][-1] == ("only 25 labelled rows: too few to test whether the "
+                                       "model does better without it (the test needs 30)")
+    [warning] = check.warnings
+    assert warning.subject == "proxy" and warning.details["unjudged"] is True
+    assert check.summary["suspect_signals"]["confirmation"] == (
+        "not run: 25 labelled rows sampled (needs 30); 1 candidate(s) it cannot judge (proxy)")
+    table = check.tables["suspects.csv"].set_index("feature")
+    assert bool(table.loc["proxy", "unjudged"]) and not table["suspect"].any()

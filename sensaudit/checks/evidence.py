@@ -351,6 +351,16 @@ class Evidence:
         high: np.ndarray = np.minimum(1.0, (self.support + z * self.noise) / total)
         return high
 
+    def share_low(self, z: float) -> np.ndarray:
+        """A lower bound of each share: support - z x noise (at least 0) over the summed
+        support. Above 0, the label's fit shows the feature carries information about the
+        label on these rows."""
+        total = self.support.sum()
+        if total <= 0:
+            return np.zeros_like(self.support)
+        low: np.ndarray = np.maximum(0.0, self.support - z * self.noise) / total
+        return low
+
 
 def additive_evidence(gram: LabelGram, ridge: float) -> Evidence | None:
     """The additive ridge fit of the standardized label on every standardized feature and

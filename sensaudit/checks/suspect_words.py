@@ -46,9 +46,10 @@ def limit_text(r: Any, opts: Limits, dominance: float) -> str:
 
 
 def section_lines(suspects: pd.DataFrame, declared: pd.DataFrame, unjudged: pd.DataFrame,
-                  status: dict[str, str]) -> list[str]:
+                  over_relied: pd.DataFrame, status: dict[str, str]) -> list[str]:
     """The report's "Suspected proxies" section: what ran, declared proxies showing the same
-    signs, candidates the audit cannot judge, then the suspects' table."""
+    signs, candidates the audit cannot judge, over-relied features, then the suspects'
+    table."""
     lines = ["Features nobody declared that the model leans on more than the data justify "
              "(docs/checks/suspects.md).", ""]
     lines += [f"- {k.replace('_', ' ')}: {v}" for k, v in status.items()]
@@ -57,6 +58,8 @@ def section_lines(suspects: pd.DataFrame, declared: pd.DataFrame, unjudged: pd.D
               f"shows the same signs: {'; '.join(r.reasons)}." for r in declared.itertuples()]
     lines += [f"- {markdown_name(r.feature)} may be a proxy that this audit cannot judge: "
               f"{'; '.join(r.reasons)}." for r in unjudged.itertuples()]
+    lines += [f"- {markdown_name(r.feature)} is over-relied, not a proxy: "
+              f"{'; '.join(r.reasons)}." for r in over_relied.itertuples()]
     lines.append("")
     if suspects.empty:
         lines.append("No undeclared feature is suspected.")
@@ -76,7 +79,8 @@ def record(r: Any) -> dict[str, Any]:
     """A suspect as summary.json lists it: feature, reasons, then the figures."""
     entry: dict[str, Any] = {"feature": r.feature, "output": r.output,
                              "reasons": list(r.reasons)}
-    for key in ("share", "evidence_share", "evidence_high", "reliance_gap", "share_misscored",
+    for key in ("share", "evidence_share", "evidence_low", "evidence_high", "reliance_gap",
+                "share_misscored",
                 "share_rest", "contrast", "contrast_low", "contrast_high", "score", "loss",
                 "loss_change", "loss_change_low", "loss_change_high"):
         value = float(getattr(r, key))

@@ -15,10 +15,13 @@ A feature is a candidate when it is relied on beyond its evidence, or when its m
 contrast is positive beyond noise and it is dominant or relied on beyond its evidence's point
 estimate. A candidate is suspected once a test confirms that the model does better on the
 audited rows without it (:mod:`sensaudit.checks.proxy_harm`); one the test could not have
-confirmed (under 80% power against a pure proxy) is a warning: the audit cannot judge it on
-these rows. Without labels only dominance can run, and a dominant feature is then the suspect.
-The two label-based signals need one audited output (the label scores one output). The words
-(limits, records, the report's section) are in :mod:`sensaudit.checks.suspect_words`.
+confirmed (under 80% power against a pure proxy), or any candidate of an audit with fewer than
+30 labelled rows, is a warning: the audit cannot judge it on these rows. A confirmed candidate
+that the label follows on these rows (its evidence interval above 0) is over-relied, not a
+proxy: a warning too. Without labels only dominance can run, and a dominant feature is then
+the suspect. The two label-based signals need one audited output (the label scores one
+output). The words (limits, records, the report's section) are in
+:mod:`sensaudit.checks.suspect_words`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
 from sensaudit.stats.normal import normal_quantile
 
 DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
+# The confirmation test's mean is read on its normal approximation: from 30 rows the t quantile
+# differs from the normal one by under 2%.
+MIN_TEST_ROWS = 30
 
 
 def _between(low: float, high: float) -> Limit:
@@ -250,9 +256,10 @@ class SuspectedProxies(Check):
             nan = np.full(len(frame), np.nan)
             if evidence is not None:
                 frame["evidence_share"] = evidence.share
+                frame["evidence_low"] = evidence.share_low(z)
                 frame["evidence_high"] = evidence.share_high(z)
             else:
-                frame["evidence_share"] = frame["evidence_high"] = nan
+                frame["evidence_share"] = frame["evidence_low"] = frame["evidence_high"] = nan
             frame["reliance_gap"] = frame["share"] - frame["evidence_share"]
             for column, key in (("share_misscored", "share_misscored"),
                                 ("share_rest", "share_rest"), ("contrast", "contrast"),
@@ -281,7 +288,7 @@ class SuspectedProxies(Check):
         for column in ("loss", "loss_change", "loss_change_low", "loss_change_high"):
             table[column] = np.nan
         table["harm_rows"] = 0
-        table["confirmed"] = table["unjudged"] = False
+        table["confirmed"] = table["unjudged"] = table["over_relied"] = False
         table["power"] = np.nan
         table["reasons"] = [self._reasons(r, contrast)
                             if r.suspect or r.declared_with_signs else []
@@ -300,10 +307,23 @@ class SuspectedProxies(Check):
         values = self.sample.values
         if not tested:
             return table, "no candidate to test"
-        if ranking.model is None or values is None or len(values) < 30:
-            rows = 0 if values is None else len(values)
-            return table, (f"not run: {rows} labelled rows sampled (needs 30 and the model); "
-                           "the candidates stand unconfirmed")
+        if ranking.model is None:
+            return table, "not run: the model is not at hand; the candidates stand unconfirmed"
+        rows = 0 if values is None else len(values)
+        if values is None or rows < MIN_TEST_ROWS:
+            # Too few rows for any test: the audit cannot judge, as it cannot when a test on
+            # more rows is too weak (more rows never soften the verdict).
+            at = table["suspect"]
+            table.loc[at, "unjudged"] = True
+            table.loc[at, "suspect"] = False
+            table["reasons"] = [list(r.reasons) + [
+                f"only {rows} labelled rows: too few to test whether the model does better "
+                f"without it (the test needs {MIN_TEST_ROWS})"] if r.unjudged
+                else list(r.reasons) for r in table.itertuples()]
+            table = table.sort_values(["suspect", "score", "share"], ascending=False,
+                                      kind="stable").reset_index(drop=True)
+            return table, (f"not run: {rows} labelled rows sampled (needs {MIN_TEST_ROWS}); "
+                           f"{len(tested)} candidate(s) it cannot judge ({', '.join(tested)})")
         x = torch.from_numpy(values[:, :-1]).to(ranking.dtype or torch.float64)
         try:
             found = harm_tests(ranking.model, x.to(ranking.device or x.device), values[:, -1],
@@ -323,19 +343,28 @@ class SuspectedProxies(Check):
             table.loc[at, ["harm_rows", "confirmed", "unjudged", "power"]] = (
                 harm.rows, harm.confirmed, harm.unjudged, harm.power)
         table["unjudged"] = table["suspect"] & table["unjudged"]
-        table["suspect"] = table["suspect"] & table["confirmed"]
+        # A proxy is a feature the label does not follow on these rows. One the label's fit
+        # shows to carry information (its support's lower end above 0), that the model still
+        # does better without, is over-relied (over-fit, or a copy of a genuine feature
+        # splitting its support), not a proxy: a warning of its own.
+        confirmed = table["suspect"] & table["confirmed"]
+        table["over_relied"] = confirmed & (table["evidence_low"] > 0)
+        table["suspect"] = confirmed & ~table["over_relied"]
         on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
         table["reasons"] = [self._reasons(r, contrast, found.get(r.feature), on_probability)
-                            if r.suspect or r.declared_with_signs or r.unjudged
+                            if r.suspect or r.declared_with_signs or r.unjudged or r.over_relied
                             else list(r.reasons) for r in table.itertuples()]
         table = table.sort_values(["suspect", "score", "share"], ascending=False, kind="stable")
         kept = sum(h.confirmed for h in found.values())
         unjudged = [h.feature for h in found.values() if h.unjudged]
+        over = list(table.loc[table["over_relied"], "feature"])
         rows = next(iter(found.values())).rows
         return table.reset_index(drop=True), (
             f"ran on {rows:,} labelled rows: {kept} of {len(tested)} candidate(s) confirmed "
             f"(the loss falls when the feature's effect is averaged out: one-sided, "
             f"{opts.harm_level:.0%} split over the candidates)"
+            + (f"; {len(over)} over-relied, not proxies ({', '.join(over)}: the label "
+               "follows them on these rows)" if over else "")
             + (f"; {len(unjudged)} it cannot judge on these rows ({', '.join(unjudged)}: the "
                f"test's power against a pure proxy is under {POWER:.0%})" if unjudged else ""))
 
@@ -360,6 +389,11 @@ class SuspectedProxies(Check):
                            f"audit.dominance_warning ({self.dominance:.0%})")
         if harm is not None and harm.confirmed:
             reasons.append(harm.reason(on_probability))
+            if r.evidence_low > 0:
+                reasons.append(f"but the label follows it on these rows: at least "
+                               f"{r.evidence_low:.1%} of the label's fit (the interval's lower "
+                               "end), so the model over-relies on a feature with evidence "
+                               "rather than leaning on a proxy")
         elif harm is not None and harm.unjudged:
             reasons.append(harm.cannot_judge(on_probability))
         return reasons
@@ -389,11 +423,19 @@ class SuspectedProxies(Check):
         for r in table[table["unjudged"]].itertuples():
             # Not a suspect and not cleared: a warning, so the terminal says it too.
             result.warnings.append(Notice(check=self.name, subject=r.feature, output=r.output,
-                                          details={**record(r), "power": float(r.power),
+                                          details={**record(r), "power": _number(r.power),
                                                    "unjudged": True}))
             where = f" for output '{r.output}'" if multi else ""
             result.findings.append(f"**{r.feature}**{where} may be a proxy that this audit "
                                    "cannot judge: " + "; ".join(r.reasons) + ".")
+        for r in table[table["over_relied"]].itertuples():
+            result.warnings.append(Notice(check=self.name, subject=r.feature, output=r.output,
+                                          details={**record(r), "over_relied": True}))
+            where = f" for output '{r.output}'" if multi else ""
+            result.findings.append(f"**{r.feature}**{where} is over-relied, not a proxy: "
+                                   + "; ".join(r.reasons) + ". Check it for over-fitting (a "
+                                   "simpler model, more training rows, or a copy of another "
+                                   "feature splitting its weight).")
         not_run = {k: v for k, v in status.items() if v.startswith("not run")}
         if not_run:
             result.notes.append("Suspected proxies: " + "; ".join(
@@ -403,9 +445,17 @@ class SuspectedProxies(Check):
             reasons=table["reasons"].map(" | ".join),
             evidence_limit=table["evidence_high"] + self.options.min_gap)
         result.summary["suspects"] = [record(r) for r in suspects.itertuples()]
-        result.summary["unjudged_candidates"] = [{**record(r), "power": float(r.power)}
+        result.summary["unjudged_candidates"] = [{**record(r), "power": _number(r.power)}
                                                  for r in table[table["unjudged"]].itertuples()]
+        result.summary["over_relied"] = [record(r)
+                                         for r in table[table["over_relied"]].itertuples()]
         result.summary["suspect_signals"] = status
         result.sections["Suspected proxies"] = section_lines(
-            suspects, table[table["declared_with_signs"]], table[table["unjudged"]], status)
+            suspects, table[table["declared_with_signs"]], table[table["unjudged"]],
+            table[table["over_relied"]], status)
         return result
+
+
+def _number(value: float) -> float | None:
+    """A figure for summary.json: None where it was not measured (JSON has no NaN)."""
+    return float(value) if math.isfinite(value) else None

@@ -20,7 +20,8 @@ _NOT_FIGURES = frozenset({"feature", "output", "threshold", "max_share", "max_ra
 # (words, unit) per figure a check reports; "%" shares and rates, "points" a change of a share.
 _WORDS: dict[str, tuple[str, str]] = {
     "share": ("share", "%"), "rank": ("rank", ""),
-    "evidence_share": ("label's support", "%"), "evidence_high": ("support at most", "%"),
+    "evidence_share": ("label's support", "%"), "evidence_low": ("support at least", "%"),
+    "evidence_high": ("support at most", "%"),
     "reliance_gap": ("share over its support", "points"),
     "share_misscored": ("share on misscored rows", "%"),
     "share_rest": ("share on the other rows", "%"),
