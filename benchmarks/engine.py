@@ -17,8 +17,10 @@ The spread table holds the engine to the best fixed chunking in every run, not o
 of --runs runs gives the engine a fresh copy of the model (so each run makes its own chunking
 choice, as a new process would; its probe, two forward passes of 8 and 16 rows, falls in the
 run's first pass) and times it and the reference in fixed chunks of 1,024 to
-16,384 rows, taking turns in a new random order each pass, --passes times each; a run's rate
-for each is its best pass (as timeit reports: a pass can only be slowed by the machine, never
+16,384 rows (the reference writes every chunk's gradients into one tensor, as the engine
+does: the spread measures the choice of chunk, both sides doing the same work), taking
+turns in a new random order each pass, --passes times each; a run's rate for each is its best
+pass (as timeit reports: a pass can only be slowed by the machine, never
 sped up). The best fixed size is the one with the highest median over the runs; each run's
 ratio is the engine's rate over that size's rate in the same run, so a slow spell hits both
 sides. As that size is picked on the same noisy runs, each run is also compared with the size
@@ -166,6 +168,23 @@ def in_chunks(fn, model, x, rows: int):
     return [fn(model, x[i : i + rows]) for i in range(0, x.shape[0], rows)]
 
 
+def into_one(model, x, rows: int, outputs: int) -> torch.Tensor:
+    """The spread's reference: per-row Jacobians in fixed chunks of ``rows``, written into one
+    [rows, outputs, features] tensor as the engine returns them (each backward pass's gradient
+    copied straight into its slice). Kept as a list of chunks instead, it would skip what any
+    contiguous result pays: a tensor over glibc's 32 MiB mmap limit is new memory on every
+    call (16,385 page faults for eight outputs of 32,768 rows), while chunk-sized blocks are
+    recycled from the heap."""
+    out = torch.empty(x.shape[0], outputs, x.shape[1], dtype=x.dtype, device=x.device)
+    for i in range(0, x.shape[0], rows):
+        xg = x[i : i + rows].detach().requires_grad_(True)
+        y = model(xg).reshape(xg.shape[0], -1)
+        for j in range(outputs):
+            (out[i : i + rows, j],) = torch.autograd.grad(y[:, j].sum(), xg,
+                                                         retain_graph=j < outputs - 1)
+    return out
+
+
 def spread_table(device: torch.device, rows: int, runs: int, passes: int,
                  shapes: str) -> list[dict]:
     """Per model shape: min/median/max rows/s of the engine and of each fixed chunking of the
@@ -179,8 +198,7 @@ def spread_table(device: torch.device, rows: int, runs: int, passes: int,
         # each round short.
         n = rows if outputs == 1 and hidden < 1024 else rows // 4
         x = torch.randn(n, features, device=device, dtype=dtype)
-        reference = bound_scalar if outputs == 1 else m_backward_passes
-        fixed = {size: (lambda size=size: in_chunks(reference, model, x, size))
+        fixed = {size: (lambda size=size: into_one(model, x, size, outputs))
                  for size in FIXED_CHUNKS}
         seconds: dict[object, list[float]] = {size: [] for size in fixed}
         seconds["engine"] = []
@@ -332,7 +350,7 @@ def main() -> None:
     parser.add_argument("--skip-run", action="store_true")
     parser.add_argument("--skip-table", action="store_true", help="only the spread table")
     parser.add_argument("--runs", type=int, default=5, help="runs in the spread table")
-    parser.add_argument("--passes", type=int, default=5,
+    parser.add_argument("--passes", type=int, default=10,
                         help="interleaved timed passes per run; a run's rate is its best")
     parser.add_argument("--shapes", choices=sorted(SHAPES), default="default",
                         help="models in the spread table")
@@ -360,7 +378,7 @@ def main() -> None:
     print(f"## The engine against the best fixed chunking, {args.runs} runs of "
           f"{args.passes} interleaved passes "
           f"(reference: one output, autograd.grad(model(x).sum(), x); eight, eight backward "
-          f"passes)\n")
+          f"passes; its chunks written into one tensor, as the engine's)\n")
     print_spread(spread)
     runs = []
     if not args.skip_run:

@@ -80,9 +80,8 @@ def record(r: Any) -> dict[str, Any]:
     entry: dict[str, Any] = {"feature": r.feature, "output": r.output,
                              "reasons": list(r.reasons)}
     for key in ("share", "evidence_share", "evidence_low", "evidence_high", "reliance_gap",
-                "share_misscored",
-                "share_rest", "contrast", "contrast_low", "contrast_high", "score", "loss",
-                "loss_change", "loss_change_low", "loss_change_high"):
+                "share_misscored", "share_rest", "contrast", "contrast_low", "contrast_high",
+                "score", "loss", "loss_change", "loss_change_low", "loss_change_high"):
         value = float(getattr(r, key))
         entry[key] = value if math.isfinite(value) else None
     entry["dominant"] = bool(r.dominant)
