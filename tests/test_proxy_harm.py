@@ -245,7 +245,7 @@ def test_a_feature_the_label_follows_but_the_model_overuses_is_over_relied_not_a
     assert any("but the label follows it on these rows: at least" in r for r in over["reasons"])
     [warning] = check.warnings
     assert warning.subject == "a" and warning.details["over_relied"] is True
-    assert "1 over-relied, not proxies (a: the label follows them on these rows)" in \
+    assert "1 over-relied, not a proxy (a: the label follows it on these rows)" in \
         check.summary["suspect_signals"]["confirmation"]
     assert any(line.startswith("- a is over-relied, not a proxy: ")
                for line in check.sections["Suspected proxies"])

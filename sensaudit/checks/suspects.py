@@ -363,8 +363,10 @@ class SuspectedProxies(Check):
             f"ran on {rows:,} labelled rows: {kept} of {len(tested)} candidate(s) confirmed "
             f"(the loss falls when the feature's effect is averaged out: one-sided, "
             f"{opts.harm_level:.0%} split over the candidates)"
-            + (f"; {len(over)} over-relied, not proxies ({', '.join(over)}: the label "
-               "follows them on these rows)" if over else "")
+            + (f"; {len(over)} over-relied, not "
+               + ("a proxy" if len(over) == 1 else "proxies")
+               + f" ({', '.join(over)}: the label follows "
+               + ("it" if len(over) == 1 else "them") + " on these rows)" if over else "")
             + (f"; {len(unjudged)} it cannot judge on these rows ({', '.join(unjudged)}: the "
                f"test's power against a pure proxy is under {POWER:.0%})" if unjudged else ""))
 
