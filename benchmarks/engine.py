@@ -164,10 +164,6 @@ SHAPES = {"default": [(64, 256, 1, "float32"), (64, 256, 8, "float32")],
                   (64, 256, 1, "float64"), (256, 1024, 1, "float32")]}
 
 
-def in_chunks(fn, model, x, rows: int):
-    return [fn(model, x[i : i + rows]) for i in range(0, x.shape[0], rows)]
-
-
 def into_one(model, x, rows: int, outputs: int) -> torch.Tensor:
     """The spread's reference: per-row Jacobians in fixed chunks of ``rows``, written into one
     [rows, outputs, features] tensor as the engine returns them (each backward pass's gradient
