@@ -1,5 +1,6 @@
-"""The suspects check in words: the limit a suspect broke, its record in summary.json, and the
-report's "Suspected proxies" section (:mod:`sensaudit.checks.suspects` decides; this says)."""
+"""The suspects check in words: the reasons behind a candidate, the limit a suspect broke, its
+record in summary.json, and the report's "Suspected proxies" section
+(:mod:`sensaudit.checks.suspects` decides; this says)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from sensaudit.checks.proxy_harm import Harm
 from sensaudit.core.text_safety import markdown_name
 
 
@@ -45,6 +47,38 @@ def limit_text(r: Any, opts: Limits, dominance: float) -> str:
     return limit + " (audit.fail_on_suspects)"
 
 
+def reasons_for(r: Any, contrast: dict[str, Any] | None, opts: Limits, dominance: float,
+                harm: Harm | None = None, on_probability: bool = False) -> list[str]:
+    """The sentences behind a candidate: each signal it showed, then the test's verdict."""
+    reasons = []
+    if r.share - r.evidence_high >= opts.min_gap:
+        reasons.append(f"relied on beyond its evidence: {r.share:.1%} of the model's "
+                       f"sensitivity against {r.evidence_share:.1%} of the label's fit on "
+                       f"these rows (at most {r.evidence_high:.1%})")
+    elif r.reliance_gap >= opts.min_gap / 2:
+        reasons.append(f"relied on more than its evidence: {r.share:.1%} of the "
+                       f"sensitivity against {r.evidence_share:.1%} of the label's fit "
+                       f"({points(r.reliance_gap)})")
+    if contrast is not None and r.contrast_low > 0 and r.contrast >= opts.min_contrast:
+        reasons.append(f"larger on misscored rows: {r.share_misscored:.1%} of the "
+                       f"sensitivity on the {contrast['misscored_rows']:,} misscored rows "
+                       f"against {r.share_rest:.1%} on the rest ({points(r.contrast)}, "
+                       f"interval {r.contrast_low * 100:+.1f} to {points(r.contrast_high)})")
+    if r.dominant:
+        reasons.append(f"dominant: {r.share:.1%} of the sensitivity, over "
+                       f"audit.dominance_warning ({dominance:.0%})")
+    if harm is not None and harm.confirmed:
+        reasons.append(harm.reason(on_probability))
+        if r.evidence_low > 0:
+            reasons.append(f"but the label follows it on these rows: at least "
+                           f"{r.evidence_low:.1%} of the label's fit (the interval's lower "
+                           "end), so the model over-relies on a feature with evidence "
+                           "rather than leaning on a proxy")
+    elif harm is not None and harm.unjudged:
+        reasons.append(harm.cannot_judge(on_probability))
+    return reasons
+
+
 def section_lines(suspects: pd.DataFrame, declared: pd.DataFrame, unjudged: pd.DataFrame,
                   over_relied: pd.DataFrame, status: dict[str, str]) -> list[str]:
     """The report's "Suspected proxies" section: what ran, declared proxies showing the same
@@ -75,13 +109,14 @@ def section_lines(suspects: pd.DataFrame, declared: pd.DataFrame, unjudged: pd.D
     return lines
 
 
-def record(r: Any) -> dict[str, Any]:
-    """A suspect as summary.json lists it: feature, reasons, then the figures."""
+def record(r: Any, *extra: str) -> dict[str, Any]:
+    """A suspect as summary.json lists it: feature, reasons, then the figures (and the
+    ``extra`` ones named), None where not measured (JSON has no NaN)."""
     entry: dict[str, Any] = {"feature": r.feature, "output": r.output,
                              "reasons": list(r.reasons)}
     for key in ("share", "evidence_share", "evidence_low", "evidence_high", "reliance_gap",
                 "share_misscored", "share_rest", "contrast", "contrast_low", "contrast_high",
-                "score", "loss", "loss_change", "loss_change_low", "loss_change_high"):
+                "score", "loss", "loss_change", "loss_change_low", "loss_change_high", *extra):
         value = float(getattr(r, key))
         entry[key] = value if math.isfinite(value) else None
     entry["dominant"] = bool(r.dominant)

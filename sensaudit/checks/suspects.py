@@ -20,7 +20,7 @@ confirmed (under 80% power against a pure proxy), or any candidate of an audit w
 that the label follows on these rows (its evidence interval above 0) is over-relied, not a
 proxy: a warning too. Without labels only dominance can run, and a dominant feature is then
 the suspect. The two label-based signals need one audited output (the label scores one
-output). The words (limits, records, the report's section) are in
+output). The words (reasons, limits, records, the report's section) are in
 :mod:`sensaudit.checks.suspect_words`.
 """
 
@@ -47,8 +47,8 @@ from sensaudit.checks.evidence import (
     misscored_keys,
     shares,
 )
-from sensaudit.checks.proxy_harm import POWER, Harm, LabelledSample, harm_tests
-from sensaudit.checks.suspect_words import limit_text, points, record, section_lines
+from sensaudit.checks.proxy_harm import POWER, LabelledSample, harm_tests
+from sensaudit.checks.suspect_words import limit_text, reasons_for, record, section_lines
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.options import Limit, check_declared, integer, number, option
 from sensaudit.settings.sections import AuditSettings, MisscoredRule
@@ -290,11 +290,10 @@ class SuspectedProxies(Check):
         table["harm_rows"] = 0
         table["confirmed"] = table["unjudged"] = table["over_relied"] = False
         table["power"] = np.nan
-        table["reasons"] = [self._reasons(r, contrast)
+        table["reasons"] = [reasons_for(r, contrast, self.options, self.dominance)
                             if r.suspect or r.declared_with_signs else []
                             for r in table.itertuples()]
-        table = table.sort_values(["suspect", "score", "share"], ascending=False, kind="stable")
-        return table.reset_index(drop=True)
+        return _ranked(table)
 
     def _confirm(self, ranking: Ranking, table: pd.DataFrame,
                  contrast: dict[str, Any] | None) -> tuple[pd.DataFrame, str]:
@@ -320,8 +319,7 @@ class SuspectedProxies(Check):
                 f"only {rows} labelled rows: too few to test whether the model does better "
                 f"without it (the test needs {MIN_TEST_ROWS})"] if r.unjudged
                 else list(r.reasons) for r in table.itertuples()]
-            table = table.sort_values(["suspect", "score", "share"], ascending=False,
-                                      kind="stable").reset_index(drop=True)
+            table = _ranked(table)
             return table, (f"not run: {rows} labelled rows sampled (needs {MIN_TEST_ROWS}); "
                            f"{len(tested)} candidate(s) it cannot judge ({', '.join(tested)})")
         x = torch.from_numpy(values[:, :-1]).to(ranking.dtype or torch.float64)
@@ -334,8 +332,6 @@ class SuspectedProxies(Check):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return table, (f"not run: the model failed on rows with a feature's values moved "
                            f"({first[:200]}); the candidates stand unconfirmed")
-        if not found:
-            return table, "not run: fewer than 2 labelled rows sampled"
         for name, harm in found.items():
             at = table["feature"] == name
             table.loc[at, ["loss", "loss_change", "loss_change_low", "loss_change_high"]] = (
@@ -351,15 +347,16 @@ class SuspectedProxies(Check):
         table["over_relied"] = confirmed & (table["evidence_low"] > 0)
         table["suspect"] = confirmed & ~table["over_relied"]
         on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
-        table["reasons"] = [self._reasons(r, contrast, found.get(r.feature), on_probability)
+        table["reasons"] = [reasons_for(r, contrast, opts, self.dominance,
+                                        found.get(r.feature), on_probability)
                             if r.suspect or r.declared_with_signs or r.unjudged or r.over_relied
                             else list(r.reasons) for r in table.itertuples()]
-        table = table.sort_values(["suspect", "score", "share"], ascending=False, kind="stable")
+        table = _ranked(table)
         kept = sum(h.confirmed for h in found.values())
         unjudged = [h.feature for h in found.values() if h.unjudged]
         over = list(table.loc[table["over_relied"], "feature"])
         rows = next(iter(found.values())).rows
-        return table.reset_index(drop=True), (
+        return table, (
             f"ran on {rows:,} labelled rows: {kept} of {len(tested)} candidate(s) confirmed "
             f"(the loss falls when the feature's effect is averaged out: one-sided, "
             f"{opts.harm_level:.0%} split over the candidates)"
@@ -369,36 +366,6 @@ class SuspectedProxies(Check):
                + ("it" if len(over) == 1 else "them") + " on these rows)" if over else "")
             + (f"; {len(unjudged)} it cannot judge on these rows ({', '.join(unjudged)}: the "
                f"test's power against a pure proxy is under {POWER:.0%})" if unjudged else ""))
-
-    def _reasons(self, r: Any, contrast: dict[str, Any] | None, harm: Harm | None = None,
-                 on_probability: bool = False) -> list[str]:
-        reasons = []
-        if r.share - r.evidence_high >= self.options.min_gap:
-            reasons.append(f"relied on beyond its evidence: {r.share:.1%} of the model's "
-                           f"sensitivity against {r.evidence_share:.1%} of the label's fit on "
-                           f"these rows (at most {r.evidence_high:.1%})")
-        elif r.reliance_gap >= self.options.min_gap / 2:
-            reasons.append(f"relied on more than its evidence: {r.share:.1%} of the "
-                           f"sensitivity against {r.evidence_share:.1%} of the label's fit "
-                           f"({points(r.reliance_gap)})")
-        if contrast is not None and r.contrast_low > 0 and r.contrast >= self.options.min_contrast:
-            reasons.append(f"larger on misscored rows: {r.share_misscored:.1%} of the "
-                           f"sensitivity on the {contrast['misscored_rows']:,} misscored rows "
-                           f"against {r.share_rest:.1%} on the rest ({points(r.contrast)}, "
-                           f"interval {r.contrast_low * 100:+.1f} to {points(r.contrast_high)})")
-        if r.dominant:
-            reasons.append(f"dominant: {r.share:.1%} of the sensitivity, over "
-                           f"audit.dominance_warning ({self.dominance:.0%})")
-        if harm is not None and harm.confirmed:
-            reasons.append(harm.reason(on_probability))
-            if r.evidence_low > 0:
-                reasons.append(f"but the label follows it on these rows: at least "
-                               f"{r.evidence_low:.1%} of the label's fit (the interval's lower "
-                               "end), so the model over-relies on a feature with evidence "
-                               "rather than leaning on a proxy")
-        elif harm is not None and harm.unjudged:
-            reasons.append(harm.cannot_judge(on_probability))
-        return reasons
 
     def _result(self, ranking: Ranking, table: pd.DataFrame, status: dict[str, str],
                 contrast: dict[str, Any] | None) -> CheckResult:
@@ -425,8 +392,7 @@ class SuspectedProxies(Check):
         for r in table[table["unjudged"]].itertuples():
             # Not a suspect and not cleared: a warning, so the terminal says it too.
             result.warnings.append(Notice(check=self.name, subject=r.feature, output=r.output,
-                                          details={**record(r), "power": _number(r.power),
-                                                   "unjudged": True}))
+                                          details={**record(r, "power"), "unjudged": True}))
             where = f" for output '{r.output}'" if multi else ""
             result.findings.append(f"**{r.feature}**{where} may be a proxy that this audit "
                                    "cannot judge: " + "; ".join(r.reasons) + ".")
@@ -447,7 +413,7 @@ class SuspectedProxies(Check):
             reasons=table["reasons"].map(" | ".join),
             evidence_limit=table["evidence_high"] + self.options.min_gap)
         result.summary["suspects"] = [record(r) for r in suspects.itertuples()]
-        result.summary["unjudged_candidates"] = [{**record(r), "power": _number(r.power)}
+        result.summary["unjudged_candidates"] = [record(r, "power")
                                                  for r in table[table["unjudged"]].itertuples()]
         result.summary["over_relied"] = [record(r)
                                          for r in table[table["over_relied"]].itertuples()]
@@ -458,6 +424,7 @@ class SuspectedProxies(Check):
         return result
 
 
-def _number(value: float) -> float | None:
-    """A figure for summary.json: None where it was not measured (JSON has no NaN)."""
-    return float(value) if math.isfinite(value) else None
+def _ranked(table: pd.DataFrame) -> pd.DataFrame:
+    """Suspects first, then by score and share: the order of suspects.csv and the section."""
+    return table.sort_values(["suspect", "score", "share"], ascending=False,
+                             kind="stable").reset_index(drop=True)
