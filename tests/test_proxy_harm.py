@@ -10,7 +10,14 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
-from sensaudit.checks.proxy_harm import LEVELS, Harm, feature_levels, harm_tests
+from sensaudit.checks.proxy_harm import (
+    LEVELS,
+    Harm,
+    averaged_out,
+    feature_levels,
+    harm_tests,
+    own_part,
+)
 from sensaudit.checks.suspects import SuspectedProxies, SuspectsOptions
 from sensaudit.settings.sections import AuditSettings
 
@@ -280,3 +287,58 @@ def test_with_fewer_than_30_labelled_rows_a_candidate_is_one_the_audit_cannot_ju
         "not run: 25 labelled rows sampled (needs 30); 1 candidate(s) it cannot judge (proxy)")
     table = check.tables["suspects.csv"].set_index("feature")
     assert bool(table.loc["proxy", "unjudged"]) and not table["suspect"].any()
+
+
+def _tied_case(rows: int = 1000, seed: int = 5):
+    """x2 is x1 plus a little noise (the other input predicts 96% of it); the label follows
+    x1. The model is off by +1 on the data's rows and would be right off them: a term of x2
+    that only rows unlike any in the data (x2 more than 1 from x1: 5 noise sigmas) switch
+    on."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(size=rows)
+    x2 = x1 + 0.2 * rng.normal(size=rows)
+    x = np.column_stack([x1, x2])
+    y = 2.0 * x1 + rng.normal(scale=0.5, size=rows)
+
+    def model(t: torch.Tensor) -> torch.Tensor:
+        off_data = torch.clamp((t[:, 1] - t[:, 0]).abs() - 1.0, 0.0, 1.0)
+        return (2.0 * t[:, 0] + 1.0 - off_data)[:, None]
+
+    return x, y, model
+
+
+def test_a_feature_the_others_predict_is_averaged_over_its_own_part():
+    x, y, model = _tied_case()
+    tied, predicted = own_part(x, 1)
+    residual = x[:, 1] - tied
+    # The fit of x2 on x1 (R^2 = 1 / 1.04), shrunk by its adjusted R^2: x2 less that part is
+    # the noise, spread 0.2, not x2's spread of about 1.
+    assert 0.95 < predicted < 0.97
+    assert 0.18 < residual.std() < 0.22
+    # Averaged over its whole values, x2 switches the off-data term on and the model looks
+    # better without it: a genuine feature the test would confirm as a proxy.
+    xt = torch.from_numpy(x)
+    base = ((model(xt)[:, 0].numpy() - y) ** 2).mean()
+    whole = ((averaged_out(model, xt, 1, x[:, 1]).numpy() - y) ** 2).mean()
+    own = ((averaged_out(model, xt, 1, x[:, 1], tied=tied).numpy() - y) ** 2).mean()
+    assert whole < 0.7 * base
+    # Over its own part the rows stay where the data are, and the model is as it was.
+    assert own == base
+    harm = harm_tests(model, xt, y, ["x1", "x2"], ["x2"], level=0.05, confidence=0.95,
+                      on_probability=False)["x2"]
+    # Exactly 0: the averaging's rounding (1e-16, which its own spread would call significant)
+    # is no effect.
+    assert harm.change == 0 and not harm.confirmed and not harm.unjudged
+    assert math.isclose(harm.predicted, predicted)
+    assert "the other inputs do not predict (they predict 96%" in harm.over()
+
+
+def test_a_feature_independent_of_the_others_is_averaged_over_its_whole_values():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(400, 5))
+    tied, predicted = own_part(x, 2)
+    # A chance fit on 400 rows: the adjusted R^2 leaves almost nothing (often exactly 0).
+    assert predicted < 0.02 and tied.std() < 0.15
+    codes = np.column_stack([x[:, :2], rng.integers(0, 4, 400).astype(float)])
+    codes[:, 2] += (codes[:, 0] > 0)  # tied to x0, but codes a model may index by
+    assert own_part(codes, 2)[1] == 0.0 and not own_part(codes, 2)[0].any()
