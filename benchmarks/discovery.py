@@ -408,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="the seeds (splits, planted columns, training); seeds 3-5 were "
                              "first run after the power rule was set, seeds 6-8 after the "
-                             "over-reliance split, seeds 9-11 after the own-part averaging: "
-                             "fresh held-out parts")
+                             "over-reliance split, seeds 9-11 after the own-part averaging, "
+                             "seeds 12-14 after the contrast's gap: fresh held-out parts")
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; it is not overwritten")

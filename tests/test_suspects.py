@@ -450,13 +450,21 @@ def test_reports_and_the_gate_through_the_cli(tmp_path):
     assert "| nuisance | score |" in section
     sensitivity = pd.read_csv(tmp_path / "out" / "sensitivity.csv").set_index("feature")
     assert sensitivity.loc["nuisance", "flagged"]
-    # Not gated: the same suspect is a warning and the audit passes.
+    assert "- Verdict: 1 flag(s), 0 warning(s): nuisance (suspects)\n" in report
+    # Not gated: the same suspect is a warning and the audit passes; the reports say, under
+    # the verdict, what it warns of.
     cfg["audit"]["fail_on_suspects"] = False
+    cfg["report"] = {"dir": "out2", "formats": ["markdown", "json", "html"]}
     (tmp_path / "audit.yaml").write_text(yaml.safe_dump(cfg))
     done = CliRunner().invoke(app, ["run", str(tmp_path / "audit.yaml"), "-q"])
     assert done.exit_code == 0, done.output
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out2" / "summary.json").read_text())
     assert summary["passed"] and [w["feature"] for w in summary["warnings"]] == ["nuisance"]
+    report = (tmp_path / "out2" / "report.md").read_text()
+    assert report.startswith("# sensaudit: PASSED\n\n- Verdict: 0 flag(s), 1 warning(s): "
+                             "nuisance (suspects)\n")
+    page = (tmp_path / "out2" / "report.html").read_text()
+    assert "<p>0 flag(s), 1 warning(s): nuisance (suspects)</p>" in page
 
 
 @pytest.mark.parametrize("audit, expected", [

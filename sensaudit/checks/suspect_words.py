@@ -55,7 +55,7 @@ def reasons_for(r: Any, contrast: dict[str, Any] | None, opts: Limits, dominance
         reasons.append(f"relied on beyond its evidence: {r.share:.1%} of the model's "
                        f"sensitivity against {r.evidence_share:.1%} of the label's fit on "
                        f"these rows (at most {r.evidence_high:.1%})")
-    elif r.reliance_gap >= opts.min_gap / 2:
+    elif r.reliance_gap >= opts.min_gap:
         reasons.append(f"relied on more than its evidence: {r.share:.1%} of the "
                        f"sensitivity against {r.evidence_share:.1%} of the label's fit "
                        f"({points(r.reliance_gap)})")

@@ -21,7 +21,7 @@ from sensaudit._version import __version__
 from sensaudit.core.text_safety import visible
 from sensaudit.reports.base import ReportWriter
 from sensaudit.reports.charts import ChartPlan, audit_plans, comparison_plans
-from sensaudit.reports.markdown_report import is_share_column, method_sentence
+from sensaudit.reports.markdown_report import is_share_column, method_sentence, verdict_counts
 from sensaudit.results.audit_result import AuditResult
 from sensaudit.results.comparison import INPUTS_NOTE, ComparisonResult, gate_change
 from sensaudit.results.gate_text import figures, subject
@@ -65,6 +65,7 @@ def audit_html(result: AuditResult) -> str:
     multi = len(result.outputs) > 1
     method = method_sentence(result)
     body = [f'<h1>sensaudit: <span class="{verdict.lower()}">{verdict}</span></h1>',
+            f"<p>{escape(verdict_counts(result))}</p>",
             _meta([("Model", f"{result.model_path} ({result.model_format})"),
                    ("Data", f"{result.data_path}, {result.rows:,} rows audited"
                     + (f", {result.rows_dropped:,} dropped for missing values"

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sensaudit._version import __version__
+from sensaudit.checks.base import Gate, Notice
 from sensaudit.core.text_safety import markdown_code, markdown_line, markdown_name, visible
 from sensaudit.reports.base import ReportWriter
 from sensaudit.reports.charts import audit_plans, comparison_plans
@@ -23,6 +24,7 @@ from sensaudit.results.comparison import (
     rank_move,
     share_cell,
 )
+from sensaudit.results.gate_text import subject
 
 
 class MarkdownReport(ReportWriter):
@@ -40,6 +42,17 @@ class MarkdownReport(ReportWriter):
         self.out.write_text("comparison.md", comparison_markdown(result, charts=charts))
 
 
+def verdict_counts(result: AuditResult) -> str:
+    """The verdict's counts as the terminal gives them, with what each names: "0 flag(s), 1
+    warning(s): scan_minutes (suspects)". A report that says PASSED says what it warns of."""
+    multi = len(result.outputs) > 1
+    items: list[Gate | Notice] = [*result.gates.flags, *result.gates.warnings]
+    named = [f"{subject(item, multi)} ({item.check})" for item in items]
+    listed = ", ".join(named[:6]) + (f" and {len(named) - 6} more" if len(named) > 6 else "")
+    return (f"{len(result.gates.flags)} flag(s), {len(result.gates.warnings)} warning(s)"
+            + (f": {listed}" if named else ""))
+
+
 def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) -> str:
     """A report fit to paste into a pull request or a CI job summary; ``charts`` (file name,
     title) are linked as images beside it."""
@@ -47,6 +60,7 @@ def audit_markdown(result: AuditResult, charts: Sequence[tuple[str, str]] = ()) 
     lines = [
         f"# sensaudit: {verdict}",
         "",
+        f"- Verdict: {markdown_line(verdict_counts(result))}",
         f"- Model: {markdown_code(result.model_path)} ({result.model_format})",
         f"- Data: {markdown_code(result.data_path)}, {result.rows:,} rows audited"
         + (f", {result.rows_dropped:,} dropped for missing values" if result.rows_dropped else ""),
