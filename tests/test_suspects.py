@@ -444,6 +444,11 @@ def test_reports_and_the_gate_through_the_cli(tmp_path):
     assert [f["feature"] for f in summary["flags"]] == ["nuisance"]
     csv = pd.read_csv(tmp_path / "out" / "suspects.csv")
     assert csv["feature"].iloc[0] == "nuisance" and csv["suspect"].tolist()[:2] == [True, False]
+    # Independent of the other inputs: they predict next to nothing of it (a chance fit on 800
+    # rows, shrunk by its adjusted R^2), so about its whole value was averaged out.
+    predicted = csv["predicted_by_others"].iloc[0]
+    assert 0 <= predicted < 0.01
+    assert summary["suspects"][0]["predicted_by_others"] == pytest.approx(predicted, rel=1e-6)
     assert len(csv) == len(FEATURES)
     report = (tmp_path / "out" / "report.md").read_text()
     section = report.split("## Suspected proxies")[1].split("## Feature sensitivity")[0]

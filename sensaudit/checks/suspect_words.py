@@ -116,7 +116,8 @@ def record(r: Any, *extra: str) -> dict[str, Any]:
                              "reasons": list(r.reasons)}
     for key in ("share", "evidence_share", "evidence_low", "evidence_high", "reliance_gap",
                 "share_misscored", "share_rest", "contrast", "contrast_low", "contrast_high",
-                "score", "loss", "loss_change", "loss_change_low", "loss_change_high", *extra):
+                "score", "loss", "loss_change", "loss_change_low", "loss_change_high",
+                "predicted_by_others", *extra):
         value = float(getattr(r, key))
         entry[key] = value if math.isfinite(value) else None
     entry["dominant"] = bool(r.dominant)
