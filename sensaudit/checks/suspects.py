@@ -71,7 +71,8 @@ class SuspectsOptions:
     points)."""
 
     min_gap: float = option(0.025, _between(0, 1),
-                            "share relied on beyond the evidence's upper end to suspect")
+                            "share relied on beyond the evidence's upper end (or its estimate, "
+                            "with a misscored-row contrast) to suspect")
     harm_level: float = option(0.05, _between(0.001, 0.5),
                                "the confirmation test's false-alarm level (one-sided)")
     harm_rows: int = option(4096, integer(30, 1_000_000),
