@@ -211,16 +211,17 @@ def own_part(columns: np.ndarray, j: int) -> tuple[np.ndarray, float]:
     if (width < 2 or rows <= width + 1 or len(np.unique(column)) <= LEVELS
             or not np.isfinite(columns).all()):
         return none, 0.0
+    # Centred columns: the intercept's fit, and a fit whose mean is 0.
     others = np.delete(columns, j, axis=1)
-    design = np.column_stack([others - others.mean(0), np.ones(rows)])
+    others = others - others.mean(0)
     centred = column - column.mean()
-    fit = design @ np.linalg.lstsq(design, centred, rcond=None)[0]
+    fit = others @ np.linalg.lstsq(others, centred, rcond=None)[0]
     total = float(centred @ centred)
     r2 = 1.0 - float((centred - fit) @ (centred - fit)) / total if total > 0 else 0.0
     adjusted = 1.0 - (1.0 - r2) * (rows - 1) / (rows - width)
     if r2 <= 0 or adjusted <= 0:
         return none, 0.0
-    return adjusted / r2 * (fit - fit.mean()), adjusted
+    return adjusted / r2 * fit, adjusted
 
 
 def averaged_out(model: Model, x: torch.Tensor, j: int, column: np.ndarray,
@@ -234,13 +235,14 @@ def averaged_out(model: Model, x: torch.Tensor, j: int, column: np.ndarray,
     rows = x.shape[0]
     total = torch.zeros(rows, dtype=torch.float64)
     per_call = max(1, CALL_ELEMENTS // max(rows * x.shape[1], 1))
-    row_part = torch.tensor(tied, dtype=x.dtype, device=x.device)
+    # Rows whose feature is shifted by its tied part, or None: the levels alone.
+    row_part = torch.tensor(tied, dtype=x.dtype, device=x.device) if tied.any() else None
     with torch.no_grad():
         for start in range(0, len(values), per_call):
             part = values[start:start + per_call]
             moved = x.repeat(len(part), 1)
             level = torch.tensor(part, dtype=x.dtype, device=x.device).repeat_interleave(rows)
-            moved[:, j] = level + row_part.repeat(len(part)) if tied.any() else level
+            moved[:, j] = level if row_part is None else level + row_part.repeat(len(part))
             scores = as_output_matrix(model(moved), len(moved))[:, 0].to("cpu", torch.float64)
             scores = scores.reshape(len(part), rows)
             if on_probability:

@@ -329,11 +329,11 @@ class SuspectedProxies(Check):
             return table, (f"not run: {rows} labelled rows sampled (needs {MIN_TEST_ROWS}); "
                            f"{len(tested)} candidate(s) it cannot judge ({', '.join(tested)})")
         x = torch.from_numpy(values[:, :-1]).to(ranking.dtype or torch.float64)
+        on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
         try:
             found = harm_tests(ranking.model, x.to(ranking.device or x.device), values[:, -1],
                                ranking.features, tested, opts.harm_level, opts.confidence,
-                               self._on_probability(self.contrast.counts() if self.contrast
-                                                    else {}))
+                               on_probability)
         except Exception as exc:  # noqa: BLE001 - the model's own error on moved rows
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return table, (f"not run: the model failed on rows with a feature's values moved "
@@ -353,7 +353,6 @@ class SuspectedProxies(Check):
         confirmed = table["suspect"] & table["confirmed"]
         table["over_relied"] = confirmed & (table["evidence_low"] > 0)
         table["suspect"] = confirmed & ~table["over_relied"]
-        on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
         table["reasons"] = [reasons_for(r, contrast, opts, self.dominance,
                                         found.get(r.feature), on_probability)
                             if r.suspect or r.declared_with_signs or r.unjudged or r.over_relied
