@@ -48,6 +48,7 @@ from sensaudit.inputs.models import (
 )
 from sensaudit.inputs.regular import refuse_special
 from sensaudit.inputs.table_layout import Table
+from sensaudit.inputs.training_rows import training_ties
 from sensaudit.methods import METHODS
 from sensaudit.pipeline.baselines import baseline_vector, reference_of
 from sensaudit.pipeline.compare import check_bootstrap_size
@@ -78,7 +79,8 @@ def run_audit(config: Config, *, progress: Progress | None = None,
     """Audit as the config says and write its reports; return the result and files written."""
     check_report_formats(config.source, config.report.formats)
     with StagedReport(config.report.dir, config.report.formats, protect=(
-            config.source, *protected_files(config.data.path), _model_path(config))) as staged:
+            config.source, *protected_files(config.data.path), *protected_files(config.data.train),
+            _model_path(config))) as staged:
         choice = config.report.examples
         writers = open_writers(staged, config.report.formats, examples=choice != "none",
                                options=config.report.options)
@@ -117,14 +119,15 @@ def _audit(config: Config, *, progress: Progress | None, trust_model_code: bool 
                    extra=data_columns(config.audit))
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
+    training = training_ties(data, table.features, config.source)
     if config.engine == "ray":  # the same audit over a pool of Ray actors
         from sensaudit.engines.ray.driver import audit_on_ray
 
         return audit_on_ray(config, data, table, progress=progress or _no_progress,
                             examples=examples, notes=_notes(inputs, table.features),
-                            trust_model_code=trust_model_code)
+                            trust_model_code=trust_model_code, training=training)
     plan = audit_plan(config.audit, table, config.source, model_cfg=config.model,
-                      notes=_notes(inputs, table.features))
+                      notes=_notes(inputs, table.features), training=training)
     loaded = load_model(config.model, trust_model_code=trust_model_code)
     outcome = audit_local([loaded], lambda: tables.iter_chunks(table, data, loaded.dtype), plan,
                           progress=progress or _no_progress, examples=examples)
@@ -136,7 +139,7 @@ def audit_frame(model: torch.nn.Module | Model | LoadedModel, frame: pd.DataFram
                 id: str | None = None,
                 proxies: list[ProxyLimit] | tuple[ProxyLimit, ...] | None = None,
                 settings: AuditSettings | None = None, device: str | None = None,
-                chunk_rows: int = 100_000) -> AuditResult:
+                chunk_rows: int = 100_000, train: pd.DataFrame | None = None) -> AuditResult:
     """Audit an in-memory model on an in-memory DataFrame (notebooks, other tools).
 
     ``model``: a module or function of x [rows, features], a ``torch.export`` program's
@@ -144,13 +147,17 @@ def audit_frame(model: torch.nn.Module | Model | LoadedModel, frame: pd.DataFram
     replaces ``settings.proxies``. ``device`` defaults to where the module's parameters are
     (CPU for a plain function; a loaded model's own device). A module in training mode is
     audited in eval mode and handed back in training mode (an exported graph keeps the mode
-    it was exported in).
+    it was exported in). ``train``: the rows the model was trained on, with the same
+    columns (``data.train``), for the suspects check's test of whether each feature's tie to
+    the label holds on ``frame``.
     """
     name, data_cfg, settings, table = _frame_audit(frame, features, label, id, chunk_rows,
                                                    settings, proxies)
     loaded = _in_memory(model, device)
+    training = training_ties(data_cfg, table.features, name, frame=train)
     plan = audit_plan(settings, table, name, model_cfg=None,
-                      notes=_notes(declared_inputs(None, data_cfg), table.features))
+                      notes=_notes(declared_inputs(None, data_cfg), table.features),
+                      training=training)
     with _eval_mode(loaded):
         outcome = audit_local(
             [loaded], lambda: tables.iter_frame_chunks(frame, table, data_cfg, loaded.dtype),
@@ -328,6 +335,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     check_bootstrap_size(config.compare, len(table.features), config.source)
+    training = training_ties(data, table.features, config.source)
     if config.engine == "ray":  # both models in the same Ray actors, on the same units
         from sensaudit.engines.ray.driver import compare_on_ray
 
@@ -335,7 +343,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
                               notes=_notes(inputs, table.features),
                               replicas=(len(old_replicas), len(new_replicas)),
                               trust_model_code=trust_model_code,
-                              inputs=(paired.old, paired.new))
+                              inputs=(paired.old, paired.new), training=training)
     models = [load_model(c, trust_model_code=trust_model_code) for c in configs]
     # Every model sees the same rows, each converted to its own dtype.
     return compare_local(models, lambda: tables.iter_chunks(table, data, narrowest_dtype(models)),
@@ -343,7 +351,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
                          source=config.source, progress=progress or _no_progress,
                          notes=_notes(inputs, table.features),
                          replicas=(len(old_replicas), len(new_replicas)),
-                         inputs=(paired.old, paired.new))
+                         inputs=(paired.old, paired.new), training=training)
 
 
 def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
@@ -357,6 +365,7 @@ def run_compare(config: Config, old_path: str | Path, new_path: str | Path, *,
     target = Path(out_dir) if out_dir is not None else config.report.dir
     with StagedReport(target, config.report.formats, kind="compare", protect=(
             config.source, *protected_files(config.data.path),
+            *protected_files(config.data.train),
             *protected_files(None if data_path is None else Path(data_path)), old_path,
             new_path, *old_replicas, *new_replicas, _model_path(config))) as staged:
         writers = open_writers(staged, config.report.formats,  # format errors before the work

@@ -899,7 +899,7 @@ def test_config_shape(tmp_path, text, expected):
      "compare, engine, ray)"),
     ({"data": {"path": "data.csv", "chunk_row": 5}},
      "unknown key 'chunk_row' in data; did you mean 'chunk_rows'? (allowed: path, features, "
-     "label, id, on_missing, chunk_rows)"),
+     "label, id, on_missing, chunk_rows, train)"),
     ({"audit": {"proxies": [{"feature": "c", "max_shares": 0.2}]}},
      "unknown key 'max_shares' in audit.proxies[0]; did you mean 'max_share'? (allowed: "
      "feature, max_share, max_rank, reason)"),

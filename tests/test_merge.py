@@ -29,6 +29,7 @@ from sensaudit.stats.accumulators import (
 )
 from sensaudit.stats.bootstrap_sums import BootstrapMoments, BootstrapSensitivity
 from sensaudit.stats.bucket_bootstrap import BucketBootstrap
+from sensaudit.stats.label_correlation import LabelCorrelation, LabelTies
 from sensaudit.stats.row_stats import FeatureRange
 
 ROWS, OUTPUTS, FEATURES = 203, 2, 5
@@ -93,6 +94,48 @@ def test_feature_moments_merge(k, seed):
     torch.testing.assert_close(merged.mean, single.mean, **TOL)
     torch.testing.assert_close(merged.std, single.std, **TOL)
     np.testing.assert_allclose(single.std.numpy(), _rows()["x"].numpy().std(0, ddof=1), **TOL)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_label_correlation_merge(k, seed):
+    def feed(acc, d):
+        acc.update(d["x"].numpy(), d["labels"] + d["scores"][:, 0].numpy())
+
+    single, merged = _single_and_merged(lambda: LabelCorrelation(FEATURES), feed, k, seed)
+    data = _rows()
+    known = np.isfinite(data["labels"])  # rows without a label are left out
+    assert merged.rows == single.rows == int(known.sum())
+    y = (data["labels"] + data["scores"][:, 0].numpy())[known]
+    expected = [np.corrcoef(data["x"].numpy()[known, j], y)[0, 1] for j in range(FEATURES)]
+    np.testing.assert_allclose(merged.correlation(), single.correlation(), **TOL)
+    np.testing.assert_allclose(single.correlation(), expected, **TOL)
+
+
+@pytest.mark.parametrize("k,seed", SPLITS)
+def test_label_ties_merge(k, seed):
+    """LabelTies: Pearson's r and, for columns of few values, LevelSums' per-level sums."""
+    def feed(acc, d):
+        x = d["x"].numpy().copy()
+        x[:, 0] = np.round(x[:, 0] / 3)  # a handful of codes
+        acc.update(x, d["labels"] + d["scores"][:, 0].numpy())
+
+    single, merged = _single_and_merged(lambda: LabelTies(FEATURES), feed, k, seed)
+    assert merged.rows == single.rows
+    np.testing.assert_allclose(merged.pearson.correlation(), single.pearson.correlation(),
+                               **TOL)
+    coded, whole = merged.levels.coded(0), single.levels.coded(0)
+    assert coded is not None and whole is not None and coded.keys() == whole.keys()
+
+    def absolute(sums: np.ndarray, shift: float) -> np.ndarray:
+        """[rows, label sum, label sum of squares] of the label itself (stored less a shift
+        each partial chose)."""
+        n, s, q = sums
+        return np.array([n, s + n * shift, q + 2 * shift * s + n * shift**2])
+
+    for value in whole:
+        np.testing.assert_allclose(absolute(coded[value], merged.levels.shift),
+                                   absolute(whole[value], single.levels.shift), rtol=1e-9)
+    assert merged.levels.coded(1) is None  # continuous
 
 
 @pytest.mark.parametrize("k,seed", SPLITS)

@@ -489,7 +489,7 @@ def test_reports_and_the_gate_through_the_cli(tmp_path):
     ({"checks": {"suspects": {"min_gapp": 0.1}}},
      "unknown key 'min_gapp' in audit.checks.suspects; did you mean 'min_gap'? (allowed: "
      "min_gap, harm_level, harm_rows, min_contrast, "
-     "min_misscored_rows, bootstrap_samples, confidence, seed, ridge)"),
+     "min_misscored_rows, bootstrap_samples, confidence, seed, ridge, tie_level)"),
 ])
 def test_bad_suspect_settings_exit_2_naming_the_key(tmp_path, audit, expected):
     frame, model, _ = linear_case(rows=20)

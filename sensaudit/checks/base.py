@@ -39,6 +39,7 @@ from sensaudit.core.jacobian import Model
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.options import build_options
 from sensaudit.settings.sections import AuditSettings
+from sensaudit.stats.label_correlation import LabelTies
 
 
 @dataclass
@@ -98,6 +99,9 @@ class Ranking:
     model: Model | None = None
     device: torch.device | None = None
     dtype: torch.dtype | None = None  # the model's input dtype, the one x reaches it in
+    # Each feature's correlation with the label over the training rows (data.train), for the
+    # suspects check's test of whether that tie holds on the audited rows; None without them.
+    training: LabelTies | None = None
 
 
 @dataclass

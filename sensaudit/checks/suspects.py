@@ -18,9 +18,13 @@ audited rows without it (:mod:`sensaudit.checks.proxy_harm`); one the test could
 confirmed (under 80% power against a pure proxy), or any candidate of an audit with fewer than
 30 labelled rows, is a warning: the audit cannot judge it on these rows. A confirmed candidate
 that the label follows on these rows (its evidence interval above 0) is over-relied, not a
-proxy: a warning too. Without labels only dominance can run, and a dominant feature is then
-the suspect. The two label-based signals need one audited output (the label scores one
-output). The words (reasons, limits, records, the report's section) are in
+proxy: a warning too. With the training rows (``data.train``) the tie to the label decides
+(:mod:`sensaudit.checks.suspect_ties`): a feature relied on beyond its evidence's point
+estimate whose tie fell from those rows to these is a suspect whatever the loss test said, a
+confirmed candidate whose tie did not fall is over-relied, and one the loss test could not
+judge whose tie held is cleared. Without labels only dominance can run, and a dominant
+feature is then the suspect. The two label-based signals need one audited output (the label
+scores one output). The words (reasons, limits, records, the report's section) are in
 :mod:`sensaudit.checks.suspect_words`.
 """
 
@@ -34,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sensaudit.checks.base import Check, CheckResult, Gate, Notice, Ranking
+from sensaudit.checks.base import Check, CheckResult, Ranking
 from sensaudit.checks.evidence import (
     REST,
     Evidence,
@@ -47,12 +51,14 @@ from sensaudit.checks.evidence import (
     misscored_keys,
     shares,
 )
-from sensaudit.checks.proxy_harm import POWER, LabelledSample, harm_tests
-from sensaudit.checks.suspect_words import limit_text, reasons_for, record, section_lines
+from sensaudit.checks.proxy_harm import POWER, Harm, LabelledSample, harm_tests
+from sensaudit.checks.suspect_ties import tie_verdicts
+from sensaudit.checks.suspect_words import check_result, reasons_for
 from sensaudit.methods.base import Attributions
 from sensaudit.settings.options import Limit, check_declared, integer, number, option
 from sensaudit.settings.sections import AuditSettings, MisscoredRule
 from sensaudit.stats.accumulators import PoissonBootstrap, finite_rows
+from sensaudit.stats.label_correlation import LabelTies
 from sensaudit.stats.normal import normal_quantile
 
 DEFAULT_RULE = MisscoredRule("top_error_quantile", 0.1)
@@ -87,6 +93,9 @@ class SuspectsOptions:
                        "the bootstrap's seed")
     ridge: float = option(0.01, _between(0, 1e6),
                           "the evidence fit's penalty, on standardized columns")
+    tie_level: float = option(0.001, _between(1e-9, 0.5),
+                              "the training-tie test's false-alarm level (one-sided; needs "
+                              "data.train)")
 
     def __post_init__(self) -> None:
         check_declared(self)
@@ -108,6 +117,9 @@ class SuspectedProxies(Check):
         self.missing_labels = 0
         self.contrast: GroupedMoments | None = None
         self.gram: LabelGram | None = None
+        # Each feature's correlation with the label on the audited rows, for the test of
+        # whether the tie the training rows show holds here (checks/tie_shift.py).
+        self.ties: LabelTies | None = None
         # The labelled rows' lowest and highest score: scores outside [0, 1] against 0/1
         # labels are logits, and misscored is then judged on sigmoid(score).
         self.score_range = (math.inf, -math.inf)
@@ -131,6 +143,7 @@ class SuspectedProxies(Check):
         if self.contrast is None or self.gram is None:
             self.contrast = GroupedMoments(self.bootstrap, x.shape[1])
             self.gram = LabelGram(x.shape[1])
+            self.ties = LabelTies(x.shape[1])
         known = np.isfinite(labels)
         self.missing_labels += int((~known).sum())
         keep = finite_rows(attributions.scores, attributions.values).cpu().numpy() & known
@@ -148,6 +161,8 @@ class SuspectedProxies(Check):
         numbers = np.asarray(rows, dtype=np.int64)[keep]
         self.contrast.update(numbers, keys, xs, values.abs())
         self.gram.update(xs, torch.from_numpy(y))
+        if self.ties is not None:
+            self.ties.update(xs.numpy(), y)
         # float64 holds every float16, bfloat16 and float32 input exactly: cast back to test.
         self.sample.update(numbers, xs.numpy(), y)
 
@@ -165,6 +180,10 @@ class SuspectedProxies(Check):
                 self.gram = LabelGram(other.gram.n_features)
             self.contrast.merge(other.contrast)
             self.gram.merge(other.gram)
+            if self.ties is None:
+                self.ties = LabelTies(other.gram.n_features)
+            if other.ties is not None:
+                self.ties.merge(other.ties)
         self.sample.merge(other.sample)
 
     def finish(self, ranking: Ranking) -> CheckResult:
@@ -181,9 +200,18 @@ class SuspectedProxies(Check):
             evidence, status["reliance_vs_evidence"] = self._evidence()
             contrast, status["misscored_contrast"] = self._contrast(ranking.per_unit)
         figures = self._figures(ranking, evidence, contrast)
+        harms: dict[str, Harm] = {}
         if evidence is not None or contrast is not None:
-            figures, status["confirmation"] = self._confirm(ranking, figures, contrast)
-        return self._result(ranking, figures, status, contrast)
+            figures, status["confirmation"], harms = self._confirm(ranking, figures, contrast)
+        if evidence is not None:
+            on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
+            figures, status["training_tie"] = tie_verdicts(
+                figures, ranking.training, self.ties, ranking.features, self.options,
+                self.dominance, contrast, harms, on_probability)
+            figures = _ranked(figures)
+        return check_result(self.name, table=figures, status=status, fail=self.fail,
+                            options=self.options, dominance=self.dominance,
+                            multi=len(ranking.outputs) > 1)
 
     # --- the three signals ------------------------------------------------------------------
 
@@ -291,10 +319,11 @@ class SuspectedProxies(Check):
                           + np.fmax(table["contrast"], 0).fillna(0)
                           + np.fmax(table["share"] - self.dominance, 0))
         for column in ("loss", "loss_change", "loss_change_low", "loss_change_high",
-                       "predicted_by_others"):
+                       "predicted_by_others", "train_tie", "audit_tie", "tie_z", "tie_p"):
             table[column] = np.nan
         table["harm_rows"] = 0
         table["confirmed"] = table["unjudged"] = table["over_relied"] = False
+        table["tie_fell"] = False
         table["power"] = np.nan
         table["reasons"] = [reasons_for(r, contrast, self.options, self.dominance)
                             if r.suspect or r.declared_with_signs else []
@@ -302,7 +331,7 @@ class SuspectedProxies(Check):
         return _ranked(table)
 
     def _confirm(self, ranking: Ranking, table: pd.DataFrame,
-                 contrast: dict[str, Any] | None) -> tuple[pd.DataFrame, str]:
+                 contrast: dict[str, Any] | None) -> tuple[pd.DataFrame, str, dict[str, Harm]]:
         """Each candidate (an undeclared feature relied on beyond its evidence or larger on
         the misscored rows) is a suspect only if the model is better on the audited rows
         without it: the loss-change test of checks/proxy_harm.py, Bonferroni over the
@@ -311,9 +340,10 @@ class SuspectedProxies(Check):
         tested = list(dict.fromkeys(table.loc[table["suspect"], "feature"]))
         values = self.sample.values
         if not tested:
-            return table, "no candidate to test"
+            return table, "no candidate to test", {}
         if ranking.model is None:
-            return table, "not run: the model is not at hand; the candidates stand unconfirmed"
+            return table, ("not run: the model is not at hand; the candidates stand "
+                           "unconfirmed"), {}
         rows = 0 if values is None else len(values)
         if values is None or rows < MIN_TEST_ROWS:
             # Too few rows for any test: the audit cannot judge, as it cannot when a test on
@@ -327,7 +357,7 @@ class SuspectedProxies(Check):
                 else list(r.reasons) for r in table.itertuples()]
             table = _ranked(table)
             return table, (f"not run: {rows} labelled rows sampled (needs {MIN_TEST_ROWS}); "
-                           f"{len(tested)} candidate(s) it cannot judge ({', '.join(tested)})")
+                           f"{len(tested)} candidate(s) it cannot judge ({', '.join(tested)})"), {}
         x = torch.from_numpy(values[:, :-1]).to(ranking.dtype or torch.float64)
         on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
         try:
@@ -337,7 +367,7 @@ class SuspectedProxies(Check):
         except Exception as exc:  # noqa: BLE001 - the model's own error on moved rows
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return table, (f"not run: the model failed on rows with a feature's values moved "
-                           f"({first[:200]}); the candidates stand unconfirmed")
+                           f"({first[:200]}); the candidates stand unconfirmed"), {}
         for name, harm in found.items():
             at = table["feature"] == name
             table.loc[at, ["loss", "loss_change", "loss_change_low", "loss_change_high",
@@ -371,63 +401,8 @@ class SuspectedProxies(Check):
                + f" ({', '.join(over)}: the label follows "
                + ("it" if len(over) == 1 else "them") + " on these rows)" if over else "")
             + (f"; {len(unjudged)} it cannot judge on these rows ({', '.join(unjudged)}: the "
-               f"test's power against a pure proxy is under {POWER:.0%})" if unjudged else ""))
-
-    def _result(self, ranking: Ranking, table: pd.DataFrame, status: dict[str, str],
-                contrast: dict[str, Any] | None) -> CheckResult:
-        result = CheckResult(self.name)
-        multi = len(ranking.outputs) > 1
-        suspects = table[table["suspect"]]
-        for r in suspects.itertuples():
-            details = record(r)
-            if self.fail:
-                result.gates.append(Gate(check=self.name, subject=r.feature, output=r.output,
-                                         passed=False,
-                                         limit=limit_text(r, self.options, self.dominance),
-                                         details=details))
-            else:
-                result.warnings.append(Notice(check=self.name, subject=r.feature,
-                                              output=r.output, details=details))
-            where = f" for output '{r.output}'" if multi else ""
-            result.findings.append(
-                f"**{r.feature}** is a suspected proxy{where}: " + "; ".join(r.reasons) + ". "
-                "Nobody declared it. If it should not decide the score, declare it in "
-                "audit.proxies and remove its tie to the label from the training data "
-                f"(`sensaudit resample TRAIN.csv --proxy {r.feature} --label LABEL --out "
-                "resampled.csv`), retrain, and compare.")
-        for r in table[table["unjudged"]].itertuples():
-            # Not a suspect and not cleared: a warning, so the terminal says it too.
-            result.warnings.append(Notice(check=self.name, subject=r.feature, output=r.output,
-                                          details={**record(r, "power"), "unjudged": True}))
-            where = f" for output '{r.output}'" if multi else ""
-            result.findings.append(f"**{r.feature}**{where} may be a proxy that this audit "
-                                   "cannot judge: " + "; ".join(r.reasons) + ".")
-        for r in table[table["over_relied"]].itertuples():
-            result.warnings.append(Notice(check=self.name, subject=r.feature, output=r.output,
-                                          details={**record(r), "over_relied": True}))
-            where = f" for output '{r.output}'" if multi else ""
-            result.findings.append(f"**{r.feature}**{where} is over-relied, not a proxy: "
-                                   + "; ".join(r.reasons) + ". Check it for over-fitting (a "
-                                   "simpler model, more training rows, or a copy of another "
-                                   "feature splitting its weight).")
-        not_run = {k: v for k, v in status.items() if v.startswith("not run")}
-        if not_run:
-            result.notes.append("Suspected proxies: " + "; ".join(
-                f"{k.replace('_', ' ')} {v}" for k, v in not_run.items()) + ".")
-        # evidence_limit: the share over which a feature is suspected on its evidence alone.
-        result.tables["suspects.csv"] = table.assign(
-            reasons=table["reasons"].map(" | ".join),
-            evidence_limit=table["evidence_high"] + self.options.min_gap)
-        result.summary["suspects"] = [record(r) for r in suspects.itertuples()]
-        result.summary["unjudged_candidates"] = [record(r, "power")
-                                                 for r in table[table["unjudged"]].itertuples()]
-        result.summary["over_relied"] = [record(r)
-                                         for r in table[table["over_relied"]].itertuples()]
-        result.summary["suspect_signals"] = status
-        result.sections["Suspected proxies"] = section_lines(
-            suspects, table[table["declared_with_signs"]], table[table["unjudged"]],
-            table[table["over_relied"]], status)
-        return result
+               f"test's power against a pure proxy is under {POWER:.0%})" if unjudged else "")
+            ), found
 
 
 def _ranked(table: pd.DataFrame) -> pd.DataFrame:

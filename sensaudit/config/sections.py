@@ -79,7 +79,7 @@ def _model(v: _Validator, raw: Any) -> ModelConfig:
 def _data(v: _Validator, raw: Any) -> DataConfig:
     d = v.mapping(raw, "data")
     v.keys(d, "data", required=("path",),
-           optional=("features", "label", "id", "on_missing", "chunk_rows"))
+           optional=("features", "label", "id", "on_missing", "chunk_rows", "train"))
     features = d.get("features")
     return DataConfig(
         path=v.path(d["path"], "data.path"),
@@ -88,6 +88,7 @@ def _data(v: _Validator, raw: Any) -> DataConfig:
         id=v.string(d["id"], "data.id") if d.get("id") is not None else None,
         on_missing=v.choice(d.get("on_missing", "error"), "data.on_missing", ON_MISSING),
         chunk_rows=v.integer(d.get("chunk_rows", 100_000), "data.chunk_rows", minimum=1),
+        train=v.path(d["train"], "data.train") if d.get("train") is not None else None,
     )
 
 
@@ -130,7 +131,8 @@ def _audit(v: _Validator, raw: Any) -> AuditSettings:
         **{key: _declared(v, check_keys[key], a[key], f"audit.{key}", build=True)
            for key in check_keys if key in a},
         misscored=_misscored(v, a["misscored"]) if a.get("misscored") is not None else None,
-        fail_on_suspects=v.boolean(a.get("fail_on_suspects", False), "audit.fail_on_suspects"),
+        fail_on_suspects=(v.boolean(a["fail_on_suspects"], "audit.fail_on_suspects")
+                          if a.get("fail_on_suspects") is not None else None),
         baseline=_baseline(v, a.get("baseline", "mean")),
         method_options=_method_options(v, a, method, method_keys),
     )

@@ -51,6 +51,7 @@ from sensaudit.pipeline.steps import (
 )
 from sensaudit.results.comparison import ComparisonResult
 from sensaudit.settings.sections import AuditSettings, CompareSettings, ModelConfig
+from sensaudit.stats.label_correlation import LabelTies
 from sensaudit.stats.row_stats import FeatureRange
 
 
@@ -65,13 +66,14 @@ def compare_local(models: list[LoadedModel], chunks: Chunks, table: Table,
                   settings: AuditSettings, cmp: CompareSettings, *,
                   model_cfg: ModelConfig | None, source: object, progress: Progress,
                   notes: list[str] | None = None, replicas: tuple[int, int] = (0, 0),
-                  inputs: ModelPair = (None, None)) -> ComparisonResult:
+                  inputs: ModelPair = (None, None),
+                  training: LabelTies | None = None) -> ComparisonResult:
     """Audit the old and new model (then ``replicas`` retrained copies of each) on the same
     chunks, one read of the data, and measure how their sensitivities moved
     (:func:`~sensaudit.pipeline.plan.comparison`). ``inputs``: old's and new's own columns
     when they take different ones (:mod:`sensaudit.pipeline.compare`)."""
     plan = audit_plan(settings, table, source, model_cfg=model_cfg, compare=cmp,
-                      notes=notes or ())
+                      notes=notes or (), training=training)
     return comparison(plan, audit_local(models, chunks, plan, progress=progress), replicas,
                       inputs=inputs)
 

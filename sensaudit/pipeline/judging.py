@@ -22,6 +22,7 @@ from sensaudit.pipeline.pass_state import ModelPass, ReadPass
 from sensaudit.results.audit_result import AuditResult, sensitivity_table
 from sensaudit.settings.sections import AuditSettings
 from sensaudit.stats.accumulators import FeatureMoments
+from sensaudit.stats.label_correlation import LabelTies
 
 
 def feature_std(moments: FeatureMoments, table: Table) -> torch.Tensor:
@@ -48,8 +49,10 @@ def checked_std(std: torch.Tensor, table: Table) -> torch.Tensor:
 
 
 def rank_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
-               method: AttributionMethod, settings: AuditSettings | None = None) -> Ranking:
-    """One model's merged sums as the ranked sensitivity table (with ``settings.groups``)."""
+               method: AttributionMethod, settings: AuditSettings | None = None,
+               training: LabelTies | None = None) -> Ranking:
+    """One model's merged sums as the ranked sensitivity table (with ``settings.groups``);
+    ``training``: the label's ties on the training rows, for the checks (Ranking.training)."""
     sums, loaded = model_pass.sums, model_pass.prepared.loaded
     if sums.rows == 0 and sums.nonfinite_rows:
         # Even under audit.allow_nonfinite, 0 rows audited leaves nothing to rank.
@@ -72,7 +75,7 @@ def rank_model(model_pass: ModelPass, table: Table, std: torch.Tensor,
         ranked = add_group_rows(ranked, settings.groups)
     return Ranking(table=ranked, features=features, outputs=outputs,
                    per_unit=method.per_unit, model=model_pass.prepared.module,
-                   device=loaded.device, dtype=loaded.dtype)
+                   device=loaded.device, dtype=loaded.dtype, training=training)
 
 
 def judge_model(model_pass: ModelPass, ranking: Ranking, std: torch.Tensor,

@@ -61,6 +61,7 @@ from sensaudit.results.audit_result import AuditResult
 from sensaudit.results.comparison import ComparisonResult
 from sensaudit.settings.sections import AuditSettings, CompareSettings, ModelConfig
 from sensaudit.stats.accumulators import FeatureMoments
+from sensaudit.stats.label_correlation import LabelTies
 from sensaudit.stats.row_stats import FeatureRange
 
 
@@ -79,6 +80,10 @@ class Plan:
     replays: bool
     compare: CompareSettings | None = None  # compare's paired bootstrap and agreement
     notes: tuple[str, ...] = ()  # the caller's context for the reports (how inputs matched)
+    # Each feature's correlation with the label over the training rows (data.train), read
+    # before the audit (inputs/training_rows.py); the suspects check tests it against the
+    # audited rows'.
+    training: LabelTies | None = None
 
     def new_compared(self) -> Compared | None:
         """Compare's empty partials, for one partition of the rows."""
@@ -96,7 +101,7 @@ class Plan:
 
 def audit_plan(settings: AuditSettings, table: Table, source: object, *,
                model_cfg: ModelConfig | None, compare: CompareSettings | None = None,
-               notes: Sequence[str] = ()) -> Plan:
+               notes: Sequence[str] = (), training: LabelTies | None = None) -> Plan:
     """The plan for these settings and data; option errors are raised here, before any row
     is read."""
     method = make_method(settings, source)
@@ -105,7 +110,7 @@ def audit_plan(settings: AuditSettings, table: Table, source: object, *,
     return Plan(settings=settings, table=table, source=source, model_cfg=model_cfg,
                 method=method, prepass=needs_prepass(method, settings, table.features),
                 replays=any(check.replays for check in checks), compare=compare,
-                notes=tuple(notes))
+                notes=tuple(notes), training=training)
 
 
 def make_method(settings: AuditSettings, source: object) -> AttributionMethod:
@@ -282,7 +287,8 @@ def run(plan: Plan, engine: Engine) -> Outcome:
                 raise RuntimeError("the read pass measured no feature statistics")
             reference = read.summary.reference(std)
         baseline = baseline_vector(settings.baseline, reference, table.features)
-        rankings = [rank_model(mp, table, std, method, settings) for mp in read.models]
+        rankings = [rank_model(mp, table, std, method, settings, plan.training)
+                    for mp in read.models]
     except BaseException:
         read.spill.close()
         raise

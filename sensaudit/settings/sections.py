@@ -82,6 +82,9 @@ class DataConfig:
     # Columns read beside the features for the checks that ask (audit.protected), never
     # features themselves, each with the key that named it for messages.
     extra: tuple[tuple[str, str], ...] = ()
+    # The rows the model was trained on (the same columns), for the suspects check's test of
+    # whether a feature's tie to the label holds on the audited rows; None: not given.
+    train: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -168,9 +171,10 @@ class AuditSettings:
     layer_health: LayerHealthSettings | None = None
     protected: ProtectedSettings | None = None
     # The suspected-proxies check (checks/suspects.py): its rule for misscored rows (None: the
-    # default rule), and whether a suspect fails the audit.
+    # default rule), and whether a suspect fails the audit (None: those whose tie to the label
+    # fell from the training rows fail it, those the audited rows alone suspect warn).
     misscored: MisscoredRule | None = None
-    fail_on_suspects: bool = False
+    fail_on_suspects: bool | None = None
 
     def __post_init__(self) -> None:
         # The YAML path checks these with file and key; this guards settings built in Python

@@ -74,6 +74,7 @@ from sensaudit.results.audit_result import AuditResult
 from sensaudit.results.comparison import ComparisonResult
 from sensaudit.settings.sections import DataConfig, ModelConfig
 from sensaudit.stats.accumulators import FeatureMoments
+from sensaudit.stats.label_correlation import LabelTies
 from sensaudit.stats.row_stats import FeatureRange
 
 PROBE_ROWS = 8  # as pipeline.model_ready.prepare_model probes
@@ -82,11 +83,13 @@ _tokens = itertools.count(1)
 
 def audit_on_ray(config: Config, data: DataConfig, table: Table, *, progress: Progress,
                  examples: ExampleRows | None, notes: list[str],
-                 trust_model_code: bool | None) -> AuditResult:
+                 trust_model_code: bool | None,
+                 training: LabelTies | None = None) -> AuditResult:
     """``api.audit`` on the Ray engine: the same result, computed by a pool of actors."""
     if config.model is None:
         raise ValueError("audit_on_ray needs config.model")
-    plan = audit_plan(config.audit, table, config.source, model_cfg=config.model, notes=notes)
+    plan = audit_plan(config.audit, table, config.source, model_cfg=config.model, notes=notes,
+                      training=training)
     # The workers stream every row's per-row file rows; an all-or-none limit holds them back
     # until the rows are known to be at most that many.
     streaming = examples.streaming(table.row_count) if examples is not None else None
@@ -102,13 +105,14 @@ def audit_on_ray(config: Config, data: DataConfig, table: Table, *, progress: Pr
 def compare_on_ray(config: Config, models: Sequence[ModelConfig], data: DataConfig,
                    table: Table, *, progress: Progress, notes: list[str],
                    replicas: tuple[int, int], trust_model_code: bool | None,
-                   inputs: ModelPair = (None, None)) -> ComparisonResult:
+                   inputs: ModelPair = (None, None),
+                   training: LabelTies | None = None) -> ComparisonResult:
     """``api.compare_models`` on the Ray engine: every model in the same actors, on the same
     units; the bootstrap weights are a function of (seed, replicate, row number).
     ``inputs``: old's and new's own columns when they take different ones
     (:mod:`sensaudit.pipeline.compare`)."""
     plan = audit_plan(config.audit, table, config.source, model_cfg=config.model,
-                      compare=config.compare, notes=notes)
+                      compare=config.compare, notes=notes, training=training)
     outcome = _run(config, plan, tuple(models), data, progress=progress, sink=None,
                    trust=trust_model_code)
     return comparison(plan, outcome, replicas, inputs=inputs)
