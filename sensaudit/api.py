@@ -119,7 +119,7 @@ def _audit(config: Config, *, progress: Progress | None, trust_model_code: bool 
                    extra=data_columns(config.audit))
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
-    training = training_ties(data, table.features, config.source)
+    training = training_ties(data, table.features, config.source, progress=progress)
     if config.engine == "ray":  # the same audit over a pool of Ray actors
         from sensaudit.engines.ray.driver import audit_on_ray
 
@@ -335,7 +335,7 @@ def compare_models(config: Config, old_path: str | Path, new_path: str | Path, *
     table = tables.open_table(data)
     check_proxies(config.audit, table.features, config.source)
     check_bootstrap_size(config.compare, len(table.features), config.source)
-    training = training_ties(data, table.features, config.source)
+    training = training_ties(data, table.features, config.source, progress=progress)
     if config.engine == "ray":  # both models in the same Ray actors, on the same units
         from sensaudit.engines.ray.driver import compare_on_ray
 

@@ -17,7 +17,7 @@ import yaml
 from test_suspects import FEATURES, REAL, extract, suspects_of, train
 from typer.testing import CliRunner
 
-from sensaudit import AuditSettings, audit_frame
+from sensaudit import AuditSettings, audit, audit_frame, load_config
 from sensaudit.checks.tie_shift import tie_shifts
 from sensaudit.cli.app import app
 from sensaudit.stats.label_correlation import (
@@ -366,6 +366,18 @@ def test_data_train_through_the_cli(tmp_path, leaky):
     assert summary["suspects"][0]["train_tie"] == pytest.approx(csv.loc["nuisance", "train_tie"])
     report = (tmp_path / "out" / "report.md").read_text()
     assert "- training tie: ran on 2,000 training and 90 audited rows" in report
+
+
+def test_reading_the_training_rows_is_reported_as_progress(tmp_path, leaky):
+    model, audited, trained_on = leaky
+    path = _files(tmp_path, model, audited, trained_on, {"label": "y", "train": "train.csv",
+                                                         "chunk_rows": 700})
+    seen: list[tuple[str, int, int | None]] = []
+    audit(load_config(path), progress=lambda *update: seen.append(update))
+    training = [done for stage, done, _ in seen if stage == "training"]
+    assert training == [700, 1400, 2000]  # then the audit's own stages
+    assert seen.index(("training", 2000, None)) < min(
+        i for i, (stage, _, _) in enumerate(seen) if stage != "training")
 
 
 @pytest.mark.parametrize("data, expected", [

@@ -94,7 +94,8 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int | None], None]]:
     with Progress(*columns, console=stderr, disable=not show, transient=True) as bar:
         tasks: dict[str, TaskID] = {}
         labels = {"audit": "Computing attributions", "examples": "Writing examples",
-                  "statistics": "Measuring features", "replay": "Replaying checks"}
+                  "statistics": "Measuring features", "replay": "Replaying checks",
+                  "training": "Reading training rows"}
 
         def update(stage: str, done: int, total: int | None) -> None:
             if stage not in tasks:

@@ -8,6 +8,7 @@ the audited features and the label only: no model runs on them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -20,9 +21,12 @@ from sensaudit.stats.label_correlation import LabelTies
 
 
 def training_ties(data: DataConfig, features: tuple[str, ...], source: object,
-                  frame: pd.DataFrame | None = None) -> LabelTies | None:
+                  frame: pd.DataFrame | None = None,
+                  progress: Callable[[str, int, int | None], None] | None = None
+                  ) -> LabelTies | None:
     """The label's correlation with each of ``features`` over the rows of ``data.train`` (or
-    of ``frame``, an in-memory copy of them); None when neither is given."""
+    of ``frame``, an in-memory copy of them); None when neither is given. ``progress``: the
+    audit's callback, told the rows read as stage "training"."""
     if frame is not None:
         path = Path("<training DataFrame>")
     elif data.train is not None:
@@ -41,8 +45,11 @@ def training_ties(data: DataConfig, features: tuple[str, ...], source: object,
     else:
         table = tables.open_table(cfg)
         chunks = tables.iter_chunks(table, cfg, torch.float64)
-    ties = LabelTies(len(features))
+    ties, read = LabelTies(len(features)), 0
     for chunk in chunks:
         if chunk.labels is not None and len(chunk.labels):
             ties.update(chunk.x.detach().to("cpu", torch.float64).numpy(), chunk.labels)
+        read += len(chunk.rows) + chunk.dropped
+        if progress is not None:
+            progress("training", read, table.row_count)
     return ties

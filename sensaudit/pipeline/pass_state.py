@@ -25,9 +25,9 @@ from sensaudit.stats.accumulators import (
 from sensaudit.stats.bucket_bootstrap import BucketBootstrap
 from sensaudit.stats.row_stats import FeatureRange
 
-# progress(stage, rows_done, rows_total): stage "statistics" (the pre-pass some methods need),
-# "audit" (the read pass: attributions) or "examples" (the replay: per-row contributions);
-# rows_total is None while unknown.
+# progress(stage, rows_done, rows_total): stage "training" (data.train's rows, read first),
+# "statistics" (the pre-pass some methods need), "audit" (the read pass: attributions) or
+# "examples" (the replay: per-row contributions); rows_total is None while unknown.
 Progress = Callable[[str, int, "int | None"], None]
 ExampleSink = Callable[[pa.Table], None]
 Chunks = Callable[[], Iterator[Chunk]]
