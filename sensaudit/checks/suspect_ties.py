@@ -67,9 +67,8 @@ def tie_verdicts(table: pd.DataFrame, training: LabelTies | None,
                         if (r.tie_fell or r.over_relied) and not r.declared
                         else list(r.reasons) for r in table.itertuples()]
     fallen = [t.feature for t in found.values() if t.fell]
-    first = next(iter(found.values()))
     return table, (
-        f"ran on {first.train_rows:,} training and {first.audit_rows:,} audited rows: "
+        f"ran on {training.rows:,} training and {audited.rows:,} audited rows: "
         f"{len(fallen)} of {len(found)} feature(s) relied on beyond their evidence lost "
         f"their tie to the label (one-sided, {opts.tie_level:g} split over them)"
         + (f": {', '.join(fallen)}" if fallen else "")

@@ -201,10 +201,12 @@ class SuspectedProxies(Check):
             contrast, status["misscored_contrast"] = self._contrast(ranking.per_unit)
         figures = self._figures(ranking, evidence, contrast)
         harms: dict[str, Harm] = {}
+        # Logit scores against a 0/1 label: both tests judge sigmoid(score).
+        on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
         if evidence is not None or contrast is not None:
-            figures, status["confirmation"], harms = self._confirm(ranking, figures, contrast)
+            figures, status["confirmation"], harms = self._confirm(ranking, figures, contrast,
+                                                                   on_probability)
         if evidence is not None:
-            on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
             figures, status["training_tie"] = tie_verdicts(
                 figures, ranking.training, self.ties, ranking.features, self.options,
                 self.dominance, contrast, harms, on_probability)
@@ -330,8 +332,8 @@ class SuspectedProxies(Check):
                             for r in table.itertuples()]
         return _ranked(table)
 
-    def _confirm(self, ranking: Ranking, table: pd.DataFrame,
-                 contrast: dict[str, Any] | None) -> tuple[pd.DataFrame, str, dict[str, Harm]]:
+    def _confirm(self, ranking: Ranking, table: pd.DataFrame, contrast: dict[str, Any] | None,
+                 on_probability: bool) -> tuple[pd.DataFrame, str, dict[str, Harm]]:
         """Each candidate (an undeclared feature relied on beyond its evidence or larger on
         the misscored rows) is a suspect only if the model is better on the audited rows
         without it: the loss-change test of checks/proxy_harm.py, Bonferroni over the
@@ -359,7 +361,6 @@ class SuspectedProxies(Check):
             return table, (f"not run: {rows} labelled rows sampled (needs {MIN_TEST_ROWS}); "
                            f"{len(tested)} candidate(s) it cannot judge ({', '.join(tested)})"), {}
         x = torch.from_numpy(values[:, :-1]).to(ranking.dtype or torch.float64)
-        on_probability = self._on_probability(self.contrast.counts() if self.contrast else {})
         try:
             found = harm_tests(ranking.model, x.to(ranking.device or x.device), values[:, -1],
                                ranking.features, tested, opts.harm_level, opts.confidence,

@@ -17,7 +17,6 @@ class LabelCorrelation:
     label, over rows whose features and label are all finite."""
 
     def __init__(self, n_features: int):
-        self.n_features = n_features
         self.rows = 0
         self.mean_x = np.zeros(n_features)
         self.mean_y = 0.0
